@@ -1,0 +1,271 @@
+"""The agent's one edge towards the Prefect server: typed REST calls over a shared httpx client.
+
+Every actor calls the server through one `PrefectApi`, so the limits that keep a server healthy
+are enforced in one place: at most `concurrency` requests in flight (a SQLite server raises
+connection errors under a few hundred concurrent requests), and retries with exponential
+backoff and full jitter on connection errors, 429 and 5xx, honouring Retry-After, so that a
+server coming back from an outage is not met by a thundering herd.
+
+A call that still fails raises `ApiError`; a body that does not decode raises `ApiDecodeError`.
+Both fail the one call, never the agent. The API key travels only in the Authorization header;
+no message built here contains it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from messages.api import (
+    AnyOf,
+    BlockDocument,
+    CreateWorkQueueRequest,
+    Deployment,
+    FlowRun,
+    FlowRunFilter,
+    FlowRunFilterRequest,
+    FlowRunStateFilter,
+    FlowRunUpdate,
+    GetRunsRequest,
+    NameStartsWith,
+    OrchestrationResult,
+    SetStateRequest,
+    StateProposal,
+    WorkQueue,
+    WorkQueueFilterRequest,
+    WorkQueueNameFilter,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("prefect_actor_agent.api")
+
+T = TypeVar("T")
+
+PAGE_SIZE = 200
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class ApiError(RuntimeError):
+    """A call the server refused or could not be reached for, after retries."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFoundError(ApiError):
+    """The object named in the call does not exist (HTTP 404)."""
+
+
+class RetryPolicy:
+    """How often and how patiently a failed request is tried again."""
+
+    def __init__(self, attempts: int = 6, base_delay: float = 0.5, max_delay: float = 15.0) -> None:
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Full jitter: a random delay up to the exponential cap, so agents spread out."""
+        if retry_after is not None:
+            return min(retry_after, self.max_delay * 4)
+        cap = min(self.max_delay, self.base_delay * (2**attempt))
+        return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None
+
+
+def _describe(response: httpx.Response) -> str:
+    text = response.text[:300] if response.content else ""
+    request = response.request
+    return f"HTTP {response.status_code} from {request.method} {request.url.path}: {text}"
+
+
+class PrefectApi:
+    """Typed calls to the Prefect REST API, safe to share between actors (threads or greenlets)."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None = None,
+        *,
+        concurrency: int = 8,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.api_url = api_url.rstrip("/")
+        self._retry = retry or RetryPolicy()
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._client = httpx.Client(
+            base_url=self.api_url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            transport=transport,
+        )
+        # Called with (method, path, status or None) after every attempt; the metrics hook.
+        self.on_attempt: Callable[[str, str, int | None], None] | None = None
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- the request loop --------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        last_error = ""
+        for attempt in range(self._retry.attempts):
+            retry_after: float | None = None
+            status: int | None = None
+            try:
+                with self._slots:
+                    response = self._client.request(method, path, content=body, params=params)
+                status = response.status_code
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__} on {method} /{path.lstrip('/')}: {exc}"
+            else:
+                if status < 400:
+                    self._notify(method, path, status)
+                    return response
+                if status == 404:
+                    self._notify(method, path, status)
+                    raise NotFoundError(_describe(response), status)
+                if status not in RETRYABLE_STATUSES:
+                    self._notify(method, path, status)
+                    raise ApiError(_describe(response), status)
+                last_error = _describe(response)
+                retry_after = _retry_after(response)
+            self._notify(method, path, status)
+            if attempt + 1 < self._retry.attempts:
+                delay = self._retry.delay(attempt, retry_after)
+                log.debug("retrying in %.2fs after %s", delay, last_error)
+                time.sleep(delay)
+        raise ApiError(f"gave up after {self._retry.attempts} attempts: {last_error}", None)
+
+    def _notify(self, method: str, path: str, status: int | None) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(method, path, status)
+
+    def _call(self, shape: type[T], method: str, path: str, body: object = None) -> T:
+        payload = None if body is None else encode(body)
+        return decode(shape, self._request(method, path, payload).content)
+
+    def _pages(
+        self, shape: type[list[T]], path: str, make_body: Callable[[int], object]
+    ) -> Iterator[T]:
+        offset = 0
+        while True:
+            page = self._call(shape, "POST", path, make_body(offset))
+            yield from page
+            if len(page) < PAGE_SIZE:
+                return
+            offset += len(page)
+
+    # -- work queues -------------------------------------------------------------------------------
+
+    def read_work_queue_by_name(self, name: str) -> WorkQueue | None:
+        """The queue named `name`, or None when it does not exist."""
+        try:
+            return self._call(WorkQueue, "GET", f"work_queues/name/{_quote(name)}")
+        except NotFoundError:
+            return None
+
+    def create_work_queue(self, name: str) -> WorkQueue:
+        return self._call(WorkQueue, "POST", "work_queues/", CreateWorkQueueRequest(name=name))
+
+    def match_work_queues(self, prefixes: tuple[str, ...]) -> list[WorkQueue]:
+        """Every queue whose name starts with one of `prefixes`, read page by page."""
+
+        def body(offset: int) -> WorkQueueFilterRequest:
+            name_filter = WorkQueueNameFilter(name=NameStartsWith(startswith_=list(prefixes)))
+            return WorkQueueFilterRequest(work_queues=name_filter, limit=PAGE_SIZE, offset=offset)
+
+        return list(self._pages(list[WorkQueue], "work_queues/filter", body))
+
+    def get_runs(self, queue_id: str, scheduled_before: datetime, limit: int) -> list[FlowRun]:
+        """Runs of the queue due before `scheduled_before`; the server marks the queue polled."""
+        request = GetRunsRequest(scheduled_before=scheduled_before, limit=limit)
+        return self._call(list[FlowRun], "POST", f"work_queues/{queue_id}/get_runs", request)
+
+    # -- flow runs ---------------------------------------------------------------------------------
+
+    def read_flow_run(self, flow_run_id: str) -> FlowRun:
+        return self._call(FlowRun, "GET", f"flow_runs/{flow_run_id}")
+
+    def set_state(
+        self, flow_run_id: str, proposal: StateProposal, force: bool = False
+    ) -> OrchestrationResult:
+        request = SetStateRequest(state=proposal, force=force)
+        return self._call(
+            OrchestrationResult, "POST", f"flow_runs/{flow_run_id}/set_state", request
+        )
+
+    def set_infrastructure_pid(self, flow_run_id: str, infrastructure_pid: str) -> None:
+        body = encode(FlowRunUpdate(infrastructure_pid=infrastructure_pid))
+        self._request("PATCH", f"flow_runs/{flow_run_id}", body)
+
+    def filter_flow_runs(self, flow_runs: FlowRunFilter) -> list[FlowRun]:
+        """Every run that matches the filter, read page by page."""
+
+        def body(offset: int) -> FlowRunFilterRequest:
+            return FlowRunFilterRequest(flow_runs=flow_runs, limit=PAGE_SIZE, offset=offset)
+
+        return list(self._pages(list[FlowRun], "flow_runs/filter", body))
+
+    def runs_in_states(self, queue_names: list[str], state_types: list[str]) -> list[FlowRun]:
+        return self.filter_flow_runs(
+            FlowRunFilter(
+                work_queue_name=AnyOf(any_=queue_names),
+                state=FlowRunStateFilter(type=AnyOf(any_=state_types)),
+            )
+        )
+
+    # -- deployments and blocks --------------------------------------------------------------------
+
+    def read_deployment(self, deployment_id: str) -> Deployment:
+        return self._call(Deployment, "GET", f"deployments/{deployment_id}")
+
+    def read_block_document(self, block_document_id: str) -> BlockDocument:
+        """The block with its secrets, as the run's infrastructure needs them."""
+        response = self._request(
+            "GET", f"block_documents/{block_document_id}", params={"include_secrets": "true"}
+        )
+        return decode(BlockDocument, response.content)
+
+    def health(self) -> bool:
+        try:
+            with self._slots:
+                return self._client.get("health", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def _quote(segment: str) -> str:
+    """Quote a path segment (queue names may hold spaces or slashes)."""
+    return quote(segment, safe="")

@@ -1,0 +1,142 @@
+"""From a deployment's infrastructure block to the exact process a flow run starts as.
+
+All of this is pure: the RunSupervisor fetches the deployment and the block, then asks these
+functions what to run. Every way the inputs can be wrong raises `SubmissionError` with a
+message that names the problem, so the run is Failed with a reason a user can fix and the
+agent carries on with every other run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from messages.api import BlockDocument, Deployment, FlowRun, ProcessBlock
+
+SUPPORTED_TYPES = ("process",)
+_PROCESS_FIELDS = frozenset(
+    {"type", "command", "env", "working_dir", "stream_output", "name", "labels", "block_type_slug"}
+)
+
+
+class SubmissionError(RuntimeError):
+    """A run cannot be started as configured; the message says why."""
+
+
+class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Exactly how one flow run's process is started (an argv list: no shell is involved)."""
+
+    command: tuple[str, ...]
+    env: dict[str, str]
+    working_dir: str | None  # None: a fresh temporary directory, removed after the exit
+    stream_output: bool = True
+
+
+def default_command() -> tuple[str, ...]:
+    """The Prefect engine, in this interpreter's environment, as the official agent runs it."""
+    return (sys.executable, "-m", "prefect.engine")
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply `infra_overrides` such as {"env.NAME": "x"} to a copy of the block's fields.
+
+    A dotted path walks nested mappings; the last part is set. A path whose first part is not
+    a Process field, or that walks through something that is not a mapping, is an error.
+    """
+    result = copy.deepcopy(dict(data))
+    for path, value in overrides.items():
+        parts = path.split(".")
+        if not all(parts):
+            raise SubmissionError(f"infra_overrides path {path!r} has an empty part")
+        if parts[0] not in _PROCESS_FIELDS:
+            known = ", ".join(sorted(_PROCESS_FIELDS - {"block_type_slug"}))
+            raise SubmissionError(
+                f"infra_overrides path {path!r}: Process infrastructure has no field "
+                f"{parts[0]!r} (fields: {known})"
+            )
+        node: Any = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                walked = ".".join(parts[: depth + 1])
+                raise SubmissionError(
+                    f"infra_overrides path {path!r}: {walked!r} is a "
+                    f"{type(child).__name__}, not a mapping, "
+                    f"so it has no field {parts[depth + 1]!r}"
+                )
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def process_block(block: BlockDocument | None, overrides: Mapping[str, Any]) -> ProcessBlock:
+    """The Process fields for a run: the block's (or the defaults), with overrides applied."""
+    data: dict[str, Any] = dict(block.data) if block is not None else {"type": "process"}
+    kind = str(data.get("type") or (block.block_type.slug if block and block.block_type else ""))
+    if kind not in SUPPORTED_TYPES:
+        name = f" {block.name!r}" if block is not None and block.name else ""
+        raise SubmissionError(
+            f"infrastructure block{name} is of type {kind!r}, which this agent cannot run "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+    merged = apply_overrides(data, overrides)
+    try:
+        return msgspec.convert(merged, ProcessBlock)
+    except msgspec.ValidationError as exc:
+        raise SubmissionError(f"invalid Process infrastructure: {exc}") from exc
+
+
+def run_environment(
+    flow_run: FlowRun,
+    block_env: Mapping[str, str | None],
+    api_url: str,
+    api_key: str | None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The run's environment, layered as the official agent does; a null value unsets a name."""
+    layered: dict[str, str | None] = dict(os.environ if base is None else base)
+    layered["PREFECT_API_URL"] = api_url
+    if api_key:
+        layered["PREFECT_API_KEY"] = api_key
+    layered["PREFECT__FLOW_RUN_ID"] = flow_run.id
+    layered.update(block_env)
+    return {name: value for name, value in layered.items() if value is not None}
+
+
+def process_spec(
+    flow_run: FlowRun,
+    deployment: Deployment | None,
+    block: BlockDocument | None,
+    *,
+    api_url: str,
+    api_key: str | None,
+    base_env: Mapping[str, str] | None = None,
+) -> ProcessSpec:
+    """Everything needed to start the run's process, checked before anything is started."""
+    overrides = deployment.overrides if deployment is not None else {}
+    fields = process_block(block, overrides)
+    env = run_environment(flow_run, fields.env, api_url, api_key, base_env)
+    command = tuple(fields.command) if fields.command else default_command()
+    if not all(isinstance(part, str) and part for part in command):
+        raise SubmissionError(f"infrastructure command {list(command)!r} has an empty part")
+    if shutil.which(command[0], path=env.get("PATH")) is None:
+        raise SubmissionError(
+            f"command {command[0]!r} was not found (PATH={env.get('PATH', '')!r})"
+        )
+    if fields.working_dir is not None and not os.path.isdir(fields.working_dir):
+        raise SubmissionError(f"working directory {fields.working_dir!r} does not exist")
+    return ProcessSpec(
+        command=command,
+        env=env,
+        working_dir=fields.working_dir,
+        stream_output=fields.stream_output,
+    )

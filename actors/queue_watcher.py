@@ -1,0 +1,164 @@
+"""QueueWatcher: one per work queue; asks the server for due runs and hands them on.
+
+Its rhythm is adaptive: a full page that brought new runs means more are probably waiting, so
+it polls again at once; an empty or partial page means the queue is drained, so it waits the
+query interval. It never asks for more runs than the Dispatcher could admit right now, and the
+Dispatcher wakes it with `Poll` when a slot frees. A paused queue is noted once, not per poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pykka
+
+from actors.api_client import ApiError
+from actors.context import AgentContext
+from actors.refs import ask, tell_if_alive
+from actors.timers import Timer
+from messages.api import ApiDecodeError, WorkQueue
+from messages.control import ChildFailed, Poll, PolledOnce
+from messages.runs import FreeSlots, RunsFound
+
+ERROR_BACKOFF_MAX = 60.0
+
+
+class QueueWatcher(pykka.ThreadingActor):
+    """Polls one work queue (permanent child of the Agent)."""
+
+    def __init__(
+        self,
+        ctx: AgentContext,
+        queue_name: str,
+        dispatcher: pykka.ActorRef[Any],
+        agent: pykka.ActorRef[Any],
+        create_missing: bool,
+    ) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.queue_name = queue_name
+        self.dispatcher = dispatcher
+        self.agent = agent
+        self.create_missing = create_missing
+        self.log = logging.getLogger(f"prefect_actor_agent.queue_watcher.{queue_name}")
+        self.queue: WorkQueue | None = None
+        self.paused = False
+        self.failures = 0
+        self.polls = 0
+        self.next_poll: Timer | None = None
+        self.phase = "starting"
+        self.since = time.time()
+
+    def on_start(self) -> None:
+        self.actor_ref.tell(Poll())
+
+    def on_failure(self, *exc_info: Any) -> None:
+        error = exc_info[1]
+        tell_if_alive(self.agent, ChildFailed("QueueWatcher", self.queue_name, repr(error)))
+
+    def on_stop(self) -> None:
+        if self.next_poll is not None:
+            self.next_poll.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Poll():
+                self._poll()
+            case _:
+                self.log.warning("unexpected message %r", message)
+        return None
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.since = time.time()
+
+    def _schedule(self, delay: float) -> None:
+        if self.next_poll is not None:
+            self.next_poll.cancel()
+        self.next_poll = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
+
+    def _poll(self) -> None:
+        if self.next_poll is not None:
+            self.next_poll.cancel()
+            self.next_poll = None
+        settings = self.ctx.settings
+        if settings.run_once and self.polls > 0:
+            return
+        self.polls += 1
+        try:
+            again = self._poll_once()
+            self.failures = 0
+        except (ApiError, ApiDecodeError) as exc:
+            self.failures += 1
+            delay = min(settings.query_interval * self.failures, ERROR_BACKOFF_MAX)
+            self.log.warning(
+                "polling work queue %r failed (%s); trying again in %.0fs",
+                self.queue_name,
+                exc,
+                delay,
+            )
+            self._set_phase(f"error: {exc}")
+            again = False
+            if not settings.run_once:
+                self._schedule(delay)
+                return
+        if settings.run_once:
+            self.agent.tell(PolledOnce(self.queue_name))
+        elif again:
+            self.actor_ref.tell(Poll())
+        else:
+            self._schedule(settings.query_interval)
+
+    def _poll_once(self) -> bool:
+        """One round trip; True when the page was full and more runs are probably due."""
+        queue = self._read_queue()
+        if queue is None:
+            self._set_phase("queue does not exist")
+            return False
+        if queue.is_paused:
+            if not self.paused:
+                self.log.info(
+                    "work queue %r is paused; not taking its runs until it resumes", self.queue_name
+                )
+            self.paused = True
+            self._set_phase("paused")
+            return False
+        if self.paused:
+            self.log.info("work queue %r resumed", self.queue_name)
+            self.paused = False
+        room = ask(self.dispatcher, FreeSlots(self.queue_name), int)
+        if room == 0:
+            self._set_phase("waiting for a free slot")
+            return False
+        self._set_phase("polling")
+        before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
+        runs = self.ctx.api.get_runs(queue.id, before, room)
+        if not runs:
+            return False
+        self.log.debug("found %d run(s) in work queue %r", len(runs), self.queue_name)
+        admitted = ask(self.dispatcher, RunsFound(self.queue_name, tuple(runs)), int)
+        return len(runs) >= room and admitted > 0
+
+    def _read_queue(self) -> WorkQueue | None:
+        queue = self.ctx.api.read_work_queue_by_name(self.queue_name)
+        if queue is None and self.create_missing:
+            try:
+                queue = self.ctx.api.create_work_queue(self.queue_name)
+                self.log.info("created work queue %r", self.queue_name)
+            except ApiError as exc:
+                # Another agent may have created it at the same moment: read it again.
+                queue = self.ctx.api.read_work_queue_by_name(self.queue_name)
+                if queue is None:
+                    raise ApiError(
+                        f"could not create work queue {self.queue_name!r}: {exc}"
+                    ) from exc
+        if queue is None and self.queue is not None:
+            self.log.warning("work queue %r no longer exists", self.queue_name)
+        if queue is not None and self.queue is None:
+            self.log.info("watching work queue %r (%s)", queue.name, queue.id)
+        self.queue = queue
+        return queue

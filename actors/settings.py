@@ -1,0 +1,87 @@
+"""The agent's settings, read from the same environment variables as Prefect's own agent.
+
+Flags of the launcher override the environment; everything has the official default so that
+replacing `prefect agent start` with this agent changes nothing a user has configured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used, with the variable's name in the message."""
+
+
+class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the actor tree needs to know; immutable, shared by every actor."""
+
+    api_url: str  # e.g. http://127.0.0.1:4200/api
+    api_key: str | None = msgspec.field(default=None)  # never logged; see __repr__
+    work_queues: tuple[str, ...] = ()  # exact queue names (-q)
+    queue_prefixes: tuple[str, ...] = ()  # prefix mode (-m): watch every queue whose name matches
+    limit: int | None = None  # most runs in flight at once; None = unlimited
+    prefetch_seconds: float = 15.0  # take runs scheduled up to this far ahead
+    query_interval: float = 15.0  # seconds between polls of an idle queue
+    rematch_interval: float = 30.0  # prefix mode: seconds between re-reads of matching queues
+    run_once: bool = False  # one poll per queue, then finish the runs taken and stop
+    api_concurrency: int = 8  # most requests in flight towards the server at once
+    cancel_grace_seconds: float = 30.0  # SIGTERM -> SIGKILL delay when a run is cancelled
+    shutdown_grace_seconds: float = 5.0  # SIGTERM -> SIGKILL delay for runs when the agent stops
+
+    def __repr__(self) -> str:
+        key = "'***'" if self.api_key else "None"
+        return (
+            f"AgentSettings(api_url={self.api_url!r}, api_key={key}, "
+            f"work_queues={self.work_queues!r}, queue_prefixes={self.queue_prefixes!r}, "
+            f"limit={self.limit!r}, prefetch_seconds={self.prefetch_seconds!r}, "
+            f"query_interval={self.query_interval!r}, run_once={self.run_once!r})"
+        )
+
+    __str__ = __repr__
+
+    def __post_init__(self) -> None:
+        if not self.api_url:
+            raise SettingsError("no Prefect API URL: set PREFECT_API_URL or pass --api")
+        if self.limit is not None and self.limit < 1:
+            raise SettingsError(f"--limit must be at least 1, got {self.limit}")
+        if self.query_interval <= 0:
+            raise SettingsError(
+                f"PREFECT_AGENT_QUERY_INTERVAL must be positive, got {self.query_interval}"
+            )
+        if self.prefetch_seconds < 0:
+            raise SettingsError(
+                f"prefetch seconds must not be negative, got {self.prefetch_seconds}"
+            )
+        if not self.work_queues and not self.queue_prefixes:
+            raise SettingsError("no work queue: name one with -q or a prefix with -m")
+
+
+def _float_from(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> AgentSettings:
+    """Build settings from Prefect's environment variables; keyword arguments win over them."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {
+        "api_url": env.get("PREFECT_API_URL", ""),
+        "api_key": env.get("PREFECT_API_KEY") or None,
+        "query_interval": _float_from(env, "PREFECT_AGENT_QUERY_INTERVAL", 15.0),
+        "prefetch_seconds": _float_from(env, "PREFECT_AGENT_PREFETCH_SECONDS", 15.0),
+        "cancel_grace_seconds": _float_from(env, "PREFECT_AGENT_CANCEL_GRACE_SECONDS", 30.0),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(values, AgentSettings)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid agent settings: {exc}") from exc

@@ -1,0 +1,83 @@
+"""Messages that drive the actors themselves: timers, supervision, lifecycle.
+
+None of these leave the process; they are how an actor asks itself or its parent to act later
+without ever sleeping or blocking in `on_receive`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Poll(msgspec.Struct, frozen=True):
+    """Scheduled by a watcher to itself: time to ask the server again."""
+
+
+class RematchQueues(msgspec.Struct, frozen=True):
+    """Scheduled by the Agent to itself in prefix mode: re-read which queues match."""
+
+
+class PolledOnce(msgspec.Struct, frozen=True):
+    """Sent by a QueueWatcher to the Agent after its first poll when the agent runs once.
+
+    Its RunsFound (if any) was sent to the Dispatcher before this, so the Dispatcher has
+    already seen those runs when the Agent next asks it how many it holds.
+    """
+
+    queue_name: str
+
+
+class HeldRuns(msgspec.Struct, frozen=True):
+    """Asked of the Dispatcher; the answer is the number of runs it holds."""
+
+
+class DispatcherIdle(msgspec.Struct, frozen=True):
+    """Sent by the Dispatcher to the Agent whenever the last run it held has finished."""
+
+
+class ChildFailed(msgspec.Struct, frozen=True):
+    """Sent by a permanent child (watcher, dispatcher) to its parent from `on_failure`.
+
+    The parent restarts the child with exponential backoff (one-for-one).
+    """
+
+    kind: str  # "QueueWatcher", "Dispatcher", ...
+    name: str  # the queue name, or the kind for singletons
+    error: str  # the exception, as a user would read it
+
+
+class RestartChild(msgspec.Struct, frozen=True):
+    """Scheduled by a parent to itself: the backoff for a failed child is over."""
+
+    kind: str
+    name: str
+
+
+class RegisterWatcher(msgspec.Struct, frozen=True):
+    """Sent by the Agent to the Dispatcher when a QueueWatcher starts or is replaced.
+
+    A watcher that found no free slot is sent `Poll` as soon as a slot frees up, so a run
+    waiting behind the limit starts when the slot frees, not a whole query interval later.
+    """
+
+    queue_name: str
+    watcher: object  # the watcher's pykka.ActorRef, or None to forget the queue
+
+
+class InterruptRuns(msgspec.Struct, frozen=True):
+    """Asked of the Dispatcher when the agent stops; the answer is the supervisors' refs.
+
+    Each supervisor ends its run (see `Interrupt`) and stops; the caller waits for them.
+    """
+
+    grace_seconds: float
+
+
+class Interrupt(msgspec.Struct, frozen=True):
+    """Sent by the Dispatcher to a RunSupervisor when the agent stops.
+
+    A run not started yet is handed back (Scheduled); a running one is terminated (SIGTERM,
+    then SIGKILL after the grace period) and proposed Crashed with a message saying why.
+    """
+
+    grace_seconds: float

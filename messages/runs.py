@@ -1,0 +1,66 @@
+"""Messages about flow runs that cross between actors (and between a host service and the agent).
+
+Each message is a frozen Struct: it is shared between threads or greenlets without copying and
+no receiver can change what another receiver sees.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from messages.api import FlowRun
+
+RunOutcome = Literal[
+    "exited",  # the process exited 0; the engine reported the run's own final state
+    "crashed",  # the process exited non-zero; the agent proposed Crashed
+    "failed",  # submission failed before a process started; the agent proposed Failed
+    "not-submitted",  # the server did not let this agent take the run (another agent did)
+    "cancelled",  # a Cancel stopped the run
+    "interrupted",  # the agent stopped while the run was in flight
+]
+
+
+class RunsFound(msgspec.Struct, frozen=True):
+    """Asked of the Dispatcher by a QueueWatcher after each poll that returned runs.
+
+    The Dispatcher drops runs it already holds, admits the rest in order of scheduled start
+    as far as its limit allows, and leaves the others Scheduled on the server for a later poll.
+    The answer is how many it admitted: a full page with admissions means poll again at once.
+    """
+
+    queue_name: str  # the queue the runs were read from, for log lines
+    runs: tuple[FlowRun, ...]  # as the server returned them, in any order
+
+
+class FreeSlots(msgspec.Struct, frozen=True):
+    """Asked of the Dispatcher by a QueueWatcher before each poll; the answer is an int.
+
+    A watcher never asks the server for more runs than could be admitted right now. A watcher
+    told 0 is sent `Poll` when a slot frees up.
+    """
+
+    queue_name: str  # who is asking, to be woken when a slot frees
+
+
+class RunFinished(msgspec.Struct, frozen=True):
+    """Sent by a RunSupervisor to the Dispatcher as its last act, whatever the outcome.
+
+    The Dispatcher frees the run's slot; the supervisor then stops itself.
+    """
+
+    flow_run_id: str
+    outcome: RunOutcome
+    detail: str = ""  # e.g. "exit code 1", the submission error, the abort reason
+
+
+class Cancel(msgspec.Struct, frozen=True):
+    """Sent to the Dispatcher (by the CancelWatcher or by a host service) to stop one run.
+
+    The Dispatcher routes it to the run's RunSupervisor, which kills the run's process group
+    and marks the run Cancelled. A run whose process has not started yet never starts.
+    """
+
+    flow_run_id: str
+    reason: str = "cancellation requested"
