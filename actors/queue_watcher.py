@@ -124,6 +124,8 @@ class QueueWatcher(pykka.ThreadingActor):
                 self.log.info(
                     "work queue %r is paused; not taking its runs until it resumes", self.queue_name
                 )
+            else:
+                self.log.debug("work queue %r is still paused", self.queue_name)
             self.paused = True
             self._set_phase("paused")
             return False

@@ -92,6 +92,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="SIGTERM to SIGKILL delay for runs in flight when the agent stops (default 5)",
     )
     parser.add_argument(
+        "--rematch-interval",
+        type=float,
+        default=None,
+        help="with -m: seconds between re-reads of the matching queues (default 30)",
+    )
+    parser.add_argument(
         "--run-once", action="store_true", help="poll once, wait for the runs taken, then exit"
     )
     parser.add_argument(
@@ -165,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             query_interval=args.query_interval,
             cancel_grace_seconds=args.cancel_grace_seconds,
             shutdown_grace_seconds=args.shutdown_grace_seconds,
+            rematch_interval=args.rematch_interval,
             run_once=args.run_once,
         )
     except SettingsError as exc:

@@ -1,0 +1,193 @@
+"""Fixtures: one real Prefect server per session, and agents under test in both runtimes.
+
+An agent under test runs either in this process on plain threads (the library mode, as a host
+service embeds it) or as the launcher `examples/agent.py` in its own process under gevent.
+Tests that take `agent_factory` run once in each mode; both are judged only by what a user
+sees: run states on the server, processes, and log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from actors import AgentHandle, settings_from_env, start_agent
+from examples.local_server import LocalPrefectServer
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = ROOT / "examples" / "agent.py"
+FLOWS = Path(__file__).resolve().parent / "flows"
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPrefectServer]:
+    with LocalPrefectServer(home=tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def api_url(prefect_server: LocalPrefectServer) -> str:
+    return prefect_server.api_url
+
+
+@pytest.fixture
+def queue() -> str:
+    """A work queue name no other test uses."""
+    return f"q-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def markers(tmp_path: Path) -> Path:
+    path = tmp_path / "markers"
+    path.mkdir()
+    return path
+
+
+class AgentUnderTest(Protocol):
+    def logs(self) -> str: ...
+
+    def stop(self) -> int | None: ...
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        with self._lock:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+
+class ThreadAgent:
+    """The agent as a library: its actor tree in this process, on plain threads."""
+
+    def __init__(self, handle: AgentHandle, collector: _LogCollector) -> None:
+        self.handle = handle
+        self._collector = collector
+
+    def logs(self) -> str:
+        return self._collector.text()
+
+    def stop(self) -> int | None:
+        self.handle.stop()
+        logging.getLogger("prefect_actor_agent").removeHandler(self._collector)
+        return None
+
+
+class LauncherAgent:
+    """The agent as users run it: `examples/agent.py` under gevent, in its own process."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(LAUNCHER), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+        )
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
+    """The launcher's command line for the same options a test gives a library agent."""
+    args = ["--api", api_url, "--log-level", "DEBUG"]
+    for name in options.get("work_queues", ()):
+        args += ["-q", name]
+    for prefix in options.get("queue_prefixes", ()):
+        args += ["-m", prefix]
+    flags = {
+        "limit": "--limit",
+        "prefetch_seconds": "--prefetch-seconds",
+        "query_interval": "--query-interval",
+        "rematch_interval": "--rematch-interval",
+        "cancel_grace_seconds": "--cancel-grace-seconds",
+        "shutdown_grace_seconds": "--shutdown-grace-seconds",
+    }
+    for key, flag in flags.items():
+        if options.get(key) is not None:
+            args += [flag, str(options[key])]
+    if options.get("run_once"):
+        args.append("--run-once")
+    return args
+
+
+AgentFactory = Callable[..., AgentUnderTest]
+
+
+def _agent_factory(mode: str, api_url: str, tmp_path: Path) -> Iterator[AgentFactory]:
+    started: list[AgentUnderTest] = []
+
+    def launch(**options: Any) -> AgentUnderTest:
+        options.setdefault("query_interval", 1.0)
+        agent: AgentUnderTest
+        if mode == "threads":
+            collector = _LogCollector()
+            base = logging.getLogger("prefect_actor_agent")
+            base.setLevel(logging.DEBUG)
+            base.addHandler(collector)
+            settings = settings_from_env({}, api_url=api_url, **options)
+            agent = ThreadAgent(start_agent(settings), collector)
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            log_path = tmp_path / f"agent-{len(started)}.log"
+            agent = LauncherAgent(launcher_args(api_url, options), log_path, env)
+        started.append(agent)
+        return agent
+
+    yield launch
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture(params=["threads", "gevent"])
+def agent_factory(
+    request: pytest.FixtureRequest, api_url: str, tmp_path: Path
+) -> Iterator[AgentFactory]:
+    """Start agents under test, in both runtimes (the test runs once per mode)."""
+    yield from _agent_factory(request.param, api_url, tmp_path)
+
+
+@pytest.fixture
+def library_agent(api_url: str, tmp_path: Path) -> Iterator[AgentFactory]:
+    """Start agents under test in this process only (for tests that reach into the tree)."""
+    yield from _agent_factory("threads", api_url, tmp_path)
+
+
+@pytest.fixture
+def launcher_agent(api_url: str, tmp_path: Path) -> Iterator[AgentFactory]:
+    """Start agents under test through the launcher only (signals, exit codes)."""
+    yield from _agent_factory("gevent", api_url, tmp_path)

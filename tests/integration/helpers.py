@@ -1,0 +1,50 @@
+"""Small observations shared by the integration tests: what the server and the disk say."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.support.prefect_objects import deploy, read_run, run_state
+
+FLOWS = Path(__file__).resolve().parent.parent / "flows"
+MARKER_COMMAND = [sys.executable, str(FLOWS / "marker_command.py")]
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def deploy_marker_command(
+    api_url: str, queue: str, markers: Path, *args: str, name: str = "marker"
+) -> str:
+    """A deployment whose runs start the fast marker command instead of the engine."""
+    return deploy(
+        api_url,
+        FLOWS / "hello.py",
+        "hello",
+        name=f"{name}-{queue}",
+        work_queue=queue,
+        command=[*MARKER_COMMAND, *args],
+        env={"MARKER_DIR": str(markers)},
+    )
+
+
+def command_starts(markers: Path) -> Counter[str]:
+    """How many times the marker command started for each flow run id."""
+    return Counter(path.name.split(".", 1)[0] for path in markers.glob("*.cmd"))
+
+
+def state_type(api_url: str, run_id: str) -> str:
+    return run_state(api_url, run_id)[0]
+
+
+def states(api_url: str, run_ids: list[str]) -> dict[str, str]:
+    return {run_id: state_type(api_url, run_id) for run_id in run_ids}
+
+
+def all_in(api_url: str, run_ids: list[str], wanted: set[str]) -> bool:
+    return all(state_type(api_url, run_id) in wanted for run_id in run_ids)
+
+
+def infrastructure_pid(api_url: str, run_id: str) -> str | None:
+    value = read_run(api_url, run_id).get("infrastructure_pid")
+    return str(value) if value else None

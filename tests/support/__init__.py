@@ -1,0 +1,1 @@
+"""Helpers that drive a real Prefect server from tests."""

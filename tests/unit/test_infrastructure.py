@@ -1,0 +1,131 @@
+"""From deployment + block + overrides to the process spec; every bad input has a clear error."""
+
+import sys
+
+import pytest
+
+from actors.infrastructure import (
+    SubmissionError,
+    apply_overrides,
+    process_block,
+    process_spec,
+    run_environment,
+)
+from messages.api import BlockDocument, BlockTypeRef, Deployment, FlowRun
+
+RUN = FlowRun(id="run-1")
+PROCESS = BlockTypeRef(slug="process")
+
+
+def block(**data: object) -> BlockDocument:
+    return BlockDocument(
+        id="b", name="my-process", data={"type": "process", **data}, block_type=PROCESS
+    )
+
+
+def test_dotted_override_sets_a_nested_value_on_a_copy() -> None:
+    data = {"env": {"A": "1"}, "command": None}
+    result = apply_overrides(data, {"env.B": "2", "working_dir": "/tmp"})
+    assert result == {"env": {"A": "1", "B": "2"}, "command": None, "working_dir": "/tmp"}
+    assert data == {"env": {"A": "1"}, "command": None}
+
+
+def test_override_creates_missing_mapping() -> None:
+    assert apply_overrides({}, {"env.X": "y"}) == {"env": {"X": "y"}}
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("nonsense.field", "no field 'nonsense'"),
+        ("env..X", "empty part"),
+        ("working_dir.sub", "'working_dir' is a str, not a mapping"),
+    ],
+)
+def test_bad_override_path_is_a_submission_error(override: str, words: str) -> None:
+    with pytest.raises(SubmissionError, match=words):
+        apply_overrides({"working_dir": "/tmp"}, {override: "v"})
+
+
+def test_unknown_infrastructure_type_is_named() -> None:
+    docker = BlockDocument(
+        id="d", name="dock", data={"image": "x"}, block_type=BlockTypeRef(slug="docker-container")
+    )
+    with pytest.raises(SubmissionError, match=r"type 'docker-container'.*cannot run"):
+        process_block(docker, {})
+
+
+def test_override_of_wrong_type_is_a_submission_error() -> None:
+    with pytest.raises(SubmissionError, match="invalid Process infrastructure"):
+        process_block(block(), {"command": "echo hi"})
+
+
+def test_environment_layers_like_the_official_agent() -> None:
+    env = run_environment(
+        RUN,
+        {"KEEP": "block", "DROP": None},
+        "http://api",
+        "secret",
+        base={"KEEP": "os", "DROP": "os", "OTHER": "os"},
+    )
+    assert env == {
+        "KEEP": "block",
+        "OTHER": "os",
+        "PREFECT_API_URL": "http://api",
+        "PREFECT_API_KEY": "secret",
+        "PREFECT__FLOW_RUN_ID": "run-1",
+    }
+
+
+def test_default_process_runs_the_prefect_engine() -> None:
+    spec = process_spec(
+        RUN, None, None, api_url="http://api", api_key=None, base_env={"PATH": "/usr/bin"}
+    )
+    assert spec.command == (sys.executable, "-m", "prefect.engine")
+    assert spec.working_dir is None
+    assert "PREFECT_API_KEY" not in spec.env
+
+
+def test_deployment_overrides_apply_to_the_block() -> None:
+    deployment = Deployment(id="d", infra_overrides={"env.FOO": "bar"})
+    spec = process_spec(
+        RUN,
+        deployment,
+        block(env={"A": "1"}),
+        api_url="u",
+        api_key=None,
+        base_env={"PATH": "/usr/bin"},
+    )
+    assert spec.env["FOO"] == "bar"
+    assert spec.env["A"] == "1"
+
+
+def test_job_variables_win_over_infra_overrides() -> None:
+    deployment = Deployment(
+        id="d", infra_overrides={"env.FOO": "old"}, job_variables={"env.FOO": "new"}
+    )
+    assert deployment.overrides == {"env.FOO": "new"}
+
+
+def test_missing_command_is_a_submission_error() -> None:
+    with pytest.raises(SubmissionError, match="'no-such-command-xyz' was not found"):
+        process_spec(
+            RUN,
+            None,
+            block(command=["no-such-command-xyz"]),
+            api_url="u",
+            api_key=None,
+            base_env={"PATH": "/usr/bin"},
+        )
+
+
+def test_missing_working_dir_is_a_submission_error() -> None:
+    with pytest.raises(SubmissionError, match="working directory '/no/such/dir' does not exist"):
+        process_spec(
+            RUN,
+            None,
+            block(command=["true"], working_dir="/no/such/dir"),
+            api_url="u",
+            api_key=None,
+            base_env={"PATH": "/usr/bin:/bin"},
+        )
