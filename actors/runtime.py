@@ -19,7 +19,7 @@ from actors.context import AgentContext
 from actors.refs import ask
 from actors.settings import AgentSettings
 from actors.timers import Clock
-from messages.control import InterruptRuns
+from messages.control import HeldRuns, InterruptRuns
 from messages.runs import Cancel
 
 log = logging.getLogger("prefect_actor_agent.agent")
@@ -53,6 +53,15 @@ class AgentHandle:
     def wait_finished(self, timeout: float | None = None) -> bool:
         """For a run-once agent: block until every run it took has ended."""
         return self.finished.wait(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no run is in flight (every process has exited and been reported)."""
+        deadline = time.monotonic() + timeout
+        while ask(self.dispatcher, HeldRuns(), int) > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def stop(self, grace_seconds: float | None = None, timeout: float = 30.0) -> None:
         """Stop polling, end the runs in flight, then stop every actor.

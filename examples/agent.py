@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if demo_runs:
             runs = demo.wait_for_runs(api_url, demo_runs, timeout=300, stop=stop)
+            agent.wait_idle(timeout=60)  # let the runs' processes exit before stopping
             print(demo.summary(runs), flush=True)
             exit_code = 0 if demo.all_completed(runs) else 1
         elif settings.run_once:

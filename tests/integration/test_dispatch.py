@@ -1,0 +1,102 @@
+"""Which runs are taken, when, and how often: de-duplication, several agents, paused and matched
+queues. These tests start the fast marker command instead of the engine: they are about the
+dispatching, and each marker file is one start of a run's process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from messages.api import FlowRun
+from messages.control import HeldRuns
+from messages.runs import RunsFound
+from tests.conftest import AgentFactory, ThreadAgent
+from tests.integration.helpers import command_starts, deploy_marker_command, states
+from tests.support.prefect_objects import (
+    create_run,
+    create_runs,
+    pause_queue,
+    read_run,
+    run_state,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_same_run_seen_by_two_queues_and_two_polls_starts_once(
+    library_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers, "1")
+    run_id = create_run(api_url, deployment)
+    run = msgspec.convert(read_run(api_url, run_id), FlowRun)
+
+    agent = library_agent(work_queues=(queue,), query_interval=0.2)
+    assert isinstance(agent, ThreadAgent)
+    dispatcher = agent.handle.dispatcher
+    for source in ("another-queue", queue, "another-queue"):
+        dispatcher.tell(RunsFound(source, (run,)))
+
+    wait_for(lambda: f"flow run {run_id} finished" in agent.logs(), 30, "the run to finish")
+    for source in ("another-queue", queue):  # stale sightings after the run ended
+        dispatcher.tell(RunsFound(source, (run,)))
+    assert dispatcher.ask(HeldRuns()) == 0  # answered after the stale sightings were handled
+    assert command_starts(markers)[run_id] == 1
+    assert agent.logs().count(f"submitting flow run {run_id}") == 1
+
+
+def test_two_agents_on_one_queue_start_each_run_exactly_once(
+    agent_factory: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers)
+    runs = create_runs(api_url, deployment, 50)
+
+    first = agent_factory(work_queues=(queue,), query_interval=0.5)
+    second = agent_factory(work_queues=(queue,), query_interval=0.5)
+
+    wait_for(lambda: set(command_starts(markers)) >= set(runs), 120, "every run to start")
+    wait_for(lambda: "SCHEDULED" not in states(api_url, runs).values(), 30, "no run left Scheduled")
+    starts = command_starts(markers)
+    assert {run: starts[run] for run in runs} == dict.fromkeys(runs, 1)
+    taken = [agent.logs().count("submitting flow run") for agent in (first, second)]
+    assert sum(taken) >= 50
+
+
+def test_paused_queue_is_skipped_with_one_log_line_and_taken_after_resume(
+    library_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers)  # creates the queue
+    pause_queue(api_url, queue, True)
+    run_id = create_run(api_url, deployment)
+
+    agent = library_agent(work_queues=(queue,), query_interval=0.2)
+
+    still_paused = f"work queue '{queue}' is still paused"
+    wait_for(lambda: agent.logs().count(still_paused) >= 3, 30, "several polls of the paused queue")
+    assert agent.logs().count(f"work queue '{queue}' is paused") == 1
+    assert run_state(api_url, run_id)[0] == "SCHEDULED"
+    assert command_starts(markers)[run_id] == 0
+
+    pause_queue(api_url, queue, False)
+    wait_for(lambda: command_starts(markers)[run_id] == 1, 30, "the run to start after resume")
+    assert f"work queue '{queue}' resumed" in agent.logs()
+
+
+def test_prefix_mode_picks_up_a_queue_created_later_and_ignores_others(
+    agent_factory: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    prefix = f"{queue}-etl-"
+    agent = agent_factory(queue_prefixes=(prefix,), rematch_interval=0.5, query_interval=0.5)
+    wait_for(lambda: "no work queue matches" in agent.logs(), 30, "the first empty match")
+
+    matched = deploy_marker_command(api_url, f"{prefix}nightly", markers, name="m")
+    ignored = deploy_marker_command(api_url, f"{queue}-other", markers, name="i")
+    taken = create_run(api_url, matched)
+    left = create_run(api_url, ignored)
+
+    wait_for(lambda: command_starts(markers)[taken] == 1, 60, "the matched queue's run to start")
+    assert f"matched new work queues: {prefix}nightly" in agent.logs()
+    assert command_starts(markers)[left] == 0
+    assert run_state(api_url, left)[0] == "SCHEDULED"

@@ -1,0 +1,98 @@
+"""The launcher as users run it: --run-once, a clean stop on SIGTERM, and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LAUNCHER, ROOT, AgentFactory, LauncherAgent, ThreadAgent
+from tests.integration.helpers import command_starts, deploy_marker_command
+from tests.support.prefect_objects import create_run, create_runs, run_state, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def process_gone(pid: int) -> bool:
+    """True when no live process has this pid (a zombie awaiting its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_run_once_takes_the_due_runs_waits_for_them_and_exits(
+    launcher_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers, "1")
+    runs = create_runs(api_url, deployment, 3)
+    later = create_run(api_url, deployment, scheduled_in=300)
+
+    agent = launcher_agent(work_queues=(queue,), run_once=True)
+    assert isinstance(agent, LauncherAgent)
+
+    assert agent.process.wait(timeout=60) == 0
+    starts = command_starts(markers)
+    assert all(starts[run] == 1 for run in runs)
+    assert starts[later] == 0
+    assert "every queue polled and every run taken has ended" in agent.logs()
+
+
+def test_run_once_as_a_library_finishes(
+    library_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers)
+    runs = create_runs(api_url, deployment, 2)
+    agent = library_agent(work_queues=(queue,), run_once=True)
+    assert isinstance(agent, ThreadAgent)
+    assert agent.handle.wait_finished(timeout=60)
+    assert all(command_starts(markers)[run] == 1 for run in runs)
+
+
+def test_sigterm_stops_the_agent_and_leaves_no_run_running_without_a_process(
+    launcher_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers, "300")
+    running = create_run(api_url, deployment)
+
+    agent = launcher_agent(work_queues=(queue,), shutdown_grace_seconds=2)
+    assert isinstance(agent, LauncherAgent)
+    wait_for(lambda: command_starts(markers)[running] == 1, 60, "the long run to start")
+    wait_for(lambda: "started as pid" in agent.logs(), 10, "the pid to be logged")
+    pid = json.loads(next(markers.glob(f"{running}.*.cmd")).read_text())["pid"]
+
+    agent.process.send_signal(signal.SIGTERM)
+    assert agent.process.wait(timeout=15) == 0
+
+    wait_for(lambda: process_gone(pid), 10, f"the run's process {pid} to be gone")
+    type_, _, message = run_state(api_url, running)
+    assert type_ == "CRASHED"
+    assert message is not None
+    assert "agent stopped" in message
+    assert "agent stopped" in agent.logs()
+
+
+def test_demo_starts_its_own_server_runs_the_demo_flow_and_prints_a_summary(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    result = subprocess.run(
+        [sys.executable, str(LAUNCHER), "--demo", "2", "--server-home", str(tmp_path / "home")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "2 of 2 demo runs completed" in result.stdout
+    assert result.stdout.count("Completed") >= 2
+    assert "starting a local Prefect server" in output
