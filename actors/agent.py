@@ -15,10 +15,11 @@ from typing import Any
 import pykka
 
 from actors.api_client import ApiError
+from actors.cancel_watcher import CancelWatcher
 from actors.context import AgentContext
 from actors.dispatcher import Dispatcher
 from actors.queue_watcher import QueueWatcher
-from actors.refs import ask
+from actors.refs import ask, tell_if_alive
 from messages.api import ApiDecodeError
 from messages.control import (
     ChildFailed,
@@ -28,6 +29,7 @@ from messages.control import (
     RegisterWatcher,
     RematchQueues,
     RestartChild,
+    WatchedQueues,
 )
 
 log = logging.getLogger("prefect_actor_agent.agent")
@@ -45,6 +47,7 @@ class Agent(pykka.ThreadingActor):
         self.finished = finished  # set when a run-once agent has nothing left to do
         self.dispatcher: pykka.ActorRef[Any] | None = None
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
+        self.cancel_watcher: pykka.ActorRef[Any] | None = None
         self.polled_once: set[str] = set()
         self.restarts: dict[str, int] = {}
         self.matched_once = False
@@ -54,6 +57,8 @@ class Agent(pykka.ThreadingActor):
         settings = self.ctx.settings
         log.info("agent starting against %s: %s", settings.api_url, _describe_queues(settings))
         self.dispatcher = Dispatcher.start(self.ctx, self.actor_ref)
+        if not settings.run_once:
+            self._start_cancel_watcher()
         for name in settings.work_queues:
             self._start_watcher(name, create_missing=True)
         if settings.queue_prefixes:
@@ -62,6 +67,9 @@ class Agent(pykka.ThreadingActor):
     def on_stop(self) -> None:
         for name in list(self.watchers):
             self._stop_watcher(name)
+        if self.cancel_watcher is not None:
+            self.cancel_watcher.stop(block=False)
+            self.cancel_watcher = None
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -77,6 +85,8 @@ class Agent(pykka.ThreadingActor):
             case RestartChild(kind="QueueWatcher", name=name):
                 if name not in self.watchers:
                     self._start_watcher(name, create_missing=name in self.ctx.settings.work_queues)
+            case RestartChild(kind="CancelWatcher"):
+                self._start_cancel_watcher()
             case _:
                 log.warning("unexpected message %r", message)
         return None
@@ -89,6 +99,18 @@ class Agent(pykka.ThreadingActor):
         ref = QueueWatcher.start(self.ctx, name, self.dispatcher, self.actor_ref, create_missing)
         self.watchers[name] = ref
         self.dispatcher.tell(RegisterWatcher(name, ref))
+        self._tell_cancel_watcher()
+
+    def _start_cancel_watcher(self) -> None:
+        if self.dispatcher is None:
+            raise RuntimeError("the Dispatcher must start before the CancelWatcher")
+        self.cancel_watcher = CancelWatcher.start(
+            self.ctx, self.dispatcher, self.actor_ref, tuple(sorted(self.watchers))
+        )
+
+    def _tell_cancel_watcher(self) -> None:
+        if self.cancel_watcher is not None:
+            tell_if_alive(self.cancel_watcher, WatchedQueues(tuple(sorted(self.watchers))))
 
     def _stop_watcher(self, name: str) -> None:
         ref = self.watchers.pop(name, None)
@@ -96,6 +118,7 @@ class Agent(pykka.ThreadingActor):
             self.dispatcher.tell(RegisterWatcher(name, None))
         if ref is not None:
             ref.stop(block=False)
+        self._tell_cancel_watcher()
 
     def _child_failed(self, kind: str, name: str, error: str) -> None:
         count = self.restarts.get(name, 0) + 1
@@ -104,7 +127,9 @@ class Agent(pykka.ThreadingActor):
         log.error("%s %r failed (%s); restart %d in %.0fs", kind, name, error, count, delay)
         if kind == "QueueWatcher":
             self.watchers.pop(name, None)
-            self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
+        elif kind == "CancelWatcher":
+            self.cancel_watcher = None
+        self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
 
     # -- prefix mode -------------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ class Dispatcher(pykka.ThreadingActor):
         admitted = admit(fresh, self.held.keys(), self.ctx.settings.limit)
         for run in admitted:
             log.info("submitting flow run %s (%s) from queue %r", run.id, run.name, queue)
-            self.held[run.id] = RunSupervisor.start(self.ctx, run, self.actor_ref)
+            self.held[run.id] = RunSupervisor.start(self.ctx, run.id, self.actor_ref, flow_run=run)
         new = {run.id for run in fresh} - set(self.held) - {run.id for run in admitted}
         if new and self.ctx.settings.limit is not None:
             log.info(
@@ -112,10 +112,15 @@ class Dispatcher(pykka.ThreadingActor):
 
     def _cancel(self, message: Cancel, run_id: str) -> None:
         supervisor = self.held.get(run_id)
-        if supervisor is None:
-            log.info("cancel for flow run %s: this agent does not hold it", run_id)
+        if supervisor is not None:
+            supervisor.tell(message)
             return
-        supervisor.tell(message)
+        # Not held: started by an earlier life of this agent, or by another agent on this host.
+        log.info(
+            "cancel for flow run %s, which this agent does not hold: looking for its process",
+            run_id,
+        )
+        self.held[run_id] = RunSupervisor.start(self.ctx, run_id, self.actor_ref, cancel=message)
 
     def _register(self, queue: str, ref: object) -> None:
         if isinstance(ref, pykka.ActorRef):

@@ -69,8 +69,8 @@ class RunProcess:
             self._remove_temp_dir()
 
     @property
-    def returncode(self) -> int | None:
-        return self._popen.poll()
+    def running(self) -> bool:
+        return self._popen.poll() is None
 
     def signal_group(self, signum: int) -> bool:
         """Send `signum` to the run's whole process group; False when nothing is left there."""
@@ -80,6 +80,23 @@ class RunProcess:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+class AdoptedProcess:
+    """A run's process this agent did not start (it was restarted since): watched by its pid.
+
+    Its exit code cannot be known (only a parent can wait for it); `running` polls /proc.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    @property
+    def running(self) -> bool:
+        return process_alive(self.pid)
+
+    def signal_group(self, signum: int) -> bool:
+        return signal_process_group(self.pid, signum)
 
 
 def signal_process_group(pgid: int, signum: int) -> bool:
@@ -94,8 +111,48 @@ def signal_process_group(pgid: int, signum: int) -> bool:
     return True
 
 
-def group_alive(pgid: int) -> bool:
-    return signal_process_group(pgid, 0)
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def process_alive(pid: int) -> bool:
+    """True for a live process; a zombie waiting for its reaper is not alive."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group: what a cancellation must leave behind it, none."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None and fields[0] != "Z" and fields[2] == str(pgid):
+                members.append(int(entry))
+    return members
+
+
+def belongs_to_run(pid: int, flow_run_id: str) -> bool:
+    """Whether `pid` is that flow run's process: its environment or command line names the run.
+
+    A pid recorded on the server may have been reused by an unrelated process since; such a
+    process must never be signalled.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            variables = environ.read().split(b"\0")
+        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in variables:
+            return True
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return flow_run_id.encode() in cmdline.read()
+    except OSError:
+        return False
 
 
 SIGTERM = signal.SIGTERM

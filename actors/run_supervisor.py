@@ -2,16 +2,22 @@
 
 The life of a run, one message at a time (so a Cancel is handled between any two steps):
 
-    ProposePending   the server's answer is the lock between agents; anything but an accepted
-                     Pending ends the supervisor quietly: another agent has the run.
-    StartProcess     deployment -> infrastructure block -> overrides -> argv and environment;
-                     any error here fails the run ("Submission failed." and the reason).
-                     The process starts in its own process group; its pid is reported.
-    ProcessExited    sent by a helper that waits on the process, so the inbox stays free.
-                     0: the engine reported the run's state itself; non-zero: Crashed.
+    ProposePending         the server's answer is the lock between agents; anything but an
+                           accepted Pending ends the supervisor quietly: another agent has it.
+    ResolveInfrastructure  deployment -> infrastructure block -> overrides -> argv and
+                           environment; any error fails the run ("Submission failed." + reason).
+    StartProcess           the process starts in its own process group; its pid is reported.
+                           A Cancel that arrived before this step means it never starts.
+    ProcessExited          sent by a helper that waits on the process, so the inbox stays free.
+                           0: the engine reported the run's state itself; non-zero: Crashed.
 
-Who may stop it: the Dispatcher (Cancel, Interrupt when the agent stops) and nobody else. It
-always ends by telling the Dispatcher `RunFinished`, which frees the run's slot.
+A supervisor can also be started for a run this agent does not hold (the agent restarted since
+it started it): `AdoptRun` finds the process by the recorded `hostname:pid`, checks that it
+really is that run's process, and then watches it like its own.
+
+Who may stop a run: the Dispatcher, with Cancel (the server or a host service asked) or
+Interrupt (the agent is stopping), and nobody else. A supervisor always ends by telling the
+Dispatcher `RunFinished`, which frees the run's slot.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 
@@ -28,7 +34,17 @@ from actors.api_client import ApiError, NotFoundError
 from actors.context import AgentContext
 from actors.exit_codes import describe_exit
 from actors.infrastructure import ProcessSpec, SubmissionError, process_spec
-from actors.process_infrastructure import SIGKILL, SIGTERM, RunProcess, infrastructure_pid
+from actors.process_infrastructure import (
+    HOSTNAME,
+    SIGKILL,
+    SIGTERM,
+    AdoptedProcess,
+    RunProcess,
+    belongs_to_run,
+    group_members,
+    infrastructure_pid,
+    parse_infrastructure_pid,
+)
 from actors.proposals import (
     accepted_as,
     cancelled,
@@ -39,44 +55,88 @@ from actors.proposals import (
     scheduled_now,
 )
 from actors.refs import tell_if_alive
-from messages.api import PENDING, ApiDecodeError, BlockDocument, Deployment, FlowRun, StateProposal
+from messages.api import (
+    CANCELLED,
+    COMPLETED,
+    CRASHED,
+    FAILED,
+    PENDING,
+    ApiDecodeError,
+    BlockDocument,
+    Deployment,
+    FlowRun,
+    StateProposal,
+)
 from messages.control import Interrupt
 from messages.runs import Cancel, RunFinished, RunOutcome
-from messages.supervision import GraceExpired, ProcessExited, ProposePending, StartProcess
+from messages.supervision import (
+    AdoptRun,
+    CheckProcess,
+    GraceExpired,
+    ProcessExited,
+    ProposePending,
+    ResolveInfrastructure,
+    StartProcess,
+)
 
 log = logging.getLogger("prefect_actor_agent.run_supervisor")
 
 MAX_WAIT_SECONDS = 30.0
+ADOPTED_CHECK_SECONDS = 0.25
+FINAL_TYPES = frozenset({COMPLETED, FAILED, CRASHED, CANCELLED})
+
+
+class SupervisedProcess(Protocol):
+    pid: int
+
+    @property
+    def running(self) -> bool: ...
+
+    def signal_group(self, signum: int) -> bool: ...
 
 
 class RunSupervisor(pykka.ThreadingActor):
     """One flow run's owner: submission, process, exit, cancellation (temporary child)."""
 
     def __init__(
-        self, ctx: AgentContext, flow_run: FlowRun, dispatcher: pykka.ActorRef[Any]
+        self,
+        ctx: AgentContext,
+        run_id: str,
+        dispatcher: pykka.ActorRef[Any],
+        flow_run: FlowRun | None = None,
+        cancel: Cancel | None = None,
     ) -> None:
+        """Supervise `flow_run` from submission on; or, without it, find the run's process and
+        carry out `cancel` on it (a run this agent no longer holds)."""
         super().__init__()
         self.ctx = ctx
+        self.run_id = run_id
         self.flow_run = flow_run
-        self.run_id = flow_run.id
         self.dispatcher = dispatcher
         self.phase = "admitted"
         self.since = time.time()
-        self.process: RunProcess | None = None
-        self.stop_request: Cancel | Interrupt | None = None  # why we are ending the run early
+        self.spec: ProcessSpec | None = None
+        self.process: SupervisedProcess | None = None
+        self.stop_request: Cancel | Interrupt | None = cancel  # why the run is ending early
         self.finished = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.actor_ref.tell(ProposePending())
+        self.actor_ref.tell(ProposePending() if self.flow_run is not None else AdoptRun())
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case ProposePending():
                 self._propose_pending()
+            case ResolveInfrastructure():
+                self._resolve_infrastructure()
             case StartProcess():
                 self._start_process()
+            case AdoptRun():
+                self._adopt()
+            case CheckProcess():
+                self._check_adopted()
             case ProcessExited(pid=pid, returncode=code):
                 self._on_exit(pid, code)
             case Cancel() | Interrupt():
@@ -95,7 +155,7 @@ class RunSupervisor(pykka.ThreadingActor):
     ) -> None:
         """A bug in this supervisor must not orphan the process or leak the slot."""
         reason = f"{exception_type.__name__ if exception_type else 'error'}: {exception_value}"
-        if self.process is not None and self.process.returncode is None:
+        if self.process is not None and self.process.running:
             self.process.signal_group(SIGKILL)
             self._propose(
                 crashed(
@@ -143,39 +203,59 @@ class RunSupervisor(pykka.ThreadingActor):
             log.debug("flow run %s not taken: %s", self.run_id, refusal(result))
             self._finish("not-submitted", refusal(result))
             return
+        self.actor_ref.tell(ResolveInfrastructure())
+
+    def _resolve_infrastructure(self) -> None:
+        if self.stop_request is not None:
+            self._end_before_start()
+            return
+        self._set_phase("resolving infrastructure")
+        try:
+            self.spec = self._resolve()
+        except (SubmissionError, ApiError, ApiDecodeError) as exc:
+            self._submission_failed(str(exc))
+            return
         self.actor_ref.tell(StartProcess())
 
     def _start_process(self) -> None:
         if self.stop_request is not None:
             self._end_before_start()
             return
+        spec = self.spec
+        if spec is None:
+            raise RuntimeError("StartProcess before the infrastructure was resolved")
         self._set_phase("starting process")
         try:
-            spec = self._resolve()
             process = RunProcess(spec)
-        except (SubmissionError, ApiError, ApiDecodeError) as exc:
-            reason = str(exc)
-            log.error("flow run %s: submission failed: %s", self.run_id, reason)
-            self._propose(failed(reason))
-            self._finish("failed", reason)
+        except SubmissionError as exc:
+            self._submission_failed(str(exc))
             return
         self.process = process
         pid_text = infrastructure_pid(process.pid)
         self._set_phase(f"running pid {process.pid}")
-        log.info("flow run %s started as pid %d: %s", self.run_id, process.pid, _show(spec))
-        self._watch(process)
+        log.info(
+            "flow run %s started as pid %d: %s", self.run_id, process.pid, " ".join(spec.command)
+        )
+        self._wait_in_helper(process)
         try:
             self.ctx.api.set_infrastructure_pid(self.run_id, pid_text)
         except (ApiError, ApiDecodeError) as exc:
             log.warning(
-                "flow run %s: could not record infrastructure_pid %s (the run can still "
-                "be cancelled through this agent): %s",
+                "flow run %s: could not record infrastructure_pid %s (the run can still be "
+                "cancelled through this agent): %s",
                 self.run_id,
                 pid_text,
                 exc,
             )
 
+    def _submission_failed(self, reason: str) -> None:
+        log.error("flow run %s: submission failed: %s", self.run_id, reason)
+        self._propose(failed(reason))
+        self._finish("failed", reason)
+
     def _resolve(self) -> ProcessSpec:
+        if self.flow_run is None:
+            raise RuntimeError("an adopted run is never started again")
         deployment: Deployment | None = None
         block: BlockDocument | None = None
         if self.flow_run.deployment_id:
@@ -198,7 +278,7 @@ class RunSupervisor(pykka.ThreadingActor):
             self.flow_run, deployment, block, api_url=settings.api_url, api_key=settings.api_key
         )
 
-    def _watch(self, process: RunProcess) -> None:
+    def _wait_in_helper(self, process: RunProcess) -> None:
         """Wait for the exit in a helper (a greenlet under gevent) and report it as a message."""
         ref = self.actor_ref
 
@@ -207,27 +287,122 @@ class RunSupervisor(pykka.ThreadingActor):
 
         threading.Thread(target=wait, name=f"wait-{process.pid}", daemon=True).start()
 
+    # -- a run this agent does not hold ------------------------------------------------------------
+
+    def _adopt(self) -> None:
+        """Find the process of a run started by an earlier life of this agent."""
+        self._set_phase("looking for the run's process")
+        try:
+            run = self.ctx.api.read_flow_run(self.run_id)
+        except (ApiError, ApiDecodeError) as exc:
+            log.error("flow run %s: cannot read it to find its process: %s", self.run_id, exc)
+            self._finish("not-submitted", str(exc))
+            return
+        state = run.state.type if run.state is not None else "unknown"
+        if state in FINAL_TYPES:
+            log.info("flow run %s already ended (%s); nothing to cancel", self.run_id, state)
+            self._finish("not-submitted", f"already {state}")
+            return
+        pid = self._verified_pid(run)
+        if pid is None:
+            return
+        self.process = AdoptedProcess(pid)
+        self._set_phase(f"running pid {pid} (adopted)")
+        log.info("flow run %s: found its process %d on this host", self.run_id, pid)
+        self.ctx.clock.tell_later(ADOPTED_CHECK_SECONDS, self.actor_ref, CheckProcess())
+        if self.stop_request is not None:
+            request, self.stop_request = self.stop_request, None
+            self._on_stop_request(request)
+
+    def _verified_pid(self, run: FlowRun) -> int | None:
+        """The run's pid on this host, or None after dealing with a run that has none."""
+        if not run.infrastructure_pid:
+            self._mark_cancelled_without_process(
+                "no infrastructure pid was recorded for it, so its process could not be found "
+                "and cancellation cannot be guaranteed"
+            )
+            return None
+        try:
+            host, pid = parse_infrastructure_pid(run.infrastructure_pid)
+        except ValueError as exc:
+            self._mark_cancelled_without_process(str(exc))
+            return None
+        if host != HOSTNAME:
+            log.warning(
+                "flow run %s runs on host %r, not on this one (%r): leaving it to an agent there",
+                self.run_id,
+                host,
+                HOSTNAME,
+            )
+            self._finish("not-submitted", f"process on host {host}")
+            return None
+        if not belongs_to_run(pid, self.run_id):
+            self._mark_cancelled_without_process(
+                f"its process {pid} is gone (that pid is free or belongs to another process, "
+                "which was left alone)"
+            )
+            return None
+        return pid
+
+    def _mark_cancelled_without_process(self, why: str) -> None:
+        if isinstance(self.stop_request, Cancel):
+            log.warning("flow run %s: %s; marking it Cancelled", self.run_id, why)
+            self._propose(cancelled(f"Cancelled by the agent, but {why}."), force=True)
+            self._finish("cancelled", why)
+        else:
+            log.warning("flow run %s: %s", self.run_id, why)
+            self._finish("not-submitted", why)
+
+    def _check_adopted(self) -> None:
+        process = self.process
+        if process is None or self.finished:
+            return
+        if process.running:
+            self.ctx.clock.tell_later(ADOPTED_CHECK_SECONDS, self.actor_ref, CheckProcess())
+        else:
+            self.actor_ref.tell(ProcessExited(process.pid, None))
+
     # -- the end of a run --------------------------------------------------------------------------
 
-    def _on_exit(self, pid: int, code: int) -> None:
-        log.info("flow run %s: process %d exited with code %d", self.run_id, pid, code)
+    def _on_exit(self, pid: int, code: int | None) -> None:
+        shown = "an unknown code" if code is None else f"code {code}"
+        log.info("flow run %s: process %d exited with %s", self.run_id, pid, shown)
         request = self.stop_request
+        if request is not None:
+            leftovers = group_members(pid)
+            if leftovers:
+                log.info(
+                    "flow run %s: killing %d process(es) left in its group",
+                    self.run_id,
+                    len(leftovers),
+                )
+                if self.process is not None:
+                    self.process.signal_group(SIGKILL)
         if isinstance(request, Cancel):
-            how = "terminated" if code != -SIGKILL else "killed after the grace period"
+            how = "killed after the grace period" if code == -SIGKILL else "terminated"
             self._propose(
-                cancelled(f"Cancelled by the agent: {request.reason}; process {how}."), force=True
+                cancelled(f"Cancelled by the agent ({request.reason}); its process was {how}."),
+                force=True,
             )
-            self._finish("cancelled", f"exit code {code}")
+            self._finish("cancelled", f"exit {shown}")
         elif isinstance(request, Interrupt):
             self._propose(
                 crashed(
-                    "The agent stopped while this run was in flight; its process "
-                    f"was terminated (exit code {code})."
+                    "The agent stopped while this run was in flight; its process was "
+                    f"terminated (exit {shown})."
                 )
             )
-            self._finish("interrupted", f"exit code {code}")
+            self._finish("interrupted", f"exit {shown}")
         elif code == 0:
             self._finish("exited", "exit code 0")
+        elif code is None:
+            self._propose(
+                crashed(
+                    "The run's process ended while the agent was not watching; "
+                    "its exit code is unknown."
+                )
+            )
+            self._finish("crashed", "exit code unknown")
         else:
             message = describe_exit(code)
             log.warning("flow run %s crashed: %s", self.run_id, message)
@@ -237,13 +412,18 @@ class RunSupervisor(pykka.ThreadingActor):
     def _on_stop_request(self, request: Cancel | Interrupt) -> None:
         if self.finished:
             return
-        if self.stop_request is not None:
-            log.info("flow run %s: already stopping (%s)", self.run_id, self.phase)
+        if self.stop_request is not None and self.process is not None:
+            log.debug("flow run %s: already stopping (%s)", self.run_id, self.phase)
             return
         self.stop_request = request
         process = self.process
         if process is None:
-            # Not started yet: the next submission step sees the request and starts nothing.
+            # Not started yet: the next step sees the request and starts nothing.
+            log.info(
+                "flow run %s: %s before its process started; it will not start",
+                self.run_id,
+                _what(request),
+            )
             self._set_phase("stopping before start")
             return
         grace = (
@@ -253,8 +433,9 @@ class RunSupervisor(pykka.ThreadingActor):
         )
         self._set_phase(f"stopping pid {process.pid}")
         log.info(
-            "flow run %s: sending SIGTERM to process group %d (grace %.0fs)",
+            "flow run %s: %s; SIGTERM to process group %d (SIGKILL after %.0fs)",
             self.run_id,
+            _what(request),
             process.pid,
             grace,
         )
@@ -262,9 +443,9 @@ class RunSupervisor(pykka.ThreadingActor):
         self.ctx.clock.tell_later(grace, self.actor_ref, GraceExpired(process.pid))
 
     def _on_grace_expired(self, pid: int) -> None:
-        if self.process is not None and self.process.returncode is None:
+        if self.process is not None and self.process.running:
             log.warning(
-                "flow run %s: process group %d outlived the grace period, sending SIGKILL",
+                "flow run %s: process group %d outlived the grace period; sending SIGKILL",
                 self.run_id,
                 pid,
             )
@@ -275,7 +456,8 @@ class RunSupervisor(pykka.ThreadingActor):
         request = self.stop_request
         if isinstance(request, Cancel):
             self._propose(
-                cancelled(f"Cancelled before its process started: {request.reason}."), force=True
+                cancelled(f"Cancelled before its process started ({request.reason})."),
+                force=True,
             )
             self._finish("cancelled", "before start")
         else:
@@ -302,5 +484,7 @@ class RunSupervisor(pykka.ThreadingActor):
             )
 
 
-def _show(spec: ProcessSpec) -> str:
-    return " ".join(spec.command)
+def _what(request: Cancel | Interrupt) -> str:
+    if isinstance(request, Cancel):
+        return f"cancel requested ({request.reason})"
+    return "the agent is stopping"

@@ -30,6 +30,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     run_once: bool = False  # one poll per queue, then finish the runs taken and stop
     api_concurrency: int = 8  # most requests in flight towards the server at once
     cancel_grace_seconds: float = 30.0  # SIGTERM -> SIGKILL delay when a run is cancelled
+    cancel_poll_interval: float = 2.0  # seconds between looks for runs to cancel
     shutdown_grace_seconds: float = 5.0  # SIGTERM -> SIGKILL delay for runs when the agent stops
 
     def __repr__(self) -> str:
@@ -79,6 +80,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         "query_interval": _float_from(env, "PREFECT_AGENT_QUERY_INTERVAL", 15.0),
         "prefetch_seconds": _float_from(env, "PREFECT_AGENT_PREFETCH_SECONDS", 15.0),
         "cancel_grace_seconds": _float_from(env, "PREFECT_AGENT_CANCEL_GRACE_SECONDS", 30.0),
+        "cancel_poll_interval": _float_from(env, "PREFECT_AGENT_CANCEL_POLL_SECONDS", 2.0),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

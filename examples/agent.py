@@ -92,6 +92,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="SIGTERM to SIGKILL delay for runs in flight when the agent stops (default 5)",
     )
     parser.add_argument(
+        "--cancel-poll-interval",
+        type=float,
+        default=None,
+        help="seconds between looks for runs to cancel "
+        "(default: PREFECT_AGENT_CANCEL_POLL_SECONDS or 2)",
+    )
+    parser.add_argument(
         "--rematch-interval",
         type=float,
         default=None,
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             cancel_grace_seconds=args.cancel_grace_seconds,
             shutdown_grace_seconds=args.shutdown_grace_seconds,
             rematch_interval=args.rematch_interval,
+            cancel_poll_interval=args.cancel_poll_interval,
             run_once=args.run_once,
         )
     except SettingsError as exc:

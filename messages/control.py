@@ -81,3 +81,9 @@ class Interrupt(msgspec.Struct, frozen=True):
     """
 
     grace_seconds: float
+
+
+class WatchedQueues(msgspec.Struct, frozen=True):
+    """Sent by the Agent to the CancelWatcher whenever the set of served queues changes."""
+
+    names: tuple[str, ...]

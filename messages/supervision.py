@@ -13,15 +13,28 @@ class ProposePending(msgspec.Struct, frozen=True):
     """First step: ask the server for the run (Scheduled -> Pending)."""
 
 
+class ResolveInfrastructure(msgspec.Struct, frozen=True):
+    """Second step, once Pending was accepted: deployment -> block -> overrides -> process spec."""
+
+
 class StartProcess(msgspec.Struct, frozen=True):
-    """Second step, once Pending was accepted: resolve the infrastructure and start it."""
+    """Third step: start the resolved process. A Cancel that came during resolution is first."""
+
+
+class AdoptRun(msgspec.Struct, frozen=True):
+    """First step of a supervisor for a run this agent does not hold (it restarted since):
+    read the run and find its process by the recorded `hostname:pid`."""
+
+
+class CheckProcess(msgspec.Struct, frozen=True):
+    """Scheduled by a supervisor of an adopted process to itself: is the process still there?"""
 
 
 class ProcessExited(msgspec.Struct, frozen=True):
-    """Sent by the helper that waits on the run's process, when it exits."""
+    """Sent when the run's process has exited (by the helper that waits on it)."""
 
     pid: int
-    returncode: int  # negative: killed by that signal
+    returncode: int | None  # negative: killed by that signal; None: not our child, unknown
 
 
 class GraceExpired(msgspec.Struct, frozen=True):

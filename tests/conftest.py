@@ -135,6 +135,7 @@ def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
         "query_interval": "--query-interval",
         "rematch_interval": "--rematch-interval",
         "cancel_grace_seconds": "--cancel-grace-seconds",
+        "cancel_poll_interval": "--cancel-poll-interval",
         "shutdown_grace_seconds": "--shutdown-grace-seconds",
     }
     for key, flag in flags.items():
@@ -159,8 +160,9 @@ def _agent_factory(mode: str, api_url: str, tmp_path: Path) -> Iterator[AgentFac
             base = logging.getLogger("prefect_actor_agent")
             base.setLevel(logging.DEBUG)
             base.addHandler(collector)
+            api = options.pop("api", None)
             settings = settings_from_env({}, api_url=api_url, **options)
-            agent = ThreadAgent(start_agent(settings), collector)
+            agent = ThreadAgent(start_agent(settings, api), collector)
         else:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
             log_path = tmp_path / f"agent-{len(started)}.log"

@@ -48,3 +48,12 @@ def all_in(api_url: str, run_ids: list[str], wanted: set[str]) -> bool:
 def infrastructure_pid(api_url: str, run_id: str) -> str | None:
     value = read_run(api_url, run_id).get("infrastructure_pid")
     return str(value) if value else None
+
+
+def process_gone(pid: int) -> bool:
+    """True when no live process has this pid (a zombie awaiting its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

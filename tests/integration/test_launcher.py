@@ -12,19 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LAUNCHER, ROOT, AgentFactory, LauncherAgent, ThreadAgent
-from tests.integration.helpers import command_starts, deploy_marker_command
+from tests.integration.helpers import command_starts, deploy_marker_command, process_gone
 from tests.support.prefect_objects import create_run, create_runs, run_state, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def process_gone(pid: int) -> bool:
-    """True when no live process has this pid (a zombie awaiting its reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_run_once_takes_the_due_runs_waits_for_them_and_exits(
