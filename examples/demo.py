@@ -23,31 +23,42 @@ def _check(response: httpx.Response) -> Any:
     return response.json()
 
 
+def register_deployment(
+    http: httpx.Client, queue: str, flow_name: str, entrypoint: str, parameters: dict[str, Any]
+) -> str:
+    """Create (or update) a deployment of a flow in `demo_flow.py`; returns its id."""
+    flow = _check(http.post("flows/", json={"name": flow_name}))
+    deployment = _check(
+        http.post(
+            "deployments/",
+            json={
+                "name": "demo",
+                "flow_id": flow["id"],
+                "work_queue_name": queue,
+                "path": str(FLOW_DIR),
+                "entrypoint": entrypoint,
+                "parameters": parameters,
+            },
+        )
+    )
+    return str(deployment["id"])
+
+
+def create_runs(http: httpx.Client, deployment_id: str, count: int) -> list[str]:
+    """N runs of the deployment, due now."""
+    now = datetime.now(UTC).isoformat()
+    state = {"type": "SCHEDULED", "state_details": {"scheduled_time": now}}
+    create = f"deployments/{deployment_id}/create_flow_run"
+    return [str(_check(http.post(create, json={"state": state}))["id"]) for _ in range(count)]
+
+
 def schedule_demo_runs(api_url: str, queue: str, count: int) -> list[str]:
     """Create the demo flow and deployment (idempotent) and N runs due now."""
     with httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=30) as http:
-        flow = _check(http.post("flows/", json={"name": "actor-agent-demo"}))
-        deployment = _check(
-            http.post(
-                "deployments/",
-                json={
-                    "name": "demo",
-                    "flow_id": flow["id"],
-                    "work_queue_name": queue,
-                    "path": str(FLOW_DIR),
-                    "entrypoint": "demo_flow.py:demo",
-                    "parameters": {"steps": 3},
-                },
-            )
+        deployment = register_deployment(
+            http, queue, "actor-agent-demo", "demo_flow.py:demo", {"steps": 3}
         )
-        now = datetime.now(UTC).isoformat()
-        state = {"type": "SCHEDULED", "state_details": {"scheduled_time": now}}
-        return [
-            _check(
-                http.post(f"deployments/{deployment['id']}/create_flow_run", json={"state": state})
-            )["id"]
-            for _ in range(count)
-        ]
+        return create_runs(http, deployment, count)
 
 
 def wait_for_runs(

@@ -20,3 +20,9 @@ def demo(steps: int = 3) -> float:
     total = sum(measure(step) for step in range(steps))
     get_run_logger().info("demo flow finished %d steps in %.2fs", steps, total)
     return total
+
+
+@flow(name="actor-agent-sleeper")
+def sleeper(seconds: float = 300.0) -> None:
+    """A flow that waits: something to cancel in examples/cancel_latency.py."""
+    time.sleep(seconds)
