@@ -1,15 +1,18 @@
 """Agent: the root of the tree. It owns the watchers and the Dispatcher and restarts them.
 
-Supervision here is one-for-one: a QueueWatcher that fails is restarted alone, after an
-exponential backoff, and polling resumes; nothing else is touched. In prefix mode it re-reads
-which queues match every `rematch_interval` and starts and stops watchers to follow.
+Supervision is one-for-one with restart intensity (see `actors.supervision`): a QueueWatcher,
+the CancelWatcher or the Dispatcher that fails is restarted alone, after a backoff, and goes
+on; too many failures in the window and the Agent gives up, stops taking runs and reports the
+failure to whoever holds it (the launcher then exits non-zero). In prefix mode it re-reads
+which queues match every `rematch_interval` and starts and stops watchers to follow. It also
+answers "show me the tree", asking each child without waiting long on a busy one.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from types import TracebackType
 from typing import Any
 
 import pykka
@@ -20,6 +23,7 @@ from actors.context import AgentContext
 from actors.dispatcher import Dispatcher
 from actors.queue_watcher import QueueWatcher
 from actors.refs import ask, tell_if_alive
+from actors.supervision import RestartPolicy, Supervisor
 from messages.api import ApiDecodeError
 from messages.control import (
     ChildFailed,
@@ -29,47 +33,67 @@ from messages.control import (
     RegisterWatcher,
     RematchQueues,
     RestartChild,
+    UseDispatcher,
     WatchedQueues,
 )
+from messages.tree import ActorNode, Describe, GetTree
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
-RESTART_BACKOFF_BASE = 1.0
-RESTART_BACKOFF_MAX = 60.0
+DESCRIBE_TIMEOUT = 2.0
+CANCELLATIONS = "cancellations"
+DISPATCHER = "dispatcher"
 
 
 class Agent(pykka.ThreadingActor):
     """Root actor: settings, the queues to watch, supervision of its children."""
 
-    def __init__(self, ctx: AgentContext, finished: threading.Event) -> None:
+    def __init__(self, ctx: AgentContext) -> None:
         super().__init__()
         self.ctx = ctx
-        self.finished = finished  # set when a run-once agent has nothing left to do
+        self.outcome = ctx.outcome
+        settings = ctx.settings
+        self.supervisor = Supervisor(
+            RestartPolicy(
+                max_restarts=settings.max_restarts,
+                window_seconds=settings.restart_window_seconds,
+                backoff_base=settings.restart_backoff_seconds,
+            )
+        )
         self.dispatcher: pykka.ActorRef[Any] | None = None
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.cancel_watcher: pykka.ActorRef[Any] | None = None
         self.polled_once: set[str] = set()
-        self.restarts: dict[str, int] = {}
         self.matched_once = False
-        self.started_at = time.time()
+        self.state = "starting"
+        self.since = time.time()
 
     def on_start(self) -> None:
         settings = self.ctx.settings
         log.info("agent starting against %s: %s", settings.api_url, _describe_queues(settings))
-        self.dispatcher = Dispatcher.start(self.ctx, self.actor_ref)
+        self._start_dispatcher()
         if not settings.run_once:
             self._start_cancel_watcher()
         for name in settings.work_queues:
             self._start_watcher(name, create_missing=True)
         if settings.queue_prefixes:
             self.actor_ref.tell(RematchQueues())
+        self.state, self.since = "running", time.time()
 
     def on_stop(self) -> None:
-        for name in list(self.watchers):
-            self._stop_watcher(name)
-        if self.cancel_watcher is not None:
-            self.cancel_watcher.stop(block=False)
-            self.cancel_watcher = None
+        self.stop_watchers()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """The root gives up: no new runs are taken; the holder of the agent is told why."""
+        self.stop_watchers()
+        self.outcome.failure = f"{exception_value}"
+        log.critical("agent giving up: %s", exception_value)
+        self.outcome.failed.set()
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -82,31 +106,44 @@ class Agent(pykka.ThreadingActor):
                 self._check_run_once_done()
             case ChildFailed(kind=kind, name=name, error=error):
                 self._child_failed(kind, name, error)
-            case RestartChild(kind="QueueWatcher", name=name):
-                if name not in self.watchers:
-                    self._start_watcher(name, create_missing=name in self.ctx.settings.work_queues)
-            case RestartChild(kind="CancelWatcher"):
-                self._start_cancel_watcher()
+            case RestartChild(kind=kind, name=name):
+                self._restart(kind, name)
+            case GetTree():
+                return self.tree()
             case _:
                 log.warning("unexpected message %r", message)
         return None
 
     # -- children ----------------------------------------------------------------------------------
 
-    def _start_watcher(self, name: str, create_missing: bool) -> None:
+    def _start_dispatcher(self) -> None:
+        self.dispatcher = Dispatcher.start(self.ctx, self.actor_ref)
+        self.outcome.dispatcher = self.dispatcher
+        self.supervisor.record("Dispatcher", DISPATCHER)
+        for name, ref in self.watchers.items():
+            self.dispatcher.tell(RegisterWatcher(name, ref))
+            tell_if_alive(ref, UseDispatcher(self.dispatcher))
+        if self.cancel_watcher is not None:
+            tell_if_alive(self.cancel_watcher, UseDispatcher(self.dispatcher))
+
+    def _the_dispatcher(self) -> pykka.ActorRef[Any]:
         if self.dispatcher is None:
-            raise RuntimeError("the Dispatcher must start before any QueueWatcher")
-        ref = QueueWatcher.start(self.ctx, name, self.dispatcher, self.actor_ref, create_missing)
+            raise RuntimeError("the Dispatcher is not running")
+        return self.dispatcher
+
+    def _start_watcher(self, name: str, create_missing: bool) -> None:
+        dispatcher = self._the_dispatcher()
+        ref = QueueWatcher.start(self.ctx, name, dispatcher, self.actor_ref, create_missing)
         self.watchers[name] = ref
-        self.dispatcher.tell(RegisterWatcher(name, ref))
+        self.supervisor.record("QueueWatcher", name)
+        dispatcher.tell(RegisterWatcher(name, ref))
         self._tell_cancel_watcher()
 
     def _start_cancel_watcher(self) -> None:
-        if self.dispatcher is None:
-            raise RuntimeError("the Dispatcher must start before the CancelWatcher")
         self.cancel_watcher = CancelWatcher.start(
-            self.ctx, self.dispatcher, self.actor_ref, tuple(sorted(self.watchers))
+            self.ctx, self._the_dispatcher(), self.actor_ref, tuple(sorted(self.watchers))
         )
+        self.supervisor.record("CancelWatcher", CANCELLATIONS)
 
     def _tell_cancel_watcher(self) -> None:
         if self.cancel_watcher is not None:
@@ -114,27 +151,106 @@ class Agent(pykka.ThreadingActor):
 
     def _stop_watcher(self, name: str) -> None:
         ref = self.watchers.pop(name, None)
+        self.supervisor.forget("QueueWatcher", name)
         if self.dispatcher is not None:
-            self.dispatcher.tell(RegisterWatcher(name, None))
+            tell_if_alive(self.dispatcher, RegisterWatcher(name, None))
         if ref is not None:
             ref.stop(block=False)
         self._tell_cancel_watcher()
 
+    def stop_watchers(self) -> None:
+        """Take no new runs (the first step of stopping): stop every watcher."""
+        for name in list(self.watchers):
+            self._stop_watcher(name)
+        if self.cancel_watcher is not None:
+            self.cancel_watcher.stop(block=False)
+            self.cancel_watcher = None
+        self.state, self.since = "stopping", time.time()
+
     def _child_failed(self, kind: str, name: str, error: str) -> None:
-        count = self.restarts.get(name, 0) + 1
-        self.restarts[name] = count
-        delay = min(RESTART_BACKOFF_BASE * 2 ** (count - 1), RESTART_BACKOFF_MAX)
-        log.error("%s %r failed (%s); restart %d in %.0fs", kind, name, error, count, delay)
+        """One-for-one: restart the failed child alone, after its backoff; or escalate."""
+        self.ctx.metrics.restarts.labels(kind=kind).inc()
         if kind == "QueueWatcher":
             self.watchers.pop(name, None)
         elif kind == "CancelWatcher":
             self.cancel_watcher = None
+        elif kind == "Dispatcher":
+            self.dispatcher = None
+        delay = self.supervisor.child_failed(kind, name, error, time.monotonic())  # may escalate
+        restarts = self.supervisor.record(kind, name).restarts
+        log.error("%s %r failed (%s); restart %d in %.1fs", kind, name, error, restarts, delay)
         self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
+
+    def _restart(self, kind: str, name: str) -> None:
+        if self.state == "stopping":
+            return
+        log.info("restarting %s %r", kind, name)
+        if kind == "Dispatcher" and self.dispatcher is None:
+            self._start_dispatcher()
+        elif kind == "CancelWatcher" and self.cancel_watcher is None:
+            self._start_cancel_watcher()
+        elif kind == "QueueWatcher" and name not in self.watchers:
+            self._start_watcher(name, create_missing=name in self.ctx.settings.work_queues)
+
+    # -- the tree ----------------------------------------------------------------------------------
+
+    def tree(self) -> ActorNode:
+        """The live tree: every child asked at once, a busy one shown as such, not waited on."""
+        children: list[tuple[str, str, pykka.ActorRef[Any] | None]] = [
+            ("QueueWatcher", name, ref) for name, ref in sorted(self.watchers.items())
+        ]
+        children.append(("CancelWatcher", CANCELLATIONS, self.cancel_watcher))
+        children.append(("Dispatcher", DISPATCHER, self.dispatcher))
+        asked = [
+            (kind, name, ref.ask(Describe(), block=False) if ref is not None else None)
+            for kind, name, ref in children
+            if ref is not None or (kind, name) in self.supervisor.children
+        ]
+        deadline = time.monotonic() + DESCRIBE_TIMEOUT
+        nodes = []
+        for kind, name, future in asked:
+            node = None
+            if future is not None:
+                try:
+                    node = future.get(timeout=max(0.0, deadline - time.monotonic()))
+                except pykka.Timeout:
+                    node = ActorNode(
+                        kind=kind, name=name, state="busy (no answer within 2s)", since=time.time()
+                    )
+                except pykka.ActorDeadError:
+                    node = None
+            if node is None:
+                node = ActorNode(kind=kind, name=name, state="restarting", since=time.time())
+            record = self.supervisor.record(kind, name)
+            nodes.append(
+                ActorNode(
+                    kind=node.kind,
+                    name=node.name,
+                    state=node.state,
+                    since=node.since,
+                    restart=record.restart,
+                    restarts=record.restarts,
+                    last_failure=record.last_failure,
+                    detail=node.detail,
+                    children=node.children,
+                )
+            )
+        return ActorNode(
+            kind="Agent",
+            name="agent",
+            state=self.state,
+            since=self.since,
+            restarts=self.supervisor.total_restarts(),
+            detail={"api": self.ctx.settings.api_url},
+            children=tuple(nodes),
+        )
 
     # -- prefix mode -------------------------------------------------------------------------------
 
     def _rematch(self) -> None:
         settings = self.ctx.settings
+        if self.state == "stopping":
+            return
         try:
             matched = {
                 queue.name for queue in self.ctx.api.match_work_queues(settings.queue_prefixes)
@@ -170,7 +286,7 @@ class Agent(pykka.ThreadingActor):
 
     def _check_run_once_done(self) -> None:
         settings = self.ctx.settings
-        if not settings.run_once or self.finished.is_set() or self.dispatcher is None:
+        if not settings.run_once or self.outcome.finished.is_set() or self.dispatcher is None:
             return
         if settings.queue_prefixes and not self.matched_once:
             return
@@ -178,7 +294,7 @@ class Agent(pykka.ThreadingActor):
             return
         if ask(self.dispatcher, HeldRuns(), int) == 0:
             log.info("run once: every queue polled and every run taken has ended")
-            self.finished.set()
+            self.outcome.finished.set()
 
 
 def _prefixes(prefixes: tuple[str, ...]) -> str:

@@ -126,6 +126,9 @@ class PrefectApi:
         )
         # Called with (method, path, status or None) after every attempt; the metrics hook.
         self.on_attempt: Callable[[str, str, int | None], None] | None = None
+        # When the server last answered (monotonic time), and the last failure: for /healthz.
+        self.last_answer: float | None = None
+        self.last_error: str | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -169,6 +172,12 @@ class PrefectApi:
         raise ApiError(f"gave up after {self._retry.attempts} attempts: {last_error}", None)
 
     def _notify(self, method: str, path: str, status: int | None) -> None:
+        if status is not None and status < 500:
+            self.last_answer = time.monotonic()
+        else:
+            self.last_error = f"{method} /{path.lstrip('/')}: " + (
+                f"HTTP {status}" if status is not None else "no answer"
+            )
         if self.on_attempt is not None:
             self.on_attempt(method, path, status)
 

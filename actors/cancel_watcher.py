@@ -26,8 +26,9 @@ from messages.api import (
     FlowRunFilter,
     FlowRunStateFilter,
 )
-from messages.control import ChildFailed, Poll, WatchedQueues
+from messages.control import ChildFailed, Poll, UseDispatcher, WatchedQueues
 from messages.runs import Cancel
+from messages.tree import ActorNode, Describe
 
 log = logging.getLogger("prefect_actor_agent.cancel_watcher")
 
@@ -78,6 +79,16 @@ class CancelWatcher(pykka.ThreadingActor):
         match message:
             case WatchedQueues(names=names):
                 self.queues = names
+            case Describe():
+                return ActorNode(
+                    kind="CancelWatcher",
+                    name="cancellations",
+                    state=self.phase,
+                    since=self.since,
+                    detail={"queues": ", ".join(self.queues)},
+                )
+            case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
+                self.dispatcher = ref
             case Poll():
                 self._poll()
                 self.next_poll = self.ctx.clock.tell_later(
@@ -97,7 +108,8 @@ class CancelWatcher(pykka.ThreadingActor):
             log.warning("could not look for runs to cancel: %s", exc)
             self.phase = f"error: {exc}"
             return
-        self.phase = "polling"
+        if self.phase != "polling":
+            self.phase, self.since = "polling", time.time()
         now = time.monotonic()
         self.sent = {
             run_id: at for run_id, at in self.sent.items() if now - at < RESEND_AFTER_SECONDS

@@ -6,11 +6,25 @@ to call from any actor. Mutable state lives only inside an actor and changes onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 from actors.api_client import PrefectApi
+from actors.metrics import AgentMetrics
 from actors.settings import AgentSettings
 from actors.timers import Clock
+
+
+@dataclass
+class AgentOutcome:
+    """What the Agent tells the handle that started it: the boundary between the actor tree
+    and the code that holds it (a launcher, a host service). Written by the Agent only."""
+
+    finished: threading.Event = field(default_factory=threading.Event)  # run-once: all done
+    failed: threading.Event = field(default_factory=threading.Event)  # gave up (escalated)
+    failure: str | None = None
+    dispatcher: Any = None  # the current Dispatcher's ref, kept for a stop after a failure
 
 
 @dataclass(frozen=True)
@@ -18,3 +32,5 @@ class AgentContext:
     settings: AgentSettings
     api: PrefectApi
     clock: Clock
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
+    outcome: AgentOutcome = field(default_factory=AgentOutcome)

@@ -2,13 +2,19 @@
 
 It alone knows which runs are in flight, so de-duplication (by flow run id, across every
 queue and poll) and the limit need no locks: they are decisions made in one inbox. It spawns
-a RunSupervisor per admitted run and frees the slot when that supervisor says the run is over,
-whatever the outcome. Runs it does not admit are forgotten: the server still holds them.
+a RunSupervisor per admitted run (temporary children: never restarted, a run is not submitted
+twice), frees the slot when that supervisor says the run is over, whatever the outcome, and
+tells subscribed host actors about each run's events. Runs it does not admit are forgotten:
+the server still holds them.
+
+A restarted Dispatcher rebuilds what it holds from the RunSupervisors still alive, so no slot
+leaks and no run is started twice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -16,16 +22,24 @@ import pykka
 
 from actors.admission import admit, free_slots
 from actors.context import AgentContext
+from actors.refs import tell_if_alive
 from actors.run_supervisor import RunSupervisor
+from actors.supervision import TEMPORARY
+from messages.api import FlowRun
 from messages.control import (
+    ChildFailed,
     DispatcherIdle,
     HeldRuns,
     Interrupt,
     InterruptRuns,
     Poll,
     RegisterWatcher,
+    Rehome,
+    SupervisorFailed,
 )
+from messages.events import RunStarted, RunSubmitted, Subscribe, Unsubscribe
 from messages.runs import Cancel, FreeSlots, RunFinished, RunsFound
+from messages.tree import ActorNode, Describe, RunStatus
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
@@ -41,9 +55,18 @@ class Dispatcher(pykka.ThreadingActor):
         self.ctx = ctx
         self.agent = agent
         self.held: dict[str, pykka.ActorRef[Any]] = {}
+        self.status: dict[str, RunStatus] = {}
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
+        self.listeners: list[pykka.ActorRef[Any]] = []
+        self.since = time.time()
+
+    def on_start(self) -> None:
+        self._rebuild_from_live_supervisors()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        tell_if_alive(self.agent, ChildFailed("Dispatcher", "dispatcher", repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -51,19 +74,31 @@ class Dispatcher(pykka.ThreadingActor):
                 return self._free_slots(queue)
             case RunsFound(queue_name=queue, runs=runs):
                 return self._admit(queue, runs)
+            case RunStatus():
+                self._run_status(message)
             case RunFinished():
                 self._finished(message)
+            case SupervisorFailed():
+                self._supervisor_failed(message)
             case Cancel(flow_run_id=run_id):
                 self._cancel(message, run_id)
             case RegisterWatcher(queue_name=queue, watcher=ref):
                 self._register(queue, ref)
+            case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):
+                self.listeners.append(ref)
+            case Unsubscribe(listener=ref):
+                self.listeners = [known for known in self.listeners if known != ref]
             case HeldRuns():
                 return len(self.held)
+            case Describe():
+                return self._describe()
             case InterruptRuns(grace_seconds=grace):
                 return self._interrupt_all(grace)
             case _:
                 log.warning("unexpected message %r", message)
         return None
+
+    # -- admission ---------------------------------------------------------------------------------
 
     def _free_slots(self, queue: str) -> int:
         room = free_slots(self.ctx.settings.limit, len(self.held))
@@ -71,25 +106,39 @@ class Dispatcher(pykka.ThreadingActor):
             self.starved.add(queue)
         return UNLIMITED_PAGE if room is None else min(room, UNLIMITED_PAGE)
 
-    def _admit(self, queue: str, runs: tuple[Any, ...]) -> int:
+    def _admit(self, queue: str, runs: tuple[FlowRun, ...]) -> int:
         fresh = [run for run in runs if run.id not in self.recently_finished]
         admitted = admit(fresh, self.held.keys(), self.ctx.settings.limit)
         for run in admitted:
             log.info("submitting flow run %s (%s) from queue %r", run.id, run.name, queue)
             self.held[run.id] = RunSupervisor.start(self.ctx, run.id, self.actor_ref, flow_run=run)
-        new = {run.id for run in fresh} - set(self.held) - {run.id for run in admitted}
-        if new and self.ctx.settings.limit is not None:
+            self.ctx.metrics.runs_submitted.inc()
+            self._emit(RunSubmitted(run.id, run.name, queue))
+        waiting = {run.id for run in fresh} - set(self.held)
+        if waiting and self.ctx.settings.limit is not None:
             log.info(
                 "flow run limit of %d reached: %d run(s) from queue %r wait on the server",
                 self.ctx.settings.limit,
-                len(new),
+                len(waiting),
                 queue,
             )
+        self.ctx.metrics.runs_in_flight.set(len(self.held))
         return len(admitted)
+
+    # -- what the supervisors report ---------------------------------------------------------------
+
+    def _run_status(self, status: RunStatus) -> None:
+        if status.flow_run_id not in self.held:
+            return
+        previous = self.status.get(status.flow_run_id)
+        self.status[status.flow_run_id] = status
+        if status.pid is not None and (previous is None or previous.pid != status.pid):
+            self._emit(RunStarted(status.flow_run_id, status.pid))
 
     def _finished(self, message: RunFinished) -> None:
         if self.held.pop(message.flow_run_id, None) is None:
             return
+        self.status.pop(message.flow_run_id, None)
         self.recently_finished[message.flow_run_id] = None
         while len(self.recently_finished) > RECENTLY_FINISHED:
             self.recently_finished.popitem(last=False)
@@ -99,16 +148,39 @@ class Dispatcher(pykka.ThreadingActor):
             message.outcome,
             f" ({message.detail})" if message.detail else "",
         )
+        self.ctx.metrics.runs_finished.labels(outcome=message.outcome).inc()
+        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        self._emit(message)
         self._wake_starved()
         if not self.held:
             self.agent.tell(DispatcherIdle())
+
+    def _supervisor_failed(self, message: SupervisorFailed) -> None:
+        """Hand the still-running process to a replacement that watches it by pid."""
+        log.error(
+            "the supervisor of flow run %s failed (%s); a replacement watches its process %d",
+            message.flow_run_id,
+            message.error,
+            message.pid,
+        )
+        self.ctx.metrics.restarts.labels(kind="RunSupervisor").inc()
+        self.held[message.flow_run_id] = RunSupervisor.start(
+            self.ctx, message.flow_run_id, self.actor_ref, inherited_failure=message.error
+        )
 
     def _wake_starved(self) -> None:
         for queue in self.starved:
             watcher = self.watchers.get(queue)
             if watcher is not None:
-                watcher.tell(Poll())
+                tell_if_alive(watcher, Poll())
         self.starved.clear()
+
+    def _emit(self, event: object) -> None:
+        for listener in list(self.listeners):
+            if not tell_if_alive(listener, event):
+                self.listeners.remove(listener)
+
+    # -- cancellation and shutdown -----------------------------------------------------------------
 
     def _cancel(self, message: Cancel, run_id: str) -> None:
         supervisor = self.held.get(run_id)
@@ -122,6 +194,12 @@ class Dispatcher(pykka.ThreadingActor):
         )
         self.held[run_id] = RunSupervisor.start(self.ctx, run_id, self.actor_ref, cancel=message)
 
+    def _interrupt_all(self, grace: float) -> list[pykka.ActorRef[Any]]:
+        refs = list(self.held.values())
+        for ref in refs:
+            tell_if_alive(ref, Interrupt(grace))
+        return refs
+
     def _register(self, queue: str, ref: object) -> None:
         if isinstance(ref, pykka.ActorRef):
             self.watchers[queue] = ref
@@ -129,8 +207,42 @@ class Dispatcher(pykka.ThreadingActor):
             self.watchers.pop(queue, None)
             self.starved.discard(queue)
 
-    def _interrupt_all(self, grace: float) -> list[pykka.ActorRef[Any]]:
-        refs = list(self.held.values())
-        for ref in refs:
-            ref.tell(Interrupt(grace))
-        return refs
+    # -- restart and inspection --------------------------------------------------------------------
+
+    def _rebuild_from_live_supervisors(self) -> None:
+        """After a restart, take back the runs whose supervisors are still alive."""
+        asked = [
+            (ref, ref.ask(Rehome(self.actor_ref, id(self.ctx)), block=False))
+            for ref in pykka.ActorRegistry.get_by_class(RunSupervisor)
+        ]
+        deadline = time.monotonic() + 5.0
+        for ref, answer in asked:
+            try:
+                status = answer.get(timeout=max(0.0, deadline - time.monotonic()))
+            except (pykka.Timeout, pykka.ActorDeadError):
+                continue
+            if isinstance(status, RunStatus):
+                self.held[status.flow_run_id] = ref
+                self.status[status.flow_run_id] = status
+        if self.held:
+            log.info("took back %d run(s) in flight from their supervisors", len(self.held))
+        self.ctx.metrics.runs_in_flight.set(len(self.held))
+
+    def _describe(self) -> ActorNode:
+        limit = self.ctx.settings.limit
+        children = tuple(
+            ActorNode(
+                kind="RunSupervisor",
+                name=run_id,
+                state=status.state if status else "starting",
+                since=status.since if status else self.since,
+                restart=TEMPORARY,
+                detail={"pid": str(status.pid)} if status and status.pid else {},
+            )
+            for run_id in sorted(self.held)
+            for status in [self.status.get(run_id)]
+        )
+        held = f"{len(self.held)} run(s) in flight" + (f", limit {limit}" if limit else "")
+        return ActorNode(
+            kind="Dispatcher", name="dispatcher", state=held, since=self.since, children=children
+        )

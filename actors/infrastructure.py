@@ -74,7 +74,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
                     f"so it has no field {parts[depth + 1]!r}"
                 )
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)
     return result
 
 

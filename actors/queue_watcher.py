@@ -20,8 +20,9 @@ from actors.context import AgentContext
 from actors.refs import ask, tell_if_alive
 from actors.timers import Timer
 from messages.api import ApiDecodeError, WorkQueue
-from messages.control import ChildFailed, Poll, PolledOnce
+from messages.control import ChildFailed, Poll, PolledOnce, UseDispatcher
 from messages.runs import FreeSlots, RunsFound
+from messages.tree import ActorNode, Describe
 
 ERROR_BACKOFF_MAX = 60.0
 
@@ -67,6 +68,10 @@ class QueueWatcher(pykka.ThreadingActor):
         match message:
             case Poll():
                 self._poll()
+            case Describe():
+                return self._describe()
+            case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
+                self.dispatcher = ref
             case _:
                 self.log.warning("unexpected message %r", message)
         return None
@@ -89,9 +94,11 @@ class QueueWatcher(pykka.ThreadingActor):
         if settings.run_once and self.polls > 0:
             return
         self.polls += 1
+        started = time.monotonic()
         try:
             again = self._poll_once()
             self.failures = 0
+            self.ctx.metrics.poll_latency.observe(time.monotonic() - started)
         except (ApiError, ApiDecodeError) as exc:
             self.failures += 1
             delay = min(settings.query_interval * self.failures, ERROR_BACKOFF_MAX)
@@ -164,3 +171,13 @@ class QueueWatcher(pykka.ThreadingActor):
             self.log.info("watching work queue %r (%s)", queue.name, queue.id)
         self.queue = queue
         return queue
+
+    def _describe(self) -> ActorNode:
+        detail = {"queue id": self.queue.id} if self.queue is not None else {}
+        return ActorNode(
+            kind="QueueWatcher",
+            name=self.queue_name,
+            state=self.phase,
+            since=self.since,
+            detail=detail,
+        )

@@ -67,7 +67,7 @@ from messages.api import (
     FlowRun,
     StateProposal,
 )
-from messages.control import Interrupt
+from messages.control import Interrupt, Rehome, SupervisorFailed
 from messages.runs import Cancel, RunFinished, RunOutcome
 from messages.supervision import (
     AdoptRun,
@@ -78,6 +78,7 @@ from messages.supervision import (
     ResolveInfrastructure,
     StartProcess,
 )
+from messages.tree import RunStatus
 
 log = logging.getLogger("prefect_actor_agent.run_supervisor")
 
@@ -98,16 +99,18 @@ class SupervisedProcess(Protocol):
 class RunSupervisor(pykka.ThreadingActor):
     """One flow run's owner: submission, process, exit, cancellation (temporary child)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - pykka passes constructor arguments positionally
         self,
         ctx: AgentContext,
         run_id: str,
         dispatcher: pykka.ActorRef[Any],
         flow_run: FlowRun | None = None,
         cancel: Cancel | None = None,
+        inherited_failure: str | None = None,
     ) -> None:
         """Supervise `flow_run` from submission on; or, without it, find the run's process and
-        carry out `cancel` on it (a run this agent no longer holds)."""
+        watch it: to carry out `cancel` (a run this agent no longer holds), or to take over
+        from a supervisor that failed with `inherited_failure`."""
         super().__init__()
         self.ctx = ctx
         self.run_id = run_id
@@ -118,11 +121,13 @@ class RunSupervisor(pykka.ThreadingActor):
         self.spec: ProcessSpec | None = None
         self.process: SupervisedProcess | None = None
         self.stop_request: Cancel | Interrupt | None = cancel  # why the run is ending early
+        self.inherited_failure = inherited_failure
         self.finished = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        self._set_phase("admitted" if self.flow_run is not None else "looking for its process")
         self.actor_ref.tell(ProposePending() if self.flow_run is not None else AdoptRun())
 
     def on_receive(self, message: Any) -> Any:
@@ -143,6 +148,8 @@ class RunSupervisor(pykka.ThreadingActor):
                 self._on_stop_request(message)
             case GraceExpired(pid=pid):
                 self._on_grace_expired(pid)
+            case Rehome(dispatcher=ref, agent_id=agent_id):
+                return self._rehome(ref, agent_id)
             case _:
                 log.warning("flow run %s: unexpected message %r", self.run_id, message)
         return None
@@ -153,21 +160,38 @@ class RunSupervisor(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """A bug in this supervisor must not orphan the process or leak the slot."""
+        """A bug in this supervisor must neither orphan the process nor leak the slot.
+
+        A running process is handed to a replacement supervisor (through the Dispatcher) that
+        watches it by pid; a run not started yet is failed with the reason.
+        """
         reason = f"{exception_type.__name__ if exception_type else 'error'}: {exception_value}"
-        if self.process is not None and self.process.running:
-            self.process.signal_group(SIGKILL)
-            self._propose(
-                crashed(
-                    f"The agent's supervisor for this run failed ({reason}); "
-                    "its process was killed."
-                )
-            )
-        self._finish("crashed", f"supervisor failed: {reason}")
+        log.error("flow run %s: its supervisor failed: %s", self.run_id, reason)
+        if self.finished:
+            return
+        process = self.process
+        if process is not None and process.running:
+            self.finished = True
+            tell_if_alive(self.dispatcher, SupervisorFailed(self.run_id, process.pid, reason))
+            return
+        if process is None and self.flow_run is not None:
+            self._propose(failed(f"the agent failed while submitting it ({reason})"))
+            self._finish("failed", f"supervisor failed: {reason}")
+        else:
+            self._finish("crashed", f"supervisor failed: {reason}")
 
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
         self.since = time.time()
+        pid = self.process.pid if self.process is not None else None
+        tell_if_alive(self.dispatcher, RunStatus(self.run_id, phase, self.since, pid))
+
+    def _rehome(self, dispatcher: object, agent_id: int) -> RunStatus | None:
+        if agent_id != id(self.ctx) or self.finished or not isinstance(dispatcher, pykka.ActorRef):
+            return None
+        self.dispatcher = dispatcher
+        pid = self.process.pid if self.process is not None else None
+        return RunStatus(self.run_id, self.phase, self.since, pid)
 
     def _finish(self, outcome: RunOutcome, detail: str = "") -> None:
         if self.finished:
@@ -307,7 +331,7 @@ class RunSupervisor(pykka.ThreadingActor):
         if pid is None:
             return
         self.process = AdoptedProcess(pid)
-        self._set_phase(f"running pid {pid} (adopted)")
+        self._set_phase(f"running pid {pid} (watched by pid)")
         log.info("flow run %s: found its process %d on this host", self.run_id, pid)
         self.ctx.clock.tell_later(ADOPTED_CHECK_SECONDS, self.actor_ref, CheckProcess())
         if self.stop_request is not None:
@@ -396,18 +420,36 @@ class RunSupervisor(pykka.ThreadingActor):
         elif code == 0:
             self._finish("exited", "exit code 0")
         elif code is None:
-            self._propose(
-                crashed(
-                    "The run's process ended while the agent was not watching; "
-                    "its exit code is unknown."
-                )
-            )
-            self._finish("crashed", "exit code unknown")
+            self._adopted_process_ended()
         else:
             message = describe_exit(code)
             log.warning("flow run %s crashed: %s", self.run_id, message)
             self._propose(crashed(message))
             self._finish("crashed", f"exit code {code}")
+
+    def _adopted_process_ended(self) -> None:
+        """A process watched by pid ended; its exit code is unknowable, the server's state is
+        not: if the engine reported a final state, that is the truth; otherwise Crashed."""
+        try:
+            run = self.ctx.api.read_flow_run(self.run_id)
+            state = run.state.type if run.state is not None else "unknown"
+        except (ApiError, ApiDecodeError) as exc:
+            state = f"unknown ({exc})"
+        if state in FINAL_TYPES:
+            self._finish("exited", f"ended {state}")
+            return
+        cause = (
+            f"its supervisor in the agent had failed ({self.inherited_failure})"
+            if self.inherited_failure
+            else "the agent was not watching it"
+        )
+        message = (
+            f"The run's process ended without reporting a final state; {cause}, so its exit "
+            "code is unknown."
+        )
+        log.warning("flow run %s: %s", self.run_id, message)
+        self._propose(crashed(message))
+        self._finish("crashed", "exit code unknown")
 
     def _on_stop_request(self, request: Cancel | Interrupt) -> None:
         if self.finished:

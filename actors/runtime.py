@@ -6,8 +6,8 @@ launcher calls `gevent.monkey.patch_all()` first and the same actors run as gree
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 import time
 from typing import Any
 
@@ -20,13 +20,15 @@ from actors.refs import ask
 from actors.settings import AgentSettings
 from actors.timers import Clock
 from messages.control import HeldRuns, InterruptRuns
+from messages.events import Subscribe, Unsubscribe
 from messages.runs import Cancel
+from messages.tree import ActorNode, GetTree
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
 
 class AgentHandle:
-    """A running agent: stop it, cancel a run through it, or wait for a run-once agent."""
+    """A running agent: inspect it, cancel a run through it, subscribe to its events, stop it."""
 
     def __init__(self, settings: AgentSettings, api: PrefectApi | None = None) -> None:
         self.settings = settings
@@ -34,25 +36,70 @@ class AgentHandle:
             settings.api_url, settings.api_key, concurrency=settings.api_concurrency
         )
         self.clock = Clock()
-        self.finished = threading.Event()
         self.ctx = AgentContext(settings=settings, api=self.api, clock=self.clock)
-        self.ref: pykka.ActorRef[Agent] = Agent.start(self.ctx, self.finished)
+        self.api.on_attempt = self.ctx.metrics.count_api_attempt
+        self.outcome = self.ctx.outcome
+        self.started = time.monotonic()
+        self.ref: pykka.ActorRef[Agent] = Agent.start(self.ctx)
+        self.ref.proxy().state.get(timeout=30)  # answered once on_start has built the tree
         self._stopped = False
 
     @property
     def dispatcher(self) -> pykka.ActorRef[Any]:
-        ref: pykka.ActorRef[Any] | None = self.ref.proxy().dispatcher.get()
-        if ref is None:
+        ref = self.outcome.dispatcher
+        if not isinstance(ref, pykka.ActorRef):
             raise pykka.ActorDeadError("the agent has no Dispatcher (it is not running)")
         return ref
+
+    @property
+    def metrics(self) -> Any:
+        return self.ctx.metrics
+
+    @property
+    def failure(self) -> str | None:
+        """Why the agent gave up (restart intensity exceeded), or None while it is healthy."""
+        return self.outcome.failure if self.outcome.failed.is_set() else None
+
+    def tree(self, timeout: float = 10.0) -> ActorNode:
+        """The live actor tree (see `messages.tree.ActorNode`)."""
+        return ask(self.ref, GetTree(), ActorNode, timeout)
 
     def cancel(self, flow_run_id: str, reason: str = "cancelled through the embedding API") -> None:
         """Send `Cancel` for one run to the Dispatcher."""
         self.dispatcher.tell(Cancel(flow_run_id, reason))
 
+    def subscribe(self, listener: pykka.ActorRef[Any]) -> None:
+        """Tell `listener` every run event: RunSubmitted, RunStarted, RunFinished."""
+        self.dispatcher.tell(Subscribe(listener))
+
+    def unsubscribe(self, listener: pykka.ActorRef[Any]) -> None:
+        self.dispatcher.tell(Unsubscribe(listener))
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy while the server answers: unhealthy after three poll intervals of silence."""
+        allowed = 3 * self.settings.query_interval
+        last = self.api.last_answer
+        now = time.monotonic()
+        if self.failure is not None:
+            return False, f"the agent gave up: {self.failure}"
+        if last is None:
+            if now - self.started <= allowed:
+                return True, "starting"
+            return False, (
+                f"the Prefect server at {self.settings.api_url} has not answered "
+                f"since the agent started ({self.api.last_error or 'no attempt'})"
+            )
+        silent = now - last
+        if silent > allowed:
+            return False, (
+                f"the Prefect server at {self.settings.api_url} has not answered for "
+                f"{silent:.0f}s (last error: {self.api.last_error})"
+            )
+        return True, f"the Prefect server answered {silent:.1f}s ago"
+
     def wait_finished(self, timeout: float | None = None) -> bool:
         """For a run-once agent: block until every run it took has ended."""
-        return self.finished.wait(timeout)
+        return self.outcome.finished.wait(timeout)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no run is in flight (every process has exited and been reported)."""
@@ -69,15 +116,17 @@ class AgentHandle:
         Runs not started yet are handed back to their queue (Scheduled); running ones are sent
         SIGTERM, then SIGKILL after `grace_seconds`, and proposed Crashed with a message that
         says the agent stopped. Nothing is left Running on the server without a process.
+        Works too after the agent gave up.
         """
         if self._stopped:
             return
         self._stopped = True
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         deadline = time.monotonic() + timeout
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            self.ref.proxy().stop_watchers().get(timeout=timeout)  # no new runs
         try:
             dispatcher = self.dispatcher
-            self.ref.proxy().on_stop().get(timeout=timeout)  # stop the watchers: no new runs
             supervisors = ask(dispatcher, InterruptRuns(grace), list, timeout)
             if supervisors:
                 log.info("stopping: ending %d run(s) in flight", len(supervisors))

@@ -29,6 +29,9 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     rematch_interval: float = 30.0  # prefix mode: seconds between re-reads of matching queues
     run_once: bool = False  # one poll per queue, then finish the runs taken and stop
     api_concurrency: int = 8  # most requests in flight towards the server at once
+    max_restarts: int = 10  # restart intensity: at most this many child restarts ...
+    restart_window_seconds: float = 60.0  # ... within this window, or the agent gives up
+    restart_backoff_seconds: float = 1.0  # first restart delay of a child; doubles each time
     cancel_grace_seconds: float = 30.0  # SIGTERM -> SIGKILL delay when a run is cancelled
     cancel_poll_interval: float = 2.0  # seconds between looks for runs to cancel
     shutdown_grace_seconds: float = 5.0  # SIGTERM -> SIGKILL delay for runs when the agent stops

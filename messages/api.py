@@ -12,7 +12,7 @@ must not make a whole page of runs undecodable.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import msgspec
 
@@ -232,12 +232,21 @@ def decode(shape: type[T], body: bytes) -> T:
     """Decode a response body into `shape`, or raise `ApiDecodeError` saying what was wrong."""
     try:
         return msgspec.json.decode(body, type=shape)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # RecursionError: msgspec's answer to JSON nested about a thousand levels deep.
         preview = body[:200].decode("utf-8", "replace")
-        name = getattr(shape, "__name__", str(shape))
+        name = _shape_name(shape)
         raise ApiDecodeError(
             f"response is not a valid {name}: {exc} (body starts {preview!r})"
         ) from exc
+
+
+def _shape_name(shape: object) -> str:
+    args = get_args(shape)
+    if args:
+        inner = ", ".join(_shape_name(arg) for arg in args)
+        return f"{_shape_name(get_origin(shape))}[{inner}]"
+    return str(getattr(shape, "__name__", shape))
 
 
 def encode(value: object) -> bytes:

@@ -87,3 +87,30 @@ class WatchedQueues(msgspec.Struct, frozen=True):
     """Sent by the Agent to the CancelWatcher whenever the set of served queues changes."""
 
     names: tuple[str, ...]
+
+
+class SupervisorFailed(msgspec.Struct, frozen=True):
+    """Sent by a RunSupervisor that failed (a bug) while its run's process was running.
+
+    The Dispatcher starts a replacement supervisor that watches the process by its pid, so the
+    run is neither orphaned nor killed, and its state tells the truth when it ends.
+    """
+
+    flow_run_id: str
+    pid: int
+    error: str
+
+
+class UseDispatcher(msgspec.Struct, frozen=True):
+    """Sent by the Agent to its watchers (and by a new Dispatcher to the RunSupervisors it
+    found) after the Dispatcher was restarted: talk to this one from now on."""
+
+    dispatcher: object  # pykka.ActorRef of the new Dispatcher
+
+
+class Rehome(msgspec.Struct, frozen=True):
+    """Asked by a restarted Dispatcher of every live RunSupervisor: the ones of the same agent
+    (`agent_id`) take it as their Dispatcher and answer their `RunStatus`, others answer None."""
+
+    dispatcher: object  # pykka.ActorRef of the new Dispatcher
+    agent_id: int
