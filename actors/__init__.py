@@ -1,10 +1,24 @@
 """prefect-actor-agent: Prefect's work-queue agent as a tree of pykka actors.
 
 The public surface: build `AgentSettings` (or read them with `settings_from_env`), call
-`start_agent`, and hold the returned `AgentHandle`.
+`start_agent`, and hold the returned `AgentHandle`: `tree()`, `cancel()`, `subscribe()` a
+`RunListener`, `stop()`. `StatusServer` serves the tree, health and metrics over HTTP;
+`render_tree` prints the tree for people.
 """
 
+from actors.listener import RunListener
 from actors.runtime import AgentHandle, start_agent
 from actors.settings import AgentSettings, SettingsError, settings_from_env
+from actors.status_server import StatusServer
+from actors.tree_text import render_tree
 
-__all__ = ["AgentHandle", "AgentSettings", "SettingsError", "settings_from_env", "start_agent"]
+__all__ = [
+    "AgentHandle",
+    "AgentSettings",
+    "RunListener",
+    "SettingsError",
+    "StatusServer",
+    "render_tree",
+    "settings_from_env",
+    "start_agent",
+]

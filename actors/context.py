@@ -34,3 +34,4 @@ class AgentContext:
     clock: Clock
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     outcome: AgentOutcome = field(default_factory=AgentOutcome)
+    listeners: tuple[Any, ...] = ()  # actor refs told every run event from the first one on

@@ -59,7 +59,7 @@ class Dispatcher(pykka.ThreadingActor):
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
-        self.listeners: list[pykka.ActorRef[Any]] = []
+        self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)
         self.since = time.time()
 
     def on_start(self) -> None:
@@ -165,7 +165,11 @@ class Dispatcher(pykka.ThreadingActor):
         )
         self.ctx.metrics.restarts.labels(kind="RunSupervisor").inc()
         self.held[message.flow_run_id] = RunSupervisor.start(
-            self.ctx, message.flow_run_id, self.actor_ref, inherited_failure=message.error
+            self.ctx,
+            message.flow_run_id,
+            self.actor_ref,
+            inherited_failure=message.error,
+            known_pid=message.pid,
         )
 
     def _wake_starved(self) -> None:

@@ -146,6 +146,7 @@ class QueueWatcher(pykka.ThreadingActor):
         self._set_phase("polling")
         before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         runs = self.ctx.api.get_runs(queue.id, before, room)
+        self._set_phase(f"idle, last poll found {len(runs)} run(s)")
         if not runs:
             return False
         self.log.debug("found %d run(s) in work queue %r", len(runs), self.queue_name)

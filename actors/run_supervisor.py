@@ -107,10 +107,11 @@ class RunSupervisor(pykka.ThreadingActor):
         flow_run: FlowRun | None = None,
         cancel: Cancel | None = None,
         inherited_failure: str | None = None,
+        known_pid: int | None = None,
     ) -> None:
         """Supervise `flow_run` from submission on; or, without it, find the run's process and
         watch it: to carry out `cancel` (a run this agent no longer holds), or to take over
-        from a supervisor that failed with `inherited_failure`."""
+        the process `known_pid` from a supervisor that failed with `inherited_failure`."""
         super().__init__()
         self.ctx = ctx
         self.run_id = run_id
@@ -122,6 +123,7 @@ class RunSupervisor(pykka.ThreadingActor):
         self.process: SupervisedProcess | None = None
         self.stop_request: Cancel | Interrupt | None = cancel  # why the run is ending early
         self.inherited_failure = inherited_failure
+        self.known_pid = known_pid
         self.finished = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -327,7 +329,7 @@ class RunSupervisor(pykka.ThreadingActor):
             log.info("flow run %s already ended (%s); nothing to cancel", self.run_id, state)
             self._finish("not-submitted", f"already {state}")
             return
-        pid = self._verified_pid(run)
+        pid = self._known_pid(run) if self.known_pid is not None else self._verified_pid(run)
         if pid is None:
             return
         self.process = AdoptedProcess(pid)
@@ -337,6 +339,19 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.stop_request is not None:
             request, self.stop_request = self.stop_request, None
             self._on_stop_request(request)
+
+    def _known_pid(self, run: FlowRun) -> int | None:
+        """The pid handed over by a failed supervisor, recorded on the server if it was not."""
+        pid = self.known_pid
+        if pid is None or not belongs_to_run(pid, self.run_id):
+            self._adopted_process_ended()  # it ended before the handover completed
+            return None
+        if run.infrastructure_pid != infrastructure_pid(pid):
+            try:
+                self.ctx.api.set_infrastructure_pid(self.run_id, infrastructure_pid(pid))
+            except (ApiError, ApiDecodeError) as exc:
+                log.warning("flow run %s: could not record its pid %d: %s", self.run_id, pid, exc)
+        return pid
 
     def _verified_pid(self, run: FlowRun) -> int | None:
         """The run's pid on this host, or None after dealing with a run that has none."""

@@ -30,13 +30,20 @@ log = logging.getLogger("prefect_actor_agent.agent")
 class AgentHandle:
     """A running agent: inspect it, cancel a run through it, subscribe to its events, stop it."""
 
-    def __init__(self, settings: AgentSettings, api: PrefectApi | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        api: PrefectApi | None = None,
+        listeners: tuple[pykka.ActorRef[Any], ...] = (),
+    ) -> None:
         self.settings = settings
         self.api = api or PrefectApi(
             settings.api_url, settings.api_key, concurrency=settings.api_concurrency
         )
         self.clock = Clock()
-        self.ctx = AgentContext(settings=settings, api=self.api, clock=self.clock)
+        self.ctx = AgentContext(
+            settings=settings, api=self.api, clock=self.clock, listeners=listeners
+        )
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
         self.outcome = self.ctx.outcome
         self.started = time.monotonic()
@@ -141,6 +148,11 @@ class AgentHandle:
             self.api.close()
 
 
-def start_agent(settings: AgentSettings, api: PrefectApi | None = None) -> AgentHandle:
-    """Start an agent's actor tree inside the calling process."""
-    return AgentHandle(settings, api)
+def start_agent(
+    settings: AgentSettings,
+    api: PrefectApi | None = None,
+    listeners: tuple[pykka.ActorRef[Any], ...] = (),
+) -> AgentHandle:
+    """Start an agent's actor tree inside the calling process; `listeners` (RunListener refs)
+    hear every run event from the first poll on."""
+    return AgentHandle(settings, api, listeners)

@@ -22,6 +22,7 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -31,9 +32,17 @@ except ImportError:  # run from a clone without `pip install`: use the clone's p
 
 import demo
 import gevent
+import pykka
 from local_server import LocalPrefectServer
 
-from actors import SettingsError, settings_from_env, start_agent
+from actors import (
+    AgentHandle,
+    SettingsError,
+    StatusServer,
+    render_tree,
+    settings_from_env,
+    start_agent,
+)
 
 log = logging.getLogger("prefect_actor_agent.launcher")
 
@@ -99,6 +108,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(default: PREFECT_AGENT_CANCEL_POLL_SECONDS or 2)",
     )
     parser.add_argument(
+        "--status-port",
+        type=int,
+        default=None,
+        help="serve /tree, /healthz and /metrics on this port (0: any free port)",
+    )
+    parser.add_argument(
+        "--status-host",
+        default="127.0.0.1",
+        help="address of the status endpoint (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="restart intensity: at most this many actor restarts per --restart-window "
+        "(default 10), or the agent exits non-zero",
+    )
+    parser.add_argument(
+        "--restart-window",
+        type=float,
+        default=None,
+        help="the restart intensity's window in seconds (default 60)",
+    )
+    parser.add_argument(
         "--rematch-interval",
         type=float,
         default=None,
@@ -135,16 +168,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def install_stop_handlers(stop: threading.Event, gevent_mode: bool) -> None:
-    def on_signal(*_: object) -> None:
-        log.info("stop requested")
-        stop.set()
+class Signals:
+    """What the signals asked for; handlers only set flags, the main loop acts on them."""
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    def __init__(self, gevent_mode: bool) -> None:
+        self.stop = threading.Event()
+        self.dump_tree = threading.Event()
+        self._install(signal.SIGINT, self._on_stop, gevent_mode)
+        self._install(signal.SIGTERM, self._on_stop, gevent_mode)
+        self._install(signal.SIGUSR1, lambda *_: self.dump_tree.set(), gevent_mode)
+
+    def _on_stop(self, *_: object) -> None:
+        log.info("stop requested")
+        self.stop.set()
+
+    @staticmethod
+    def _install(signum: int, handler: Callable[..., object], gevent_mode: bool) -> None:
         if gevent_mode:
-            gevent.signal_handler(signum, on_signal)
+            gevent.signal_handler(signum, handler)
         else:
-            signal.signal(signum, on_signal)
+            signal.signal(signum, handler)
+
+
+def serve(agent: AgentHandle, signals: Signals, done: Callable[[], bool]) -> None:
+    """Wait until `done()`, a stop signal or the agent giving up; dump the tree on SIGUSR1."""
+    while not signals.stop.wait(0.5) and not done() and agent.failure is None:
+        if signals.dump_tree.is_set():
+            signals.dump_tree.clear()
+            try:
+                log.info("actor tree:\n%s", render_tree(agent.tree()))
+            except (pykka.ActorDeadError, pykka.Timeout) as exc:
+                log.warning("the agent did not answer for its tree: %r", exc)
+
+
+def start_local_server(server_home: str | None) -> LocalPrefectServer:
+    """The embedded default: a Prefect server of our own, when no API URL is given."""
+    home = Path(server_home or Path.home() / ".prefect-actor-agent" / "server")
+    home.mkdir(parents=True, exist_ok=True)
+    server = LocalPrefectServer(home=home)
+    log.info("no PREFECT_API_URL: starting a local Prefect server (home %s)...", home)
+    server.start()
+    log.info("local Prefect server ready at %s", server.api_url)
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,13 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     api_url = args.api or os.environ.get("PREFECT_API_URL")
     if not api_url:
-        home = Path(args.server_home or Path.home() / ".prefect-actor-agent" / "server")
-        home.mkdir(parents=True, exist_ok=True)
-        server = LocalPrefectServer(home=home)
-        log.info("no PREFECT_API_URL: starting a local Prefect server (home %s)...", home)
-        server.start()
+        server = start_local_server(args.server_home)
         api_url = server.api_url
-        log.info("local Prefect server ready at %s", api_url)
 
     queues = tuple(args.work_queues) or (() if args.prefixes else ("default",))
     try:
@@ -180,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_grace_seconds=args.shutdown_grace_seconds,
             rematch_interval=args.rematch_interval,
             cancel_poll_interval=args.cancel_poll_interval,
+            max_restarts=args.max_restarts,
+            restart_window_seconds=args.restart_window,
             run_once=args.run_once,
         )
     except SettingsError as exc:
@@ -188,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         return 2
 
-    stop = threading.Event()
-    install_stop_handlers(stop, gevent_mode=not args.threads)
+    signals = Signals(gevent_mode=not args.threads)
     demo_runs: list[str] = []
     if args.demo:
         queue = queues[0] if queues else "default"
@@ -197,25 +258,31 @@ def main(argv: list[str] | None = None) -> int:
         log.info("demo: scheduled %d run(s) of the demo flow on queue %r", len(demo_runs), queue)
 
     agent = start_agent(settings)
+    status = None
     exit_code = 0
     try:
+        if args.status_port is not None:
+            status = StatusServer(agent, args.status_host, args.status_port).start()
         if demo_runs:
-            runs = demo.wait_for_runs(api_url, demo_runs, timeout=300, stop=stop)
+            runs = demo.wait_for_runs(api_url, demo_runs, timeout=300, stop=signals.stop)
             agent.wait_idle(timeout=60)  # let the runs' processes exit before stopping
             print(demo.summary(runs), flush=True)
             exit_code = 0 if demo.all_completed(runs) else 1
-        elif settings.run_once:
-            while not stop.is_set() and not agent.wait_finished(timeout=0.5):
-                pass
         else:
-            while not stop.wait(0.5):
-                pass
+            serve(agent, signals, agent.outcome.finished.is_set)
     finally:
         log.info("stopping the agent...")
         agent.stop()
+        if status is not None:
+            status.stop()
         if server is not None:
             server.stop()
-        log.info("agent stopped")
+        pykka.ActorRegistry.stop_all()
+        if agent.failure is not None:
+            log.error("agent exited because it gave up: %s", agent.failure)
+            exit_code = 1
+        else:
+            log.info("agent stopped")
     return exit_code
 
 

@@ -167,8 +167,29 @@ class LocalPrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         began = time.monotonic()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # The first start goes through `prefect server start`, as users run it. That CLI
+        # refuses a port it cannot bind at once, which a port just released (TIME_WAIT) is;
+        # a restart therefore runs the same application the CLI runs, through uvicorn
+        # directly, which reuses the address.
+        command = (
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ]
+            if self.start_seconds is not None
+            else [executable, "server", "start", "--host", self.host, "--port", str(self.port)]
+        )
         self._proc = subprocess.Popen(
-            [executable, "server", "start", "--host", self.host, "--port", str(self.port)],
+            command,
             env=self._env(),
             cwd=str(self.home),
             stdin=subprocess.DEVNULL,

@@ -136,6 +136,7 @@ def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
         "rematch_interval": "--rematch-interval",
         "cancel_grace_seconds": "--cancel-grace-seconds",
         "cancel_poll_interval": "--cancel-poll-interval",
+        "status_port": "--status-port",
         "shutdown_grace_seconds": "--shutdown-grace-seconds",
     }
     for key, flag in flags.items():

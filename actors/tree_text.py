@@ -1,0 +1,44 @@
+"""The actor tree as an indented text a person reads at a glance (SIGUSR1, /tree?format=text)."""
+
+from __future__ import annotations
+
+import time
+
+from messages.tree import ActorNode
+
+
+def _age(since: float, now: float) -> str:
+    seconds = max(0, int(now - since))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _line(node: ActorNode, now: float) -> str:
+    name = "" if node.name.lower() == node.kind.lower() else f" {node.name}"
+    parts = [f"{node.kind}{name}", f"[{node.state}, {_age(node.since, now)}]"]
+    if node.restart != "permanent":
+        parts.append(node.restart)
+    if node.restarts:
+        parts.append(f"restarts {node.restarts}")
+    if node.last_failure:
+        parts.append(f"last failure: {node.last_failure}")
+    parts += [f"{key}: {value}" for key, value in node.detail.items() if key != "pid"]
+    return "  ".join(parts)
+
+
+def render_tree(root: ActorNode, now: float | None = None) -> str:
+    """One line per actor, children below their supervisor with box-drawing branches."""
+    now = time.time() if now is None else now
+    lines = [_line(root, now)]
+
+    def walk(node: ActorNode, prefix: str) -> None:
+        for index, child in enumerate(node.children):
+            last = index == len(node.children) - 1
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{_line(child, now)}")
+            walk(child, prefix + ("    " if last else "│   "))
+
+    walk(root, "")
+    return "\n".join(lines)
