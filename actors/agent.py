@@ -21,18 +21,25 @@ from actors.api_client import ApiError
 from actors.cancel_watcher import CancelWatcher
 from actors.context import AgentContext
 from actors.dispatcher import Dispatcher
+from actors.process_infrastructure import (
+    HOSTNAME,
+    owned_by_live_agent,
+    parse_infrastructure_pid,
+)
 from actors.queue_watcher import QueueWatcher
 from actors.refs import ask, tell_if_alive
 from actors.supervision import RestartPolicy, Supervisor
-from messages.api import ApiDecodeError
+from messages.api import PENDING, RUNNING, ApiDecodeError
 from messages.control import (
     ChildFailed,
     DispatcherIdle,
     HeldRuns,
     PolledOnce,
+    Reconcile,
     RegisterWatcher,
     RematchQueues,
     RestartChild,
+    TakeOver,
     UseDispatcher,
     WatchedQueues,
 )
@@ -78,6 +85,8 @@ class Agent(pykka.ThreadingActor):
             self._start_watcher(name, create_missing=True)
         if settings.queue_prefixes:
             self.actor_ref.tell(RematchQueues())
+        if settings.work_queues:
+            self.actor_ref.tell(Reconcile(settings.work_queues))
         self.state, self.since = "running", time.time()
 
     def on_stop(self) -> None:
@@ -110,6 +119,8 @@ class Agent(pykka.ThreadingActor):
                 self._restart(kind, name)
             case GetTree():
                 return self.tree()
+            case Reconcile(queue_names=names):
+                self._reconcile(names)
             case _:
                 log.warning("unexpected message %r", message)
         return None
@@ -245,6 +256,40 @@ class Agent(pykka.ThreadingActor):
             children=tuple(nodes),
         )
 
+    # -- after a crash ----------------------------------------------------------------
+
+    def _reconcile(self, queue_names: tuple[str, ...]) -> None:
+        """Take over what an earlier life of this agent left: runs of these queues, Pending or
+        Running, whose process was started on this host and is not another live agent's."""
+        try:
+            runs = self.ctx.api.runs_in_states(list(queue_names), [PENDING, RUNNING])
+        except (ApiError, ApiDecodeError) as exc:
+            log.warning(
+                "could not look for runs left by an earlier agent: %s; trying again in %.0fs",
+                exc,
+                self.ctx.settings.query_interval,
+            )
+            self.ctx.clock.tell_later(
+                self.ctx.settings.query_interval, self.actor_ref, Reconcile(queue_names)
+            )
+            return
+        for run in runs:
+            if not run.infrastructure_pid:
+                continue
+            try:
+                host, pid = parse_infrastructure_pid(run.infrastructure_pid)
+            except ValueError:
+                continue
+            if host != HOSTNAME or owned_by_live_agent(pid):
+                continue
+            log.info(
+                "flow run %s (%s) was left %s by an earlier agent on this host: taking it over",
+                run.id,
+                run.name,
+                run.state.type if run.state else "?",
+            )
+            tell_if_alive(self._the_dispatcher(), TakeOver(run.id))
+
     # -- prefix mode -------------------------------------------------------------------------------
 
     def _rematch(self) -> None:
@@ -272,6 +317,8 @@ class Agent(pykka.ThreadingActor):
                 log.info("work queues no longer matched: %s", ", ".join(removed))
             for name in added:
                 self._start_watcher(name, create_missing=False)
+            if added:
+                self.actor_ref.tell(Reconcile(tuple(added)))
             for name in removed:
                 self._stop_watcher(name)
             if not self.matched_once and not matched:

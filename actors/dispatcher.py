@@ -36,6 +36,7 @@ from messages.control import (
     RegisterWatcher,
     Rehome,
     SupervisorFailed,
+    TakeOver,
 )
 from messages.events import RunStarted, RunSubmitted, Subscribe, Unsubscribe
 from messages.runs import Cancel, FreeSlots, RunFinished, RunsFound
@@ -80,6 +81,11 @@ class Dispatcher(pykka.ThreadingActor):
                 self._finished(message)
             case SupervisorFailed():
                 self._supervisor_failed(message)
+            case TakeOver(flow_run_id=run_id) if run_id not in self.held:
+                self.held[run_id] = RunSupervisor.start(
+                    self.ctx, run_id, self.actor_ref, lost_by_earlier_agent=True
+                )
+                self.ctx.metrics.runs_in_flight.set(len(self.held))
             case Cancel(flow_run_id=run_id):
                 self._cancel(message, run_id)
             case RegisterWatcher(queue_name=queue, watcher=ref):

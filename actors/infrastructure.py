@@ -108,6 +108,9 @@ def run_environment(
     if api_key:
         layered["PREFECT_API_KEY"] = api_key
     layered["PREFECT__FLOW_RUN_ID"] = flow_run.id
+    # Names the agent that started the process, so a restarted agent can tell its own
+    # orphans from the runs of another agent alive on this host.
+    layered["PREFECT_ACTOR_AGENT_PID"] = str(os.getpid())
     layered.update(block_env)
     return {name: value for name, value in layered.items() if value is not None}
 

@@ -138,17 +138,40 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+AGENT_PID_VARIABLE = "PREFECT_ACTOR_AGENT_PID"
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            entries = environ.read().split(b"\0")
+    except OSError:
+        return {}
+    pairs = (entry.decode("utf-8", "replace").partition("=") for entry in entries if entry)
+    return {name: value for name, _, value in pairs}
+
+
+def owned_by_live_agent(pid: int) -> bool:
+    """Whether the run process `pid` is still supervised by the agent that started it: that
+    agent (named in its environment) is alive and is still its parent."""
+    owner = _environ(pid).get(AGENT_PID_VARIABLE, "")
+    fields = _stat_fields(pid)
+    if not owner.isdigit() or fields is None:
+        return False
+    return fields[1] == owner and process_alive(int(owner))
+
+
 def belongs_to_run(pid: int, flow_run_id: str) -> bool:
     """Whether `pid` is that flow run's process: its environment or command line names the run.
 
     A pid recorded on the server may have been reused by an unrelated process since; such a
     process must never be signalled.
     """
+    if not process_alive(pid):
+        return False
+    if _environ(pid).get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+        return True
     try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            variables = environ.read().split(b"\0")
-        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in variables:
-            return True
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             return flow_run_id.encode() in cmdline.read()
     except OSError:

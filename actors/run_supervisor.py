@@ -23,6 +23,7 @@ Dispatcher `RunFinished`, which frees the run's slot.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from types import TracebackType
@@ -65,6 +66,7 @@ from messages.api import (
     BlockDocument,
     Deployment,
     FlowRun,
+    OrchestrationResult,
     StateProposal,
 )
 from messages.control import Interrupt, Rehome, SupervisorFailed
@@ -75,6 +77,8 @@ from messages.supervision import (
     GraceExpired,
     ProcessExited,
     ProposePending,
+    RecordPid,
+    ReportAgain,
     ResolveInfrastructure,
     StartProcess,
 )
@@ -83,6 +87,7 @@ from messages.tree import RunStatus
 log = logging.getLogger("prefect_actor_agent.run_supervisor")
 
 MAX_WAIT_SECONDS = 30.0
+MAX_REPORT_DELAY = 10.0
 ADOPTED_CHECK_SECONDS = 0.25
 FINAL_TYPES = frozenset({COMPLETED, FAILED, CRASHED, CANCELLED})
 
@@ -108,6 +113,7 @@ class RunSupervisor(pykka.ThreadingActor):
         cancel: Cancel | None = None,
         inherited_failure: str | None = None,
         known_pid: int | None = None,
+        lost_by_earlier_agent: bool = False,
     ) -> None:
         """Supervise `flow_run` from submission on; or, without it, find the run's process and
         watch it: to carry out `cancel` (a run this agent no longer holds), or to take over
@@ -123,7 +129,11 @@ class RunSupervisor(pykka.ThreadingActor):
         self.process: SupervisedProcess | None = None
         self.stop_request: Cancel | Interrupt | None = cancel  # why the run is ending early
         self.inherited_failure = inherited_failure
+        self.pending_report: tuple[StateProposal, tuple[RunOutcome, str], bool] | None = None
+        self.report_attempts = 0
+        self.pending_proposal: StateProposal | None = None
         self.known_pid = known_pid
+        self.lost_by_earlier_agent = lost_by_earlier_agent
         self.finished = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -150,6 +160,10 @@ class RunSupervisor(pykka.ThreadingActor):
                 self._on_stop_request(message)
             case GraceExpired(pid=pid):
                 self._on_grace_expired(pid)
+            case ReportAgain():
+                self._report_again()
+            case RecordPid(pid=pid):
+                self._record_pid(pid)
             case Rehome(dispatcher=ref, agent_id=agent_id):
                 return self._rehome(ref, agent_id)
             case _:
@@ -177,8 +191,10 @@ class RunSupervisor(pykka.ThreadingActor):
             tell_if_alive(self.dispatcher, SupervisorFailed(self.run_id, process.pid, reason))
             return
         if process is None and self.flow_run is not None:
-            self._propose(failed(f"the agent failed while submitting it ({reason})"))
-            self._finish("failed", f"supervisor failed: {reason}")
+            self._report(
+                failed(f"the agent failed while submitting it ({reason})"),
+                outcome=("failed", f"supervisor failed: {reason}"),
+            )
         else:
             self._finish("crashed", f"supervisor failed: {reason}")
 
@@ -210,14 +226,30 @@ class RunSupervisor(pykka.ThreadingActor):
             self._end_before_start()
             return
         self._set_phase("proposing Pending")
+        # One proposal, one transition id, however often it is sent: if a lost answer hid an
+        # acceptance, the server recognises the repeat and answers with our own Pending.
+        proposal = self.pending_proposal = self.pending_proposal or pending()
         try:
-            result = self.ctx.api.set_state(self.run_id, pending())
-        except (ApiError, ApiDecodeError) as exc:
+            result = self.ctx.api.set_state(self.run_id, proposal)
+        except ApiError as exc:
+            if exc.status is not None and exc.status < 500 and exc.status != 429:
+                log.warning("flow run %s: Pending refused: %s", self.run_id, exc)
+                self._finish("not-submitted", str(exc))
+                return
+            self.report_attempts += 1
+            delay = _backoff(self.report_attempts)
+            self._set_phase(f"proposing Pending (server unreachable, retry in {delay:.0f}s)")
             log.warning(
-                "flow run %s: could not propose Pending, leaving it for a later poll: %s",
+                "flow run %s: could not propose Pending yet, trying the same proposal "
+                "again in %.0fs: %s",
                 self.run_id,
+                delay,
                 exc,
             )
+            self.ctx.clock.tell_later(delay, self.actor_ref, ProposePending())
+            return
+        except ApiDecodeError as exc:
+            log.error("flow run %s: unreadable answer to Pending: %s", self.run_id, exc)
             self._finish("not-submitted", str(exc))
             return
         if result.status == "WAIT":
@@ -225,11 +257,30 @@ class RunSupervisor(pykka.ThreadingActor):
             self._set_phase(f"waiting {delay:.0f}s to propose Pending")
             self.ctx.clock.tell_later(delay, self.actor_ref, ProposePending())
             return
-        if not accepted_as(result, PENDING):
+        if not accepted_as(result, PENDING) and not self._pending_is_ours(result, proposal):
             log.debug("flow run %s not taken: %s", self.run_id, refusal(result))
             self._finish("not-submitted", refusal(result))
             return
+        self.report_attempts = 0
         self.actor_ref.tell(ResolveInfrastructure())
+
+    def _pending_is_ours(self, result: OrchestrationResult, proposal: StateProposal) -> bool:
+        """A refused Pending may be our own earlier one, accepted behind a lost answer."""
+        ours = proposal.state_details.transition_id
+        state = result.state
+        if state is None and result.status == "ABORT":
+            try:
+                state = self.ctx.api.read_flow_run(self.run_id).state
+            except (ApiError, ApiDecodeError):
+                return False
+        if state is None or state.type != PENDING or state.state_details.transition_id != ours:
+            return False
+        log.info(
+            "flow run %s: the server had already accepted our Pending (transition %s)",
+            self.run_id,
+            ours,
+        )
+        return True
 
     def _resolve_infrastructure(self) -> None:
         if self.stop_request is not None:
@@ -257,27 +308,34 @@ class RunSupervisor(pykka.ThreadingActor):
             self._submission_failed(str(exc))
             return
         self.process = process
-        pid_text = infrastructure_pid(process.pid)
         self._set_phase(f"running pid {process.pid}")
         log.info(
             "flow run %s started as pid %d: %s", self.run_id, process.pid, " ".join(spec.command)
         )
         self._wait_in_helper(process)
+        self._record_pid(process.pid)
+
+    def _record_pid(self, pid: int) -> None:
+        """Tell the server where the run's process lives; retried while the run lasts, since
+        cancellation after an agent restart depends on it."""
+        if self.finished or self.process is None or self.process.pid != pid:
+            return
         try:
-            self.ctx.api.set_infrastructure_pid(self.run_id, pid_text)
-        except (ApiError, ApiDecodeError) as exc:
+            self.ctx.api.set_infrastructure_pid(self.run_id, infrastructure_pid(pid))
+        except ApiError as exc:
             log.warning(
-                "flow run %s: could not record infrastructure_pid %s (the run can still be "
-                "cancelled through this agent): %s",
+                "flow run %s: could not record infrastructure_pid %s yet (retrying in %.0fs; "
+                "this agent can cancel it meanwhile): %s",
                 self.run_id,
-                pid_text,
+                infrastructure_pid(pid),
+                MAX_REPORT_DELAY,
                 exc,
             )
+            self.ctx.clock.tell_later(MAX_REPORT_DELAY, self.actor_ref, RecordPid(pid))
 
     def _submission_failed(self, reason: str) -> None:
         log.error("flow run %s: submission failed: %s", self.run_id, reason)
-        self._propose(failed(reason))
-        self._finish("failed", reason)
+        self._report(failed(reason), outcome=("failed", reason))
 
     def _resolve(self) -> ProcessSpec:
         if self.flow_run is None:
@@ -386,8 +444,13 @@ class RunSupervisor(pykka.ThreadingActor):
     def _mark_cancelled_without_process(self, why: str) -> None:
         if isinstance(self.stop_request, Cancel):
             log.warning("flow run %s: %s; marking it Cancelled", self.run_id, why)
-            self._propose(cancelled(f"Cancelled by the agent, but {why}."), force=True)
-            self._finish("cancelled", why)
+            self._report(
+                cancelled(f"Cancelled by the agent, but {why}."),
+                force=True,
+                outcome=("cancelled", why),
+            )
+        elif self.lost_by_earlier_agent:
+            self._adopted_process_ended()  # gone while no agent watched: tell the truth
         else:
             log.warning("flow run %s: %s", self.run_id, why)
             self._finish("not-submitted", why)
@@ -419,19 +482,19 @@ class RunSupervisor(pykka.ThreadingActor):
                     self.process.signal_group(SIGKILL)
         if isinstance(request, Cancel):
             how = "killed after the grace period" if code == -SIGKILL else "terminated"
-            self._propose(
+            self._report(
                 cancelled(f"Cancelled by the agent ({request.reason}); its process was {how}."),
                 force=True,
+                outcome=("cancelled", f"exit {shown}"),
             )
-            self._finish("cancelled", f"exit {shown}")
         elif isinstance(request, Interrupt):
-            self._propose(
+            self._report(
                 crashed(
                     "The agent stopped while this run was in flight; its process was "
                     f"terminated (exit {shown})."
-                )
+                ),
+                outcome=("interrupted", f"exit {shown}"),
             )
-            self._finish("interrupted", f"exit {shown}")
         elif code == 0:
             self._finish("exited", "exit code 0")
         elif code is None:
@@ -439,8 +502,7 @@ class RunSupervisor(pykka.ThreadingActor):
         else:
             message = describe_exit(code)
             log.warning("flow run %s crashed: %s", self.run_id, message)
-            self._propose(crashed(message))
-            self._finish("crashed", f"exit code {code}")
+            self._report(crashed(message), outcome=("crashed", f"exit code {code}"))
 
     def _adopted_process_ended(self) -> None:
         """A process watched by pid ended; its exit code is unknowable, the server's state is
@@ -453,18 +515,18 @@ class RunSupervisor(pykka.ThreadingActor):
         if state in FINAL_TYPES:
             self._finish("exited", f"ended {state}")
             return
-        cause = (
-            f"its supervisor in the agent had failed ({self.inherited_failure})"
-            if self.inherited_failure
-            else "the agent was not watching it"
-        )
+        if self.inherited_failure:
+            cause = f"its supervisor in the agent had failed ({self.inherited_failure})"
+        elif self.lost_by_earlier_agent:
+            cause = "the agent that started it had stopped unexpectedly and lost it"
+        else:
+            cause = "the agent was not watching it"
         message = (
             f"The run's process ended without reporting a final state; {cause}, so its exit "
             "code is unknown."
         )
         log.warning("flow run %s: %s", self.run_id, message)
-        self._propose(crashed(message))
-        self._finish("crashed", "exit code unknown")
+        self._report(crashed(message), outcome=("crashed", "exit code unknown"))
 
     def _on_stop_request(self, request: Cancel | Interrupt) -> None:
         if self.finished:
@@ -512,26 +574,53 @@ class RunSupervisor(pykka.ThreadingActor):
         """A stop request arrived before the process started: start nothing."""
         request = self.stop_request
         if isinstance(request, Cancel):
-            self._propose(
+            self._report(
                 cancelled(f"Cancelled before its process started ({request.reason})."),
                 force=True,
+                outcome=("cancelled", "before start"),
             )
-            self._finish("cancelled", "before start")
         else:
-            self._propose(
+            self._report(
                 scheduled_now(
                     "The agent stopped before starting this run; handed back to its queue."
                 ),
                 force=True,
+                outcome=("interrupted", "before start"),
             )
-            self._finish("interrupted", "before start")
 
-    def _propose(self, proposal: StateProposal, force: bool = False) -> None:
-        """Report an outcome; a refusal is logged, never raised: the run is over for us."""
+    def _report(
+        self, proposal: StateProposal, outcome: tuple[RunOutcome, str], force: bool = False
+    ) -> None:
+        """Report how the run ended, then finish. While the server cannot be reached the
+        report is kept and tried again with backoff: an outcome is never dropped. A refusal
+        is logged, not retried: the server already knows better (e.g. the run is final)."""
+        self.pending_report = (proposal, outcome, force)
         try:
             result = self.ctx.api.set_state(self.run_id, proposal, force=force)
-        except (ApiError, ApiDecodeError) as exc:
-            log.error("flow run %s: could not report %s: %s", self.run_id, proposal.type, exc)
+        except ApiError as exc:
+            if exc.status is not None and exc.status < 500 and exc.status != 429:
+                log.error("flow run %s: %s was refused: %s", self.run_id, proposal.name, exc)
+                self._finish(*outcome)
+                return
+            self.report_attempts += 1
+            delay = _backoff(self.report_attempts)
+            self._set_phase(
+                f"reporting {proposal.name} (server unreachable, retry in {delay:.0f}s)"
+            )
+            log.warning(
+                "flow run %s: could not report %s yet, trying again in %.0fs: %s",
+                self.run_id,
+                proposal.name,
+                delay,
+                exc,
+            )
+            self.ctx.clock.tell_later(delay, self.actor_ref, ReportAgain())
+            return
+        except ApiDecodeError as exc:
+            log.error(
+                "flow run %s: the answer to %s was unreadable: %s", self.run_id, proposal.name, exc
+            )
+            self._finish(*outcome)
             return
         if result.status == "ACCEPT":
             log.info("flow run %s: reported %s", self.run_id, proposal.name)
@@ -539,6 +628,18 @@ class RunSupervisor(pykka.ThreadingActor):
             log.info(
                 "flow run %s: %s not recorded: %s", self.run_id, proposal.name, refusal(result)
             )
+        self._finish(*outcome)
+
+    def _report_again(self) -> None:
+        if self.pending_report is not None and not self.finished:
+            proposal, outcome, force = self.pending_report
+            self._report(proposal, outcome, force)
+
+
+def _backoff(attempt: int) -> float:
+    """Retry delay for reports: exponential, capped, with jitter so that the runs that ended
+    during an outage do not all report in the same instant when the server comes back."""
+    return random.uniform(0.5, 1.0) * min(2.0**attempt, MAX_REPORT_DELAY)  # noqa: S311
 
 
 def _what(request: Cancel | Interrupt) -> str:

@@ -38,7 +38,10 @@ class AgentHandle:
     ) -> None:
         self.settings = settings
         self.api = api or PrefectApi(
-            settings.api_url, settings.api_key, concurrency=settings.api_concurrency
+            settings.api_url,
+            settings.api_key,
+            concurrency=settings.api_concurrency,
+            timeout=settings.api_timeout,
         )
         self.clock = Clock()
         self.ctx = AgentContext(

@@ -29,6 +29,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     rematch_interval: float = 30.0  # prefix mode: seconds between re-reads of matching queues
     run_once: bool = False  # one poll per queue, then finish the runs taken and stop
     api_concurrency: int = 8  # most requests in flight towards the server at once
+    api_timeout: float = 30.0  # seconds to wait for one answer of the server
     max_restarts: int = 10  # restart intensity: at most this many child restarts ...
     restart_window_seconds: float = 60.0  # ... within this window, or the agent gives up
     restart_backoff_seconds: float = 1.0  # first restart delay of a child; doubles each time

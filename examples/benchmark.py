@@ -59,7 +59,10 @@ LAUNCHER = EXAMPLES / "agent.py"
 HOSTNAME = socket.gethostname()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = 200  # the server's largest page (PREFECT_API_DEFAULT_LIMIT)
-POLL_SECONDS = 0.25  # how often the benchmark looks for runs that got their pid
+# How often the benchmark looks for runs that got their pid. The drain's end is the server's
+# own record of the last pid, so this decides only when the benchmark notices; looking every
+# 0.25 s cost the server a fifth of its CPU and slowed the agent it was measuring.
+POLL_SECONDS = 1.0
 CEILING_THREADS = 8
 SETUP_THREADS = 2  # setting up is not measured: spare the SQLite lock
 STOP_GRACE = 30.0
@@ -315,8 +318,9 @@ def _check(response: httpx.Response) -> Any:
 class Server:
     """The REST calls that set each contender up and watch it; one client shared by threads."""
 
-    def __init__(self, api_url: str) -> None:
+    def __init__(self, api_url: str, poll_seconds: float = POLL_SECONDS) -> None:
         self.api_url = api_url.rstrip("/")
+        self.poll_seconds = poll_seconds
         headers = {}
         if os.environ.get("PREFECT_API_KEY"):
             headers["Authorization"] = f"Bearer {os.environ['PREFECT_API_KEY']}"
@@ -637,7 +641,8 @@ def wait_for_pids(
     log: Path | None,
     on_poll: Callable[[dict[str, tuple[str, datetime]]], None] | None = None,
 ) -> Progress:
-    """Poll every POLL_SECONDS until every run has a pid, the timeout, or the agent's death."""
+    """Look every `server.poll_seconds` until every run has a pid, the timeout, or the agent's
+    death."""
     started_wall = datetime.now(UTC)
     began = time.monotonic()
     pids: dict[str, tuple[str, datetime]] = {}
@@ -655,7 +660,7 @@ def wait_for_pids(
         pids.update(server.runs_with_pid(queue, [r for r in run_ids if r not in pids]))
         if on_poll is not None:
             on_poll(pids)
-        time.sleep(max(0.0, POLL_SECONDS - (time.monotonic() - tick)))
+        time.sleep(max(0.0, server.poll_seconds - (time.monotonic() - tick)))
     return Progress(pids, started_wall, time.monotonic() - began, timed_out)
 
 
@@ -725,7 +730,7 @@ def drain_agent(
         elapsed = (progress.started_wall - started_wall).total_seconds() + progress.observed_seconds
     else:
         # The server's `updated` of the run whose pid came last: the PATCH itself, not the
-        # benchmark's next look (POLL_SECONDS later at worst).
+        # benchmark's next look (--poll-interval later at worst).
         last = max(updated for _, updated in progress.pids.values())
         elapsed = (last - started_wall).total_seconds()
         observed = (progress.started_wall - started_wall).total_seconds()
@@ -973,6 +978,9 @@ def footnotes(
         "PATCH - contender process start); agent start-up (imports) is included.",
         f"  timed out: the drain was cut at --drain-timeout {args.drain_timeout:.0f}s; "
         "runs/s = runs with a pid by then / that time.",
+        f"  the benchmark looks for pids every {args.poll_interval:g}s (POST /flow_runs/filter "
+        "on the queue, paged, only runs without a pid yet): the end is the server's record, "
+        "so a slower look loses no precision and leaves the server to the contender.",
         "  vs ceiling = this / ceiling; ours/this = ours / this (above 1: ours is faster).",
         "  poll->Pending = median over runs of (server timestamp of the run's PENDING state, "
         "GET /flow_run_states) - (time the poll's answer that brought the run arrived: the "
@@ -986,24 +994,37 @@ def footnotes(
             "all have a pid (or after --footprint-timeout "
             f"{args.footprint_timeout:.0f}s), RSS = VmRSS of the agent's own process(es), "
             "flow processes excluded; CPU = utime+stime delta over "
-            f"{args.cpu_window:.0f}s as % of one core. ours/this below 1: ours is lighter.",
+            f"{args.cpu_window:.0f}s as % of one core (one clock tick = "
+            f"{100 / CLOCK_TICKS / args.cpu_window:.2f}%). ours/this below 1: ours is lighter. "
+            "A contender that timed out was still taking runs during its window.",
         ]
         stops = ", ".join(
             f"{name} {fp.stop_seconds:.1f}s ({fp.leftover_processes} left)"
             for name, fp in footprints.items()
         )
         notes.append(f"  stop after footprint (SIGTERM -> exit; flow processes left): {stops}")
+    notes.append(
+        f"machine: {os.cpu_count()} CPUs; load average (1 min) {args.load_before} at the start, "
+        f"{_load()} at the end (other work on the machine shares the CPUs with the server)."
+    )
     first = ", ".join(
         f"{name} {d.first_pid_seconds:.1f}s"
         for name, d in drains.items()
         if d.first_pid_seconds is not None
     )
     if first:
-        notes.append(f"first pid after contender start (start-up cost): {first}")
+        notes.append(f"first pid recorded, after contender start (start-up and queueing): {first}")
     return notes
 
 
 # -- main -----------------------------------------------------------------------------------------
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -1021,12 +1042,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--api", default=None, help="an existing server (default: start one)")
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--footprint-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=POLL_SECONDS,
+        help="seconds between the benchmark's looks for recorded pids (it loads the server)",
+    )
     parser.add_argument("--cpu-window", type=float, default=10.0)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write results here")
     parser.add_argument(
         "--keep-logs", default=None, metavar="DIR", help="keep the agents' logs in DIR"
     )
     args = parser.parse_args(argv)
+    args.load_before = _load()
     args.part_list = _names(args.parts, ALL_PARTS, parser)
     args.contender_list = _names(args.contenders, ALL_CONTENDERS, parser)
     if args.runs < 1 or args.inflight < 1:
@@ -1061,7 +1089,7 @@ def say(text: str) -> None:
 
 
 def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: Path) -> int:
-    server = Server(api_url)
+    server = Server(api_url, args.poll_interval)
     drains: dict[str, DrainResult] = {}
     footprints: dict[str, FootprintResult] = {}
     try:
@@ -1121,6 +1149,9 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
                 "footprint_timeout": args.footprint_timeout,
                 "cpu_window": args.cpu_window,
                 "cpus": os.cpu_count(),
+                "load_before": args.load_before,
+                "load_after": _load(),
+                "poll_interval": args.poll_interval,
             },
             "contenders": {
                 name: {

@@ -41,3 +41,13 @@ class GraceExpired(msgspec.Struct, frozen=True):
     """Scheduled after SIGTERM: if the process group is still alive, SIGKILL it."""
 
     pid: int
+
+
+class ReportAgain(msgspec.Struct, frozen=True):
+    """Scheduled when the run's outcome could not be reported: the server was unreachable."""
+
+
+class RecordPid(msgspec.Struct, frozen=True):
+    """Scheduled when the run's `infrastructure_pid` could not be recorded yet."""
+
+    pid: int

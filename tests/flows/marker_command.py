@@ -16,7 +16,16 @@ marker_dir = os.environ["MARKER_DIR"]
 seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
 code = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 path = os.path.join(marker_dir, f"{run_id}.{uuid.uuid4().hex}.cmd")
+wanted = [name for name in os.environ.get("MARKER_ENV_NAMES", "").split(",") if name]
 with open(path, "w") as marker:
-    json.dump({"pid": os.getpid(), "time": time.time(), "cwd": os.getcwd()}, marker)
+    json.dump(
+        {
+            "pid": os.getpid(),
+            "time": time.time(),
+            "cwd": os.getcwd(),
+            "env": {name: os.environ.get(name) for name in wanted},
+        },
+        marker,
+    )
 time.sleep(seconds)
 sys.exit(code)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from tests.support.prefect_objects import deploy, read_run, run_state
 
@@ -14,7 +17,12 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def deploy_marker_command(
-    api_url: str, queue: str, markers: Path, *args: str, name: str = "marker"
+    api_url: str,
+    queue: str,
+    markers: Path,
+    *args: str,
+    name: str = "marker",
+    env: dict[str, str | None] | None = None,
 ) -> str:
     """A deployment whose runs start the fast marker command instead of the engine."""
     return deploy(
@@ -24,8 +32,13 @@ def deploy_marker_command(
         name=f"{name}-{queue}",
         work_queue=queue,
         command=[*MARKER_COMMAND, *args],
-        env={"MARKER_DIR": str(markers)},
+        env={"MARKER_DIR": str(markers), **(env or {})},
     )
+
+
+def command_markers(markers: Path, run_id: str) -> list[dict[str, Any]]:
+    """What each start of the marker command for this run recorded."""
+    return [json.loads(path.read_text()) for path in markers.glob(f"{run_id}.*.cmd")]
 
 
 def command_starts(markers: Path) -> Counter[str]:
@@ -57,3 +70,10 @@ def process_gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a status endpoint under test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.conftest import ROOT, AgentFactory, LauncherAgent, ThreadAgent, launc
 from tests.integration.helpers import (
     command_starts,
     deploy_marker_command,
+    free_port,
     process_gone,
 )
 from tests.support.faults import FaultyTransport
@@ -111,12 +111,6 @@ def test_restart_intensity_exceeded_makes_the_launcher_exit_non_zero(
     assert process.returncode == 1, logs[-2000:]
     assert "agent giving up: 3 failures within 60s (at most 2 restarts allowed)" in logs
     assert "injected fault" in logs
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_status_endpoint_tree_text_health_and_metrics_with_a_run_in_flight(

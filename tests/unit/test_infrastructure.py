@@ -1,5 +1,6 @@
 """From deployment + block + overrides to the process spec; every bad input has a clear error."""
 
+import os
 import sys
 
 import pytest
@@ -74,6 +75,7 @@ def test_environment_layers_like_the_official_agent() -> None:
         "PREFECT_API_URL": "http://api",
         "PREFECT_API_KEY": "secret",
         "PREFECT__FLOW_RUN_ID": "run-1",
+        "PREFECT_ACTOR_AGENT_PID": str(os.getpid()),
     }
 
 
