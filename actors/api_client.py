@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -98,6 +98,37 @@ def _describe(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} from {request.method} {request.url.path}: {text}"
 
 
+class RequestSlots:
+    """At most `size` requests in flight; a waiting urgent request goes before the others.
+
+    Urgent are the calls that decide who takes a run (the Pending proposal): when a poll
+    brings many runs, their proposals should not queue behind reads and pid reports of runs
+    that are already taken, or another agent (and the run's schedule) waits for nothing.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._urgent_waiting = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, urgent: bool) -> None:
+        with self._changed:
+            if urgent:
+                self._urgent_waiting += 1
+                while self._free == 0:
+                    self._changed.wait()
+                self._urgent_waiting -= 1
+            else:
+                while self._free == 0 or self._urgent_waiting:
+                    self._changed.wait()
+            self._free -= 1
+
+    def release(self) -> None:
+        with self._changed:
+            self._free += 1
+            self._changed.notify_all()
+
+
 class PrefectApi:
     """Typed calls to the Prefect REST API, safe to share between actors (threads or greenlets)."""
 
@@ -110,13 +141,17 @@ class PrefectApi:
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        cache_seconds: float = 5.0,
     ) -> None:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.api_url = api_url.rstrip("/")
         self._retry = retry or RetryPolicy()
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self._slots = RequestSlots(concurrency)
+        self._cache_seconds = cache_seconds
+        self._cache: dict[tuple[str, str], tuple[float, object]] = {}
+        self._cache_lock = threading.Lock()
         self._client = httpx.Client(
             base_url=self.api_url + "/",
             headers=headers,
@@ -141,18 +176,22 @@ class PrefectApi:
         path: str,
         body: bytes | None = None,
         params: dict[str, str] | None = None,
+        urgent: bool = False,
     ) -> httpx.Response:
         last_error = ""
         for attempt in range(self._retry.attempts):
             retry_after: float | None = None
             status: int | None = None
+            response: httpx.Response | None = None
+            self._slots.acquire(urgent)
             try:
-                with self._slots:
-                    response = self._client.request(method, path, content=body, params=params)
-                status = response.status_code
+                response = self._client.request(method, path, content=body, params=params)
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__} on {method} /{path.lstrip('/')}: {exc}"
-            else:
+            finally:
+                self._slots.release()
+            if response is not None:
+                status = response.status_code
                 if status < 400:
                     self._notify(method, path, status)
                     return response
@@ -230,10 +269,11 @@ class PrefectApi:
     def set_state(
         self, flow_run_id: str, proposal: StateProposal, force: bool = False
     ) -> OrchestrationResult:
-        request = SetStateRequest(state=proposal, force=force)
-        return self._call(
-            OrchestrationResult, "POST", f"flow_runs/{flow_run_id}/set_state", request
-        )
+        """Propose a state; a Pending proposal (taking a run) goes before other requests."""
+        body = encode(SetStateRequest(state=proposal, force=force))
+        urgent = proposal.type == "PENDING"
+        response = self._request("POST", f"flow_runs/{flow_run_id}/set_state", body, urgent=urgent)
+        return decode(OrchestrationResult, response.content)
 
     def set_infrastructure_pid(self, flow_run_id: str, infrastructure_pid: str) -> None:
         body = encode(FlowRunUpdate(infrastructure_pid=infrastructure_pid))
@@ -258,21 +298,49 @@ class PrefectApi:
     # -- deployments and blocks --------------------------------------------------------------------
 
     def read_deployment(self, deployment_id: str) -> Deployment:
-        return self._call(Deployment, "GET", f"deployments/{deployment_id}")
+        """The deployment; read at most once per `cache_seconds` (a burst of its runs shares it)."""
+        return self._cached(
+            ("deployment", deployment_id),
+            lambda: self._call(Deployment, "GET", f"deployments/{deployment_id}"),
+        )
 
     def read_block_document(self, block_document_id: str) -> BlockDocument:
-        """The block with its secrets, as the run's infrastructure needs them."""
-        response = self._request(
-            "GET", f"block_documents/{block_document_id}", params={"include_secrets": "true"}
-        )
-        return decode(BlockDocument, response.content)
+        """The block with its secrets, as the run's infrastructure needs them (cached too)."""
+
+        def read() -> BlockDocument:
+            response = self._request(
+                "GET", f"block_documents/{block_document_id}", params={"include_secrets": "true"}
+            )
+            return decode(BlockDocument, response.content)
+
+        return self._cached(("block", block_document_id), read)
+
+    def _cached(self, key: tuple[str, str], read: Callable[[], T]) -> T:
+        """A short-lived memo of what every run of a deployment reads alike: when a poll brings
+        a hundred runs of one deployment, the server answers two reads, not two hundred. A
+        change to the deployment reaches runs submitted `cache_seconds` later."""
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and now - hit[0] < self._cache_seconds:
+                return cast(T, hit[1])
+        value = read()
+        with self._cache_lock:
+            self._cache[key] = (now, value)
+            if len(self._cache) > 1024:
+                self._cache = {
+                    k: v for k, v in self._cache.items() if now - v[0] < self._cache_seconds
+                }
+        return value
 
     def health(self) -> bool:
+        self._slots.acquire(urgent=True)
         try:
-            with self._slots:
-                return self._client.get("health", timeout=5.0).status_code == 200
+            return self._client.get("health", timeout=5.0).status_code == 200
         except httpx.HTTPError:
             return False
+        finally:
+            self._slots.release()
 
 
 def _quote(segment: str) -> str:

@@ -111,7 +111,7 @@ class DrainResult:
     elapsed_seconds: float
     runs_per_second: float
     timed_out: bool
-    first_pid_seconds: float | None  # contender start -> first pid recorded (start-up cost)
+    first_pid_seconds: float | None  # contender start -> first pid recorded
     median_poll_to_pending_ms: float | None
     latency_samples: int
     agent_cpu_seconds: float | None  # CPU the agent process used from its start to the end
@@ -591,6 +591,7 @@ def clean_env(home: Path) -> dict[str, str]:
 def launch(
     guard: ProcessGuard, contender: Contender, api_url: str, queue: str, work_dir: Path
 ) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start one agent on its queue, its output in a log: the log is also a measurement."""
     log = work_dir / f"{contender.name}-{queue}.log"
     env = clean_env(work_dir / "prefect-home")
     if contender.kind == "official":
@@ -660,6 +661,8 @@ def wait_for_pids(
         pids.update(server.runs_with_pid(queue, [r for r in run_ids if r not in pids]))
         if on_poll is not None:
             on_poll(pids)
+        if len(pids) == len(run_ids):
+            break
         time.sleep(max(0.0, server.poll_seconds - (time.monotonic() - tick)))
     return Progress(pids, started_wall, time.monotonic() - began, timed_out)
 
@@ -708,6 +711,10 @@ def drain_agent(
     timeout: float,
     work_dir: Path,
 ) -> DrainResult:
+    """Runs/s from the agent's start to its last pid, and poll->Pending from its log.
+
+    The runs exist before the agent starts, so its start-up counts as users feel it.
+    """
     queue = f"bench-{server.tag}-{contender.name}-drain"
     deployment = server.deployment(f"{contender.name}-drain-{server.tag}", queue, ["true"])
     run_ids = server.create_runs(deployment, runs)
@@ -790,6 +797,11 @@ def footprint_agent(
     window: float,
     work_dir: Path,
 ) -> FootprintResult:
+    """RSS and CPU of the agent alone while it holds many runs, then a stop that leaks nothing.
+
+    The flow processes are excluded: they are the same `sleep` for every contender, and what
+    a user pays for the agent is its own process.
+    """
     queue = f"bench-{server.tag}-{contender.name}-footprint"
     # The sleeps must outlast the wait and the window, or runs would end while measured.
     sleep_seconds = max(120, int(timeout + window + 60))
@@ -913,6 +925,7 @@ def render(
         "runs w/ pid",
         "vs ceiling",
         "ours/this",
+        "agent CPU s",
         "poll->Pending ms",
         "in flight",
         "RSS MiB",
@@ -938,6 +951,7 @@ def render(
                 done,
                 _fmt(row["drain_vs_ceiling"], ".2f", "x"),
                 _fmt(row["ours_over_this_drain"], ".2f", "x"),
+                _fmt(drain.agent_cpu_seconds if drain else None, ".1f"),
                 _fmt(drain.median_poll_to_pending_ms if drain else None, ".0f"),
                 flight,
                 _fmt(fp.rss_mib if fp else None, ".1f"),
@@ -982,6 +996,8 @@ def footnotes(
         "on the queue, paged, only runs without a pid yet): the end is the server's record, "
         "so a slower look loses no precision and leaves the server to the contender.",
         "  vs ceiling = this / ceiling; ours/this = ours / this (above 1: ours is faster).",
+        "  agent CPU s = utime+stime of the agent process from its start to the end of the "
+        "drain (start-up included).",
         "  poll->Pending = median over runs of (server timestamp of the run's PENDING state, "
         "GET /flow_run_states) - (time the poll's answer that brought the run arrived: the "
         "first of the block of 'submitting flow run ID' lines (ours, at its default INFO "
@@ -1002,7 +1018,10 @@ def footnotes(
             f"{name} {fp.stop_seconds:.1f}s ({fp.leftover_processes} left)"
             for name, fp in footprints.items()
         )
-        notes.append(f"  stop after footprint (SIGTERM -> exit; flow processes left): {stops}")
+        notes.append(
+            f"  stop after footprint (SIGTERM -> exit; flow processes then left): {stops}; "
+            "the official agent waits for its flows, so the benchmark kills them first."
+        )
     notes.append(
         f"machine: {os.cpu_count()} CPUs; load average (1 min) {args.load_before} at the start, "
         f"{_load()} at the end (other work on the machine shares the CPUs with the server)."
@@ -1088,6 +1107,18 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _reported(
+    result: DrainResult | FootprintResult | None, keep_logs: str | None
+) -> dict[str, Any] | None:
+    """A result for the JSON; its log is named where --keep-logs puts it (the rest is deleted)."""
+    if result is None:
+        return None
+    data = asdict(result)
+    if data.get("log_path"):
+        data["log_path"] = str(Path(keep_logs) / Path(data["log_path"]).name) if keep_logs else None
+    return data
+
+
 def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: Path) -> int:
     server = Server(api_url, args.poll_interval)
     drains: dict[str, DrainResult] = {}
@@ -1156,8 +1187,8 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
             "contenders": {
                 name: {
                     "describe": CONTENDERS[name].describe,
-                    "drain": asdict(drains[name]) if name in drains else None,
-                    "footprint": asdict(footprints[name]) if name in footprints else None,
+                    "drain": _reported(drains.get(name), args.keep_logs),
+                    "footprint": _reported(footprints.get(name), args.keep_logs),
                     "ratios": row,
                 }
                 for name, row in ratios(drains, footprints).items()
