@@ -17,7 +17,7 @@ seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
 code = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 path = os.path.join(marker_dir, f"{run_id}.{uuid.uuid4().hex}.cmd")
 wanted = [name for name in os.environ.get("MARKER_ENV_NAMES", "").split(",") if name]
-with open(path, "w") as marker:
+with open(path + ".partial", "w") as marker:  # renamed below: a reader never sees half
     json.dump(
         {
             "pid": os.getpid(),
@@ -27,5 +27,6 @@ with open(path, "w") as marker:
         },
         marker,
     )
+os.replace(path + ".partial", path)
 time.sleep(seconds)
 sys.exit(code)

@@ -71,6 +71,7 @@ def test_a_run_supervisor_that_fails_mid_run_frees_its_slot_and_orphans_nothing(
     assert isinstance(agent, ThreadAgent)
 
     wait_for(lambda: "a replacement watches its process" in agent.logs(), 30, "the handover")
+    wait_for(lambda: command_starts(markers)[first] == 1, 30, "the first run's process")
     pid = json.loads(next(markers.glob(f"{first}.*.cmd")).read_text())["pid"]
     wait_for(lambda: run_state(api_url, first)[0] == "CRASHED", 30, "the truth about the run")
     assert process_gone(pid)
