@@ -61,6 +61,12 @@ class ApiError(RuntimeError):
         super().__init__(message)
         self.status = status
 
+    @property
+    def transient(self) -> bool:
+        """No answer, overload or a server error: worth trying again later. Anything else is
+        the server's considered refusal."""
+        return self.status is None or self.status >= 500 or self.status in (408, 429)
+
 
 class NotFoundError(ApiError):
     """The object named in the call does not exist (HTTP 404)."""

@@ -232,21 +232,11 @@ class RunSupervisor(pykka.ThreadingActor):
         try:
             result = self.ctx.api.set_state(self.run_id, proposal)
         except ApiError as exc:
-            if exc.status is not None and exc.status < 500 and exc.status != 429:
+            if not exc.transient:
                 log.warning("flow run %s: Pending refused: %s", self.run_id, exc)
                 self._finish("not-submitted", str(exc))
                 return
-            self.report_attempts += 1
-            delay = _backoff(self.report_attempts)
-            self._set_phase(f"proposing Pending (server unreachable, retry in {delay:.0f}s)")
-            log.warning(
-                "flow run %s: could not propose Pending yet, trying the same proposal "
-                "again in %.0fs: %s",
-                self.run_id,
-                delay,
-                exc,
-            )
-            self.ctx.clock.tell_later(delay, self.actor_ref, ProposePending())
+            self._retry_later("proposing Pending (the same proposal)", ProposePending(), exc)
             return
         except ApiDecodeError as exc:
             log.error("flow run %s: unreadable answer to Pending: %s", self.run_id, exc)
@@ -598,23 +588,11 @@ class RunSupervisor(pykka.ThreadingActor):
         try:
             result = self.ctx.api.set_state(self.run_id, proposal, force=force)
         except ApiError as exc:
-            if exc.status is not None and exc.status < 500 and exc.status != 429:
+            if not exc.transient:
                 log.error("flow run %s: %s was refused: %s", self.run_id, proposal.name, exc)
                 self._finish(*outcome)
                 return
-            self.report_attempts += 1
-            delay = _backoff(self.report_attempts)
-            self._set_phase(
-                f"reporting {proposal.name} (server unreachable, retry in {delay:.0f}s)"
-            )
-            log.warning(
-                "flow run %s: could not report %s yet, trying again in %.0fs: %s",
-                self.run_id,
-                proposal.name,
-                delay,
-                exc,
-            )
-            self.ctx.clock.tell_later(delay, self.actor_ref, ReportAgain())
+            self._retry_later(f"reporting {proposal.name}", ReportAgain(), exc)
             return
         except ApiDecodeError as exc:
             log.error(
@@ -629,6 +607,16 @@ class RunSupervisor(pykka.ThreadingActor):
                 "flow run %s: %s not recorded: %s", self.run_id, proposal.name, refusal(result)
             )
         self._finish(*outcome)
+
+    def _retry_later(self, doing: str, step: object, exc: ApiError) -> None:
+        """The server cannot be reached: do `step` again later (backoff with jitter)."""
+        self.report_attempts += 1
+        delay = _backoff(self.report_attempts)
+        self._set_phase(f"{doing}: server unreachable, retry in {delay:.0f}s")
+        log.warning(
+            "flow run %s: %s failed, trying again in %.0fs: %s", self.run_id, doing, delay, exc
+        )
+        self.ctx.clock.tell_later(delay, self.actor_ref, step)
 
     def _report_again(self) -> None:
         if self.pending_report is not None and not self.finished:
