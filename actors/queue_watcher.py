@@ -25,6 +25,8 @@ from messages.runs import FreeSlots, RunsFound
 from messages.tree import ActorNode, Describe
 
 ERROR_BACKOFF_MAX = 60.0
+FULL_PAGE_RECHECK_SECONDS = 0.25
+QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
 
 
 class QueueWatcher(pykka.ThreadingActor):
@@ -46,6 +48,7 @@ class QueueWatcher(pykka.ThreadingActor):
         self.create_missing = create_missing
         self.log = logging.getLogger(f"prefect_actor_agent.queue_watcher.{queue_name}")
         self.queue: WorkQueue | None = None
+        self.queue_read_at = 0.0
         self.paused = False
         self.failures = 0
         self.polls = 0
@@ -96,7 +99,7 @@ class QueueWatcher(pykka.ThreadingActor):
         self.polls += 1
         started = time.monotonic()
         try:
-            again = self._poll_once()
+            next_poll = self._poll_once()
             self.failures = 0
             self.ctx.metrics.poll_latency.observe(time.monotonic() - started)
         except (ApiError, ApiDecodeError) as exc:
@@ -109,23 +112,22 @@ class QueueWatcher(pykka.ThreadingActor):
                 delay,
             )
             self._set_phase(f"error: {exc}")
-            again = False
-            if not settings.run_once:
-                self._schedule(delay)
-                return
+            next_poll = delay
         if settings.run_once:
             self.agent.tell(PolledOnce(self.queue_name))
-        elif again:
+        elif next_poll == 0:
             self.actor_ref.tell(Poll())
         else:
-            self._schedule(settings.query_interval)
+            self._schedule(next_poll)
 
-    def _poll_once(self) -> bool:
-        """One round trip; True when the page was full and more runs are probably due."""
+    def _poll_once(self) -> float:
+        """One round trip; the seconds until the next poll at the latest. After a full page
+        that brought new runs, the Dispatcher wakes the watcher once they are taken."""
+        interval = self.ctx.settings.query_interval
         queue = self._read_queue()
         if queue is None:
             self._set_phase("queue does not exist")
-            return False
+            return interval
         if queue.is_paused:
             if not self.paused:
                 self.log.info(
@@ -135,25 +137,35 @@ class QueueWatcher(pykka.ThreadingActor):
                 self.log.debug("work queue %r is still paused", self.queue_name)
             self.paused = True
             self._set_phase("paused")
-            return False
+            return interval
         if self.paused:
             self.log.info("work queue %r resumed", self.queue_name)
             self.paused = False
         room = ask(self.dispatcher, FreeSlots(self.queue_name), int)
         if room == 0:
             self._set_phase("waiting for a free slot")
-            return False
+            return interval
         self._set_phase("polling")
         before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         runs = self.ctx.api.get_runs(queue.id, before, room)
         self._set_phase(f"idle, last poll found {len(runs)} run(s)")
         if not runs:
-            return False
+            return interval
         self.log.debug("found %d run(s) in work queue %r", len(runs), self.queue_name)
-        admitted = ask(self.dispatcher, RunsFound(self.queue_name, tuple(runs)), int)
-        return len(runs) >= room and admitted > 0
+        full = len(runs) >= room
+        admitted = ask(self.dispatcher, RunsFound(self.queue_name, tuple(runs), full), int)
+        if full and admitted == 0:
+            # A full page of runs we already hold, whose Pending has not landed yet: more
+            # runs may wait behind them, so look again soon rather than a whole interval later.
+            return min(FULL_PAGE_RECHECK_SECONDS, interval)
+        # After a full page, the Dispatcher sends Poll as soon as its runs are taken.
+        return interval
 
     def _read_queue(self) -> WorkQueue | None:
+        now = time.monotonic()
+        if self.queue is not None and now - self.queue_read_at < QUEUE_REREAD_SECONDS:
+            return self.queue  # polling again at once during a drain: it was read just now
+        self.queue_read_at = now
         queue = self.ctx.api.read_work_queue_by_name(self.queue_name)
         if queue is None and self.create_missing:
             try:

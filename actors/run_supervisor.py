@@ -132,6 +132,7 @@ class RunSupervisor(pykka.ThreadingActor):
         self.pending_report: tuple[StateProposal, tuple[RunOutcome, str], bool] | None = None
         self.report_attempts = 0
         self.pending_proposal: StateProposal | None = None
+        self.past_pending = flow_run is None  # adopted runs never propose Pending
         self.known_pid = known_pid
         self.lost_by_earlier_agent = lost_by_earlier_agent
         self.finished = False
@@ -202,14 +203,15 @@ class RunSupervisor(pykka.ThreadingActor):
         self.phase = phase
         self.since = time.time()
         pid = self.process.pid if self.process is not None else None
-        tell_if_alive(self.dispatcher, RunStatus(self.run_id, phase, self.since, pid))
+        status = RunStatus(self.run_id, phase, self.since, pid, self.past_pending)
+        tell_if_alive(self.dispatcher, status)
 
     def _rehome(self, dispatcher: object, agent_id: int) -> RunStatus | None:
         if agent_id != id(self.ctx) or self.finished or not isinstance(dispatcher, pykka.ActorRef):
             return None
         self.dispatcher = dispatcher
         pid = self.process.pid if self.process is not None else None
-        return RunStatus(self.run_id, self.phase, self.since, pid)
+        return RunStatus(self.run_id, self.phase, self.since, pid, self.past_pending)
 
     def _finish(self, outcome: RunOutcome, detail: str = "") -> None:
         if self.finished:
@@ -252,6 +254,7 @@ class RunSupervisor(pykka.ThreadingActor):
             self._finish("not-submitted", refusal(result))
             return
         self.report_attempts = 0
+        self.past_pending = True
         self.actor_ref.tell(ResolveInfrastructure())
 
     def _pending_is_ours(self, result: OrchestrationResult, proposal: StateProposal) -> bool:

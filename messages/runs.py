@@ -32,6 +32,7 @@ class RunsFound(msgspec.Struct, frozen=True):
 
     queue_name: str  # the queue the runs were read from, for log lines
     runs: tuple[FlowRun, ...]  # as the server returned them, in any order
+    full_page: bool = False  # more may be due: wake the watcher once these runs are taken
 
 
 class FreeSlots(msgspec.Struct, frozen=True):

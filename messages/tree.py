@@ -38,3 +38,4 @@ class RunStatus(msgspec.Struct, frozen=True):
     state: str
     since: float
     pid: int | None = None
+    past_pending: bool = False  # the Pending proposal is settled (taken, or not ours)
