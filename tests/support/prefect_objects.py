@@ -30,6 +30,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 T = TypeVar("T")
 
 _TIMEOUT = 30.0
+_LOCKED_RETRIES = 8
 
 __all__ = [
     "create_run",
@@ -48,8 +49,14 @@ __all__ = [
 
 
 def _api(api_url: str, method: str, path: str, body: Any = None) -> Any:
+    # A SQLite server answers 503 while its database is locked by other writers (an agent
+    # under test draining runs): the test's own set-up waits and tries again, a few times.
     with httpx.Client(base_url=api_url, timeout=_TIMEOUT) as client:
-        response = client.request(method, path, json=body)
+        for attempt in range(_LOCKED_RETRIES):
+            response = client.request(method, path, json=body)
+            if response.status_code != 503:
+                break
+            time.sleep(0.2 * (attempt + 1))
     if response.is_error:
         # httpx's own message omits the body, which is where Prefect says why.
         raise httpx.HTTPStatusError(
