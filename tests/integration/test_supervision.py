@@ -15,6 +15,7 @@ import pytest
 from actors.api_client import PrefectApi
 from examples.local_server import LocalPrefectServer
 from messages.control import HeldRuns
+from messages.runs import RunsFound
 from messages.tree import ActorNode
 from tests.conftest import ROOT, AgentFactory, LauncherAgent, ThreadAgent, launcher_args
 from tests.integration.helpers import (
@@ -200,3 +201,33 @@ def test_embedded_example_runs_a_flow_and_receives_its_events(api_url: str, queu
     assert "all 1 run(s) finished" in out
     assert "Dispatcher" in out
     assert run_state(api_url, run)[0] == "COMPLETED"
+
+
+def test_a_restarted_dispatcher_takes_back_its_runs_so_no_slot_leaks(
+    library_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers, "300")
+    first, second = create_run(api_url, deployment), create_run(api_url, deployment)
+    agent = library_agent(work_queues=(queue,), limit=2)
+    assert isinstance(agent, ThreadAgent)
+    wait_for(
+        lambda: command_starts(markers)[first] + command_starts(markers)[second] == 2,
+        30,
+        "both runs to start",
+    )
+    wait_for(lambda: agent.logs().count("started as pid") == 2, 10, "both pids logged")
+
+    # A host service hands the Dispatcher something that is not a run: it fails on it.
+    agent.handle.dispatcher.tell(RunsFound("from-a-buggy-host", ("not a flow run",)))  # type: ignore[arg-type]
+
+    wait_for(lambda: "took back 2 run(s) in flight" in agent.logs(), 30, "the restart")
+    tree = agent.handle.tree()
+    dispatcher = find(tree, "Dispatcher")
+    assert dispatcher is not None
+    assert dispatcher.restarts == 1
+    assert {child.name for child in dispatcher.children} == {first, second}
+    third = create_run(api_url, deployment)
+    agent.handle.cancel(first, "make room")  # routed through the new Dispatcher
+    wait_for(lambda: command_starts(markers)[third] == 1, 30, "the freed slot to be used")
+    assert command_starts(markers)[first] == 1  # nothing started twice
+    assert command_starts(markers)[second] == 1
