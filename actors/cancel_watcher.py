@@ -79,6 +79,8 @@ class CancelWatcher(pykka.ThreadingActor):
         match message:
             case WatchedQueues(names=names):
                 self.queues = names
+                if names and self.phase == "no queues yet":
+                    self.phase, self.since = "polling", time.time()
             case Describe():
                 return ActorNode(
                     kind="CancelWatcher",
