@@ -26,6 +26,8 @@ from messages.tree import ActorNode, GetTree
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
+REPORTS_PER_SECOND = 20.0  # a cautious pace for a SQLite server taking state proposals
+
 
 class AgentHandle:
     """A running agent: inspect it, cancel a run through it, subscribe to its events, stop it."""
@@ -140,8 +142,18 @@ class AgentHandle:
             supervisors = ask(dispatcher, InterruptRuns(grace), list, timeout)
             if supervisors:
                 log.info("stopping: ending %d run(s) in flight", len(supervisors))
+            # Each ended run is one state report, at the server's pace: allow for that.
+            needed = grace + 5.0 + len(supervisors) / REPORTS_PER_SECOND
+            deadline = max(deadline, time.monotonic() + needed)
             for supervisor in supervisors:
                 supervisor.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+            unfinished = sum(1 for s in supervisors if not s.actor_stopped.is_set())
+            if unfinished:
+                log.warning(
+                    "%d run(s) could not be reported before the stop deadline; the next start "
+                    "of an agent for their queues on this host reconciles them",
+                    unfinished,
+                )
             dispatcher.stop(timeout=max(0.1, deadline - time.monotonic()))
         except (pykka.ActorDeadError, pykka.Timeout) as exc:
             log.warning("agent did not stop cleanly: %r", exc)
