@@ -1,9 +1,10 @@
 """QueueWatcher: one per work queue; asks the server for due runs and hands them on.
 
 Its rhythm is adaptive: a full page that brought new runs means more are probably waiting, so
-it polls again at once; an empty or partial page means the queue is drained, so it waits the
-query interval. It never asks for more runs than the Dispatcher could admit right now, and the
-Dispatcher wakes it with `Poll` when a slot frees. A paused queue is noted once, not per poll.
+the Dispatcher wakes it with `Poll` as soon as that page's runs are taken (sooner, the server
+would answer with the same runs, still Scheduled); an empty or partial page means the queue is
+drained, so it waits the query interval. It never asks for more runs than the Dispatcher could
+admit right now, and is woken too when a slot frees. A paused queue is noted once, not per poll.
 """
 
 from __future__ import annotations
