@@ -339,15 +339,6 @@ class PrefectApi:
                 }
         return value
 
-    def health(self) -> bool:
-        self._slots.acquire(urgent=True)
-        try:
-            return self._client.get("health", timeout=5.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-        finally:
-            self._slots.release()
-
 
 def _quote(segment: str) -> str:
     """Quote a path segment (queue names may hold spaces or slashes)."""

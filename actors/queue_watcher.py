@@ -116,8 +116,6 @@ class QueueWatcher(pykka.ThreadingActor):
             next_poll = delay
         if settings.run_once:
             self.agent.tell(PolledOnce(self.queue_name))
-        elif next_poll == 0:
-            self.actor_ref.tell(Poll())
         else:
             self._schedule(next_poll)
 

@@ -258,14 +258,14 @@ class RunSupervisor(pykka.ThreadingActor):
         self.actor_ref.tell(ResolveInfrastructure())
 
     def _pending_is_ours(self, result: OrchestrationResult, proposal: StateProposal) -> bool:
-        """A refused Pending may be our own earlier one, accepted behind a lost answer."""
+        """A refused Pending may be our own earlier one, accepted behind a lost answer.
+
+        The server checks for a repeated transition id before it checks Pending -> Pending,
+        so a repeat of our accepted proposal is answered REJECT with our own Pending state;
+        an ABORT always means another agent's state, and costs no extra read.
+        """
         ours = proposal.state_details.transition_id
         state = result.state
-        if state is None and result.status == "ABORT":
-            try:
-                state = self.ctx.api.read_flow_run(self.run_id).state
-            except (ApiError, ApiDecodeError):
-                return False
         if state is None or state.type != PENDING or state.state_details.transition_id != ours:
             return False
         log.info(

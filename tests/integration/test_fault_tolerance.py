@@ -115,7 +115,6 @@ def test_a_pending_proposal_whose_answer_was_lost_is_recognised_and_the_run_star
 
 
 def test_error_bursts_are_ridden_out_and_every_run_starts_once(
-    prefect_server: LocalPrefectServer,
     library_agent: AgentFactory,
     api_url: str,
     queue: str,
