@@ -28,10 +28,12 @@ from actors.process_infrastructure import (
 )
 from actors.queue_watcher import QueueWatcher
 from actors.refs import ask, tell_if_alive
+from actors.server_version import unknown_version_warning
 from actors.supervision import RestartPolicy, Supervisor
 from messages.api import PENDING, RUNNING, ApiDecodeError
 from messages.control import (
     ChildFailed,
+    DetectServer,
     DispatcherIdle,
     HeldRuns,
     PolledOnce,
@@ -78,12 +80,13 @@ class Agent(pykka.ThreadingActor):
     def on_start(self) -> None:
         settings = self.ctx.settings
         log.info("agent starting against %s: %s", settings.api_url, _describe_queues(settings))
+        self.actor_ref.tell(DetectServer())
         self._start_dispatcher()
         if not settings.run_once:
             self._start_cancel_watcher()
         for name in settings.work_queues:
             self._start_watcher(name, create_missing=True)
-        if settings.queue_prefixes:
+        if settings.follows_queues:
             self.actor_ref.tell(RematchQueues())
         if settings.work_queues:
             self.actor_ref.tell(Reconcile(settings.work_queues))
@@ -106,6 +109,8 @@ class Agent(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case DetectServer():
+                self._detect_server()
             case RematchQueues():
                 self._rematch()
             case PolledOnce(queue_name=name):
@@ -142,9 +147,34 @@ class Agent(pykka.ThreadingActor):
             raise RuntimeError("the Dispatcher is not running")
         return self.dispatcher
 
+    def _detect_server(self) -> None:
+        """Log which server this is; a server without work pools cannot serve `--pool`."""
+        try:
+            profile = self.ctx.api.server_profile()
+        except (ApiError, ApiDecodeError) as exc:
+            delay = self.ctx.settings.query_interval
+            log.warning(
+                "could not read the server's version (%s); trying again in %.0fs", exc, delay
+            )
+            self.ctx.clock.tell_later(delay, self.actor_ref, DetectServer())
+            return
+        warning = unknown_version_warning(profile)
+        if warning is not None:
+            log.warning("%s", warning)
+        else:
+            log.info("serving %s", profile.describe())
+        pool = self.ctx.settings.work_pool
+        if pool is not None and not profile.has_work_pools:
+            raise RuntimeError(
+                f"--pool {pool!r}: {profile.describe()} has no work pools (they came with "
+                "Prefect 2.10); serve its queues with -q instead"
+            )
+
     def _start_watcher(self, name: str, create_missing: bool) -> None:
         dispatcher = self._the_dispatcher()
-        ref = QueueWatcher.start(self.ctx, name, dispatcher, self.actor_ref, create_missing)
+        ref = QueueWatcher.start(
+            self.ctx, name, dispatcher, self.actor_ref, create_missing, self.ctx.settings.work_pool
+        )
         self.watchers[name] = ref
         self.supervisor.record("QueueWatcher", name)
         dispatcher.tell(RegisterWatcher(name, ref))
@@ -262,7 +292,9 @@ class Agent(pykka.ThreadingActor):
         """Take over what an earlier life of this agent left: runs of these queues, Pending or
         Running, whose process was started on this host and is not another live agent's."""
         try:
-            runs = self.ctx.api.runs_in_states(list(queue_names), [PENDING, RUNNING])
+            runs = self.ctx.api.runs_in_states(
+                list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
+            )
         except (ApiError, ApiDecodeError) as exc:
             log.warning(
                 "could not look for runs left by an earlier agent: %s; trying again in %.0fs",
@@ -292,20 +324,25 @@ class Agent(pykka.ThreadingActor):
 
     # -- prefix mode -------------------------------------------------------------------------------
 
+    def _matching_queues(self) -> set[str]:
+        """The queues to watch now: those of the pool (matching the prefixes, if any), or every
+        queue matching the prefixes."""
+        settings = self.ctx.settings
+        if settings.work_pool is None:
+            return {queue.name for queue in self.ctx.api.match_work_queues(settings.queue_prefixes)}
+        names = {queue.name for queue in self.ctx.api.pool_queues(settings.work_pool)}
+        if settings.queue_prefixes:
+            names = {n for n in names if n.startswith(settings.queue_prefixes)}
+        return names
+
     def _rematch(self) -> None:
         settings = self.ctx.settings
         if self.state == "stopping":
             return
         try:
-            matched = {
-                queue.name for queue in self.ctx.api.match_work_queues(settings.queue_prefixes)
-            }
+            matched: set[str] | None = self._matching_queues()
         except (ApiError, ApiDecodeError) as exc:
-            log.warning(
-                "could not read the work queues matching %s: %s",
-                _prefixes(settings.queue_prefixes),
-                exc,
-            )
+            log.warning("could not read the work queues of %s: %s", _followed(settings), exc)
             matched = None
         if matched is not None:
             dynamic = set(self.watchers) - set(settings.work_queues)
@@ -322,7 +359,7 @@ class Agent(pykka.ThreadingActor):
             for name in removed:
                 self._stop_watcher(name)
             if not self.matched_once and not matched:
-                log.info("no work queue matches %s yet", _prefixes(settings.queue_prefixes))
+                log.info("no work queue in %s yet", _followed(settings))
             self.matched_once = True
         if settings.run_once:
             self._check_run_once_done()
@@ -335,7 +372,7 @@ class Agent(pykka.ThreadingActor):
         settings = self.ctx.settings
         if not settings.run_once or self.outcome.finished.is_set() or self.dispatcher is None:
             return
-        if settings.queue_prefixes and not self.matched_once:
+        if settings.follows_queues and not self.matched_once:
             return
         if not set(self.watchers) <= self.polled_once:
             return
@@ -348,8 +385,24 @@ def _prefixes(prefixes: tuple[str, ...]) -> str:
     return ", ".join(f"{p!r}*" for p in prefixes)
 
 
+def _followed(settings: Any) -> str:
+    """The queues followed by re-reading, in words: 'work pool 'p'', 'queues matching 'a'*'."""
+    where = f"work pool {settings.work_pool!r}" if settings.work_pool is not None else ""
+    if settings.queue_prefixes:
+        matching = f"queues matching {_prefixes(settings.queue_prefixes)}"
+        return f"{matching} in {where}" if where else matching
+    return where
+
+
 def _describe_queues(settings: Any) -> str:
     parts = [f"queue {name!r}" for name in settings.work_queues]
-    parts += [f"queues matching {p!r}*" for p in settings.queue_prefixes]
+    if settings.follows_queues:
+        parts.append(
+            _followed(settings)
+            if settings.queue_prefixes
+            else f"every queue of {_followed(settings)}"
+        )
+    elif settings.work_pool is not None:
+        parts = [f"{part} of work pool {settings.work_pool!r}" for part in parts]
     limit = f", limit {settings.limit}" if settings.limit is not None else ""
     return ", ".join(parts) + limit

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
+from actors.server_version import ServerProfile, profile_for
 from messages.api import (
     AnyOf,
     BlockDocument,
@@ -35,10 +36,15 @@ from messages.api import (
     FlowRunStateFilter,
     FlowRunUpdate,
     GetRunsRequest,
+    GetScheduledFlowRunsRequest,
     NameStartsWith,
     OrchestrationResult,
+    PoolQueueFilterRequest,
     SetStateRequest,
     StateProposal,
+    WorkerFlowRun,
+    WorkPool,
+    WorkPoolFilter,
     WorkQueue,
     WorkQueueFilterRequest,
     WorkQueueNameFilter,
@@ -170,6 +176,7 @@ class PrefectApi:
         # When the server last answered (monotonic time), and the last failure: for /healthz.
         self.last_answer: float | None = None
         self.last_error: str | None = None
+        self._profile: ServerProfile | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -241,6 +248,70 @@ class PrefectApi:
                 return
             offset += len(page)
 
+    # -- the server --------------------------------------------------------------------------------
+
+    def server_profile(self) -> ServerProfile:
+        """The server's version and what it changes; read once, then remembered.
+
+        Raises `ApiError` while the server cannot be reached, so a caller's step is retried.
+        """
+        if self._profile is None:
+            version = self._call(str, "GET", "admin/version")
+            self._profile = profile_for(version)
+        return self._profile
+
+    # -- work pools --------------------------------------------------------------------------------
+
+    def read_work_pool(self, name: str) -> WorkPool | None:
+        """The pool named `name`, or None; read at most once a second for all its watchers."""
+
+        def read() -> WorkPool | None:
+            try:
+                return self._call(WorkPool, "GET", f"work_pools/{_quote(name)}")
+            except NotFoundError:
+                return None
+
+        return self._cached(("work_pool", name), read, max_age=1.0)
+
+    def read_pool_queue(self, pool: str, name: str) -> WorkQueue | None:
+        """The queue `name` of pool `pool`, or None when it does not exist."""
+        try:
+            return self._call(WorkQueue, "GET", f"work_pools/{_quote(pool)}/queues/{_quote(name)}")
+        except NotFoundError:
+            return None
+
+    def create_pool_queue(self, pool: str, name: str) -> WorkQueue:
+        return self._call(
+            WorkQueue,
+            "POST",
+            f"work_pools/{_quote(pool)}/queues",
+            CreateWorkQueueRequest(name=name),
+        )
+
+    def pool_queues(self, pool: str) -> list[WorkQueue]:
+        """Every queue of the pool, read page by page."""
+
+        def body(offset: int) -> PoolQueueFilterRequest:
+            return PoolQueueFilterRequest(limit=PAGE_SIZE, offset=offset)
+
+        return list(self._pages(list[WorkQueue], f"work_pools/{_quote(pool)}/queues/filter", body))
+
+    def get_pool_runs(
+        self, pool: str, queue_names: list[str], scheduled_before: datetime, limit: int
+    ) -> list[FlowRun]:
+        """Due runs of the pool's named queues, in the server's order (queue priority first);
+        the server leaves out what its pool and queue limits have no room for."""
+        request = GetScheduledFlowRunsRequest(
+            work_queue_names=queue_names, scheduled_before=scheduled_before, limit=limit
+        )
+        found = self._call(
+            list[WorkerFlowRun],
+            "POST",
+            f"work_pools/{_quote(pool)}/get_scheduled_flow_runs",
+            request,
+        )
+        return [item.flow_run for item in found]
+
     # -- work queues -------------------------------------------------------------------------------
 
     def read_work_queue_by_name(self, name: str) -> WorkQueue | None:
@@ -285,20 +356,26 @@ class PrefectApi:
         body = encode(FlowRunUpdate(infrastructure_pid=infrastructure_pid))
         self._request("PATCH", f"flow_runs/{flow_run_id}", body)
 
-    def filter_flow_runs(self, flow_runs: FlowRunFilter) -> list[FlowRun]:
-        """Every run that matches the filter, read page by page."""
+    def filter_flow_runs(self, flow_runs: FlowRunFilter, pool: str | None = None) -> list[FlowRun]:
+        """Every run that matches the filter (in pool `pool` only, if named), page by page."""
+        pools = WorkPoolFilter(name=AnyOf(any_=[pool])) if pool is not None else None
 
         def body(offset: int) -> FlowRunFilterRequest:
-            return FlowRunFilterRequest(flow_runs=flow_runs, limit=PAGE_SIZE, offset=offset)
+            return FlowRunFilterRequest(
+                flow_runs=flow_runs, limit=PAGE_SIZE, offset=offset, work_pools=pools
+            )
 
         return list(self._pages(list[FlowRun], "flow_runs/filter", body))
 
-    def runs_in_states(self, queue_names: list[str], state_types: list[str]) -> list[FlowRun]:
+    def runs_in_states(
+        self, queue_names: list[str], state_types: list[str], pool: str | None = None
+    ) -> list[FlowRun]:
         return self.filter_flow_runs(
             FlowRunFilter(
                 work_queue_name=AnyOf(any_=queue_names),
                 state=FlowRunStateFilter(type=AnyOf(any_=state_types)),
-            )
+            ),
+            pool,
         )
 
     # -- deployments and blocks --------------------------------------------------------------------
@@ -321,14 +398,17 @@ class PrefectApi:
 
         return self._cached(("block", block_document_id), read)
 
-    def _cached(self, key: tuple[str, str], read: Callable[[], T]) -> T:
+    def _cached(
+        self, key: tuple[str, str], read: Callable[[], T], max_age: float | None = None
+    ) -> T:
         """A short-lived memo of what every run of a deployment reads alike: when a poll brings
         a hundred runs of one deployment, the server answers two reads, not two hundred. A
         change to the deployment reaches runs submitted `cache_seconds` later."""
         now = time.monotonic()
+        age = self._cache_seconds if max_age is None else min(max_age, self._cache_seconds)
         with self._cache_lock:
             hit = self._cache.get(key)
-            if hit is not None and now - hit[0] < self._cache_seconds:
+            if hit is not None and now - hit[0] < age:
                 return cast(T, hit[1])
         value = read()
         with self._cache_lock:

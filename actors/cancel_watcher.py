@@ -105,7 +105,9 @@ class CancelWatcher(pykka.ThreadingActor):
             self.phase = "no queues yet"
             return
         try:
-            runs = self.ctx.api.filter_flow_runs(cancelling_runs_filter(self.queues))
+            runs = self.ctx.api.filter_flow_runs(
+                cancelling_runs_filter(self.queues), self.ctx.settings.work_pool
+            )
         except (ApiError, ApiDecodeError) as exc:
             log.warning("could not look for runs to cancel: %s", exc)
             self.phase = f"error: {exc}"

@@ -9,6 +9,10 @@ the server still holds them.
 
 A restarted Dispatcher rebuilds what it holds from the RunSupervisors still alive, so no slot
 leaks and no run is started twice.
+
+Serving a work pool, it also shares the room between the pool's queues as the pool says: no
+more runs than the pool's concurrency limit, and, when a limit leaves room for only some runs,
+a queue gets room only once every queue of higher priority has found no more runs due.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class Dispatcher(pykka.ThreadingActor):
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
         self.taking: dict[str, set[str]] = {}  # queue -> runs of its last full page not taken
+        self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
+        self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)
         self.since = time.time()
 
@@ -72,8 +78,9 @@ class Dispatcher(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case FreeSlots(queue_name=queue):
-                return self._free_slots(queue)
+                return self._free_slots(queue, message)
             case RunsFound(queue_name=queue, runs=runs, full_page=full):
+                self._note_drained(queue, full)
                 return self._admit(queue, runs, full)
             case RunStatus():
                 self._run_status(message)
@@ -106,7 +113,7 @@ class Dispatcher(pykka.ThreadingActor):
 
     # -- admission ---------------------------------------------------------------------------------
 
-    def _free_slots(self, queue: str) -> int:
+    def _free_slots(self, queue: str, asked: FreeSlots | None = None) -> int:
         """How many runs a watcher may ask for now: the free slots, at most one page.
 
         A page is two rounds of the Pending proposals the API edge can make at once: small
@@ -115,10 +122,46 @@ class Dispatcher(pykka.ThreadingActor):
         one's runs are taken, so the small page costs a drain little (see the benchmark).
         """
         room = free_slots(self.ctx.settings.limit, len(self.held))
+        if asked is not None and asked.pool is not None:
+            room = self._pool_room(queue, asked, room)
         if room == 0:
             self.starved.add(queue)
         page = 2 * self.ctx.settings.api_concurrency
         return page if room is None else min(room, page)
+
+    def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:
+        """The room left by the pool's limit and, when room is scarce, by queue priority.
+
+        Every run this agent holds counts against the pool (it serves one pool); the server
+        counts other agents' runs once they are Pending, and leaves them out of its answer.
+        """
+        self.priorities[queue] = asked.priority if asked.priority is not None else 1
+        if asked.pool_limit is not None:
+            pool_room = max(0, asked.pool_limit - len(self.held))
+            room = pool_room if room is None else min(room, pool_room)
+        if room is not None and room > 0 and self._outranked(queue):
+            return 0
+        return room
+
+    def _outranked(self, queue: str) -> bool:
+        """Whether a queue of higher priority (or one not heard from yet) may still have runs."""
+        mine = self.priorities[queue]
+        for other in self.watchers:
+            if other == queue or other in self.drained:
+                continue
+            theirs = self.priorities.get(other)
+            if theirs is None or theirs < mine:
+                return True
+        return False
+
+    def _note_drained(self, queue: str, full_page: bool) -> None:
+        """A queue whose poll was not full has no more runs due: lower priorities may go."""
+        if full_page:
+            self.drained.discard(queue)
+        elif queue not in self.drained:
+            self.drained.add(queue)
+            if self.starved:
+                self._wake_starved(by_priority=False)
 
     def _admit(self, queue: str, runs: tuple[FlowRun, ...], full_page: bool = False) -> int:
         fresh = [run for run in runs if run.id not in self.recently_finished]
@@ -160,7 +203,8 @@ class Dispatcher(pykka.ThreadingActor):
             return
         self.status.pop(message.flow_run_id, None)
         self._taken(message.flow_run_id)
-        self.recently_finished[message.flow_run_id] = None
+        if message.outcome != "deferred":  # a deferred run comes back, Scheduled, when due
+            self.recently_finished[message.flow_run_id] = None
         while len(self.recently_finished) > RECENTLY_FINISHED:
             self.recently_finished.popitem(last=False)
         log.info(
@@ -203,8 +247,13 @@ class Dispatcher(pykka.ThreadingActor):
                 if watcher is not None:
                     tell_if_alive(watcher, Poll())
 
-    def _wake_starved(self) -> None:
-        for queue in self.starved:
+    def _wake_starved(self, by_priority: bool = True) -> None:
+        if by_priority and self.priorities and self.starved:
+            # Room in a pool goes by priority: every queue says again whether it has runs due,
+            # the highest first, rather than the first to ask taking the slot.
+            self.drained.clear()
+            self.starved.update(self.priorities)
+        for queue in sorted(self.starved, key=lambda name: self.priorities.get(name, 0)):
             watcher = self.watchers.get(queue)
             if watcher is not None:
                 tell_if_alive(watcher, Poll())
@@ -241,6 +290,8 @@ class Dispatcher(pykka.ThreadingActor):
         else:
             self.watchers.pop(queue, None)
             self.starved.discard(queue)
+            self.priorities.pop(queue, None)
+            self.drained.discard(queue)
 
     # -- restart and inspection --------------------------------------------------------------------
 

@@ -1,5 +1,10 @@
 """From a deployment's infrastructure block to the exact process a flow run starts as.
 
+Two sources, by server: on Prefect 2 a deployment names a Process infrastructure block and
+`infra_overrides` change its fields by dotted path ("env.NAME"); on Prefect 3 there are no
+blocks, and the process pool's job variables (env, command, working_dir) come in layers: the
+pool's template defaults, the deployment's `job_variables`, the run's own `job_variables`.
+
 All of this is pure: the RunSupervisor fetches the deployment and the block, then asks these
 functions what to run. Every way the inputs can be wrong raises `SubmissionError` with a
 message that names the problem, so the run is Failed with a reason a user can fix and the
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Mapping
@@ -17,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from messages.api import BlockDocument, Deployment, FlowRun, ProcessBlock
+from messages.api import BlockDocument, Deployment, FlowRun, ProcessBlock, WorkPool
 
 SUPPORTED_TYPES = ("process",)
 _PROCESS_FIELDS = frozenset(
@@ -95,6 +101,63 @@ def process_block(block: BlockDocument | None, overrides: Mapping[str, Any]) -> 
         raise SubmissionError(f"invalid Process infrastructure: {exc}") from exc
 
 
+JOB_VARIABLES = ("env", "command", "working_dir", "stream_output")
+
+
+def template_defaults(pool: WorkPool | None) -> dict[str, Any]:
+    """The defaults a pool's base job template gives the job variables this agent applies."""
+    if pool is None:
+        return {}
+    variables = pool.base_job_template.get("variables")
+    properties = variables.get("properties") if isinstance(variables, dict) else None
+    if not isinstance(properties, dict):
+        return {}
+    defaults: dict[str, Any] = {}
+    for name in JOB_VARIABLES:
+        spec = properties.get(name)
+        if isinstance(spec, dict) and spec.get("default") is not None:
+            defaults[name] = spec["default"]
+    return defaults
+
+
+def job_variables_block(
+    flow_run: FlowRun, deployment: Deployment | None, pool: WorkPool | None
+) -> ProcessBlock:
+    """Prefect 3: the Process fields from the pool's defaults, the deployment's job variables
+    and the run's, each layer replacing whole variables of the one below (as Prefect's own
+    process worker merges them)."""
+    merged = template_defaults(pool)
+    if deployment is not None:
+        merged.update(deployment.job_variables or {})
+    merged.update(flow_run.job_variables or {})
+    fields: dict[str, Any] = {"type": "process"}
+    command = merged.get("command")
+    if isinstance(command, str):
+        try:
+            fields["command"] = shlex.split(command) or None
+        except ValueError as exc:
+            raise SubmissionError(
+                f"job variable command {command!r} cannot be split: {exc}"
+            ) from None
+    elif command is not None:
+        fields["command"] = command
+    env = merged.get("env")
+    if env is not None and not isinstance(env, dict):
+        raise SubmissionError(
+            f"job variable env must be a mapping of names to values, got {type(env).__name__}"
+        )
+    fields["env"] = {
+        name: None if value is None else str(value) for name, value in (env or {}).items()
+    }
+    for name in ("working_dir", "stream_output"):
+        if merged.get(name) is not None:
+            fields[name] = merged[name]
+    try:
+        return msgspec.convert(fields, ProcessBlock)
+    except msgspec.ValidationError as exc:
+        raise SubmissionError(f"invalid job variables for a process: {exc}") from exc
+
+
 def run_environment(
     flow_run: FlowRun,
     block_env: Mapping[str, str | None],
@@ -123,10 +186,19 @@ def process_spec(
     api_url: str,
     api_key: str | None,
     base_env: Mapping[str, str] | None = None,
+    job_variables: bool = False,
+    pool: WorkPool | None = None,
 ) -> ProcessSpec:
-    """Everything needed to start the run's process, checked before anything is started."""
-    overrides = deployment.overrides if deployment is not None else {}
-    fields = process_block(block, overrides)
+    """Everything needed to start the run's process, checked before anything is started.
+
+    `job_variables` (a Prefect 3 server, a deployment without a block) takes the fields from
+    the job variables of `pool`, the deployment and the run instead of a block.
+    """
+    if job_variables and block is None:
+        fields = job_variables_block(flow_run, deployment, pool)
+    else:
+        overrides = deployment.overrides if deployment is not None else {}
+        fields = process_block(block, overrides)
     env = run_environment(flow_run, fields.env, api_url, api_key, base_env)
     command = tuple(fields.command) if fields.command else default_command()
     if not all(isinstance(part, str) and part for part in command):

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-OUTCOMES = ("exited", "crashed", "failed", "not-submitted", "cancelled", "interrupted")
+OUTCOMES = (
+    "exited",
+    "crashed",
+    "failed",
+    "not-submitted",
+    "deferred",
+    "cancelled",
+    "interrupted",
+)
 
 
 class AgentMetrics:

@@ -59,3 +59,11 @@ def refusal(result: OrchestrationResult) -> str:
     now = result.state.type if result.state is not None else "unknown"
     reason = result.details.reason or "no reason given"
     return f"server answered {result.status} (run is {now}): {reason}"
+
+
+def rescheduled(result: OrchestrationResult) -> bool:
+    """A refused Pending that left the run Scheduled for later, as Prefect 3 answers when the
+    deployment's concurrency limit is reached ("AwaitingConcurrencySlot"): not another
+    agent's run, and not an error; a later poll brings it back when it is due again."""
+    state = result.state
+    return result.status == "REJECT" and state is not None and state.type == "SCHEDULED"

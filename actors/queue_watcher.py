@@ -5,6 +5,10 @@ the Dispatcher wakes it with `Poll` as soon as that page's runs are taken (soone
 would answer with the same runs, still Scheduled); an empty or partial page means the queue is
 drained, so it waits the query interval. It never asks for more runs than the Dispatcher could
 admit right now, and is woken too when a slot frees. A paused queue is noted once, not per poll.
+
+A queue of a work pool (`--pool`) is read and polled through the pool's endpoints; the pool's
+pause stops it like its own, and the pool's limit and the queue's priority travel with
+`FreeSlots`, so that the Dispatcher can share the room between the pool's queues.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from actors.api_client import ApiError
 from actors.context import AgentContext
 from actors.refs import ask, tell_if_alive
 from actors.timers import Timer
-from messages.api import ApiDecodeError, WorkQueue
+from messages.api import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 from messages.control import ChildFailed, Poll, PolledOnce, UseDispatcher
 from messages.runs import FreeSlots, RunsFound
 from messages.tree import ActorNode, Describe
@@ -33,17 +37,19 @@ QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most t
 class QueueWatcher(pykka.ThreadingActor):
     """Polls one work queue (permanent child of the Agent)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - pykka passes constructor arguments positionally
         self,
         ctx: AgentContext,
         queue_name: str,
         dispatcher: pykka.ActorRef[Any],
         agent: pykka.ActorRef[Any],
         create_missing: bool,
+        pool_name: str | None = None,
     ) -> None:
         super().__init__()
         self.ctx = ctx
         self.queue_name = queue_name
+        self.pool_name = pool_name
         self.dispatcher = dispatcher
         self.agent = agent
         self.create_missing = create_missing
@@ -51,6 +57,7 @@ class QueueWatcher(pykka.ThreadingActor):
         self.queue: WorkQueue | None = None
         self.queue_read_at = 0.0
         self.paused = False
+        self.pool_missing = False
         self.failures = 0
         self.polls = 0
         self.next_poll: Timer | None = None
@@ -123,35 +130,47 @@ class QueueWatcher(pykka.ThreadingActor):
         """One round trip; the seconds until the next poll at the latest. After a full page
         that brought new runs, the Dispatcher wakes the watcher once they are taken."""
         interval = self.ctx.settings.query_interval
+        pool: WorkPool | None = None
+        if self.pool_name is not None:
+            pool = self._read_pool(self.pool_name)
+            if pool is None:
+                return interval
         queue = self._read_queue()
         if queue is None:
             self._set_phase("queue does not exist")
+            self._nothing_due()
             return interval
-        if queue.is_paused:
+        paused = self._paused_by(queue, pool)
+        if paused:
+            self._nothing_due()
             if not self.paused:
-                self.log.info(
-                    "work queue %r is paused; not taking its runs until it resumes", self.queue_name
-                )
+                self.log.info("%s is paused; not taking its runs until it resumes", paused)
             else:
-                self.log.debug("work queue %r is still paused", self.queue_name)
+                self.log.debug("%s is still paused", paused)
             self.paused = True
             self._set_phase("paused")
             return interval
         if self.paused:
             self.log.info("work queue %r resumed", self.queue_name)
             self.paused = False
-        room = ask(self.dispatcher, FreeSlots(self.queue_name), int)
+        ask_room = FreeSlots(
+            self.queue_name,
+            pool=self.pool_name,
+            pool_limit=pool.concurrency_limit if pool is not None else None,
+            priority=queue.priority,
+        )
+        room = ask(self.dispatcher, ask_room, int)
         if room == 0:
             self._set_phase("waiting for a free slot")
             return interval
         self._set_phase("polling")
-        before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
-        runs = self.ctx.api.get_runs(queue.id, before, room)
+        runs = self._due_runs(queue, room)
         self._set_phase(f"idle, last poll found {len(runs)} run(s)")
+        full = len(runs) >= room
         if not runs:
+            self._nothing_due()
             return interval
         self.log.debug("found %d run(s) in work queue %r", len(runs), self.queue_name)
-        full = len(runs) >= room
         admitted = ask(self.dispatcher, RunsFound(self.queue_name, tuple(runs), full), int)
         if full and admitted == 0:
             # A full page of runs we already hold, whose Pending has not landed yet: more
@@ -160,19 +179,66 @@ class QueueWatcher(pykka.ThreadingActor):
         # After a full page, the Dispatcher sends Poll as soon as its runs are taken.
         return interval
 
+    def _nothing_due(self) -> None:
+        """Said even when there is nothing: in a pool, a queue with no runs due (or paused)
+        lets the queues of lower priority have the room."""
+        tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False))
+
+    def _due_runs(self, queue: WorkQueue, room: int) -> list[FlowRun]:
+        before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
+        if self.pool_name is None:
+            return self.ctx.api.get_runs(queue.id, before, room)
+        return self.ctx.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
+
+    def _paused_by(self, queue: WorkQueue, pool: WorkPool | None) -> str:
+        """What pauses this queue, in words, or '' when nothing does."""
+        if pool is not None and pool.is_paused:
+            return f"work pool {pool.name!r}"
+        if queue.is_paused:
+            return f"work queue {self.queue_name!r}"
+        return ""
+
+    def _read_pool(self, name: str) -> WorkPool | None:
+        pool = self.ctx.api.read_work_pool(name)
+        if pool is None:
+            if not self.pool_missing:
+                self.log.warning(
+                    "work pool %r does not exist; create it (prefect work-pool create %s "
+                    "--type prefect-agent) and this agent starts taking its runs",
+                    name,
+                    name,
+                )
+            self.pool_missing = True
+            self._set_phase("work pool does not exist")
+        elif self.pool_missing:
+            self.log.info("work pool %r exists now", name)
+            self.pool_missing = False
+        return pool
+
+    def _read_queue_once(self) -> WorkQueue | None:
+        if self.pool_name is None:
+            return self.ctx.api.read_work_queue_by_name(self.queue_name)
+        return self.ctx.api.read_pool_queue(self.pool_name, self.queue_name)
+
+    def _create_queue(self) -> WorkQueue:
+        if self.pool_name is None:
+            return self.ctx.api.create_work_queue(self.queue_name)
+        return self.ctx.api.create_pool_queue(self.pool_name, self.queue_name)
+
     def _read_queue(self) -> WorkQueue | None:
         now = time.monotonic()
         if self.queue is not None and now - self.queue_read_at < QUEUE_REREAD_SECONDS:
             return self.queue  # polling again at once during a drain: it was read just now
         self.queue_read_at = now
-        queue = self.ctx.api.read_work_queue_by_name(self.queue_name)
+        queue = self._read_queue_once()
+        where = f" in work pool {self.pool_name!r}" if self.pool_name is not None else ""
         if queue is None and self.create_missing:
             try:
-                queue = self.ctx.api.create_work_queue(self.queue_name)
-                self.log.info("created work queue %r", self.queue_name)
+                queue = self._create_queue()
+                self.log.info("created work queue %r%s", self.queue_name, where)
             except ApiError as exc:
                 # Another agent may have created it at the same moment: read it again.
-                queue = self.ctx.api.read_work_queue_by_name(self.queue_name)
+                queue = self._read_queue_once()
                 if queue is None:
                     raise ApiError(
                         f"could not create work queue {self.queue_name!r}: {exc}"
@@ -180,12 +246,14 @@ class QueueWatcher(pykka.ThreadingActor):
         if queue is None and self.queue is not None:
             self.log.warning("work queue %r no longer exists", self.queue_name)
         if queue is not None and self.queue is None:
-            self.log.info("watching work queue %r (%s)", queue.name, queue.id)
+            self.log.info("watching work queue %r%s (%s)", queue.name, where, queue.id)
         self.queue = queue
         return queue
 
     def _describe(self) -> ActorNode:
         detail = {"queue id": self.queue.id} if self.queue is not None else {}
+        if self.pool_name is not None:
+            detail["work pool"] = self.pool_name
         return ActorNode(
             kind="QueueWatcher",
             name=self.queue_name,

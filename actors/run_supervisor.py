@@ -53,6 +53,7 @@ from actors.proposals import (
     failed,
     pending,
     refusal,
+    rescheduled,
     scheduled_now,
 )
 from actors.refs import tell_if_alive
@@ -249,6 +250,9 @@ class RunSupervisor(pykka.ThreadingActor):
             self._set_phase(f"waiting {delay:.0f}s to propose Pending")
             self.ctx.clock.tell_later(delay, self.actor_ref, ProposePending())
             return
+        if rescheduled(result):
+            self._deferred(result)
+            return
         if not accepted_as(result, PENDING) and not self._pending_is_ours(result, proposal):
             log.debug("flow run %s not taken: %s", self.run_id, refusal(result))
             self._finish("not-submitted", refusal(result))
@@ -256,6 +260,18 @@ class RunSupervisor(pykka.ThreadingActor):
         self.report_attempts = 0
         self.past_pending = True
         self.actor_ref.tell(ResolveInfrastructure())
+
+    def _deferred(self, result: OrchestrationResult) -> None:
+        state = result.state
+        when = state.state_details.scheduled_time if state is not None else None
+        log.info(
+            "flow run %s waits: %s (state %s); it stays Scheduled%s and a later poll takes it",
+            self.run_id,
+            result.details.reason or "the server rescheduled it",
+            state.name if state is not None else "Scheduled",
+            f" until {when.isoformat(timespec='seconds')}" if when is not None else "",
+        )
+        self._finish("deferred", result.details.reason or "rescheduled by the server")
 
     def _pending_is_ours(self, result: OrchestrationResult, proposal: StateProposal) -> bool:
         """A refused Pending may be our own earlier one, accepted behind a lost answer.
@@ -351,8 +367,18 @@ class RunSupervisor(pykka.ThreadingActor):
                     f"of deployment {deployment.name!r} no longer exists"
                 ) from None
         settings = self.ctx.settings
+        job_variables = block is None and self.ctx.api.server_profile().job_variables_style
+        pool = None
+        if job_variables and deployment is not None and deployment.work_pool_name:
+            pool = self.ctx.api.read_work_pool(deployment.work_pool_name)
         return process_spec(
-            self.flow_run, deployment, block, api_url=settings.api_url, api_key=settings.api_key
+            self.flow_run,
+            deployment,
+            block,
+            api_url=settings.api_url,
+            api_key=settings.api_key,
+            job_variables=job_variables,
+            pool=pool,
         )
 
     def _wait_in_helper(self, process: RunProcess) -> None:

@@ -23,6 +23,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = msgspec.field(default=None)  # never logged; see __repr__
     work_queues: tuple[str, ...] = ()  # exact queue names (-q)
     queue_prefixes: tuple[str, ...] = ()  # prefix mode (-m): watch every queue whose name matches
+    # -p: the queues are a work pool's (with no -q or -m: every queue of the pool)
+    work_pool: str | None = None
     limit: int | None = None  # most runs in flight at once; None = unlimited
     prefetch_seconds: float = 15.0  # take runs scheduled up to this far ahead
     query_interval: float = 15.0  # seconds between polls of an idle queue
@@ -42,6 +44,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         return (
             f"AgentSettings(api_url={self.api_url!r}, api_key={key}, "
             f"work_queues={self.work_queues!r}, queue_prefixes={self.queue_prefixes!r}, "
+            f"work_pool={self.work_pool!r}, "
             f"limit={self.limit!r}, prefetch_seconds={self.prefetch_seconds!r}, "
             f"query_interval={self.query_interval!r}, run_once={self.run_once!r})"
         )
@@ -61,8 +64,17 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 f"prefetch seconds must not be negative, got {self.prefetch_seconds}"
             )
-        if not self.work_queues and not self.queue_prefixes:
-            raise SettingsError("no work queue: name one with -q or a prefix with -m")
+        if not self.work_queues and not self.queue_prefixes and not self.work_pool:
+            raise SettingsError(
+                "no work queue: name one with -q, a prefix with -m, or a work pool with -p"
+            )
+        if self.work_pool is not None and not self.work_pool.strip():
+            raise SettingsError("--pool needs a work pool name")
+
+    @property
+    def follows_queues(self) -> bool:
+        """Whether the set of watched queues is re-read: a prefix, or a whole pool."""
+        return bool(self.queue_prefixes) or (self.work_pool is not None and not self.work_queues)
 
 
 def _float_from(env: Mapping[str, str], name: str, default: float) -> float:

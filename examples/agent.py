@@ -69,6 +69,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="take runs from every queue whose name starts with this (repeatable)",
     )
     parser.add_argument(
+        "-p",
+        "--pool",
+        default=None,
+        dest="pool",
+        help="a work pool (Prefect 2.10+ and 3.x): its queues named with -q, or all of them",
+    )
+    parser.add_argument(
         "--limit",
         type=int,
         default=None,
@@ -228,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         server = start_local_server(args.server_home)
         api_url = server.api_url
 
-    queues = tuple(args.work_queues) or (() if args.prefixes else ("default",))
+    queues = tuple(args.work_queues) or (() if args.prefixes or args.pool else ("default",))
     try:
         settings = settings_from_env(
             api_url=api_url,
             work_queues=queues,
             queue_prefixes=tuple(args.prefixes),
+            work_pool=args.pool,
             limit=args.limit,
             prefetch_seconds=args.prefetch_seconds,
             query_interval=args.query_interval,

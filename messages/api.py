@@ -100,6 +100,8 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     next_scheduled_start_time: datetime | None = None
     expected_start_time: datetime | None = None
     infrastructure_pid: str | None = None  # "hostname:pid" once an agent started it
+    # Prefect 3 (and 2.x work pools): per-run overrides of the deployment's job variables.
+    job_variables: dict[str, Any] | None = None
 
 
 class WorkQueue(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +112,30 @@ class WorkQueue(msgspec.Struct, frozen=True, kw_only=True):
     is_paused: bool = False
     concurrency_limit: int | None = None
     work_pool_id: str | None = None
+    priority: int | None = None  # within a work pool: 1 is served first
+
+
+class WorkPool(msgspec.Struct, frozen=True, kw_only=True):
+    """A work pool (Prefect 2.10 and later): pausable, with a limit over all of its queues.
+
+    `base_job_template` holds the defaults of the pool's job variables (Prefect 3's process
+    pools: env, command, working_dir), the lowest layer under a deployment's own.
+    """
+
+    id: str
+    name: str
+    type: str = ""
+    is_paused: bool = False
+    concurrency_limit: int | None = None
+    base_job_template: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class WorkerFlowRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One item of `POST /work_pools/{name}/get_scheduled_flow_runs`: a run and where it is."""
+
+    work_pool_id: str | None = None
+    work_queue_id: str | None = None
+    flow_run: FlowRun
 
 
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +151,7 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     infrastructure_document_id: str | None = None
     infra_overrides: dict[str, Any] | None = None
     job_variables: dict[str, Any] | None = None
+    work_pool_name: str | None = None  # Prefect 3: the pool whose job template applies
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -172,9 +199,27 @@ class GetRunsRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CreateWorkQueueRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Body of `POST /work_queues/`."""
+    """Body of `POST /work_queues/` and of `POST /work_pools/{name}/queues/`."""
 
     name: str
+
+
+class GetScheduledFlowRunsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Body of `POST /work_pools/{name}/get_scheduled_flow_runs`: due runs of named queues.
+
+    The server orders them by queue priority and stops at the pool's and the queues' limits.
+    """
+
+    work_queue_names: list[str]
+    scheduled_before: datetime
+    limit: int
+
+
+class PoolQueueFilterRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Body of `POST /work_pools/{name}/queues/filter`: one page of the pool's queues."""
+
+    limit: int
+    offset: int = 0
 
 
 class NameStartsWith(msgspec.Struct, frozen=True, kw_only=True):
@@ -208,12 +253,18 @@ class FlowRunFilter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     id: AnyOf | None = None
 
 
-class FlowRunFilterRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """Body of `POST /flow_runs/filter`, one page."""
+class WorkPoolFilter(msgspec.Struct, frozen=True, kw_only=True):
+    name: AnyOf
+
+
+class FlowRunFilterRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Body of `POST /flow_runs/filter`, one page; `work_pools` narrows it to named pools
+    (queue names repeat across pools: every pool has a "default")."""
 
     flow_runs: FlowRunFilter
     limit: int
     offset: int = 0
+    work_pools: WorkPoolFilter | None = None
 
 
 class FlowRunUpdate(msgspec.Struct, frozen=True, kw_only=True):

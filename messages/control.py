@@ -13,6 +13,11 @@ class Poll(msgspec.Struct, frozen=True):
     """Scheduled by a watcher to itself: time to ask the server again."""
 
 
+class DetectServer(msgspec.Struct, frozen=True):
+    """The Agent reads the server's version (logged; `--pool` needs 2.10 or later), again
+    later if the server does not answer yet."""
+
+
 class RematchQueues(msgspec.Struct, frozen=True):
     """Scheduled by the Agent to itself in prefix mode: re-read which queues match."""
 

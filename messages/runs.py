@@ -17,6 +17,7 @@ RunOutcome = Literal[
     "crashed",  # the process exited non-zero; the agent proposed Crashed
     "failed",  # submission failed before a process started; the agent proposed Failed
     "not-submitted",  # the server did not let this agent take the run (another agent did)
+    "deferred",  # the server rescheduled the run (e.g. its deployment's concurrency limit)
     "cancelled",  # a Cancel stopped the run
     "interrupted",  # the agent stopped while the run was in flight
 ]
@@ -43,6 +44,9 @@ class FreeSlots(msgspec.Struct, frozen=True):
     """
 
     queue_name: str  # who is asking, to be woken when a slot frees
+    pool: str | None = None  # the queue's work pool, when the agent serves one (--pool)
+    pool_limit: int | None = None  # the pool's concurrency limit, as last read
+    priority: int | None = None  # the queue's priority in its pool (1 goes first)
 
 
 class RunFinished(msgspec.Struct, frozen=True):

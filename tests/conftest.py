@@ -129,6 +129,8 @@ def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
         args += ["-q", name]
     for prefix in options.get("queue_prefixes", ()):
         args += ["-m", prefix]
+    if options.get("work_pool"):
+        args += ["-p", options["work_pool"]]
     flags = {
         "limit": "--limit",
         "prefetch_seconds": "--prefetch-seconds",

@@ -33,12 +33,16 @@ _TIMEOUT = 30.0
 _LOCKED_RETRIES = 8
 
 __all__ = [
+    "create_pool",
+    "create_pool_queue",
     "create_run",
     "create_runs",
     "delete_block_document",
     "delete_deployment",
     "deploy",
     "deploy_with_block_data",
+    "move_deployment_to_pool",
+    "pause_pool",
     "pause_queue",
     "read_marker",
     "read_run",
@@ -336,6 +340,41 @@ def set_run_state(
 def pause_queue(api_url: str, name: str, paused: bool) -> None:
     queue = _api(api_url, "GET", f"/work_queues/name/{name}")
     _api(api_url, "PATCH", f"/work_queues/{queue['id']}", {"is_paused": paused})
+
+
+def create_pool(
+    api_url: str, name: str, *, type_: str = "prefect-agent", concurrency_limit: int | None = None
+) -> dict[str, Any]:
+    """A work pool (Prefect 2.10+); the server gives it a queue named "default"."""
+    body: dict[str, Any] = {"name": name, "type": type_}
+    if concurrency_limit is not None:
+        body["concurrency_limit"] = concurrency_limit
+    pool: dict[str, Any] = _api(api_url, "POST", "/work_pools/", body)
+    return pool
+
+
+def create_pool_queue(
+    api_url: str, pool: str, name: str, *, priority: int | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name}
+    if priority is not None:
+        body["priority"] = priority
+    queue: dict[str, Any] = _api(api_url, "POST", f"/work_pools/{pool}/queues", body)
+    return queue
+
+
+def pause_pool(api_url: str, pool: str, paused: bool) -> None:
+    _api(api_url, "PATCH", f"/work_pools/{pool}", {"is_paused": paused})
+
+
+def move_deployment_to_pool(api_url: str, deployment_id: str, pool: str, queue: str) -> None:
+    """Put a deployment (and the runs created from it afterwards) on a pool's queue."""
+    _api(
+        api_url,
+        "PATCH",
+        f"/deployments/{deployment_id}",
+        {"work_pool_name": pool, "work_queue_name": queue},
+    )
 
 
 def delete_deployment(api_url: str, deployment_id: str) -> None:
