@@ -1,4 +1,5 @@
-"""Run a throwaway Prefect 2 server on loopback for examples and tests.
+"""Run a throwaway Prefect server on loopback for examples and tests (2.x, or 3.x from
+another virtual environment's interpreter).
 
 The agent under test talks to Prefect only over HTTP, so the most honest
 test double is the real server.  This module deliberately does not import
@@ -46,12 +47,14 @@ def _port_answers(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _prefect_executable() -> str:
-    # Prefer the CLI next to the running interpreter so a venv's prefect wins
+def _prefect_executable(python: str) -> str:
+    # Prefer the CLI next to the interpreter so a venv's prefect wins
     # over whatever happens to be first on PATH.
-    candidate = pathlib.Path(sys.executable).parent / "prefect"
+    candidate = pathlib.Path(python).parent / "prefect"
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
+    if python != sys.executable:
+        raise RuntimeError(f"no `prefect` CLI next to {python}")
     found = shutil.which("prefect")
     if found is None:
         raise RuntimeError(
@@ -97,7 +100,13 @@ class LocalPrefectServer:
         home: pathlib.Path | None = None,
         port: int | None = None,
         host: str = "127.0.0.1",
+        python: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`python`: the interpreter whose prefect serves (default: this one's); `env`: more
+        settings for the server."""
+        self.python = python or sys.executable
+        self.extra_env = dict(env or {})
         self.host = host
         self.port = port if port is not None else _free_port(host)
         # Only a home we created ourselves is ours to delete on stop().
@@ -137,6 +146,7 @@ class LocalPrefectServer:
                 "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
             }
         )
+        env.update(self.extra_env)
         return env
 
     def _log_tail(self) -> str:
@@ -160,7 +170,7 @@ class LocalPrefectServer:
                 return
             # A server that died on its own still needs its group reaped.
             self._kill_group()
-        executable = _prefect_executable()
+        executable = _prefect_executable(self.python)
         if _port_answers(self.host, self.port):
             # Otherwise another server's /api/health would pass for ours.
             raise RuntimeError(f"{self.host}:{self.port} is already in use")
@@ -173,7 +183,7 @@ class LocalPrefectServer:
         # directly, which reuses the address.
         command = (
             [
-                sys.executable,
+                self.python,
                 "-m",
                 "uvicorn",
                 "--factory",

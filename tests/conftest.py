@@ -23,6 +23,7 @@ import pytest
 
 from actors import AgentHandle, settings_from_env, start_agent
 from examples.local_server import LocalPrefectServer
+from tests.support.prefect3 import Prefect3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "examples" / "agent.py"
@@ -38,6 +39,41 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPr
 @pytest.fixture(scope="session")
 def api_url(prefect_server: LocalPrefectServer) -> str:
     return prefect_server.api_url
+
+
+_PREFECT3: Prefect3Server | None = None
+
+
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """A 3.x test is coming: make its environment and server in the background right away,
+    and run the 3.x tests last, so that the 2.20 tests run meanwhile."""
+    global _PREFECT3  # noqa: PLW0603 - one preparation per session, shared by its fixture
+    later = [item for item in items if _needs_prefect3(item)]
+    if later:
+        items[:] = [item for item in items if not _needs_prefect3(item)] + later
+        _PREFECT3 = Prefect3Server()
+        _PREFECT3.start()
+
+
+def _needs_prefect3(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    served = callspec.params.get("served") if callspec is not None else None
+    return served == "3.x" or "prefect3_server" in getattr(item, "fixturenames", ())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _PREFECT3 is not None:
+        _PREFECT3.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect3_server() -> LocalPrefectServer:
+    """A Prefect 3 server from `.venv-prefect3`, made ready in the background."""
+    if _PREFECT3 is None:
+        raise RuntimeError("the Prefect 3 server was not prepared at collection")
+    return _PREFECT3.wait()
 
 
 @pytest.fixture
@@ -164,12 +200,14 @@ def _agent_factory(mode: str, api_url: str, tmp_path: Path) -> Iterator[AgentFac
             base.setLevel(logging.DEBUG)
             base.addHandler(collector)
             api = options.pop("api", None)
-            settings = settings_from_env({}, api_url=api_url, **options)
+            url = options.pop("api_url", api_url)
+            settings = settings_from_env({}, api_url=url, **options)
             agent = ThreadAgent(start_agent(settings, api), collector)
         else:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
             log_path = tmp_path / f"agent-{len(started)}.log"
-            agent = LauncherAgent(launcher_args(api_url, options), log_path, env)
+            url = options.pop("api_url", api_url)
+            agent = LauncherAgent(launcher_args(url, options), log_path, env)
         started.append(agent)
         return agent
 

@@ -38,13 +38,14 @@ def write_marker() -> None:
 
 def complete_on_server() -> None:
     body = json.dumps({"state": {"type": "COMPLETED", "name": "Completed"}, "force": True})
-    request = urllib.request.Request(
+    # The URL is the agent's own PREFECT_API_URL (http): no file: or other scheme comes here.
+    request = urllib.request.Request(  # noqa: S310
         f"{os.environ['PREFECT_API_URL']}/flow_runs/{run_id}/set_state",
         data=body.encode(),
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
         answer.read()
 
 

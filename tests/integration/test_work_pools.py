@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def test_pool_concurrency_limit_holds_across_its_runs(
 
     done = wait_for(ended, 90, "all three runs to end, one at a time")
     spans = sorted((m["time"], m["end"]) for m in done.values())
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two runs of a pool limited to 1 overlapped: {spans}"
 
 

@@ -8,11 +8,12 @@ import pytest
 from actors.infrastructure import (
     SubmissionError,
     apply_overrides,
+    job_variables_block,
     process_block,
     process_spec,
     run_environment,
 )
-from messages.api import BlockDocument, BlockTypeRef, Deployment, FlowRun
+from messages.api import BlockDocument, BlockTypeRef, Deployment, FlowRun, WorkPool
 
 RUN = FlowRun(id="run-1")
 PROCESS = BlockTypeRef(slug="process")
@@ -131,3 +132,51 @@ def test_missing_working_dir_is_a_submission_error() -> None:
             api_key=None,
             base_env={"PATH": "/usr/bin:/bin"},
         )
+
+
+def _pool(**variables: object) -> WorkPool:
+    properties = {name: {"default": value} for name, value in variables.items()}
+    return WorkPool(
+        id="p", name="pool", base_job_template={"variables": {"properties": properties}}
+    )
+
+
+def test_prefect3_job_variables_layer_pool_deployment_and_run() -> None:
+    pool = _pool(env={"A": "pool", "B": "pool"}, command="python -m prefect.engine")
+    deployment = Deployment(id="d", job_variables={"env": {"B": "deployment", "C": "d"}})
+    run = FlowRun(id="r", job_variables={"env": {"C": "run"}, "working_dir": "/srv/flows"})
+    fields = job_variables_block(run, deployment, pool)
+    assert fields.env == {"A": "pool", "B": "deployment", "C": "run"}
+    assert fields.command == ["python", "-m", "prefect.engine"]
+    assert fields.working_dir == "/srv/flows"
+
+
+def test_prefect3_command_string_is_split_without_a_shell() -> None:
+    deployment = Deployment(id="d", job_variables={"command": "run 'a b' ; rm -rf /"})
+    fields = job_variables_block(FlowRun(id="r"), deployment, None)
+    assert fields.command == ["run", "a b", ";", "rm", "-rf", "/"]
+
+
+@pytest.mark.parametrize(
+    ("job_variables", "words"),
+    [
+        ({"env": ["A=1"]}, "job variable env must be a mapping"),
+        ({"command": "run 'unclosed"}, "cannot be split"),
+        ({"command": 42}, "invalid job variables for a process"),
+    ],
+)
+def test_bad_prefect3_job_variables_are_submission_errors(
+    job_variables: dict[str, object], words: str
+) -> None:
+    with pytest.raises(SubmissionError, match=words):
+        job_variables_block(FlowRun(id="r", job_variables=job_variables), None, None)
+
+
+def test_prefect3_deployments_without_a_block_use_job_variables() -> None:
+    deployment = Deployment(id="d", job_variables={"env": {"X": "1"}, "command": "true"})
+    spec = process_spec(
+        RUN, deployment, None, api_url="http://x/api", api_key=None, job_variables=True
+    )
+    assert spec.command == ("true",)
+    assert spec.env["X"] == "1"
+    assert spec.env["PREFECT__FLOW_RUN_ID"] == RUN.id

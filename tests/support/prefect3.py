@@ -1,0 +1,119 @@
+"""A real Prefect 3 server for the tests, from its own virtual environment.
+
+Prefect 2 and 3 cannot share one environment, so the 3.x server (and the Prefect 3 engine
+that runs its flows) live in `.venv-prefect3` at the repository's root, made on first use
+from the current 3.x on PyPI. Making it and starting the server take a minute or more, so the
+session starts both in the background as soon as it knows a 3.x test will run; the 2.20 tests
+run meanwhile, and the first 3.x test waits for whatever is left.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from examples.local_server import LocalPrefectServer
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".venv-prefect3"
+REQUIREMENT = "prefect>=3,<4"
+PYTHON = VENV / "bin" / "python"
+INSTALL_TIMEOUT = 900.0
+SERVER_ENV = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    # A run refused for its deployment's concurrency limit comes back after this many seconds
+    # (30 by default): short, so the test of that waits little.
+    "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
+}
+
+
+def _ensure_venv(log: Path) -> float:
+    """Seconds spent making the environment (0 when it was there already)."""
+    marker = VENV / ".installed"
+    if marker.exists():
+        return 0.0
+    began = time.monotonic()
+    with log.open("ab") as out:
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--clear", str(VENV)],
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        subprocess.run(
+            [str(PYTHON), "-m", "pip", "install", "-q", REQUIREMENT],
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=INSTALL_TIMEOUT,
+        )
+    marker.write_text(REQUIREMENT + "\n")
+    return time.monotonic() - began
+
+
+def prefect3_version() -> str:
+    answer = subprocess.run(
+        [str(PYTHON), "-c", "import prefect; print(prefect.__version__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return answer.stdout.strip()
+
+
+class Prefect3Server:
+    """Makes the environment and starts the server in a background thread; `wait()` joins."""
+
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="prefect3-server-"))
+        self.server: LocalPrefectServer | None = None
+        self.error: BaseException | None = None
+        self.install_seconds = 0.0
+        self.start_seconds = 0.0
+        self._done = threading.Event()
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._prepare, name="prefect3-server", daemon=True)
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._done.is_set():
+            self._thread.start()
+
+    def _prepare(self) -> None:
+        try:
+            self.install_seconds = _ensure_venv(self.home / "install.log")
+            if self._cancelled.is_set():
+                return
+            began = time.monotonic()
+            server = LocalPrefectServer(home=self.home / "home", python=str(PYTHON), env=SERVER_ENV)
+            server.start(timeout=180.0)
+            self.server = server
+            self.start_seconds = time.monotonic() - began
+        except BaseException as exc:  # noqa: BLE001 - reported by wait() in the test thread
+            self.error = exc
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float = INSTALL_TIMEOUT + 240.0) -> LocalPrefectServer:
+        self.start()
+        if not self._done.wait(timeout):
+            raise RuntimeError(f"the Prefect 3 server was not ready after {timeout:.0f}s")
+        if self.error is not None:
+            log = self.home / "install.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"could not start a Prefect 3 server: {self.error}\n{tail}")
+        assert self.server is not None
+        return self.server
+
+    def stop(self) -> None:
+        self._cancelled.set()  # a server not started yet never starts
+        self._done.wait(5.0)
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
