@@ -359,7 +359,14 @@ class Agent(pykka.ThreadingActor):
             for name in removed:
                 self._stop_watcher(name)
             if not self.matched_once and not matched:
-                log.info("no work queue in %s yet", _followed(settings))
+                if settings.queue_prefixes:
+                    pool = settings.work_pool
+                    where = f" in work pool {pool!r}" if pool is not None else ""
+                    log.info(
+                        "no work queue matches %s%s yet", _prefixes(settings.queue_prefixes), where
+                    )
+                else:
+                    log.info("%s has no queues yet", _followed(settings))
             self.matched_once = True
         if settings.run_once:
             self._check_run_once_done()

@@ -1,4 +1,7 @@
-"""`--pool`: the queues of a Prefect 2.20 work pool, its pause, its limit and its priorities."""
+"""`--pool`: the queues of a Prefect 2.20 work pool, its pause, its limit and its priorities.
+
+The first test runs in both runtimes (the launcher's `-p`); the rules themselves live in the
+actors, so the others run once, in the library runtime."""
 
 from __future__ import annotations
 
@@ -70,14 +73,14 @@ def test_pool_serves_every_queue_and_creates_named_ones(
 
 
 def test_paused_pool_is_not_served_until_it_resumes(
-    agent_factory: AgentFactory, api_url: str, markers: Path
+    library_agent: AgentFactory, api_url: str, markers: Path
 ) -> None:
     pool = _pool_name()
     create_pool(api_url, pool)
     runs = create_runs(api_url, _pool_deployment(api_url, pool, "default", markers), 2)
     pause_pool(api_url, pool, True)
 
-    agent = agent_factory(work_pool=pool, work_queues=("default",))
+    agent = library_agent(work_pool=pool, work_queues=("default",))
     paused = f"work pool '{pool}' is paused; not taking its runs until it resumes"
     wait_for(lambda: paused in agent.logs(), 30, "the agent to see the paused pool")
     still = f"work pool '{pool}' is still paused"
@@ -90,14 +93,14 @@ def test_paused_pool_is_not_served_until_it_resumes(
 
 
 def test_pool_concurrency_limit_holds_across_its_runs(
-    agent_factory: AgentFactory, api_url: str, markers: Path
+    library_agent: AgentFactory, api_url: str, markers: Path
 ) -> None:
     pool = _pool_name()
     create_pool(api_url, pool, concurrency_limit=1)
     deployment = _pool_deployment(api_url, pool, "default", markers, "0.5", complete=True)
     runs = create_runs(api_url, deployment, 3)
 
-    agent_factory(work_pool=pool)
+    library_agent(work_pool=pool)
 
     def ended() -> dict[str, dict[str, Any]]:
         starts = _starts(markers, runs)
@@ -110,7 +113,7 @@ def test_pool_concurrency_limit_holds_across_its_runs(
 
 
 def test_pool_priorities_decide_who_gets_scarce_room(
-    agent_factory: AgentFactory, api_url: str, markers: Path
+    library_agent: AgentFactory, api_url: str, markers: Path
 ) -> None:
     pool = _pool_name()
     create_pool(api_url, pool)
@@ -120,7 +123,7 @@ def test_pool_priorities_decide_who_gets_scarce_room(
     low = create_runs(api_url, _pool_deployment(api_url, pool, "low", markers, complete=True), 2)
     high = create_runs(api_url, _pool_deployment(api_url, pool, "high", markers, complete=True), 2)
 
-    agent_factory(work_pool=pool, work_queues=("low", "high"), limit=1)
+    library_agent(work_pool=pool, work_queues=("low", "high"), limit=1)
 
     runs = low + high
     done = wait_for(
