@@ -164,6 +164,7 @@ class PrefectApi:
         self._cache_seconds = cache_seconds
         self._cache: dict[tuple[str, str], tuple[float, object]] = {}
         self._cache_lock = threading.Lock()
+        self._flights: dict[tuple[str, str], _Flight] = {}
         self._client = httpx.Client(
             base_url=self.api_url + "/",
             headers=headers,
@@ -403,21 +404,63 @@ class PrefectApi:
     ) -> T:
         """A short-lived memo of what every run of a deployment reads alike: when a poll brings
         a hundred runs of one deployment, the server answers two reads, not two hundred. A
-        change to the deployment reaches runs submitted `cache_seconds` later."""
+        change to the deployment reaches runs submitted `cache_seconds` later.
+
+        Reads of one key in flight together are one read: the first caller reads, the others
+        wait for its answer (or its error). Without that, the first page of a drain sent one
+        read per run, all missing the empty cache at once (measured: 38 reads for 200 runs).
+        """
         now = time.monotonic()
         age = self._cache_seconds if max_age is None else min(max_age, self._cache_seconds)
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and now - hit[0] < age:
                 return cast(T, hit[1])
-        value = read()
+            flight = self._flights.get(key)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leading:
+            return cast(T, flight.result())
+        try:
+            value = read()
+        except BaseException as exc:
+            flight.fail(exc)
+            raise
+        finally:
+            with self._cache_lock:
+                self._flights.pop(key, None)
         with self._cache_lock:
             self._cache[key] = (now, value)
             if len(self._cache) > 1024:
                 self._cache = {
                     k: v for k, v in self._cache.items() if now - v[0] < self._cache_seconds
                 }
+        flight.succeed(value)
         return value
+
+
+class _Flight:
+    """One read in flight that other callers of the same key wait for."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._value: object = None
+        self._error: BaseException | None = None
+
+    def succeed(self, value: object) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def result(self) -> object:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _quote(segment: str) -> str:

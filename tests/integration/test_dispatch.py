@@ -5,10 +5,13 @@ dispatching, and each marker file is one start of a run's process."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
+from actors.api_client import PrefectApi
 from messages.api import FlowRun
 from messages.control import HeldRuns
 from messages.runs import RunsFound
@@ -100,3 +103,24 @@ def test_prefix_mode_picks_up_a_queue_created_later_and_ignores_others(
     assert f"matched new work queues: {prefix}nightly" in agent.logs()
     assert command_starts(markers)[left] == 0
     assert run_state(api_url, left)[0] == "SCHEDULED"
+
+
+def test_a_page_of_runs_of_one_deployment_reads_it_once(
+    library_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    """The deployment and its block are read once for a whole page of its runs, not once per
+    run: the supervisors that miss the cache together wait for the one read in flight."""
+    deployment = deploy_marker_command(api_url, queue, markers)
+    runs = create_runs(api_url, deployment, 16)
+    reads: list[str] = []
+
+    class CountingApi(PrefectApi):
+        def _request(self, method: str, path: str, *args: Any, **kwargs: Any) -> httpx.Response:
+            if method == "GET" and path.startswith(("deployments/", "block_documents/")):
+                reads.append(path.split("/", 1)[0])
+            return super()._request(method, path, *args, **kwargs)
+
+    library_agent(work_queues=(queue,), api=CountingApi(api_url))
+
+    wait_for(lambda: len(command_starts(markers)) == len(runs), 60, "every run to start")
+    assert sorted(reads) == ["block_documents", "deployments"], reads
