@@ -109,7 +109,7 @@ class DrainResult:
     runs: int
     runs_with_pid: int
     elapsed_seconds: float
-    runs_per_second: float
+    runs_per_second: float  # from the contender's start (its start-up included)
     timed_out: bool
     first_pid_seconds: float | None  # contender start -> first pid recorded
     median_poll_to_pending_ms: float | None
@@ -117,6 +117,8 @@ class DrainResult:
     agent_cpu_seconds: float | None  # CPU the agent process used from its start to the end
     log_path: str | None
     ceiling_retries: int | None = None  # 503s (SQLite locked) the ceiling's client retried
+    # The drain itself, on the server's clock: runs after the first / (last pid - first Pending)
+    steady_runs_per_second: float | None = None
 
 
 @dataclass
@@ -135,6 +137,7 @@ class FootprintResult:
     stop_seconds: float
     leftover_processes: int  # flow processes still alive after the stop, killed here
     log_path: str | None
+    log_problems: int = 0  # WARNING, ERROR or CRITICAL lines the agent logged meanwhile
 
 
 class ContenderError(RuntimeError):
@@ -589,9 +592,17 @@ def clean_env(home: Path) -> dict[str, str]:
 
 
 def launch(
-    guard: ProcessGuard, contender: Contender, api_url: str, queue: str, work_dir: Path
+    guard: ProcessGuard,
+    contender: Contender,
+    api_url: str,
+    queue: str,
+    work_dir: Path,
+    *,
+    limit: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """Start one agent on its queue, its output in a log: the log is also a measurement."""
+    """Start one agent on its queue, its output in a log: the log is also a measurement.
+
+    `limit`: ours gets `--limit` (the official agent has no such flag)."""
     log = work_dir / f"{contender.name}-{queue}.log"
     env = clean_env(work_dir / "prefect-home")
     if contender.kind == "official":
@@ -600,6 +611,8 @@ def launch(
         argv = [prefect_cli(), "agent", "start", "-q", queue]
     elif contender.kind == "ours":
         argv = [sys.executable, str(LAUNCHER), "--api", api_url, "-q", queue]
+        if limit is not None:
+            argv += ["--limit", str(limit)]
     else:
         raise ValueError(f"{contender.name} is not an agent")
     return guard.start(argv, env, log), log
@@ -667,6 +680,20 @@ def wait_for_pids(
     return Progress(pids, started_wall, time.monotonic() - began, timed_out)
 
 
+def steady_rate(
+    pending: dict[str, datetime], pids: dict[str, tuple[str, datetime]]
+) -> float | None:
+    """Runs per second from the first Pending to the last pid, both as the server recorded
+    them: the pace of the drain once the contender is taking runs, start-up left out (it is
+    reported on its own), the same clock and the same events for every contender."""
+    if len(pids) < 2 or not pending:
+        return None
+    first = min(pending.values())
+    last = max(updated for _, updated in pids.values())
+    seconds = (last - first).total_seconds()
+    return (len(pids) - 1) / seconds if seconds > 0 else None
+
+
 def drain_ceiling(server: Server, runs: int) -> DrainResult:
     """The two calls every agent must make per run, and nothing else, at bounded concurrency."""
     queue = f"bench-{server.tag}-ceiling-drain"
@@ -686,8 +713,11 @@ def drain_ceiling(server: Server, runs: int) -> DrainResult:
     with ThreadPoolExecutor(CEILING_THREADS) as pool:
         taken = sum(pool.map(take, run_ids))
     elapsed = time.monotonic() - began
+    pids = server.runs_with_pid(queue, run_ids)
+    steady = steady_rate(server.pending_times(list(pids)), pids)
     return DrainResult(
         contender="ceiling",
+        steady_runs_per_second=steady,
         runs=runs,
         runs_with_pid=taken,
         elapsed_seconds=elapsed,
@@ -751,6 +781,7 @@ def drain_agent(
         found_times_official(log, day) if contender.kind == "official" else found_times_ours(log)
     )
     pending = server.pending_times(list(progress.pids))
+    steady = steady_rate(pending, progress.pids)
     latencies = [
         (pending[run] - found[run]).total_seconds() * 1000
         for run in progress.pids
@@ -758,6 +789,7 @@ def drain_agent(
     ]
     return DrainResult(
         contender=contender.name,
+        steady_runs_per_second=steady,
         runs=runs,
         runs_with_pid=done,
         elapsed_seconds=elapsed,
@@ -809,13 +841,14 @@ def footprint_agent(
     deployment = server.deployment(f"{contender.name}-footprint-{server.tag}", queue, command)
     run_ids = server.create_runs(deployment, runs)
     began = time.monotonic()
-    process, log = launch(guard, contender, server.api_url, queue, work_dir)
+    process, log = launch(guard, contender, server.api_url, queue, work_dir, limit=runs)
 
     def remember(pids: dict[str, tuple[str, datetime]]) -> None:
         guard.remember_flows(local_pids(pid for pid, _ in pids.values()))
 
     stop_seconds = 0.0
     leftovers = 0
+    problems_before_stop = None
     try:
         progress = wait_for_pids(
             server,
@@ -843,6 +876,8 @@ def footprint_agent(
         rss = sum(rss_kib(pid) for pid in after)
         if process.poll() is not None:
             raise ContenderError(f"the agent exited while measured; log ends:\n{log_tail(log)}")
+        # Counted before the stop: a stop's own lines (runs left to reconcile) are no error.
+        problems_before_stop: int | None = count_problems(log)
     finally:
         guard.remember_descendants(process)
         if contender.kind == "official":
@@ -864,7 +899,22 @@ def footprint_agent(
         stop_seconds=stop_seconds,
         leftover_processes=leftovers,
         log_path=str(log),
+        log_problems=count_problems(log, before_stop=problems_before_stop),
     )
+
+
+_PROBLEM = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) |\| (WARNING|ERROR|CRITICAL) +\|")
+
+
+def count_problems(log: Path, before_stop: int | None = None) -> int:
+    """WARNING, ERROR and CRITICAL lines in an agent's log (ours or the official format)."""
+    if before_stop is not None:
+        return before_stop
+    try:
+        text = _ANSI.sub("", log.read_text(errors="replace"))
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if _PROBLEM.search(line))
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -874,6 +924,16 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
     if ours is None or theirs is None or theirs == 0:
         return None
     return ours / theirs
+
+
+def _drain_rate(drain: DrainResult | None) -> float | None:
+    """The rate the ratios compare: the steady drain; a contender that timed out is judged by
+    its rate from its start, which is all it managed."""
+    if drain is None:
+        return None
+    if drain.timed_out or drain.steady_runs_per_second is None:
+        return drain.runs_per_second
+    return drain.steady_runs_per_second
 
 
 def ratios(
@@ -891,12 +951,12 @@ def ratios(
             continue
         table[name] = {
             "drain_vs_ceiling": _ratio(
-                drain.runs_per_second if drain else None,
-                ceiling.runs_per_second if ceiling else None,
+                _drain_rate(drain),
+                _drain_rate(ceiling),
             ),
             "ours_over_this_drain": _ratio(
-                ours_drain.runs_per_second if ours_drain else None,
-                drain.runs_per_second if drain else None,
+                _drain_rate(ours_drain),
+                _drain_rate(drain),
             ),
             "ours_over_this_rss": _ratio(
                 ours_fp.rss_mib if ours_fp else None, fp.rss_mib if fp else None
@@ -921,6 +981,7 @@ def render(
     headers = [
         "contender",
         "drain runs/s",
+        "from start",
         "took s",
         "runs w/ pid",
         "vs ceiling",
@@ -946,6 +1007,7 @@ def render(
         rows.append(
             [
                 name,
+                _fmt(_drain_rate(drain), ".1f"),
                 _fmt(drain.runs_per_second if drain else None, ".1f"),
                 _fmt(drain.elapsed_seconds if drain else None, ".1f"),
                 done,
@@ -988,8 +1050,12 @@ def footnotes(
         "",
         f"drain: {args.runs} runs due now per contender, command `true`, each contender on a "
         "fresh queue, started after its runs exist.",
-        "  runs/s = runs with an infrastructure_pid / (server `updated` time of the last pid "
-        "PATCH - contender process start); agent start-up (imports) is included.",
+        "  drain runs/s = (runs with an infrastructure_pid - 1) / (server `updated` time of "
+        "the last pid PATCH - server timestamp of the first PENDING state): the pace once the "
+        "contender takes runs, on the server's clock, the same for every contender (the "
+        "ceiling included); a contender that timed out shows its from-start rate.",
+        "  from start = runs with a pid / (last pid PATCH - contender process start): agent "
+        "start-up (imports, first poll) included; for the ceiling, from its first request.",
         f"  timed out: the drain was cut at --drain-timeout {args.drain_timeout:.0f}s; "
         "runs/s = runs with a pid by then / that time.",
         f"  the benchmark looks for pids every {args.poll_interval:g}s (POST /flow_runs/filter "
@@ -1012,8 +1078,13 @@ def footnotes(
             "flow processes excluded; CPU = utime+stime delta over "
             f"{args.cpu_window:.0f}s as % of one core (one clock tick = "
             f"{100 / CLOCK_TICKS / args.cpu_window:.2f}%). ours/this below 1: ours is lighter. "
-            "A contender that timed out was still taking runs during its window.",
+            "A contender that timed out was still taking runs during its window. ours runs "
+            "with --limit N.",
         ]
+        problems = ", ".join(f"{name} {fp.log_problems}" for name, fp in footprints.items())
+        notes.append(
+            f"  WARNING/ERROR/CRITICAL lines each agent logged before its stop: {problems}"
+        )
         stops = ", ".join(
             f"{name} {fp.stop_seconds:.1f}s ({fp.leftover_processes} left)"
             for name, fp in footprints.items()
@@ -1139,9 +1210,11 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
                         work_dir=work_dir,
                     )
                 d = drains[name]
+                steady = _fmt(d.steady_runs_per_second, ".1f")
                 say(
                     f"  {d.runs_with_pid}/{d.runs} in {d.elapsed_seconds:.1f}s = "
-                    f"{d.runs_per_second:.1f} runs/s" + (" (timed out)" if d.timed_out else "")
+                    f"{d.runs_per_second:.1f} runs/s from start, {steady} runs/s from the first "
+                    "Pending" + (" (timed out)" if d.timed_out else "")
                 )
         if "footprint" in args.part_list:
             for name in args.contender_list:

@@ -61,6 +61,7 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
         assert drain["runs"] == 20
         assert drain["runs_with_pid"] > 0
         assert drain["runs_per_second"] > 0
+        assert drain["steady_runs_per_second"] > 0
     footprint = data["contenders"]["ours"]["footprint"]
     assert footprint["in_flight"] > 0
     assert footprint["rss_mib"] > 0
