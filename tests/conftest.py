@@ -51,6 +51,7 @@ def pytest_collection_modifyitems(
     and run the 3.x tests last, so that the 2.20 tests run meanwhile."""
     global _PREFECT3  # noqa: PLW0603 - one preparation per session, shared by its fixture
     later = [item for item in items if _needs_prefect3(item)]
+    _ON_PREFECT3.update(item.nodeid for item in later)
     if later:
         items[:] = [item for item in items if not _needs_prefect3(item)] + later
         _PREFECT3 = Prefect3Server()
@@ -61,6 +62,35 @@ def _needs_prefect3(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
     served = callspec.params.get("served") if callspec is not None else None
     return served == "3.x" or "prefect3_server" in getattr(item, "fixturenames", ())
+
+
+_SECONDS_BY_SERVER: dict[str, list[float]] = {"3.x": [], "2.20 and unit": []}
+_ON_PREFECT3: set[str] = set()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    part = "3.x" if report.nodeid in _ON_PREFECT3 else "2.20 and unit"
+    if report.when == "setup":
+        _SECONDS_BY_SERVER[part].append(0.0)
+    if _SECONDS_BY_SERVER[part]:
+        _SECONDS_BY_SERVER[part][-1] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How long each server version's part of the suite took (the closing notes quote it)."""
+    lines = [
+        f"{part}: {len(seconds)} tests, {sum(seconds):.0f}s"
+        for part, seconds in _SECONDS_BY_SERVER.items()
+        if seconds
+    ]
+    if _PREFECT3 is not None:
+        lines.append(
+            f"3.x server: environment made in {_PREFECT3.install_seconds:.0f}s and server "
+            f"ready {_PREFECT3.start_seconds:.0f}s later, in the background"
+        )
+    terminalreporter.write_sep("-", "time by server version")
+    for line in lines:
+        terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
