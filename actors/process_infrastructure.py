@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 
 from actors.infrastructure import ProcessSpec, SubmissionError
+from actors.spawn import Child
 
 log = logging.getLogger("prefect_actor_agent.process")
 
@@ -44,7 +45,7 @@ class RunProcess:
         cwd = spec.working_dir or self._temp_dir
         output = None if spec.stream_output else subprocess.DEVNULL
         try:
-            self._popen = subprocess.Popen(
+            self._child = Child(
                 list(spec.command),
                 env=spec.env,
                 cwd=cwd,
@@ -59,18 +60,19 @@ class RunProcess:
             raise SubmissionError(
                 f"could not start {spec.command[0]!r} in {cwd!r}: {exc.strerror or exc}"
             ) from exc
-        self.pid = self._popen.pid
+        self.pid = self._child.pid
 
-    def wait(self) -> int:
-        """Block until the process exits; its exit code (negative: killed by that signal)."""
+    def wait(self) -> int | None:
+        """Block until the process exits; its exit code (negative: killed by that signal), or
+        None when the code was lost (see `actors.spawn`)."""
         try:
-            return self._popen.wait()
+            return self._child.wait()
         finally:
             self._remove_temp_dir()
 
     @property
     def running(self) -> bool:
-        return self._popen.poll() is None
+        return self._child.running
 
     def signal_group(self, signum: int) -> bool:
         """Send `signum` to the run's whole process group; False when nothing is left there."""

@@ -538,6 +538,8 @@ class RunSupervisor(pykka.ThreadingActor):
             cause = f"its supervisor in the agent had failed ({self.inherited_failure})"
         elif self.lost_by_earlier_agent:
             cause = "the agent that started it had stopped unexpectedly and lost it"
+        elif isinstance(self.process, RunProcess):
+            cause = "something else in the agent's process collected its exit status"
         else:
             cause = "the agent was not watching it"
         message = (
