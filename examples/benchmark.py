@@ -307,6 +307,8 @@ class ProcessGuard:
 
 TRANSIENT = frozenset({429, 502, 503, 504})  # a SQLite server answers 503 when it is locked
 RETRIES = 12
+# Every state type a run can be in once an agent took it (2.20 filters know no "not any of").
+TAKEN_STATES = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLING", "CANCELLED"]
 
 
 def _check(response: httpx.Response) -> Any:
@@ -474,7 +476,7 @@ class Server:
         body = {
             "flow_runs": {
                 "work_queue_name": {"any_": [queue]},
-                "state": {"type": {"not_any_": ["SCHEDULED"]}},
+                "state": {"type": {"any_": TAKEN_STATES}},
             }
         }
         return int(self.call("POST", "flow_runs/count", json=body))
