@@ -35,6 +35,8 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
             "20",
             "--inflight",
             "20",
+            "--cpu-window",
+            "2",
             "--contenders",
             "ceiling,ours",
             "--json",

@@ -51,13 +51,18 @@ def test_the_same_run_seen_by_two_queues_and_two_polls_starts_once(
 
 
 def test_two_agents_on_one_queue_start_each_run_exactly_once(
-    agent_factory: AgentFactory, api_url: str, queue: str, markers: Path
+    library_agent: AgentFactory,
+    launcher_agent: AgentFactory,
+    api_url: str,
+    queue: str,
+    markers: Path,
 ) -> None:
+    """One agent in each runtime (threads in this process, the launcher under gevent)."""
     deployment = deploy_marker_command(api_url, queue, markers)
     runs = create_runs(api_url, deployment, 50)
 
-    first = agent_factory(work_queues=(queue,), query_interval=0.5)
-    second = agent_factory(work_queues=(queue,), query_interval=0.5)
+    first = library_agent(work_queues=(queue,), query_interval=0.5)
+    second = launcher_agent(work_queues=(queue,), query_interval=0.5)
 
     wait_for(lambda: set(command_starts(markers)) >= set(runs), 120, "every run to start")
     wait_for(lambda: "SCHEDULED" not in states(api_url, runs).values(), 30, "no run left Scheduled")

@@ -1,4 +1,8 @@
-"""Flow runs taken from a queue, run by the real Prefect engine, and reported as users see them."""
+"""Flow runs taken from a queue, run by the real Prefect engine, and reported as users see them.
+
+Execution, crash and the limit run here through the launcher (gevent); the same behaviour in
+the library runtime (threads) is `test_across_servers.py`'s 2.20 half, so it is not run twice.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_runs_complete_with_host_pid_and_override_env(
-    agent_factory: AgentFactory, api_url: str, queue: str, markers: Path
+    launcher_agent: AgentFactory, api_url: str, queue: str, markers: Path
 ) -> None:
     deployment = deploy(
         api_url,
@@ -46,7 +50,7 @@ def test_runs_complete_with_host_pid_and_override_env(
     params = {"marker_dir": str(markers), "env_name": "GREETING"}
     runs = create_runs(api_url, deployment, 2, parameters=params)
 
-    agent = agent_factory(work_queues=(queue,))
+    agent = launcher_agent(work_queues=(queue,))
 
     wait_for(lambda: all_in(api_url, runs, FINAL), 120, "both runs to end")
     assert states(api_url, runs) == dict.fromkeys(runs, "COMPLETED")
@@ -63,14 +67,14 @@ def test_runs_complete_with_host_pid_and_override_env(
 
 
 def test_nonzero_exit_marks_run_crashed_naming_the_code(
-    agent_factory: AgentFactory, api_url: str, queue: str
+    launcher_agent: AgentFactory, api_url: str, queue: str
 ) -> None:
     deployment = deploy(
         api_url, FLOWS / "crash.py", "crash", name=f"crash-{queue}", work_queue=queue
     )
     run = create_run(api_url, deployment, parameters={"code": 3})
 
-    agent = agent_factory(work_queues=(queue,))
+    agent = launcher_agent(work_queues=(queue,))
 
     wait_for(lambda: run_state(api_url, run)[0] in FINAL, 120, "the crashing run to end")
     type_, _, message = run_state(api_url, run)
@@ -81,12 +85,12 @@ def test_nonzero_exit_marks_run_crashed_naming_the_code(
 
 
 def test_limit_never_lets_more_runs_at_once_and_the_rest_run_later(
-    agent_factory: AgentFactory, api_url: str, queue: str, markers: Path
+    launcher_agent: AgentFactory, api_url: str, queue: str, markers: Path
 ) -> None:
     deployment = deploy(api_url, FLOWS / "hello.py", "hello", name=f"lim-{queue}", work_queue=queue)
     runs = create_runs(api_url, deployment, 4, parameters={"marker_dir": str(markers), "sleep": 2})
 
-    agent_factory(work_queues=(queue,), limit=2)
+    launcher_agent(work_queues=(queue,), limit=2)
 
     wait_for(lambda: all_in(api_url, runs, FINAL), 180, "all four runs to end")
     assert states(api_url, runs) == dict.fromkeys(runs, "COMPLETED")
