@@ -425,12 +425,12 @@ class PrefectApi:
         try:
             value = read()
         except BaseException as exc:
+            with self._cache_lock:
+                del self._flights[key]
             flight.fail(exc)
             raise
-        finally:
-            with self._cache_lock:
-                self._flights.pop(key, None)
-        with self._cache_lock:
+        with self._cache_lock:  # cached and landed at once: no later caller reads it again
+            del self._flights[key]
             self._cache[key] = (now, value)
             if len(self._cache) > 1024:
                 self._cache = {

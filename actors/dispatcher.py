@@ -77,8 +77,8 @@ class Dispatcher(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case FreeSlots(queue_name=queue):
-                return self._free_slots(queue, message)
+            case FreeSlots():
+                return self._free_slots(message)
             case RunsFound(queue_name=queue, runs=runs, full_page=full):
                 self._note_drained(queue, full)
                 return self._admit(queue, runs, full)
@@ -113,7 +113,7 @@ class Dispatcher(pykka.ThreadingActor):
 
     # -- admission ---------------------------------------------------------------------------------
 
-    def _free_slots(self, queue: str, asked: FreeSlots | None = None) -> int:
+    def _free_slots(self, asked: FreeSlots) -> int:
         """How many runs a watcher may ask for now: the free slots, at most one page.
 
         A page is two rounds of the Pending proposals the API edge can make at once: small
@@ -121,8 +121,9 @@ class Dispatcher(pykka.ThreadingActor):
         behind hundreds of others; the watcher is woken for the next page as soon as this
         one's runs are taken, so the small page costs a drain little (see the benchmark).
         """
+        queue = asked.queue_name
         room = free_slots(self.ctx.settings.limit, len(self.held))
-        if asked is not None and asked.pool is not None:
+        if asked.pool is not None:
             room = self._pool_room(queue, asked, room)
         if room == 0:
             self.starved.add(queue)

@@ -126,15 +126,21 @@ def job_variables_block(
     """Prefect 3: the Process fields from the pool's defaults, the deployment's job variables
     and the run's, as Prefect's own process worker layers them: a higher layer replaces a
     variable of a lower one, except `env`, which is merged name by name."""
-    merged: dict[str, Any] = {}
-    env_layers: list[Any] = []
     layers = [template_defaults(pool)]
     if deployment is not None:
         layers.append(deployment.job_variables or {})
     layers.append(flow_run.job_variables or {})
+    merged: dict[str, Any] = {}
+    env: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
-        env_layers.append(layer.get("env"))
+        layer_env = layer.get("env")
+        if layer_env is not None and not isinstance(layer_env, dict):
+            raise SubmissionError(
+                "job variable env must be a mapping of names to values, "
+                f"got {type(layer_env).__name__}: {layer_env!r}"
+            )
+        env.update(layer_env or {})
     fields: dict[str, Any] = {"type": "process"}
     command = merged.get("command")
     if isinstance(command, str):
@@ -146,16 +152,6 @@ def job_variables_block(
             ) from None
     elif command is not None:
         fields["command"] = command
-    env: dict[str, Any] = {}
-    for layer_env in env_layers:
-        if layer_env is None:
-            continue
-        if not isinstance(layer_env, dict):
-            raise SubmissionError(
-                "job variable env must be a mapping of names to values, "
-                f"got {type(layer_env).__name__}: {layer_env!r}"
-            )
-        env.update(layer_env)
     fields["env"] = {name: None if value is None else str(value) for name, value in env.items()}
     for name in ("working_dir", "stream_output"):
         if merged.get(name) is not None:

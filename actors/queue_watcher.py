@@ -180,9 +180,10 @@ class QueueWatcher(pykka.ThreadingActor):
         return interval
 
     def _nothing_due(self) -> None:
-        """Said even when there is nothing: in a pool, a queue with no runs due (or paused)
-        lets the queues of lower priority have the room."""
-        tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False))
+        """In a pool, said even when there is nothing: a queue with no runs due (or paused)
+        lets the queues of lower priority have the room. Elsewhere nobody needs to hear it."""
+        if self.pool_name is not None:
+            tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False))
 
     def _due_runs(self, queue: WorkQueue, room: int) -> list[FlowRun]:
         before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)

@@ -89,29 +89,32 @@ class Child:
             from gevent.socket import wait_read  # noqa: PLC0415 - only on the gevent path
 
             wait_read(self._pidfd)
-        self._reap(blocking=True)
+        self._reap()
         return self._code
 
     @property
     def running(self) -> bool:
+        """Looks without reaping (WNOWAIT): `wait`, in its helper, is the pidfd's one owner."""
         if not self._fast:
             return self._popen.poll() is None
-        self._reap(blocking=False)
-        return not self._reaped
+        pidfd = self._pidfd
+        if self._reaped or pidfd is None:
+            return False
+        try:
+            return os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:  # reaped by someone else
+            return False
 
-    def _reap(self, blocking: bool) -> None:
+    def _reap(self) -> None:
         pidfd = self._pidfd
         if self._reaped or pidfd is None:
             return
-        options = os.WEXITED | (0 if blocking else os.WNOHANG)
         try:
-            result = os.waitid(os.P_PIDFD, pidfd, options)
+            result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
         except ChildProcessError:  # reaped by someone else: the code is lost
             self._code = None
         else:
-            if result is None:  # WNOHANG, still running
-                return
-            self._code = _exit_code(result)
+            self._code = _exit_code(result) if result is not None else None
         self._reaped = True
         self._pidfd = None
         os.close(pidfd)  # gevent's close, which tells its loop the watched fd is gone

@@ -868,7 +868,7 @@ def footprint_agent(
 
     stop_seconds = 0.0
     leftovers = 0
-    problems_before_stop = None
+    problems_before_stop = 0
     try:
         progress = wait_for_pids(
             server,
@@ -897,7 +897,7 @@ def footprint_agent(
         if process.poll() is not None:
             raise ContenderError(f"the agent exited while measured; log ends:\n{log_tail(log)}")
         # Counted before the stop: a stop's own lines (runs left to reconcile) are no error.
-        problems_before_stop: int | None = count_problems(log)
+        problems_before_stop = count_problems(log)
     finally:
         guard.remember_descendants(process)
         if contender.kind == "official":
@@ -919,17 +919,15 @@ def footprint_agent(
         stop_seconds=stop_seconds,
         leftover_processes=leftovers,
         log_path=str(log),
-        log_problems=count_problems(log, before_stop=problems_before_stop),
+        log_problems=problems_before_stop,
     )
 
 
 _PROBLEM = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) |\| (WARNING|ERROR|CRITICAL) +\|")
 
 
-def count_problems(log: Path, before_stop: int | None = None) -> int:
+def count_problems(log: Path) -> int:
     """WARNING, ERROR and CRITICAL lines in an agent's log (ours or the official format)."""
-    if before_stop is not None:
-        return before_stop
     try:
         text = _ANSI.sub("", log.read_text(errors="replace"))
     except OSError:

@@ -22,6 +22,7 @@ from tests.conftest import AgentFactory
 from tests.integration.helpers import FINAL, FLOWS, process_gone
 from tests.support import prefect3
 from tests.support.prefect_objects import (
+    call_api,
     create_run,
     deploy,
     read_marker,
@@ -34,12 +35,6 @@ from tests.support.prefect_objects import (
 pytestmark = pytest.mark.integration
 
 POOL = "agent-tests"  # the 3.x process pool every 3.x test deploys to
-
-
-def _call(api_url: str, method: str, path: str, body: Any = None) -> Any:
-    response = httpx.request(method, f"{api_url}{path}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json() if response.content else None
 
 
 @dataclass
@@ -77,7 +72,7 @@ class Served:
                 infra_overrides=overrides,
             )
         engine = command or [str(prefect3.PYTHON), "-m", "prefect.engine"]
-        flow_id = _call(self.api_url, "POST", "/flows/", {"name": flow})["id"]
+        flow_id = call_api(self.api_url, "POST", "/flows/", {"name": flow})["id"]
         body: dict[str, Any] = {
             "name": name,
             "flow_id": flow_id,
@@ -93,7 +88,7 @@ class Served:
         }
         if concurrency_limit is not None:
             body["concurrency_limit"] = concurrency_limit
-        return str(_call(self.api_url, "POST", "/deployments/", body)["id"])
+        return str(call_api(self.api_url, "POST", "/deployments/", body)["id"])
 
     def run(
         self,
@@ -104,14 +99,14 @@ class Served:
         if self.version == "2.20" or env is None:
             return create_run(self.api_url, deployment, parameters=parameters)
         body = {"parameters": parameters or {}, "job_variables": {"env": env}}
-        created = _call(self.api_url, "POST", f"/deployments/{deployment}/create_flow_run", body)
+        created = call_api(self.api_url, "POST", f"/deployments/{deployment}/create_flow_run", body)
         return str(created["id"])
 
 
 def _served_3x(server: LocalPrefectServer) -> Served:
     url = server.api_url
     if httpx.get(f"{url}/work_pools/{POOL}", timeout=30).status_code == 404:
-        _call(url, "POST", "/work_pools/", {"name": POOL, "type": "process"})
+        call_api(url, "POST", "/work_pools/", {"name": POOL, "type": "process"})
     return Served("3.x", url)
 
 

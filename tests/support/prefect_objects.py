@@ -33,6 +33,7 @@ _TIMEOUT = 30.0
 _LOCKED_RETRIES = 8
 
 __all__ = [
+    "call_api",
     "create_pool",
     "create_pool_queue",
     "create_run",
@@ -71,6 +72,11 @@ def _api(api_url: str, method: str, path: str, body: Any = None) -> Any:
     if response.status_code == 204 or not response.content:
         return None
     return response.json()
+
+
+def call_api(api_url: str, method: str, path: str, body: Any = None) -> Any:
+    """A plain REST call for a test's set-up, with the same 503 patience as every helper here."""
+    return _api(api_url, method, path, body)
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
