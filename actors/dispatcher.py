@@ -26,6 +26,7 @@ import pykka
 
 from actors.admission import admit, free_slots
 from actors.context import AgentContext
+from actors.paging import PageTracker
 from actors.refs import tell_if_alive
 from actors.run_supervisor import RunSupervisor
 from actors.supervision import TEMPORARY
@@ -63,7 +64,8 @@ class Dispatcher(pykka.ThreadingActor):
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
-        self.taking: dict[str, set[str]] = {}  # queue -> runs of its last full page not taken
+        # Runs of full pages whose Pending has not settled: when to poll for the next page.
+        self.pages = PageTracker(wake_at=ctx.settings.api_concurrency)
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
         self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)
@@ -114,12 +116,14 @@ class Dispatcher(pykka.ThreadingActor):
     # -- admission ---------------------------------------------------------------------------------
 
     def _free_slots(self, asked: FreeSlots) -> int:
-        """How many runs a watcher may ask for now: the free slots, at most one page.
+        """How many runs a watcher may ask for now: the free slots, at most one page, plus the
+        runs of the queue's last page that are still Scheduled on the server (the answer
+        repeats them; admission leaves them out).
 
         A page is two rounds of the Pending proposals the API edge can make at once: small
-        enough that a run a poll brings is proposed within a few tens of milliseconds, not
-        behind hundreds of others; the watcher is woken for the next page as soon as this
-        one's runs are taken, so the small page costs a drain little (see the benchmark).
+        enough that a run a poll brings is proposed within a round or two, not behind hundreds
+        of others. The watcher is woken for the next page while the last round of this one is
+        still with the server (see `actors/paging.py`), so the small page costs a drain little.
         """
         queue = asked.queue_name
         room = free_slots(self.ctx.settings.limit, len(self.held))
@@ -127,8 +131,9 @@ class Dispatcher(pykka.ThreadingActor):
             room = self._pool_room(queue, asked, room)
         if room == 0:
             self.starved.add(queue)
+            return 0
         page = 2 * self.ctx.settings.api_concurrency
-        return page if room is None else min(room, page)
+        return (page if room is None else min(room, page)) + self.pages.repeated(queue)
 
     def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:
         """The room left by the pool's limit and, when room is scarce, by queue priority.
@@ -181,10 +186,7 @@ class Dispatcher(pykka.ThreadingActor):
                 queue,
             )
         self.ctx.metrics.runs_in_flight.set(len(self.held))
-        if full_page and admitted:
-            # More runs are probably due. Poll for them as soon as these are taken: sooner,
-            # the server would answer with these same runs, still Scheduled.
-            self.taking[queue] = {run.id for run in admitted}
+        self.pages.found(queue, (run.id for run in admitted), full_page)
         return len(admitted)
 
     # -- what the supervisors report ---------------------------------------------------------------
@@ -239,14 +241,11 @@ class Dispatcher(pykka.ThreadingActor):
         )
 
     def _taken(self, run_id: str) -> None:
-        """A run's Pending is settled; when a full page's runs all are, poll that queue again."""
-        for queue, waiting in list(self.taking.items()):
-            waiting.discard(run_id)
-            if not waiting:
-                del self.taking[queue]
-                watcher = self.watchers.get(queue)
-                if watcher is not None:
-                    tell_if_alive(watcher, Poll())
+        """A run's Pending is settled; a draining queue may be due its next page."""
+        for queue in self.pages.taken(run_id):
+            watcher = self.watchers.get(queue)
+            if watcher is not None:
+                tell_if_alive(watcher, Poll())
 
     def _wake_starved(self, by_priority: bool = True) -> None:
         if by_priority and self.priorities and self.starved:
@@ -290,6 +289,7 @@ class Dispatcher(pykka.ThreadingActor):
             self.watchers[queue] = ref
         else:
             self.watchers.pop(queue, None)
+            self.pages.forget(queue)
             self.starved.discard(queue)
             self.priorities.pop(queue, None)
             self.drained.discard(queue)

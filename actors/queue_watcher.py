@@ -1,10 +1,10 @@
 """QueueWatcher: one per work queue; asks the server for due runs and hands them on.
 
 Its rhythm is adaptive: a full page that brought new runs means more are probably waiting, so
-the Dispatcher wakes it with `Poll` as soon as that page's runs are taken (sooner, the server
-would answer with the same runs, still Scheduled); an empty or partial page means the queue is
-drained, so it waits the query interval. It never asks for more runs than the Dispatcher could
-admit right now, and is woken too when a slot frees. A paused queue is noted once, not per poll.
+the Dispatcher wakes it with `Poll` while the last round of that page's runs is being taken
+(see `actors/paging.py`); an empty or partial page means the queue is drained, so it waits the
+query interval. It never asks for more runs than the Dispatcher could admit right now, and is
+woken too when a slot frees. A paused queue is noted once, not per poll.
 
 A queue of a work pool (`--pool`) is read and polled through the pool's endpoints; the pool's
 pause stops it like its own, and the pool's limit and the queue's priority travel with
@@ -128,7 +128,7 @@ class QueueWatcher(pykka.ThreadingActor):
 
     def _poll_once(self) -> float:
         """One round trip; the seconds until the next poll at the latest. After a full page
-        that brought new runs, the Dispatcher wakes the watcher once they are taken."""
+        that brought new runs, the Dispatcher wakes the watcher as they are being taken."""
         interval = self.ctx.settings.query_interval
         pool: WorkPool | None = None
         if self.pool_name is not None:
@@ -176,7 +176,7 @@ class QueueWatcher(pykka.ThreadingActor):
             # A full page of runs we already hold, whose Pending has not landed yet: more
             # runs may wait behind them, so look again soon rather than a whole interval later.
             return min(FULL_PAGE_RECHECK_SECONDS, interval)
-        # After a full page, the Dispatcher sends Poll as soon as its runs are taken.
+        # After a full page, the Dispatcher sends Poll while its last runs are being taken.
         return interval
 
     def _nothing_due(self) -> None:

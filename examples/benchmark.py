@@ -119,6 +119,8 @@ class DrainResult:
     ceiling_retries: int | None = None  # 503s (SQLite locked) the ceiling's client retried
     # The drain itself, on the server's clock: runs after the first / (last pid - first Pending)
     steady_runs_per_second: float | None = None
+    # poll->Pending of the runs the agent's first poll found: no backlog of its own ahead
+    median_first_poll_to_pending_ms: float | None = None
 
 
 @dataclass
@@ -710,10 +712,10 @@ def steady_rate(
     return (len(pids) - 1) / seconds if seconds > 0 else None
 
 
-def drain_ceiling(server: Server, runs: int) -> DrainResult:
+def drain_ceiling(server: Server, runs: int, round_index: int = 0) -> DrainResult:
     """The two calls every agent must make per run, and nothing else, at bounded concurrency."""
-    queue = f"bench-{server.tag}-ceiling-drain"
-    deployment = server.deployment(f"ceiling-drain-{server.tag}", queue, ["true"])
+    queue = f"bench-{server.tag}-ceiling-drain{round_index + 1}"
+    deployment = server.deployment(f"ceiling-drain{round_index + 1}-{server.tag}", queue, ["true"])
     run_ids = server.create_runs(deployment, runs)
 
     def take(run_id: str) -> bool:
@@ -756,13 +758,15 @@ def drain_agent(
     runs: int,
     timeout: float,
     work_dir: Path,
+    round_index: int = 0,
 ) -> DrainResult:
     """Runs/s from the agent's start to its last pid, and poll->Pending from its log.
 
     The runs exist before the agent starts, so its start-up counts as users feel it.
     """
-    queue = f"bench-{server.tag}-{contender.name}-drain"
-    deployment = server.deployment(f"{contender.name}-drain-{server.tag}", queue, ["true"])
+    label = f"{contender.name}-drain{round_index + 1}"
+    queue = f"bench-{server.tag}-{label}"
+    deployment = server.deployment(f"{label}-{server.tag}", queue, ["true"])
     run_ids = server.create_runs(deployment, runs)
     day = datetime.now().date()  # the official agent logs local time
     started_wall = datetime.now(UTC)
@@ -807,6 +811,12 @@ def drain_agent(
         for run in progress.pids
         if run in pending and run in found
     ]
+    first_found = min(found.values(), default=None)
+    first_poll = [
+        (pending[run] - found[run]).total_seconds() * 1000
+        for run in progress.pids
+        if run in pending and found.get(run) == first_found
+    ]
     return DrainResult(
         contender=contender.name,
         steady_runs_per_second=steady,
@@ -817,6 +827,7 @@ def drain_agent(
         timed_out=progress.timed_out,
         first_pid_seconds=first,
         median_poll_to_pending_ms=statistics.median(latencies) if latencies else None,
+        median_first_poll_to_pending_ms=statistics.median(first_poll) if first_poll else None,
         latency_samples=len(latencies),
         agent_cpu_seconds=cpu_seconds,
         log_path=str(log),
@@ -864,6 +875,9 @@ def footprint_agent(
     process, log = launch(guard, contender, server.api_url, queue, work_dir, limit=runs)
 
     def remember(pids: dict[str, tuple[str, datetime]]) -> None:
+        # From /proc, not the server: while runs are being taken the benchmark only counts
+        # them (reading up to N runs a second held a 1,000-run wait to a third of its pace).
+        guard.remember_descendants(process)
         guard.remember_flows(local_pids(pid for pid, _ in pids.values()))
 
     stop_seconds = 0.0
@@ -878,8 +892,11 @@ def footprint_agent(
             process=process,
             log=log,
             on_poll=remember,
+            cheap=True,
         )
         waited = time.monotonic() - began
+        if progress.timed_out:  # counted, not read, while it waited: the pids taken so far
+            progress.pids.update(server.runs_with_pid(queue, run_ids))
         guard.remember_descendants(process)
         flows = set(local_pids(pid for pid, _ in progress.pids.values()))
         measured = agent_processes(process, flows)
@@ -954,28 +971,31 @@ def _drain_rate(drain: DrainResult | None) -> float | None:
     return drain.steady_runs_per_second
 
 
+def _paired_ratio(rounds: dict[str, list[DrainResult]], ours: str, theirs: str) -> float | None:
+    """The median over rounds of (ours / theirs) within a round: two contenders measured
+    minutes apart share the machine's and the server's drift, so their ratio is steadier than
+    the ratio of their medians. A contender measured in one round only is paired with it."""
+    mine, other = rounds.get(ours, []), rounds.get(theirs, [])
+    pairs = [_ratio(_drain_rate(a), _drain_rate(b)) for a, b in zip(mine, other, strict=False)]
+    if len(other) == 1 and len(mine) > 1:
+        pairs = [_ratio(_drain_rate(a), _drain_rate(other[0])) for a in mine]
+    known = [p for p in pairs if p is not None]
+    return statistics.median(known) if known else None
+
+
 def ratios(
-    drains: dict[str, DrainResult], footprints: dict[str, FootprintResult]
+    rounds: dict[str, list[DrainResult]], footprints: dict[str, FootprintResult]
 ) -> dict[str, dict[str, float | None]]:
     """Per contender: drain vs the ceiling, and ours divided by it (drain, RSS, CPU)."""
-    ceiling = drains.get("ceiling")
-    ours_drain = drains.get("ours")
     ours_fp = footprints.get("ours")
     table: dict[str, dict[str, float | None]] = {}
     for name in ALL_CONTENDERS:
-        drain = drains.get(name)
         fp = footprints.get(name)
-        if drain is None and fp is None:
+        if name not in rounds and fp is None:
             continue
         table[name] = {
-            "drain_vs_ceiling": _ratio(
-                _drain_rate(drain),
-                _drain_rate(ceiling),
-            ),
-            "ours_over_this_drain": _ratio(
-                _drain_rate(ours_drain),
-                _drain_rate(drain),
-            ),
+            "drain_vs_ceiling": _paired_ratio(rounds, name, "ceiling"),
+            "ours_over_this_drain": _paired_ratio(rounds, "ours", name),
             "ours_over_this_rss": _ratio(
                 ours_fp.rss_mib if ours_fp else None, fp.rss_mib if fp else None
             ),
@@ -986,19 +1006,28 @@ def ratios(
     return table
 
 
+def median_round(results: list[DrainResult]) -> DrainResult:
+    """The round whose drain rate is the median (the lower one of an even count): the row
+    the table shows, a real measurement rather than an average of several."""
+    ranked = sorted(results, key=lambda r: _drain_rate(r) or 0.0)
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
 def render(
-    drains: dict[str, DrainResult],
+    rounds: dict[str, list[DrainResult]],
     footprints: dict[str, FootprintResult],
     args: argparse.Namespace,
 ) -> str:
-    table = ratios(drains, footprints)
+    table = ratios(rounds, footprints)
+    drains = {name: median_round(results) for name, results in rounds.items()}
     headers = [
         "contender",
         "drain runs/s",
+        "each round",
         "from start",
         "took s",
         "runs w/ pid",
@@ -1006,6 +1035,7 @@ def render(
         "ours/this",
         "agent CPU s",
         "poll->Pending ms",
+        "first poll",
         "in flight",
         "RSS MiB",
         "ours/this",
@@ -1026,6 +1056,7 @@ def render(
             [
                 name,
                 _fmt(_drain_rate(drain), ".1f"),
+                " ".join(_fmt(_drain_rate(r), ".1f") for r in rounds.get(name, [])) or "-",
                 _fmt(drain.runs_per_second if drain else None, ".1f"),
                 _fmt(drain.elapsed_seconds if drain else None, ".1f"),
                 done,
@@ -1033,6 +1064,7 @@ def render(
                 _fmt(row["ours_over_this_drain"], ".2f", "x"),
                 _fmt(drain.agent_cpu_seconds if drain else None, ".1f"),
                 _fmt(drain.median_poll_to_pending_ms if drain else None, ".0f"),
+                _fmt(drain.median_first_poll_to_pending_ms if drain else None, ".0f"),
                 flight,
                 _fmt(fp.rss_mib if fp else None, ".1f"),
                 _fmt(row["ours_over_this_rss"], ".2f", "x"),
@@ -1067,7 +1099,11 @@ def footnotes(
     notes += [
         "",
         f"drain: {args.runs} runs due now per contender, command `true`, each contender on a "
-        "fresh queue, started after its runs exist.",
+        "fresh queue, started after its runs exist; --rounds "
+        f"{args.rounds}: every contender drains once a round, the order turned by one each "
+        "round (the official agent at its defaults in the first round only: its pace is its "
+        "15 s interval). The row is the contender's median round; 'each round' lists them "
+        "all, in order.",
         "  drain runs/s = (runs with an infrastructure_pid - 1) / (server `updated` time of "
         "the last pid PATCH - server timestamp of the first PENDING state): the pace once the "
         "contender takes runs, on the server's clock, the same for every contender (the "
@@ -1080,14 +1116,19 @@ def footnotes(
         "the queue's runs past Scheduled, and once all are, POST /flow_runs/filter for their "
         "pids; the end is the server's record, so a slower look loses no precision and leaves "
         "the server to the contender (reading every run each second cost it a tenth of its time).",
-        "  vs ceiling = this / ceiling; ours/this = ours / this (above 1: ours is faster).",
+        "  vs ceiling = this / ceiling; ours/this = ours / this (above 1: ours is faster); "
+        "each the median over rounds of the ratio within a round, since the server's pace "
+        "drifts between rounds (the ceiling's own spread is in its row).",
         "  agent CPU s = utime+stime of the agent process from its start to the end of the "
         "drain (start-up included).",
         "  poll->Pending = median over runs of (server timestamp of the run's PENDING state, "
         "GET /flow_run_states) - (time the poll's answer that brought the run arrived: the "
         "first of the block of 'submitting flow run ID' lines (ours, at its default INFO "
         "level) or 'Submitting flow run ID' lines (official) each agent logs for a poll's "
-        "runs before proposing any Pending); same host and clock, 1 ms log resolution.",
+        "runs before proposing any Pending); same host and clock, 1 ms log resolution. "
+        "During a drain a poll's runs queue behind the agent's own earlier runs (and the "
+        "next page is asked for while the last round is with the server); 'first poll' is "
+        "the same median over the runs of the contender's first poll, with nothing ahead.",
     ]
     if footprints:
         notes += [
@@ -1142,6 +1183,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=100, help="runs per contender to drain")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="drain rounds per contender; the table shows the median (the server's pace "
+        "varies by a third between drains on a small machine)",
+    )
+    parser.add_argument(
         "--inflight", type=int, default=200, help="runs in flight for the footprint"
     )
     parser.add_argument("--parts", default=",".join(ALL_PARTS), help="drain,footprint")
@@ -1166,8 +1214,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.load_before = _load()
     args.part_list = _names(args.parts, ALL_PARTS, parser)
     args.contender_list = _names(args.contenders, ALL_CONTENDERS, parser)
-    if args.runs < 1 or args.inflight < 1:
-        parser.error("--runs and --inflight must be at least 1")
+    if args.runs < 1 or args.inflight < 1 or args.rounds < 1:
+        parser.error("--runs, --inflight and --rounds must be at least 1")
     return args
 
 
@@ -1209,26 +1257,41 @@ def _reported(
     return data
 
 
+def drain_order(contenders: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, contender) in the order they drain: every round turns the order by one, so no
+    contender always follows the same one onto a server still busy with its runs; the
+    official agent at its defaults drains in the first round only (a 15 s poll sets its pace,
+    and a round of it takes minutes)."""
+    order = []
+    for index in range(rounds):
+        shift = index % len(contenders)
+        for name in contenders[shift:] + contenders[:shift]:
+            if name != "official" or index == 0:
+                order.append((index, name))
+    return order
+
+
 def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: Path) -> int:
     server = Server(api_url, args.poll_interval)
-    drains: dict[str, DrainResult] = {}
+    rounds: dict[str, list[DrainResult]] = {}
     footprints: dict[str, FootprintResult] = {}
     try:
         if "drain" in args.part_list:
-            for name in args.contender_list:
-                say(f"drain: {name} ({args.runs} runs)...")
+            for index, name in drain_order(args.contender_list, args.rounds):
+                say(f"drain, round {index + 1}/{args.rounds}: {name} ({args.runs} runs)...")
                 if name == "ceiling":
-                    drains[name] = drain_ceiling(server, args.runs)
+                    d = drain_ceiling(server, args.runs, index)
                 else:
-                    drains[name] = drain_agent(
+                    d = drain_agent(
                         server,
                         guard,
                         CONTENDERS[name],
                         runs=args.runs,
                         timeout=args.drain_timeout,
                         work_dir=work_dir,
+                        round_index=index,
                     )
-                d = drains[name]
+                rounds.setdefault(name, []).append(d)
                 steady = _fmt(d.steady_runs_per_second, ".1f")
                 say(
                     f"  {d.runs_with_pid}/{d.runs} in {d.elapsed_seconds:.1f}s = "
@@ -1259,7 +1322,8 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
         if args.api:
             server.delete_everything()
         server.close()
-    print(render(drains, footprints, args), flush=True)
+    drains = {name: median_round(results) for name, results in rounds.items()}
+    print(render(rounds, footprints, args), flush=True)
     if args.json:
         report = {
             "api_url": api_url,
@@ -1269,6 +1333,7 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
                 "parts": args.part_list,
                 "contenders": args.contender_list,
                 "drain_timeout": args.drain_timeout,
+                "rounds": args.rounds,
                 "footprint_timeout": args.footprint_timeout,
                 "cpu_window": args.cpu_window,
                 "cpus": os.cpu_count(),
@@ -1280,10 +1345,11 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
                 name: {
                     "describe": CONTENDERS[name].describe,
                     "drain": _reported(drains.get(name), args.keep_logs),
+                    "drain_rounds": [_drain_rate(r) for r in rounds.get(name, [])],
                     "footprint": _reported(footprints.get(name), args.keep_logs),
                     "ratios": row,
                 }
-                for name, row in ratios(drains, footprints).items()
+                for name, row in ratios(rounds, footprints).items()
             },
             "footnotes": footnotes(drains, footprints, args),
         }

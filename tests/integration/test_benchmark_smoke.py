@@ -33,6 +33,8 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
             api_url,
             "--runs",
             "20",
+            "--rounds",
+            "2",
             "--inflight",
             "20",
             "--cpu-window",
@@ -64,6 +66,9 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
         assert drain["runs_with_pid"] > 0
         assert drain["runs_per_second"] > 0
         assert drain["steady_runs_per_second"] > 0
+        rates = data["contenders"][name]["drain_rounds"]
+        assert len(rates) == 2 and all(rate > 0 for rate in rates)
+        assert drain["steady_runs_per_second"] == min(rates)  # of two rounds, the lower median
     footprint = data["contenders"]["ours"]["footprint"]
     assert footprint["in_flight"] > 0
     assert footprint["rss_mib"] > 0

@@ -1,0 +1,56 @@
+"""When a draining queue is polled for its next page: before its last runs are taken, once."""
+
+from actors.paging import PageTracker
+
+PAGE = [f"run-{n}" for n in range(16)]
+
+
+def test_a_full_page_polls_again_once_few_enough_runs_wait() -> None:
+    pages = PageTracker(wake_at=4)
+    pages.found("q", PAGE, full_page=True)
+    woken = [pages.taken(run) for run in PAGE]
+    # 16 waiting: the 12th run taken leaves 4, which is when the next page is asked for.
+    assert woken[:11] == [[]] * 11
+    assert woken[11] == ["q"]
+    assert woken[12:] == [[]] * 4  # once per page, not once per run after that
+
+
+def test_the_next_poll_asks_for_the_runs_still_waiting_on_top_of_its_page() -> None:
+    pages = PageTracker(wake_at=4)
+    pages.found("q", PAGE, full_page=True)
+    for run in PAGE[:12]:
+        pages.taken(run)
+    assert pages.repeated("q") == 4  # still Scheduled on the server: the answer repeats them
+    pages.found("q", [f"next-{n}" for n in range(16)], full_page=True)
+    assert pages.repeated("q") == 20
+    woken = [pages.taken(run) for run in [*PAGE[12:], *(f"next-{n}" for n in range(16))]]
+    assert woken.count(["q"]) == 1  # the second page wakes the queue again, once
+
+
+def test_a_page_that_was_not_full_means_drained_and_wakes_nothing() -> None:
+    pages = PageTracker(wake_at=4)
+    pages.found("q", PAGE[:5], full_page=False)
+    assert [pages.taken(run) for run in PAGE[:5]] == [[]] * 5
+    assert pages.repeated("q") == 0
+
+
+def test_a_full_page_of_runs_already_held_changes_nothing() -> None:
+    pages = PageTracker(wake_at=4)
+    pages.found("q", PAGE, full_page=True)
+    for run in PAGE[:12]:
+        pages.taken(run)
+    pages.found("q", [], full_page=True)  # the same runs again, none admitted
+    assert [pages.taken(run) for run in PAGE[12:]] == [[]] * 4
+    assert pages.repeated("q") == 0
+
+
+def test_queues_are_woken_independently_and_a_forgotten_one_never() -> None:
+    pages = PageTracker(wake_at=0)
+    pages.found("a", ["a1", "a2"], full_page=True)
+    pages.found("b", ["b1"], full_page=True)
+    pages.found("c", ["c1"], full_page=True)
+    pages.forget("c")
+    assert pages.taken("a1") == []
+    assert pages.taken("b1") == ["b"]
+    assert pages.taken("a2") == ["a"]
+    assert pages.taken("c1") == []
