@@ -712,11 +712,20 @@ def steady_rate(
     return (len(pids) - 1) / seconds if seconds > 0 else None
 
 
+def drain_queue(
+    server: Server, contender: str, round_index: int, runs: int
+) -> tuple[str, list[str]]:
+    """A fresh queue of `runs` due runs whose command is `true`, for one contender's round
+    (names are unique per round: a server keeps the deployments and blocks of earlier ones)."""
+    label = f"{contender}-drain{round_index + 1}"
+    queue = f"bench-{server.tag}-{label}"
+    deployment = server.deployment(f"{label}-{server.tag}", queue, ["true"])
+    return queue, server.create_runs(deployment, runs)
+
+
 def drain_ceiling(server: Server, runs: int, round_index: int = 0) -> DrainResult:
     """The two calls every agent must make per run, and nothing else, at bounded concurrency."""
-    queue = f"bench-{server.tag}-ceiling-drain{round_index + 1}"
-    deployment = server.deployment(f"ceiling-drain{round_index + 1}-{server.tag}", queue, ["true"])
-    run_ids = server.create_runs(deployment, runs)
+    queue, run_ids = drain_queue(server, "ceiling", round_index, runs)
 
     def take(run_id: str) -> bool:
         pending = {"state": {"type": "PENDING", "name": "Pending"}}
@@ -764,10 +773,7 @@ def drain_agent(
 
     The runs exist before the agent starts, so its start-up counts as users feel it.
     """
-    label = f"{contender.name}-drain{round_index + 1}"
-    queue = f"bench-{server.tag}-{label}"
-    deployment = server.deployment(f"{label}-{server.tag}", queue, ["true"])
-    run_ids = server.create_runs(deployment, runs)
+    queue, run_ids = drain_queue(server, contender.name, round_index, runs)
     day = datetime.now().date()  # the official agent logs local time
     started_wall = datetime.now(UTC)
     process, log = launch(guard, contender, server.api_url, queue, work_dir)
@@ -1019,11 +1025,12 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def render(
     rounds: dict[str, list[DrainResult]],
+    drains: dict[str, DrainResult],
     footprints: dict[str, FootprintResult],
-    args: argparse.Namespace,
+    table: dict[str, dict[str, float | None]],
+    notes: list[str],
 ) -> str:
-    table = ratios(rounds, footprints)
-    drains = {name: median_round(results) for name, results in rounds.items()}
+    """The table (a row per contender: its median round, `table`'s ratios) and its notes."""
     headers = [
         "contender",
         "drain runs/s",
@@ -1082,7 +1089,7 @@ def render(
 
     lines = [line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
     lines.append("")
-    lines.extend(footnotes(drains, footprints, args))
+    lines.extend(notes)
     return "\n".join(lines)
 
 
@@ -1323,7 +1330,9 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
             server.delete_everything()
         server.close()
     drains = {name: median_round(results) for name, results in rounds.items()}
-    print(render(rounds, footprints, args), flush=True)
+    table = ratios(rounds, footprints)
+    notes = footnotes(drains, footprints, args)
+    print(render(rounds, drains, footprints, table, notes), flush=True)
     if args.json:
         report = {
             "api_url": api_url,
@@ -1349,9 +1358,9 @@ def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: P
                     "footprint": _reported(footprints.get(name), args.keep_logs),
                     "ratios": row,
                 }
-                for name, row in ratios(rounds, footprints).items()
+                for name, row in table.items()
             },
-            "footnotes": footnotes(drains, footprints, args),
+            "footnotes": notes,
         }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
