@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import urllib.request
 import uuid
 
 run_id = os.environ["PREFECT__FLOW_RUN_ID"]
@@ -37,6 +36,9 @@ def write_marker() -> None:
 
 
 def complete_on_server() -> None:
+    # Imported here: it takes half of a start-up, and most starts never call the server.
+    import urllib.request  # noqa: PLC0415
+
     body = json.dumps({"state": {"type": "COMPLETED", "name": "Completed"}, "force": True})
     # The URL is the agent's own PREFECT_API_URL (http): no file: or other scheme comes here.
     request = urllib.request.Request(  # noqa: S310
