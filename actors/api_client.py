@@ -27,6 +27,7 @@ import httpx
 from actors.server_version import ServerProfile, profile_for
 from messages.api import (
     AnyOf,
+    Before,
     BlockDocument,
     CreateWorkQueueRequest,
     Deployment,
@@ -338,6 +339,25 @@ class PrefectApi:
         """Runs of the queue due before `scheduled_before`; the server marks the queue polled."""
         request = GetRunsRequest(scheduled_before=scheduled_before, limit=limit)
         return self._call(list[FlowRun], "POST", f"work_queues/{queue_id}/get_runs", request)
+
+    def scheduled_runs(
+        self, queue_name: str, scheduled_before: datetime, limit: int
+    ) -> list[FlowRun]:
+        """The runs get_runs answers for a queue without a limit, in its order, read without
+        recording a poll: about half of get_runs' cost to the server, whose bookkeeping (queue
+        and deployments marked polled) is a write with events each time. Like get_runs, it
+        matches a run to the queue by name (2.20 and 3.x do: every pool's namesake queue too).
+        """
+        request = FlowRunFilterRequest(
+            flow_runs=FlowRunFilter(
+                state=FlowRunStateFilter(type=AnyOf(any_=["SCHEDULED"])),
+                work_queue_name=AnyOf(any_=[queue_name]),
+                next_scheduled_start_time=Before(before_=scheduled_before),
+            ),
+            sort="NEXT_SCHEDULED_START_TIME_ASC",
+            limit=limit,
+        )
+        return self._call(list[FlowRun], "POST", "flow_runs/filter", request)
 
     # -- flow runs ---------------------------------------------------------------------------------
 

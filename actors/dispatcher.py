@@ -65,7 +65,7 @@ class Dispatcher(pykka.ThreadingActor):
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
         # Runs of full pages whose Pending has not settled: when to poll for the next page.
-        self.pages = PageTracker(wake_at=ctx.settings.api_concurrency)
+        self.pages = PageTracker()
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
         self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)
@@ -120,13 +120,12 @@ class Dispatcher(pykka.ThreadingActor):
         runs of the queue's last page that are still Scheduled on the server (the answer
         repeats them; admission leaves them out).
 
-        A page is two rounds of the Pending proposals the API edge can make at once: small
-        enough that a run a poll brings is proposed within a round or two, not behind hundreds
-        of others. The watcher is woken for the next page while the last round of this one is
-        still with the server (see `actors/paging.py`), so the small page costs a drain little.
-        A page of one round woken at half of it let a poll's runs wait a fifth as long during
-        a drain, but doubled the polls (the dearest call the server has) and drained slower in
-        the benchmark; the drain rate won.
+        A page is small, so that a run a poll brings is proposed at once rather than behind
+        hundreds of others: one round of the Pending proposals the API edge makes at once
+        when the queue's next pages come by the cheap flow-run filter, two rounds when every
+        poll is a get_runs (the dearest call a drain makes: a page of one round doubled those
+        and drained slower in the benchmark). The watcher is woken for the next page while
+        the last half of this one is still with the server (see `actors/paging.py`).
         """
         queue = asked.queue_name
         room = free_slots(self.ctx.settings.limit, len(self.held))
@@ -135,7 +134,8 @@ class Dispatcher(pykka.ThreadingActor):
         if room == 0:
             self.starved.add(queue)
             return 0
-        page = 2 * self.ctx.settings.api_concurrency
+        page = (1 if asked.cheap_pages else 2) * self.ctx.settings.api_concurrency
+        self.pages.sized(queue, page)
         return (page if room is None else min(room, page)) + self.pages.repeated(queue)
 
     def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:

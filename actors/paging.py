@@ -5,8 +5,8 @@ A poll that filled its page probably left more runs due. Asking again at once wo
 same runs back (still Scheduled until their Pending lands); asking only once all of them are
 taken leaves the server a poll's round trip with next to nothing of this agent's to do, a
 quarter of a drain's time on a 2-core SQLite server (see the benchmark). So a queue is polled
-again once no more of its full pages' runs wait than `wake_at`: the answer arrives while the
-last of them are still with the server. Those runs are still listed as Scheduled, so the
+again once no more than half of its page's runs wait: the answer arrives while the last of
+them are still with the server. Those runs are still listed as Scheduled, so the
 next poll asks for them on top of its page and the Dispatcher leaves them out.
 """
 
@@ -18,10 +18,15 @@ from collections.abc import Iterable
 class PageTracker:
     """Runs of full pages whose Pending has not settled yet, per queue."""
 
-    def __init__(self, wake_at: int) -> None:
-        self.wake_at = wake_at
+    def __init__(self) -> None:
         self._waiting: dict[str, set[str]] = {}
         self._woken: set[str] = set()
+        self._wake_at: dict[str, int] = {}
+
+    def sized(self, queue: str, page: int) -> None:
+        """The page the queue's next poll asks for: once no more than half of it waits, the
+        queue is polled again (the half still with the server keeps it busy meanwhile)."""
+        self._wake_at[queue] = page // 2
 
     def repeated(self, queue: str) -> int:
         """Runs the queue's next poll will see again: its taken runs not yet past Scheduled."""
@@ -49,7 +54,7 @@ class PageTracker:
             waiting.discard(run_id)
             if not waiting:
                 del self._waiting[queue]
-            if len(waiting) <= self.wake_at and queue not in self._woken:
+            if len(waiting) <= self._wake_at.get(queue, 0) and queue not in self._woken:
                 self._woken.add(queue)
                 wake.append(queue)
         return wake
@@ -58,3 +63,4 @@ class PageTracker:
         """The queue is no longer watched."""
         self._waiting.pop(queue, None)
         self._woken.discard(queue)
+        self._wake_at.pop(queue, None)

@@ -1,10 +1,12 @@
 """QueueWatcher: one per work queue; asks the server for due runs and hands them on.
 
 Its rhythm is adaptive: a full page that brought new runs means more are probably waiting, so
-the Dispatcher wakes it with `Poll` while the last round of that page's runs is being taken
-(see `actors/paging.py`); an empty or partial page means the queue is drained, so it waits the
+the Dispatcher wakes it with `Poll` while the last of that page's runs are being taken (see
+`actors/paging.py`); an empty or partial page means the queue is drained, so it waits the
 query interval. It never asks for more runs than the Dispatcher could admit right now, and is
-woken too when a slot frees. A paused queue is noted once, not per poll.
+woken too when a slot frees. A paused queue is noted once, not per poll. Between the polls
+the server records (get_runs, once per query interval), a drain's pages come by the cheaper
+flow-run filter where that answers the same (see `actors/poll_route.py`).
 
 A queue of a work pool (`--pool`) is read and polled through the pool's endpoints; the pool's
 pause stops it like its own, and the pool's limit and the queue's priority travel with
@@ -22,6 +24,7 @@ import pykka
 
 from actors.api_client import ApiError
 from actors.context import AgentContext
+from actors.poll_route import filter_answers_like_get_runs, poll_by_filter
 from actors.refs import ask, tell_if_alive
 from actors.timers import Timer
 from messages.api import ApiDecodeError, FlowRun, WorkPool, WorkQueue
@@ -60,6 +63,8 @@ class QueueWatcher(pykka.ThreadingActor):
         self.pool_missing = False
         self.failures = 0
         self.polls = 0
+        self.recorded_poll_at: float | None = None  # monotonic time of the last get_runs
+        self.route = "get_runs"  # the request that brought the last page
         self.next_poll: Timer | None = None
         self.phase = "starting"
         self.since = time.time()
@@ -158,6 +163,7 @@ class QueueWatcher(pykka.ThreadingActor):
             pool=self.pool_name,
             pool_limit=pool.concurrency_limit if pool is not None else None,
             priority=queue.priority,
+            cheap_pages=self._filter_answers(queue),
         )
         room = ask(self.dispatcher, ask_room, int)
         if room == 0:
@@ -170,7 +176,9 @@ class QueueWatcher(pykka.ThreadingActor):
         if not runs:
             self._nothing_due()
             return interval
-        self.log.debug("found %d run(s) in work queue %r", len(runs), self.queue_name)
+        self.log.debug(
+            "found %d run(s) in work queue %r (%s)", len(runs), self.queue_name, self.route
+        )
         admitted = ask(self.dispatcher, RunsFound(self.queue_name, tuple(runs), full), int)
         if full and admitted == 0:
             # A full page of runs we already hold, whose Pending has not landed yet: more
@@ -187,9 +195,32 @@ class QueueWatcher(pykka.ThreadingActor):
 
     def _due_runs(self, queue: WorkQueue, room: int) -> list[FlowRun]:
         before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
-        if self.pool_name is None:
-            return self.ctx.api.get_runs(queue.id, before, room)
-        return self.ctx.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
+        if self.pool_name is not None:
+            self.route = "get_scheduled_flow_runs"
+            return self.ctx.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
+        now = time.monotonic()
+        since = None if self.recorded_poll_at is None else now - self.recorded_poll_at
+        by_filter = poll_by_filter(
+            queue,
+            in_pool=False,
+            filters_alike=self.ctx.api.server_profile().filters_runs_like_get_runs,
+            since_recorded_poll=since,
+            query_interval=self.ctx.settings.query_interval,
+        )
+        if by_filter:
+            self.route = "flow-run filter"
+            return self.ctx.api.scheduled_runs(queue.name, before, room)
+        self.route = "get_runs"
+        runs = self.ctx.api.get_runs(queue.id, before, room)
+        self.recorded_poll_at = now
+        return runs
+
+    def _filter_answers(self, queue: WorkQueue) -> bool:
+        return filter_answers_like_get_runs(
+            queue,
+            in_pool=self.pool_name is not None,
+            filters_alike=self.ctx.api.server_profile().filters_runs_like_get_runs,
+        )
 
     def _paused_by(self, queue: WorkQueue, pool: WorkPool | None) -> str:
         """What pauses this queue, in words, or '' when nothing does."""

@@ -32,6 +32,13 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True):
         return (self.major, self.minor) >= (2, 10)
 
     @property
+    def filters_runs_like_get_runs(self) -> bool:
+        """The flow-run filter can answer a queue's due runs as get_runs does: read in the
+        2.20 and 3.x servers' code (both match a run to its queue by name). Older servers
+        keep get_runs for every poll."""
+        return (self.major, self.minor) >= (2, 20)
+
+    @property
     def job_variables_style(self) -> bool:
         """Prefect 3: a run's process comes from the pool's job variables, not from a block."""
         return self.major >= 3

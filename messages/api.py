@@ -113,6 +113,8 @@ class WorkQueue(msgspec.Struct, frozen=True, kw_only=True):
     concurrency_limit: int | None = None
     work_pool_id: str | None = None
     priority: int | None = None  # within a work pool: 1 is served first
+    # A deprecated tag-based queue (2.x) selects runs by this; only get_runs can apply it.
+    filter: dict[str, Any] | None = None
 
 
 class WorkPool(msgspec.Struct, frozen=True, kw_only=True):
@@ -247,10 +249,15 @@ class FlowRunStateFilter(msgspec.Struct, frozen=True, kw_only=True, omit_default
     name: AnyOf | None = None
 
 
+class Before(msgspec.Struct, frozen=True, kw_only=True):
+    before_: datetime
+
+
 class FlowRunFilter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     state: FlowRunStateFilter | None = None
     work_queue_name: AnyOf | None = None
     id: AnyOf | None = None
+    next_scheduled_start_time: Before | None = None
 
 
 class WorkPoolFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -265,6 +272,7 @@ class FlowRunFilterRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defau
     limit: int
     offset: int = 0
     work_pools: WorkPoolFilter | None = None
+    sort: str | None = None  # a FlowRunSort name; the server's default is ID_DESC
 
 
 class FlowRunUpdate(msgspec.Struct, frozen=True, kw_only=True):

@@ -47,6 +47,9 @@ class FreeSlots(msgspec.Struct, frozen=True):
     pool: str | None = None  # the queue's work pool, when the agent serves one (--pool)
     pool_limit: int | None = None  # the pool's concurrency limit, as last read
     priority: int | None = None  # the queue's priority in its pool (1 goes first)
+    # The queue's next pages come by the cheap flow-run filter (`actors/poll_route.py`), so
+    # a smaller page costs a drain little and its runs wait less.
+    cheap_pages: bool = False
 
 
 class RunFinished(msgspec.Struct, frozen=True):

@@ -16,8 +16,14 @@ from messages.api import FlowRun
 from messages.control import HeldRuns
 from messages.runs import RunsFound
 from tests.conftest import AgentFactory, ThreadAgent
-from tests.integration.helpers import command_starts, deploy_marker_command, states
+from tests.integration.helpers import (
+    command_markers,
+    command_starts,
+    deploy_marker_command,
+    states,
+)
 from tests.support.prefect_objects import (
+    call_api,
     create_run,
     create_runs,
     pause_queue,
@@ -129,3 +135,42 @@ def test_a_page_of_runs_of_one_deployment_reads_it_once(
 
     wait_for(lambda: len(command_starts(markers)) == len(runs), 60, "every run to start")
     assert sorted(reads) == ["block_documents", "deployments"], reads
+
+
+def test_a_drain_reads_its_next_pages_by_filter_and_the_queue_is_still_marked_polled(
+    library_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    """Between the polls the server records (get_runs), a drain's pages come by the cheaper
+    flow-run filter; each run still starts once, and the queue shows as polled."""
+    runs = create_runs(api_url, deploy_marker_command(api_url, queue, markers), 40)
+
+    agent = library_agent(work_queues=(queue,))
+    wait_for(lambda: set(command_starts(markers)) >= set(runs), 90, "every run to start")
+    logs = agent.logs()
+    assert f"in work queue {queue!r} (get_runs)" in logs  # the poll the server records
+    assert f"in work queue {queue!r} (flow-run filter)" in logs  # the pages after it
+    assert call_api(api_url, "GET", f"/work_queues/name/{queue}")["last_polled"] is not None
+    assert set(command_starts(markers).values()) == {1}
+    assert "SCHEDULED" not in states(api_url, runs).values()
+
+
+def test_a_queue_concurrency_limit_holds_through_a_drain(
+    library_agent: AgentFactory, api_url: str, queue: str, markers: Path
+) -> None:
+    """Only get_runs applies a queue's limit: a limited queue is never read by the filter."""
+    deployment = deploy_marker_command(api_url, queue, markers, "0.5", env={"MARKER_COMPLETE": "1"})
+    queue_id = call_api(api_url, "GET", f"/work_queues/name/{queue}")["id"]
+    call_api(api_url, "PATCH", f"/work_queues/{queue_id}", {"concurrency_limit": 2})
+    runs = create_runs(api_url, deployment, 6)
+
+    agent = library_agent(work_queues=(queue,), query_interval=0.5)
+
+    def ended() -> list[dict[str, Any]]:
+        found = [command_markers(markers, run) for run in runs]
+        done = all(len(seen) == 1 and "end" in seen[0] for seen in found)
+        return [seen[0] for seen in found] if done else []
+
+    spans = [(m["time"], m["end"]) for m in wait_for(ended, 90, "all six runs to end")]
+    at_once = max(sum(1 for start, end in spans if start <= t < end) for t, _ in spans)
+    assert at_once <= 2, f"a queue limited to 2 ran {at_once} at once: {sorted(spans)}"
+    assert "(flow-run filter)" not in agent.logs()

@@ -1,5 +1,6 @@
-"""Which server the agent talks to decides two things: work pools, and where a run's process
-comes from. Versions it does not know are served as the nearest known one, with a warning."""
+"""Which server the agent talks to decides three things: work pools, where a run's process
+comes from, and whether a drain's pages may come by the flow-run filter. Versions it does not
+know are served as the nearest known one, with a warning."""
 
 import pytest
 
@@ -42,3 +43,13 @@ def test_a_2_7_deployment_with_only_infra_overrides_decodes_and_keeps_them() -> 
     deployment = decode(Deployment, body)
     assert deployment.overrides == {"env.A": "1"}
     assert deployment.job_variables is None
+
+
+@pytest.mark.parametrize(
+    ("version", "alike"),
+    [("2.7.12", False), ("2.19.9", False), ("2.20.27", True), ("3.9.1", True), ("nightly", True)],
+)
+def test_the_flow_run_filter_stands_in_for_get_runs_only_where_it_was_checked(
+    version: str, alike: bool
+) -> None:
+    assert profile_for(version).filters_runs_like_get_runs is alike

@@ -1,0 +1,42 @@
+"""Which request brings a work queue's next page of runs: a pure decision.
+
+`get_runs` is what the server counts as a poll: it marks the queue and its deployments polled
+(the status the UI shows), and it alone applies a queue's concurrency limit and a deprecated
+tag-based queue's filter. That bookkeeping is a write with events on every call, which makes
+it the dearest request a drain makes. The flow-run filter reads the same Scheduled runs of
+the queue, in the same order, for about half the server's time.
+
+So a drain asks get_runs once per query interval, and asks the filter for the pages in
+between, where the filter gives the same answer: a plain queue (not a pool's, whose endpoint
+also applies the pool's limit and the queues' priorities), without a limit or a tag filter,
+on a server whose code was read to match (`ServerProfile.filters_runs_like_get_runs`). A
+pause is seen within the second the watcher reads its queue again.
+"""
+
+from __future__ import annotations
+
+from messages.api import WorkQueue
+
+
+def filter_answers_like_get_runs(queue: WorkQueue, *, in_pool: bool, filters_alike: bool) -> bool:
+    """Whether the flow-run filter answers for this queue what get_runs would."""
+    return (
+        filters_alike and not in_pool and queue.concurrency_limit is None and queue.filter is None
+    )
+
+
+def poll_by_filter(
+    queue: WorkQueue,
+    *,
+    in_pool: bool,
+    filters_alike: bool,
+    since_recorded_poll: float | None,
+    query_interval: float,
+) -> bool:
+    """Whether this poll may skip the server's poll record: the filter answers the same, and
+    get_runs recorded a poll of the queue less than a query interval ago (None: never)."""
+    return (
+        since_recorded_poll is not None
+        and since_recorded_poll < query_interval
+        and filter_answers_like_get_runs(queue, in_pool=in_pool, filters_alike=filters_alike)
+    )
