@@ -262,6 +262,10 @@ class PrefectApi:
             self._profile = profile_for(version)
         return self._profile
 
+    def known_profile(self) -> ServerProfile | None:
+        """The profile if the version was read already; never a request."""
+        return self._profile
+
     # -- work pools --------------------------------------------------------------------------------
 
     def read_work_pool(self, name: str) -> WorkPool | None:
