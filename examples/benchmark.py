@@ -1134,7 +1134,7 @@ def footnotes(
         "level) or 'Submitting flow run ID' lines (official) each agent logs for a poll's "
         "runs before proposing any Pending); same host and clock, 1 ms log resolution. "
         "During a drain a poll's runs queue behind the agent's own earlier runs (and the "
-        "next page is asked for while the last round is with the server); 'first poll' is "
+        "next page is asked for while the last half of a page is with the server); 'first poll' is "
         "the same median over the runs of the contender's first poll, with nothing ahead.",
     ]
     if footprints:
