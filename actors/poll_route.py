@@ -10,7 +10,8 @@ So a drain asks get_runs once per query interval, and asks the filter for the pa
 between, where the filter gives the same answer: a plain queue (not a pool's, whose endpoint
 also applies the pool's limit and the queues' priorities), without a limit or a tag filter,
 on a server whose code was read to match (`ServerProfile.filters_runs_like_get_runs`). A
-pause is seen within the second the watcher reads its queue again.
+pause, or a limit set during a drain, is seen within a second: the watcher reads its queue
+again at most that long after.
 """
 
 from __future__ import annotations
@@ -26,17 +27,10 @@ def filter_answers_like_get_runs(queue: WorkQueue, *, in_pool: bool, filters_ali
 
 
 def poll_by_filter(
-    queue: WorkQueue,
-    *,
-    in_pool: bool,
-    filters_alike: bool,
-    since_recorded_poll: float | None,
-    query_interval: float,
+    *, filter_answers: bool, since_recorded_poll: float | None, query_interval: float
 ) -> bool:
     """Whether this poll may skip the server's poll record: the filter answers the same, and
     get_runs recorded a poll of the queue less than a query interval ago (None: never)."""
     return (
-        since_recorded_poll is not None
-        and since_recorded_poll < query_interval
-        and filter_answers_like_get_runs(queue, in_pool=in_pool, filters_alike=filters_alike)
+        filter_answers and since_recorded_poll is not None and since_recorded_poll < query_interval
     )

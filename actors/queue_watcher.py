@@ -201,9 +201,7 @@ class QueueWatcher(pykka.ThreadingActor):
         now = time.monotonic()
         since = None if self.recorded_poll_at is None else now - self.recorded_poll_at
         by_filter = poll_by_filter(
-            queue,
-            in_pool=False,
-            filters_alike=self._filters_alike(),
+            filter_answers=self._filter_answers(queue),
             since_recorded_poll=since,
             query_interval=self.ctx.settings.query_interval,
         )
@@ -215,16 +213,13 @@ class QueueWatcher(pykka.ThreadingActor):
         self.recorded_poll_at = now
         return runs
 
-    def _filters_alike(self) -> bool:
+    def _filter_answers(self, queue: WorkQueue) -> bool:
         """Until the Agent has read the server's version, every poll is a get_runs."""
         profile = self.ctx.api.known_profile()
-        return profile is not None and profile.filters_runs_like_get_runs
-
-    def _filter_answers(self, queue: WorkQueue) -> bool:
         return filter_answers_like_get_runs(
             queue,
             in_pool=self.pool_name is not None,
-            filters_alike=self._filters_alike(),
+            filters_alike=profile is not None and profile.filters_runs_like_get_runs,
         )
 
     def _paused_by(self, queue: WorkQueue, pool: WorkPool | None) -> str:

@@ -9,19 +9,27 @@ from messages.api import WorkQueue
 PLAIN = WorkQueue(id="q-id", name="q")
 
 
-def by_filter(queue: WorkQueue = PLAIN, **overrides: object) -> bool:
-    options: dict[str, object] = {
-        "in_pool": False,
-        "filters_alike": True,
-        "since_recorded_poll": 2.0,
-        "query_interval": 15.0,
-    }
-    options.update(overrides)
-    return poll_by_filter(queue, **options)  # type: ignore[arg-type]
+def test_a_plain_queue_on_a_checked_server_is_answered_alike_by_the_filter() -> None:
+    assert filter_answers_like_get_runs(PLAIN, in_pool=False, filters_alike=True)
 
 
-def test_a_plain_queue_polled_lately_is_read_by_the_filter() -> None:
-    assert by_filter()
+@pytest.mark.parametrize(
+    ("queue", "in_pool", "filters_alike", "why"),
+    [
+        (WorkQueue(id="q-id", name="q", concurrency_limit=2), False, True, "only get_runs limits"),
+        (WorkQueue(id="q-id", name="q", filter={"tags": ["x"]}), False, True, "tag-based queue"),
+        (PLAIN, True, True, "the pool's endpoint applies pool limit and priorities"),
+        (PLAIN, False, False, "a server older than 2.20 (unread code), or not yet read"),
+    ],
+)
+def test_every_poll_is_get_runs_where_the_filter_would_answer_otherwise(
+    queue: WorkQueue, in_pool: bool, filters_alike: bool, why: str
+) -> None:
+    assert not filter_answers_like_get_runs(queue, in_pool=in_pool, filters_alike=filters_alike)
+    for since in (None, 0.0, 1.0):
+        assert not poll_by_filter(
+            filter_answers=False, since_recorded_poll=since, query_interval=15.0
+        ), why
 
 
 @pytest.mark.parametrize(
@@ -31,22 +39,7 @@ def test_a_plain_queue_polled_lately_is_read_by_the_filter() -> None:
 def test_get_runs_records_a_poll_at_least_once_per_query_interval(
     since: float | None, expected: bool
 ) -> None:
-    assert by_filter(since_recorded_poll=since) is expected
-
-
-@pytest.mark.parametrize(
-    ("queue", "overrides", "why"),
-    [
-        (WorkQueue(id="q-id", name="q", concurrency_limit=2), {}, "only get_runs applies it"),
-        (WorkQueue(id="q-id", name="q", filter={"tags": ["x"]}), {}, "a tag-based queue"),
-        (PLAIN, {"in_pool": True}, "the pool's endpoint applies pool limit and priorities"),
-        (PLAIN, {"filters_alike": False}, "a server older than 2.20 (unread code)"),
-    ],
-)
-def test_every_poll_is_get_runs_where_the_filter_would_answer_otherwise(
-    queue: WorkQueue, overrides: dict[str, object], why: str
-) -> None:
-    assert not by_filter(queue, **overrides), why
-    in_pool = bool(overrides.get("in_pool", False))
-    alike = bool(overrides.get("filters_alike", True))
-    assert not filter_answers_like_get_runs(queue, in_pool=in_pool, filters_alike=alike)
+    assert (
+        poll_by_filter(filter_answers=True, since_recorded_poll=since, query_interval=15.0)
+        is expected
+    )
