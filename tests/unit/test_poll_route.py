@@ -33,13 +33,19 @@ def test_every_poll_is_get_runs_where_the_filter_would_answer_otherwise(
 
 
 @pytest.mark.parametrize(
-    ("since", "expected"),
-    [(None, False), (0.0, True), (14.9, True), (15.0, False), (60.0, False)],
+    ("interval", "since", "expected"),
+    [
+        (15.0, None, False),  # no poll recorded yet
+        (15.0, 0.0, True),
+        (15.0, 14.9, True),
+        (15.0, 15.0, False),  # a recorded poll at least once per query interval
+        (15.0, 60.0, False),
+        (1.0, 5.0, True),  # a short interval: the record is kept every 10 s, not every page
+        (1.0, 10.0, False),
+    ],
 )
-def test_get_runs_records_a_poll_at_least_once_per_query_interval(
-    since: float | None, expected: bool
+def test_get_runs_records_a_poll_once_per_query_interval_or_10_s_if_that_is_longer(
+    interval: float, since: float | None, expected: bool
 ) -> None:
-    assert (
-        poll_by_filter(filter_answers=True, since_recorded_poll=since, query_interval=15.0)
-        is expected
-    )
+    answer = poll_by_filter(filter_answers=True, since_recorded_poll=since, query_interval=interval)
+    assert answer is expected
