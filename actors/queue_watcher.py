@@ -64,7 +64,6 @@ class QueueWatcher(pykka.ThreadingActor):
         self.failures = 0
         self.polls = 0
         self.recorded_poll_at: float | None = None  # monotonic time of the last get_runs
-        self.route = "get_runs"  # the request that brought the last page
         self.next_poll: Timer | None = None
         self.phase = "starting"
         self.since = time.time()
@@ -158,27 +157,26 @@ class QueueWatcher(pykka.ThreadingActor):
         if self.paused:
             self.log.info("work queue %r resumed", self.queue_name)
             self.paused = False
+        filter_answers = self._filter_answers(queue)
         ask_room = FreeSlots(
             self.queue_name,
             pool=self.pool_name,
             pool_limit=pool.concurrency_limit if pool is not None else None,
             priority=queue.priority,
-            cheap_pages=self._filter_answers(queue),
+            cheap_pages=filter_answers,
         )
         room = ask(self.dispatcher, ask_room, int)
         if room == 0:
             self._set_phase("waiting for a free slot")
             return interval
         self._set_phase("polling")
-        runs = self._due_runs(queue, room)
+        route, runs = self._due_runs(queue, room, filter_answers)
         self._set_phase(f"idle, last poll found {len(runs)} run(s)")
         full = len(runs) >= room
         if not runs:
             self._nothing_due()
             return interval
-        self.log.debug(
-            "found %d run(s) in work queue %r (%s)", len(runs), self.queue_name, self.route
-        )
+        self.log.debug("found %d run(s) in work queue %r (%s)", len(runs), self.queue_name, route)
         admitted = ask(self.dispatcher, RunsFound(self.queue_name, tuple(runs), full), int)
         if full and admitted == 0:
             # A full page of runs we already hold, whose Pending has not landed yet: more
@@ -193,25 +191,26 @@ class QueueWatcher(pykka.ThreadingActor):
         if self.pool_name is not None:
             tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False))
 
-    def _due_runs(self, queue: WorkQueue, room: int) -> list[FlowRun]:
+    def _due_runs(
+        self, queue: WorkQueue, room: int, filter_answers: bool
+    ) -> tuple[str, list[FlowRun]]:
+        """The request used (named in the log) and the runs it brought."""
         before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         if self.pool_name is not None:
-            self.route = "get_scheduled_flow_runs"
-            return self.ctx.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
+            pool_runs = self.ctx.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
+            return "get_scheduled_flow_runs", pool_runs
         now = time.monotonic()
         since = None if self.recorded_poll_at is None else now - self.recorded_poll_at
         by_filter = poll_by_filter(
-            filter_answers=self._filter_answers(queue),
+            filter_answers=filter_answers,
             since_recorded_poll=since,
             query_interval=self.ctx.settings.query_interval,
         )
         if by_filter:
-            self.route = "flow-run filter"
-            return self.ctx.api.scheduled_runs(queue.name, before, room)
-        self.route = "get_runs"
+            return "flow-run filter", self.ctx.api.scheduled_runs(queue.name, before, room)
         runs = self.ctx.api.get_runs(queue.id, before, room)
         self.recorded_poll_at = now
-        return runs
+        return "get_runs", runs
 
     def _filter_answers(self, queue: WorkQueue) -> bool:
         """Until the Agent has read the server's version, every poll is a get_runs."""

@@ -51,8 +51,7 @@ def state_type(api_url: str, run_id: str) -> str:
     return run_state(api_url, run_id)[0]
 
 
-def states(api_url: str, run_ids: list[str]) -> dict[str, str]:
-    return read_states(api_url, run_ids)
+states = read_states  # each run's state type, a page of runs per request
 
 
 def all_in(api_url: str, run_ids: list[str], wanted: set[str]) -> bool:
