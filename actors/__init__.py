@@ -6,11 +6,11 @@ The public surface: build `AgentSettings` (or read them with `settings_from_env`
 `render_tree` prints the tree for people.
 """
 
-from actors.listener import RunListener
-from actors.runtime import AgentHandle, start_agent
-from actors.settings import AgentSettings, SettingsError, settings_from_env
-from actors.status_server import StatusServer
-from actors.tree_text import render_tree
+from actors.runtime.handle import AgentHandle, start_agent
+from actors.runtime.listener import RunListener
+from actors.runtime.settings import AgentSettings, SettingsError, settings_from_env
+from actors.status.http import StatusServer
+from actors.status.text import render_tree
 
 __all__ = [
     "AgentHandle",

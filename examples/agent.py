@@ -30,10 +30,8 @@ try:
 except ImportError:  # run from a clone without `pip install`: use the clone's packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import demo
 import gevent
 import pykka
-from local_server import LocalPrefectServer
 
 from actors import (
     AgentHandle,
@@ -43,6 +41,8 @@ from actors import (
     settings_from_env,
     start_agent,
 )
+from actors.launcher import demo
+from actors.launcher.local_server import LocalPrefectServer
 
 log = logging.getLogger("prefect_actor_agent.launcher")
 

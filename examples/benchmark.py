@@ -51,7 +51,8 @@ from types import FrameType
 from typing import Any, Literal
 
 import httpx
-from local_server import LocalPrefectServer
+
+from actors.launcher.local_server import LocalPrefectServer
 
 EXAMPLES = Path(__file__).resolve().parent
 ROOT = EXAMPLES.parent
@@ -426,7 +427,7 @@ class Server:
                 "flow_id": self.flow_id,
                 "work_queue_name": queue,
                 "infrastructure_document_id": document["id"],
-                "path": str(EXAMPLES),
+                "path": str(ROOT / "actors" / "launcher"),
                 "entrypoint": "demo_flow.py:demo",
             },
         )

@@ -21,8 +21,9 @@ import uuid
 from pathlib import Path
 
 import httpx
-from demo import create_runs, register_deployment
-from local_server import LocalPrefectServer
+
+from actors.launcher.demo import create_runs, register_deployment
+from actors.launcher.local_server import LocalPrefectServer
 
 LAUNCHER = Path(__file__).resolve().parent / "agent.py"
 

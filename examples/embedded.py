@@ -22,12 +22,11 @@ except ImportError:  # run from a clone without `pip install`: use the clone's p
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
-from demo import create_runs, register_deployment
-from local_server import LocalPrefectServer
 
 from actors import RunListener, render_tree, settings_from_env, start_agent
-from messages.events import RunStarted, RunSubmitted
-from messages.runs import RunFinished
+from actors.launcher.demo import create_runs, register_deployment
+from actors.launcher.local_server import LocalPrefectServer
+from messages.user.events import RunFinished, RunStarted, RunSubmitted
 
 
 class HostService(RunListener):

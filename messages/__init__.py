@@ -1,18 +1,19 @@
-"""Every message that crosses a boundary: between actors, and on the wire to the Prefect API."""
+"""Every message that crosses a boundary, grouped by protocol.
 
-from messages.api import ApiDecodeError, BlockDocument, Deployment, FlowRun, State, WorkQueue
-from messages.runs import Cancel, FreeSlots, RunFinished, RunOutcome, RunsFound
+- `messages.user`: what a user receives: run events and the live tree (exported here);
+- `messages.internal`: what the actors say to each other;
+- `messages.wire`: the Prefect REST API's request and answer shapes.
+"""
+
+from messages.internal.dispatch import Cancel
+from messages.user.events import RunFinished, RunOutcome, RunStarted, RunSubmitted
+from messages.user.tree import ActorNode
 
 __all__ = [
-    "ApiDecodeError",
-    "BlockDocument",
+    "ActorNode",
     "Cancel",
-    "Deployment",
-    "FlowRun",
-    "FreeSlots",
     "RunFinished",
     "RunOutcome",
-    "RunsFound",
-    "State",
-    "WorkQueue",
+    "RunStarted",
+    "RunSubmitted",
 ]

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import pytest
 
 from actors import AgentHandle, settings_from_env, start_agent
-from examples.local_server import LocalPrefectServer
+from actors.launcher.local_server import LocalPrefectServer
 from tests.support.prefect3 import Prefect3Server
 
 ROOT = Path(__file__).resolve().parent.parent

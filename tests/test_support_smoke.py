@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from examples.local_server import LocalPrefectServer
+from actors.launcher.local_server import LocalPrefectServer
 from tests.support.prefect_objects import (
     create_run,
     deploy,

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.local_server import LocalPrefectServer
+from actors.launcher.local_server import LocalPrefectServer
 from tests.conftest import AgentFactory
 from tests.integration.helpers import FINAL, FLOWS, process_gone
 from tests.support import prefect3

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.api_client import PrefectApi
-from messages.control import HeldRuns
+from actors.edges.prefect_api import PrefectApi
+from messages.internal.lifecycle import HeldRuns
 from tests.conftest import AgentFactory, LauncherAgent, ThreadAgent
 from tests.integration.helpers import (
     FINAL,

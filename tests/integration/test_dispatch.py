@@ -11,10 +11,10 @@ import httpx
 import msgspec
 import pytest
 
-from actors.api_client import PrefectApi
-from messages.api import FlowRun
-from messages.control import HeldRuns
-from messages.runs import RunsFound
+from actors.edges.prefect_api import PrefectApi
+from messages.internal.dispatch import RunsFound
+from messages.internal.lifecycle import HeldRuns
+from messages.wire.prefect import FlowRun
 from tests.conftest import AgentFactory, ThreadAgent
 from tests.integration.helpers import (
     command_markers,

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from actors.api_client import PrefectApi, RetryPolicy
-from examples.local_server import LocalPrefectServer
+from actors.edges.prefect_api import PrefectApi, RetryPolicy
+from actors.launcher.local_server import LocalPrefectServer
 from tests.conftest import ROOT, AgentFactory, LauncherAgent, ThreadAgent, launcher_args
 from tests.integration.helpers import (
     FINAL,

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.api_client import PrefectApi
-from examples.local_server import LocalPrefectServer
-from messages.control import HeldRuns
-from messages.runs import RunsFound
-from messages.tree import ActorNode
+from actors.edges.prefect_api import PrefectApi
+from actors.launcher.local_server import LocalPrefectServer
+from messages.internal.dispatch import RunsFound
+from messages.internal.lifecycle import HeldRuns
+from messages.user.tree import ActorNode
 from tests.conftest import ROOT, AgentFactory, LauncherAgent, ThreadAgent, launcher_args
 from tests.integration.helpers import (
     command_starts,

@@ -18,7 +18,7 @@ from typing import Any  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
-from actors import api_client  # noqa: E402
+from actors.edges import prefect_api as api_client  # noqa: E402
 from tests.support.faults import FaultyTransport  # noqa: E402
 
 method, path_part, separator, *launcher_args = sys.argv[1:]

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from examples.local_server import LocalPrefectServer
+from actors.launcher.local_server import LocalPrefectServer
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-prefect3"

@@ -2,8 +2,8 @@
 
 from datetime import UTC, datetime, timedelta
 
-from actors.admission import admit, free_slots
-from messages.api import FlowRun
+from actors.rules.admission import admit, free_slots
+from messages.wire.prefect import FlowRun
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from actors.infrastructure import SubmissionError, apply_overrides
-from messages.api import (
+from actors.rules.infrastructure import SubmissionError, apply_overrides
+from messages.wire.prefect import (
     ApiDecodeError,
     BlockDocument,
     Deployment,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from actors.exit_codes import describe_exit
+from actors.rules.exit_codes import describe_exit
 
 
 @pytest.mark.parametrize(

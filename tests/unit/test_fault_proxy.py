@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from actors.api_client import ApiError, PrefectApi, RetryPolicy
-from messages.api import WorkQueue
+from actors.edges.prefect_api import ApiError, PrefectApi, RetryPolicy
+from messages.wire.prefect import WorkQueue
 from tests.support.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(30)

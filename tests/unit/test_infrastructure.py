@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from actors.infrastructure import (
+from actors.rules.infrastructure import (
     SubmissionError,
     apply_overrides,
     job_variables_block,
@@ -13,7 +13,7 @@ from actors.infrastructure import (
     process_spec,
     run_environment,
 )
-from messages.api import BlockDocument, BlockTypeRef, Deployment, FlowRun, WorkPool
+from messages.wire.prefect import BlockDocument, BlockTypeRef, Deployment, FlowRun, WorkPool
 
 RUN = FlowRun(id="run-1")
 PROCESS = BlockTypeRef(slug="process")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from messages.api import ApiDecodeError, FlowRun, OrchestrationResult, WorkQueue, decode
+from messages.wire.prefect import ApiDecodeError, FlowRun, OrchestrationResult, WorkQueue, decode
 
 
 def test_unknown_fields_are_ignored_so_newer_servers_work() -> None:

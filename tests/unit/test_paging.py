@@ -1,6 +1,6 @@
 """When a draining queue is polled for its next page: before its last runs are taken, once."""
 
-from actors.paging import PageTracker
+from actors.rules.paging import PageTracker
 
 
 def tracker(**pages: int) -> PageTracker:

@@ -3,8 +3,8 @@ cheaper flow-run filter where it answers the same."""
 
 import pytest
 
-from actors.poll_route import filter_answers_like_get_runs, poll_by_filter
-from messages.api import WorkQueue
+from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
+from messages.wire.prefect import WorkQueue
 
 PLAIN = WorkQueue(id="q-id", name="q")
 

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from actors.api_client import RequestSlots
+from actors.edges.prefect_api import RequestSlots
 
 
 def test_an_urgent_request_is_served_before_earlier_ordinary_ones() -> None:

@@ -4,8 +4,8 @@ know are served as the nearest known one, with a warning."""
 
 import pytest
 
-from actors.server_version import profile_for, unknown_version_warning
-from messages.api import Deployment, decode
+from actors.rules.server_version import profile_for, unknown_version_warning
+from messages.wire.prefect import Deployment, decode
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from actors.settings import SettingsError, settings_from_env
+from actors.runtime.settings import SettingsError, settings_from_env
 
 
 def test_prefect_variables_and_defaults() -> None:

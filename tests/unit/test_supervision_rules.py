@@ -2,9 +2,9 @@
 
 import pytest
 
-from actors.supervision import RestartIntensityExceededError, RestartPolicy, Supervisor
-from actors.tree_text import render_tree
-from messages.tree import ActorNode
+from actors.rules.supervision import RestartIntensityExceededError, RestartPolicy, Supervisor
+from actors.status.text import render_tree
+from messages.user.tree import ActorNode
 
 
 def test_backoff_doubles_per_child_and_is_capped() -> None:

@@ -11,8 +11,7 @@ from typing import Any
 
 import pykka
 
-from messages.events import RunStarted, RunSubmitted
-from messages.runs import RunFinished
+from messages.user.events import RunFinished, RunStarted, RunSubmitted
 
 
 class RunListener(pykka.ThreadingActor):

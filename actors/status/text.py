@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from messages.tree import ActorNode
+from messages.user.tree import ActorNode
 
 
 def _age(since: float, now: float) -> str:

@@ -16,8 +16,8 @@ import socket
 import subprocess
 import tempfile
 
-from actors.infrastructure import ProcessSpec, SubmissionError
-from actors.spawn import Child
+from actors.edges.spawn import Child
+from actors.rules.infrastructure import ProcessSpec, SubmissionError
 
 log = logging.getLogger("prefect_actor_agent.process")
 
@@ -64,7 +64,7 @@ class RunProcess:
 
     def wait(self) -> int | None:
         """Block until the process exits; its exit code (negative: killed by that signal), or
-        None when the code was lost (see `actors.spawn`)."""
+        None when the code was lost (see `actors.edges.spawn`)."""
         try:
             return self._child.wait()
         finally:

@@ -31,11 +31,8 @@ from typing import Any, Protocol
 
 import pykka
 
-from actors.api_client import ApiError, NotFoundError
-from actors.context import AgentContext
-from actors.exit_codes import describe_exit
-from actors.infrastructure import ProcessSpec, SubmissionError, process_spec
-from actors.process_infrastructure import (
+from actors.edges.prefect_api import ApiError, NotFoundError
+from actors.edges.processes import (
     HOSTNAME,
     SIGKILL,
     SIGTERM,
@@ -46,7 +43,9 @@ from actors.process_infrastructure import (
     infrastructure_pid,
     parse_infrastructure_pid,
 )
-from actors.proposals import (
+from actors.rules.exit_codes import describe_exit
+from actors.rules.infrastructure import ProcessSpec, SubmissionError, process_spec
+from actors.rules.proposals import (
     accepted_as,
     cancelled,
     crashed,
@@ -56,8 +55,23 @@ from actors.proposals import (
     rescheduled,
     scheduled_now,
 )
-from actors.refs import tell_if_alive
-from messages.api import (
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import tell_if_alive
+from messages.internal.dispatch import Cancel, RunStatus
+from messages.internal.lifecycle import Interrupt, Rehome, SupervisorFailed
+from messages.internal.run_steps import (
+    AdoptRun,
+    CheckProcess,
+    GraceExpired,
+    ProcessExited,
+    ProposePending,
+    RecordPid,
+    ReportAgain,
+    ResolveInfrastructure,
+    StartProcess,
+)
+from messages.user.events import RunFinished, RunOutcome
+from messages.wire.prefect import (
     CANCELLED,
     COMPLETED,
     CRASHED,
@@ -70,20 +84,6 @@ from messages.api import (
     OrchestrationResult,
     StateProposal,
 )
-from messages.control import Interrupt, Rehome, SupervisorFailed
-from messages.runs import Cancel, RunFinished, RunOutcome
-from messages.supervision import (
-    AdoptRun,
-    CheckProcess,
-    GraceExpired,
-    ProcessExited,
-    ProposePending,
-    RecordPid,
-    ReportAgain,
-    ResolveInfrastructure,
-    StartProcess,
-)
-from messages.tree import RunStatus
 
 log = logging.getLogger("prefect_actor_agent.run_supervisor")
 

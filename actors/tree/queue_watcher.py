@@ -2,11 +2,11 @@
 
 Its rhythm is adaptive: a full page that brought new runs means more are probably waiting, so
 the Dispatcher wakes it with `Poll` while the last of that page's runs are being taken (see
-`actors/paging.py`); an empty or partial page means the queue is drained, so it waits the
+`actors/rules/paging.py`); an empty or partial page means the queue is drained, so it waits the
 query interval. It never asks for more runs than the Dispatcher could admit right now, and is
 woken too when a slot frees. A paused queue is noted once, not per poll. Between the polls
 the server records (get_runs, once per query interval), a drain's pages come by the cheaper
-flow-run filter where that answers the same (see `actors/poll_route.py`).
+flow-run filter where that answers the same (see `actors/rules/poll_route.py`).
 
 A queue of a work pool (`--pool`) is read and polled through the pool's endpoints; the pool's
 pause stops it like its own, and the pool's limit and the queue's priority travel with
@@ -22,15 +22,15 @@ from typing import Any
 
 import pykka
 
-from actors.api_client import ApiError
-from actors.context import AgentContext
-from actors.poll_route import filter_answers_like_get_runs, poll_by_filter
-from actors.refs import ask, tell_if_alive
-from actors.timers import Timer
-from messages.api import ApiDecodeError, FlowRun, WorkPool, WorkQueue
-from messages.control import ChildFailed, Poll, PolledOnce, UseDispatcher
-from messages.runs import FreeSlots, RunsFound
-from messages.tree import ActorNode, Describe
+from actors.edges.prefect_api import ApiError
+from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
+from actors.runtime.clock import Timer
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import ask, tell_if_alive
+from messages.internal.dispatch import FreeSlots, RunsFound
+from messages.internal.lifecycle import ChildFailed, Describe, Poll, PolledOnce, UseDispatcher
+from messages.user.tree import ActorNode
+from messages.wire.prefect import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 
 ERROR_BACKOFF_MAX = 60.0
 FULL_PAGE_RECHECK_SECONDS = 0.25

@@ -18,24 +18,3 @@ class ActorNode(msgspec.Struct, frozen=True, kw_only=True):
     detail: dict[str, str] = msgspec.field(default_factory=dict)
     children: tuple[ActorNode, ...] = ()
 
-
-class GetTree(msgspec.Struct, frozen=True):
-    """Asked of the Agent; the answer is the root `ActorNode`."""
-
-
-class Describe(msgspec.Struct, frozen=True):
-    """Asked of a child by its supervisor; the answer is the child's `ActorNode`."""
-
-
-class RunStatus(msgspec.Struct, frozen=True):
-    """Sent by a RunSupervisor to the Dispatcher when its run changes phase.
-
-    The Dispatcher keeps the latest per run, so the tree is answered without asking a
-    supervisor that may be busy in an HTTP call; `pid` also feeds the RunStarted event.
-    """
-
-    flow_run_id: str
-    state: str
-    since: float
-    pid: int | None = None
-    past_pending: bool = False  # the Pending proposal is settled (taken, or not ours)

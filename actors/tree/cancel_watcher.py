@@ -14,11 +14,14 @@ from typing import Any
 
 import pykka
 
-from actors.api_client import ApiError
-from actors.context import AgentContext
-from actors.refs import tell_if_alive
-from actors.timers import Timer
-from messages.api import (
+from actors.edges.prefect_api import ApiError
+from actors.runtime.clock import Timer
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import tell_if_alive
+from messages.internal.dispatch import Cancel
+from messages.internal.lifecycle import ChildFailed, Describe, Poll, UseDispatcher, WatchedQueues
+from messages.user.tree import ActorNode
+from messages.wire.prefect import (
     CANCELLED,
     CANCELLING,
     AnyOf,
@@ -26,9 +29,6 @@ from messages.api import (
     FlowRunFilter,
     FlowRunStateFilter,
 )
-from messages.control import ChildFailed, Poll, UseDispatcher, WatchedQueues
-from messages.runs import Cancel
-from messages.tree import ActorNode, Describe
 
 log = logging.getLogger("prefect_actor_agent.cancel_watcher")
 

@@ -133,3 +133,11 @@ class TakeOver(msgspec.Struct, frozen=True):
     recorded pid to its end, or report it Crashed if its process is gone."""
 
     flow_run_id: str
+
+
+class GetTree(msgspec.Struct, frozen=True):
+    """Asked of the Agent; the answer is the root `ActorNode`."""
+
+
+class Describe(msgspec.Struct, frozen=True):
+    """Asked of a child by its supervisor; the answer is the child's `ActorNode`."""

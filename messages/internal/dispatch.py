@@ -6,21 +6,9 @@ no receiver can change what another receiver sees.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
-from messages.api import FlowRun
-
-RunOutcome = Literal[
-    "exited",  # the process exited 0; the engine reported the run's own final state
-    "crashed",  # the process exited non-zero; the agent proposed Crashed
-    "failed",  # submission failed before a process started; the agent proposed Failed
-    "not-submitted",  # the server did not let this agent take the run (another agent did)
-    "deferred",  # the server rescheduled the run (e.g. its deployment's concurrency limit)
-    "cancelled",  # a Cancel stopped the run
-    "interrupted",  # the agent stopped while the run was in flight
-]
+from messages.wire.prefect import FlowRun
 
 
 class RunsFound(msgspec.Struct, frozen=True):
@@ -47,20 +35,9 @@ class FreeSlots(msgspec.Struct, frozen=True):
     pool: str | None = None  # the queue's work pool, when the agent serves one (--pool)
     pool_limit: int | None = None  # the pool's concurrency limit, as last read
     priority: int | None = None  # the queue's priority in its pool (1 goes first)
-    # The queue's next pages come by the cheap flow-run filter (`actors/poll_route.py`), so
+    # The queue's next pages come by the cheap flow-run filter (`actors/rules/poll_route.py`), so
     # a smaller page costs a drain little and its runs wait less.
     cheap_pages: bool = False
-
-
-class RunFinished(msgspec.Struct, frozen=True):
-    """Sent by a RunSupervisor to the Dispatcher as its last act, whatever the outcome.
-
-    The Dispatcher frees the run's slot; the supervisor then stops itself.
-    """
-
-    flow_run_id: str
-    outcome: RunOutcome
-    detail: str = ""  # e.g. "exit code 1", the submission error, the abort reason
 
 
 class Cancel(msgspec.Struct, frozen=True):
@@ -72,3 +49,27 @@ class Cancel(msgspec.Struct, frozen=True):
 
     flow_run_id: str
     reason: str = "cancellation requested"
+
+
+class Subscribe(msgspec.Struct, frozen=True):
+    """Sent to the Dispatcher: tell `listener` (a pykka.ActorRef) every run event."""
+
+    listener: object
+
+
+class Unsubscribe(msgspec.Struct, frozen=True):
+    listener: object
+
+
+class RunStatus(msgspec.Struct, frozen=True):
+    """Sent by a RunSupervisor to the Dispatcher when its run changes phase.
+
+    The Dispatcher keeps the latest per run, so the tree is answered without asking a
+    supervisor that may be busy in an HTTP call; `pid` also feeds the RunStarted event.
+    """
+
+    flow_run_id: str
+    state: str
+    since: float
+    pid: int | None = None
+    past_pending: bool = False  # the Pending proposal is settled (taken, or not ours)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from actors.refs import tell_if_alive
+from actors.runtime.refs import tell_if_alive
 
 log = logging.getLogger("prefect_actor_agent.clock")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 
-from messages.api import FlowRun
+from messages.wire.prefect import FlowRun
 
 _FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 

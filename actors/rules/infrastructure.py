@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from messages.api import BlockDocument, Deployment, FlowRun, ProcessBlock, WorkPool
+from messages.wire.prefect import BlockDocument, Deployment, FlowRun, ProcessBlock, WorkPool
 
 SUPPORTED_TYPES = ("process",)
 _PROCESS_FIELDS = frozenset(

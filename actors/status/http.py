@@ -22,10 +22,10 @@ import msgspec
 import pykka
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from actors.tree_text import render_tree
+from actors.status.text import render_tree
 
 if TYPE_CHECKING:
-    from actors.runtime import AgentHandle
+    from actors.runtime.handle import AgentHandle
 
 log = logging.getLogger("prefect_actor_agent.status")
 

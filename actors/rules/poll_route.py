@@ -16,7 +16,7 @@ seen within a second: the watcher reads its queue again at most that long after.
 
 from __future__ import annotations
 
-from messages.api import WorkQueue
+from messages.wire.prefect import WorkQueue
 
 # A short query interval (1 s) must not make every page of a drain a get_runs: the record is
 # kept at most this long apart, well within the minute after which the server marks a queue

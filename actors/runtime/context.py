@@ -10,10 +10,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.api_client import PrefectApi
-from actors.metrics import AgentMetrics
-from actors.settings import AgentSettings
-from actors.timers import Clock
+from actors.edges.prefect_api import PrefectApi
+from actors.runtime.clock import Clock
+from actors.runtime.settings import AgentSettings
+from actors.status.metrics import AgentMetrics
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Agent: the root of the tree. It owns the watchers and the Dispatcher and restarts them.
 
-Supervision is one-for-one with restart intensity (see `actors.supervision`): a QueueWatcher,
+Supervision is one-for-one with restart intensity (see `actors.rules.supervision`): a QueueWatcher,
 the CancelWatcher or the Dispatcher that fails is restarted alone, after a backoff, and goes
 on; too many failures in the window and the Agent gives up, stops taking runs and reports the
 failure to whoever holds it (the launcher then exits non-zero). In prefix mode it re-reads
@@ -17,24 +17,25 @@ from typing import Any
 
 import pykka
 
-from actors.api_client import ApiError
-from actors.cancel_watcher import CancelWatcher
-from actors.context import AgentContext
-from actors.dispatcher import Dispatcher
-from actors.process_infrastructure import (
+from actors.edges.prefect_api import ApiError
+from actors.edges.processes import (
     HOSTNAME,
     owned_by_live_agent,
     parse_infrastructure_pid,
 )
-from actors.queue_watcher import QueueWatcher
-from actors.refs import ask, tell_if_alive
-from actors.server_version import unknown_version_warning
-from actors.supervision import RestartPolicy, Supervisor
-from messages.api import PENDING, RUNNING, ApiDecodeError
-from messages.control import (
+from actors.rules.server_version import unknown_version_warning
+from actors.rules.supervision import RestartPolicy, Supervisor
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import ask, tell_if_alive
+from actors.tree.cancel_watcher import CancelWatcher
+from actors.tree.dispatcher import Dispatcher
+from actors.tree.queue_watcher import QueueWatcher
+from messages.internal.lifecycle import (
     ChildFailed,
+    Describe,
     DetectServer,
     DispatcherIdle,
+    GetTree,
     HeldRuns,
     PolledOnce,
     Reconcile,
@@ -45,7 +46,8 @@ from messages.control import (
     UseDispatcher,
     WatchedQueues,
 )
-from messages.tree import ActorNode, Describe, GetTree
+from messages.user.tree import ActorNode
+from messages.wire.prefect import PENDING, RUNNING, ApiDecodeError
 
 log = logging.getLogger("prefect_actor_agent.agent")
 

@@ -24,8 +24,8 @@ from urllib.parse import quote
 
 import httpx
 
-from actors.server_version import ServerProfile, profile_for
-from messages.api import (
+from actors.rules.server_version import ServerProfile, profile_for
+from messages.wire.prefect import (
     AnyOf,
     Before,
     BlockDocument,

@@ -24,15 +24,23 @@ from typing import Any
 
 import pykka
 
-from actors.admission import admit, free_slots
-from actors.context import AgentContext
-from actors.paging import PageTracker
-from actors.refs import tell_if_alive
-from actors.run_supervisor import RunSupervisor
-from actors.supervision import TEMPORARY
-from messages.api import FlowRun
-from messages.control import (
+from actors.rules.admission import admit, free_slots
+from actors.rules.paging import PageTracker
+from actors.rules.supervision import TEMPORARY
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import tell_if_alive
+from actors.tree.run_supervisor import RunSupervisor
+from messages.internal.dispatch import (
+    Cancel,
+    FreeSlots,
+    RunsFound,
+    RunStatus,
+    Subscribe,
+    Unsubscribe,
+)
+from messages.internal.lifecycle import (
     ChildFailed,
+    Describe,
     DispatcherIdle,
     HeldRuns,
     Interrupt,
@@ -43,9 +51,9 @@ from messages.control import (
     SupervisorFailed,
     TakeOver,
 )
-from messages.events import RunStarted, RunSubmitted, Subscribe, Unsubscribe
-from messages.runs import Cancel, FreeSlots, RunFinished, RunsFound
-from messages.tree import ActorNode, Describe, RunStatus
+from messages.user.events import RunFinished, RunStarted, RunSubmitted
+from messages.user.tree import ActorNode
+from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
@@ -125,7 +133,7 @@ class Dispatcher(pykka.ThreadingActor):
         when the queue's next pages come by the cheap flow-run filter, two rounds when every
         poll is a get_runs (the dearest call a drain makes: a page of one round doubled those
         and drained slower in the benchmark). The watcher is woken for the next page while
-        the last half of this one is still with the server (see `actors/paging.py`).
+        the last half of this one is still with the server (see `actors/rules/paging.py`).
         """
         queue = asked.queue_name
         room = free_slots(self.ctx.settings.limit, len(self.held))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from messages.api import (
+from messages.wire.prefect import (
     CANCELLED,
     CRASHED,
     FAILED,

@@ -13,16 +13,15 @@ from typing import Any
 
 import pykka
 
-from actors.agent import Agent
-from actors.api_client import PrefectApi
-from actors.context import AgentContext
-from actors.refs import ask
-from actors.settings import AgentSettings
-from actors.timers import Clock
-from messages.control import HeldRuns, InterruptRuns
-from messages.events import Subscribe, Unsubscribe
-from messages.runs import Cancel
-from messages.tree import ActorNode, GetTree
+from actors.edges.prefect_api import PrefectApi
+from actors.runtime.clock import Clock
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import ask
+from actors.runtime.settings import AgentSettings
+from actors.tree.agent import Agent
+from messages.internal.dispatch import Cancel, Subscribe, Unsubscribe
+from messages.internal.lifecycle import GetTree, HeldRuns, InterruptRuns
+from messages.user.tree import ActorNode
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
@@ -73,7 +72,7 @@ class AgentHandle:
         return self.outcome.failure if self.outcome.failed.is_set() else None
 
     def tree(self, timeout: float = 10.0) -> ActorNode:
-        """The live actor tree (see `messages.tree.ActorNode`)."""
+        """The live actor tree (see `messages.user.tree.ActorNode`)."""
         return ask(self.ref, GetTree(), ActorNode, timeout)
 
     def cancel(self, flow_run_id: str, reason: str = "cancelled through the embedding API") -> None:

@@ -1,0 +1,2 @@
+"""What the actors say to each other: the dispatch protocol (`dispatch`), the lifecycle of the
+tree (`lifecycle`), and the steps a RunSupervisor sends itself (`run_steps`)."""

@@ -1,0 +1,1 @@
+"""What a user of the agent receives: run events (`events`) and the live tree (`tree`)."""

@@ -1,0 +1,47 @@
+"""Run events for a host service that embeds the agent (listener style, as in Mopidy).
+
+A host actor subscribes with `AgentHandle.subscribe(ref)`; the Dispatcher tells it each event
+as it happens. `RunFinished` (in messages.internal.dispatch) is the last event of every run.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+RunOutcome = Literal[
+    "exited",  # the process exited 0; the engine reported the run's own final state
+    "crashed",  # the process exited non-zero; the agent proposed Crashed
+    "failed",  # submission failed before a process started; the agent proposed Failed
+    "not-submitted",  # the server did not let this agent take the run (another agent did)
+    "deferred",  # the server rescheduled the run (e.g. its deployment's concurrency limit)
+    "cancelled",  # a Cancel stopped the run
+    "interrupted",  # the agent stopped while the run was in flight
+]
+
+
+class RunSubmitted(msgspec.Struct, frozen=True):
+    """A run was admitted and its supervisor started (Pending is being proposed)."""
+
+    flow_run_id: str
+    flow_run_name: str
+    queue_name: str
+
+
+class RunStarted(msgspec.Struct, frozen=True):
+    """The run's process started; `pid` is its process (and process group) id."""
+
+    flow_run_id: str
+    pid: int
+
+
+class RunFinished(msgspec.Struct, frozen=True):
+    """Sent by a RunSupervisor to the Dispatcher as its last act, whatever the outcome.
+
+    The Dispatcher frees the run's slot; the supervisor then stops itself.
+    """
+
+    flow_run_id: str
+    outcome: RunOutcome
+    detail: str = ""  # e.g. "exit code 1", the submission error, the abort reason
