@@ -11,6 +11,7 @@ shows the run Cancelled. Prints each latency, the median and the maximum.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import statistics
@@ -18,28 +19,28 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
-from actors.launcher.demo import create_runs, register_deployment
+from actors.launcher.demo import register_deployment
 from actors.launcher.local_server import LocalPrefectServer
+from actors.launcher.prefect_objects import PrefectObjects
 
 LAUNCHER = Path(__file__).resolve().parent / "agent.py"
 
 
-def state_of(http: httpx.Client, run_id: str) -> tuple[str, str]:
-    state = http.get(f"flow_runs/{run_id}").json()["state"]
-    return state["type"], state.get("name") or ""
-
-
-def wait(predicate: object, timeout: float) -> bool:
+def wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
-        time.sleep(0.05)
+        time.sleep(interval)
     return False
+
+
+def cancelled(api: PrefectObjects, run_id: str) -> bool:
+    type_, name, _ = api.run_state(run_id)
+    return (type_, name) == ("CANCELLED", "Cancelled")
 
 
 def measure(api_url: str, runs: int) -> list[float]:
@@ -53,18 +54,21 @@ def measure(api_url: str, runs: int) -> list[float]:
     )
     latencies = []
     try:
-        with httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=30) as http:
+        with PrefectObjects(api_url, api_key=os.environ.get("PREFECT_API_KEY")) as api:
             deployment = register_deployment(
-                http, queue, "actor-agent-sleeper", "demo_flow.py:sleeper", {"seconds": 600}
+                api, queue, "actor-agent-sleeper", "demo_flow.py:sleeper", {"seconds": 600}
             )
-            run_ids = create_runs(http, deployment, runs)
-            if not wait(lambda: all(state_of(http, r)[0] == "RUNNING" for r in run_ids), 180):
+            run_ids = api.create_runs(deployment, runs)
+
+            def all_running() -> bool:
+                return set(api.read_states(run_ids).values()) == {"RUNNING"}
+
+            if not wait(all_running, 180, interval=0.5):
                 raise RuntimeError("the runs did not all reach Running")
             for run_id in run_ids:
-                body = {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True}
                 asked = time.monotonic()
-                http.post(f"flow_runs/{run_id}/set_state", json=body).raise_for_status()
-                if not wait(lambda r=run_id: state_of(http, r) == ("CANCELLED", "Cancelled"), 60):
+                api.cancel_run(run_id)
+                if not wait(functools.partial(cancelled, api, run_id), 60):
                     raise RuntimeError(f"run {run_id} was not cancelled within 60 s")
                 latencies.append(time.monotonic() - asked)
                 print(f"{run_id}: cancelled in {latencies[-1]:.2f}s", flush=True)

@@ -21,11 +21,10 @@ try:
 except ImportError:  # run from a clone without `pip install`: use the clone's packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx
-
 from actors import RunListener, render_tree, settings_from_env, start_agent
-from actors.launcher.demo import create_runs, register_deployment
+from actors.launcher.demo import DEMO_FLOW, register_deployment
 from actors.launcher.local_server import LocalPrefectServer
+from actors.launcher.prefect_objects import PrefectObjects
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
 
 
@@ -75,11 +74,11 @@ def main() -> int:
         api_url = server.api_url
     agent = None
     try:
-        with httpx.Client(base_url=api_url.rstrip("/") + "/", timeout=30) as http:
+        with PrefectObjects(api_url, api_key=os.environ.get("PREFECT_API_KEY")) as api:
             deployment = register_deployment(
-                http, args.queue, "actor-agent-demo", "demo_flow.py:demo", {"steps": 2}
+                api, args.queue, DEMO_FLOW, "demo_flow.py:demo", {"steps": 2}
             )
-            run_ids = set(create_runs(http, deployment, args.runs))
+            run_ids = set(api.create_runs(deployment, args.runs))
         done = threading.Event()
         host = HostService.start(run_ids, done)
         settings = settings_from_env(api_url=api_url, work_queues=(args.queue,))

@@ -13,8 +13,8 @@ no message built here contains it.
 
 from __future__ import annotations
 
+import copy
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
+from actors.rules.retry import RetryPolicy
 from actors.rules.server_version import ServerProfile, profile_for
 from messages.wire.prefect import (
     AnyOf,
@@ -62,11 +63,14 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class ApiError(RuntimeError):
-    """A call the server refused or could not be reached for, after retries."""
+    """A call the server refused or could not be reached for, after the caller's retries."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
     @property
     def transient(self) -> bool:
@@ -79,20 +83,6 @@ class NotFoundError(ApiError):
     """The object named in the call does not exist (HTTP 404)."""
 
 
-class RetryPolicy:
-    """How often and how patiently a failed request is tried again."""
-
-    def __init__(self, attempts: int = 6, base_delay: float = 0.5, max_delay: float = 15.0) -> None:
-        self.attempts = attempts
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Full jitter: a random delay up to the exponential cap, so agents spread out."""
-        if retry_after is not None:
-            return min(retry_after, self.max_delay * 4)
-        cap = min(self.max_delay, self.base_delay * (2**attempt))
-        return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -142,8 +132,32 @@ class RequestSlots:
             self._changed.notify_all()
 
 
+class _Shared:
+    """What every view of one edge shares (see `PrefectApi.with_retry`): what the server said
+    last, its version, and the hook that counts attempts."""
+
+    def __init__(self) -> None:
+        # Called with (method, path, status or None) after every attempt; the metrics hook.
+        self.on_attempt: Callable[[str, str, int | None], None] | None = None
+        # When the server last answered (monotonic time), and the last failure: for /healthz.
+        self.last_answer: float | None = None
+        self.last_error: str | None = None
+        self.profile: ServerProfile | None = None
+        self.closed = False
+
+
+DEFAULT_RETRY = RetryPolicy(base_delay=0.5, max_delay=15.0, attempts=6)
+
+
 class PrefectApi:
-    """Typed calls to the Prefect REST API, safe to share between actors (threads or greenlets)."""
+    """Typed calls to the Prefect REST API, safe to share between actors (threads or greenlets).
+
+    The retry policy belongs to the caller: `with_retry(policy)` gives a view of the same edge
+    (one client, one set of request slots, one cache) whose calls retry by that policy. An
+    actor that must never lose a report uses a policy that retries until the server answers;
+    a watcher, whose next poll is its retry, one that tries once. No caller retries again on
+    top of it.
+    """
 
     def __init__(
         self,
@@ -160,7 +174,8 @@ class PrefectApi:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.api_url = api_url.rstrip("/")
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or DEFAULT_RETRY
+        self._shared = _Shared()
         self._slots = RequestSlots(concurrency)
         self._cache_seconds = cache_seconds
         self._cache: dict[tuple[str, str], tuple[float, object]] = {}
@@ -173,14 +188,32 @@ class PrefectApi:
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             transport=transport,
         )
-        # Called with (method, path, status or None) after every attempt; the metrics hook.
-        self.on_attempt: Callable[[str, str, int | None], None] | None = None
-        # When the server last answered (monotonic time), and the last failure: for /healthz.
-        self.last_answer: float | None = None
-        self.last_error: str | None = None
-        self._profile: ServerProfile | None = None
+
+    def with_retry(self, policy: RetryPolicy) -> PrefectApi:
+        """The same edge, its calls retried by `policy`."""
+        view = copy.copy(self)
+        view._retry = policy
+        return view
+
+    @property
+    def on_attempt(self) -> Callable[[str, str, int | None], None] | None:
+        return self._shared.on_attempt
+
+    @on_attempt.setter
+    def on_attempt(self, hook: Callable[[str, str, int | None], None] | None) -> None:
+        self._shared.on_attempt = hook
+
+    @property
+    def last_answer(self) -> float | None:
+        return self._shared.last_answer
+
+    @property
+    def last_error(self) -> str | None:
+        return self._shared.last_error
 
     def close(self) -> None:
+        """Close the client; a call made later (a retry still under way) fails at once."""
+        self._shared.closed = True
         self._client.close()
 
     # -- the request loop --------------------------------------------------------------------------
@@ -193,8 +226,10 @@ class PrefectApi:
         params: dict[str, str] | None = None,
         urgent: bool = False,
     ) -> httpx.Response:
-        last_error = ""
-        for attempt in range(self._retry.attempts):
+        failures = 0
+        while True:
+            if self._shared.closed:
+                raise ApiError(f"{method} /{path.lstrip('/')}: the agent's API client is closed")
             retry_after: float | None = None
             status: int | None = None
             response: httpx.Response | None = None
@@ -203,6 +238,10 @@ class PrefectApi:
                 response = self._client.request(method, path, content=body, params=params)
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__} on {method} /{path.lstrip('/')}: {exc}"
+            except RuntimeError as exc:  # httpx's word for a client closed meanwhile
+                if not self._shared.closed:
+                    raise
+                raise ApiError(f"{method} /{path.lstrip('/')}: the API client closed") from exc
             finally:
                 self._slots.release()
             if response is not None:
@@ -219,21 +258,24 @@ class PrefectApi:
                 last_error = _describe(response)
                 retry_after = _retry_after(response)
             self._notify(method, path, status)
-            if attempt + 1 < self._retry.attempts:
-                delay = self._retry.delay(attempt, retry_after)
-                log.debug("retrying in %.2fs after %s", delay, last_error)
-                time.sleep(delay)
-        raise ApiError(f"gave up after {self._retry.attempts} attempts: {last_error}", None)
+            failures += 1
+            if self._retry.gives_up(failures):
+                tries = f"after {failures} attempts: " if failures > 1 else ""
+                raise ApiError(f"{tries}{last_error}", status, retry_after)
+            delay = self._retry.delay(failures, retry_after)
+            log.debug("retrying in %.2fs after %s", delay, last_error)
+            time.sleep(delay)
 
     def _notify(self, method: str, path: str, status: int | None) -> None:
+        shared = self._shared
         if status is not None and status < 500:
-            self.last_answer = time.monotonic()
+            shared.last_answer = time.monotonic()
         else:
-            self.last_error = f"{method} /{path.lstrip('/')}: " + (
+            shared.last_error = f"{method} /{path.lstrip('/')}: " + (
                 f"HTTP {status}" if status is not None else "no answer"
             )
-        if self.on_attempt is not None:
-            self.on_attempt(method, path, status)
+        if shared.on_attempt is not None:
+            shared.on_attempt(method, path, status)
 
     def _call(self, shape: type[T], method: str, path: str, body: object = None) -> T:
         payload = None if body is None else encode(body)
@@ -257,14 +299,14 @@ class PrefectApi:
 
         Raises `ApiError` while the server cannot be reached, so a caller's step is retried.
         """
-        if self._profile is None:
+        if self._shared.profile is None:
             version = self._call(str, "GET", "admin/version")
-            self._profile = profile_for(version)
-        return self._profile
+            self._shared.profile = profile_for(version)
+        return self._shared.profile
 
     def known_profile(self) -> ServerProfile | None:
         """The profile if the version was read already; never a request."""
-        return self._profile
+        return self._shared.profile
 
     # -- work pools --------------------------------------------------------------------------------
 
@@ -457,9 +499,9 @@ class PrefectApi:
             del self._flights[key]
             self._cache[key] = (now, value)
             if len(self._cache) > 1024:
-                self._cache = {
-                    k: v for k, v in self._cache.items() if now - v[0] < self._cache_seconds
-                }
+                stale = [k for k, v in self._cache.items() if now - v[0] >= self._cache_seconds]
+                for old in stale:  # in place: every view of the edge shares this cache
+                    del self._cache[old]
         flight.succeed(value)
         return value
 

@@ -8,7 +8,8 @@
 - Restart intensity: at most `max_restarts` restarts within `window_seconds`, across all of a
   supervisor's children. One more and the supervisor gives up and escalates: the Agent fails,
   and the launcher exits non-zero with the reason in the log, as a crashed service should.
-- Backoff: a child's restart waits `base * 2^(n-1)` seconds (capped), n = its recent failures.
+- Backoff: a child's restart waits `base * 2^(n-1)` seconds (capped), n = its recent failures:
+  the agent's one retry policy (`actors.rules.retry`), without jitter.
 
 This module decides; the Agent acts. Nothing here starts a thread.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+
+from actors.rules.retry import RetryPolicy
 
 PERMANENT = "permanent"
 TEMPORARY = "temporary"
@@ -82,4 +85,5 @@ class Supervisor:
         self.recent.append(now)
         child.failures.append(now)
         child.restarts += 1
-        return float(min(policy.backoff_base * 2 ** (len(child.failures) - 1), policy.backoff_max))
+        backoff = RetryPolicy(policy.backoff_base, policy.backoff_max, jitter=False)
+        return backoff.delay(len(child.failures))

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 
@@ -32,6 +32,23 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class ClockInterface(Protocol):
+    """What the actors use of a clock: `Clock` here, a test's manual clock elsewhere."""
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        """Run `callback` once `delay` seconds have passed, unless the timer is cancelled."""
+        ...
+
+    def tell_later(self, delay: float, ref: pykka.ActorRef[Any], message: object) -> Timer:
+        """Tell `message` to `ref` once `delay` seconds have passed, unless cancelled or the
+        actor has stopped."""
+        ...
+
+    def stop(self) -> None:
+        """Deliver nothing more."""
+        ...
 
 
 class Clock:

@@ -10,8 +10,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.edges.prefect_api import PrefectApi
-from actors.runtime.clock import Clock
+from actors.edges.api_interface import PrefectApiInterface
+from actors.runtime.calls import CallPool
+from actors.runtime.clock import ClockInterface
 from actors.runtime.settings import AgentSettings
 from actors.status.metrics import AgentMetrics
 
@@ -30,8 +31,9 @@ class AgentOutcome:
 @dataclass(frozen=True)
 class AgentContext:
     settings: AgentSettings
-    api: PrefectApi
-    clock: Clock
+    api: PrefectApiInterface
+    clock: ClockInterface
+    calls: CallPool = field(default_factory=CallPool)  # server calls made off the inboxes
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     outcome: AgentOutcome = field(default_factory=AgentOutcome)
     listeners: tuple[Any, ...] = ()  # actor refs told every run event from the first one on

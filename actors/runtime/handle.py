@@ -13,8 +13,9 @@ from typing import Any
 
 import pykka
 
+from actors.edges.api_interface import PrefectApiInterface
 from actors.edges.prefect_api import PrefectApi
-from actors.runtime.clock import Clock
+from actors.runtime.clock import Clock, ClockInterface
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import ask
 from actors.runtime.settings import AgentSettings
@@ -34,19 +35,24 @@ class AgentHandle:
     def __init__(
         self,
         settings: AgentSettings,
-        api: PrefectApi | None = None,
+        api: PrefectApiInterface | None = None,
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
+        clock: ClockInterface | None = None,
     ) -> None:
         self.settings = settings
-        self.api = api or PrefectApi(
+        self.api: PrefectApiInterface = api or PrefectApi(
             settings.api_url,
             settings.api_key,
             concurrency=settings.api_concurrency,
             timeout=settings.api_timeout,
         )
-        self.clock = Clock()
+        # Every timer of the agent; a test may pass a clock whose time it moves by hand.
+        self.clock: ClockInterface = clock if clock is not None else Clock()
         self.ctx = AgentContext(
-            settings=settings, api=self.api, clock=self.clock, listeners=listeners
+            settings=settings,
+            api=self.api,
+            clock=self.clock,
+            listeners=listeners,
         )
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
         self.outcome = self.ctx.outcome
@@ -80,11 +86,12 @@ class AgentHandle:
         self.dispatcher.tell(Cancel(flow_run_id, reason))
 
     def subscribe(self, listener: pykka.ActorRef[Any]) -> None:
-        """Tell `listener` every run event: RunSubmitted, RunStarted, RunFinished."""
-        self.dispatcher.tell(Subscribe(listener))
+        """Tell `listener` every run event: RunSubmitted, RunStarted, RunFinished. The Agent
+        keeps the subscription, so it outlives a restart of the Dispatcher."""
+        self.ref.tell(Subscribe(listener))
 
     def unsubscribe(self, listener: pykka.ActorRef[Any]) -> None:
-        self.dispatcher.tell(Unsubscribe(listener))
+        self.ref.tell(Unsubscribe(listener))
 
     def health(self) -> tuple[bool, str]:
         """Healthy while the server answers: unhealthy after three poll intervals of silence."""
@@ -115,7 +122,8 @@ class AgentHandle:
     def wait_idle(self, timeout: float) -> bool:
         """Block until no run is in flight (every process has exited and been reported)."""
         deadline = time.monotonic() + timeout
-        while ask(self.dispatcher, HeldRuns(), int) > 0:
+        # An ask from outside the tree, with a timeout: the Dispatcher answers at once.
+        while ask(self.dispatcher, HeldRuns(), int, timeout=10.0) > 0:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
@@ -160,13 +168,16 @@ class AgentHandle:
             self.ref.stop(block=False)
             self.clock.stop()
             self.api.close()
+            self.ctx.calls.stop()
 
 
 def start_agent(
     settings: AgentSettings,
-    api: PrefectApi | None = None,
+    api: PrefectApiInterface | None = None,
     listeners: tuple[pykka.ActorRef[Any], ...] = (),
+    clock: ClockInterface | None = None,
 ) -> AgentHandle:
     """Start an agent's actor tree inside the calling process; `listeners` (RunListener refs)
-    hear every run event from the first poll on."""
-    return AgentHandle(settings, api, listeners)
+    hear every run event from the first poll on. `clock` serves every timer of the agent
+    (default: a real `Clock`)."""
+    return AgentHandle(settings, api, listeners, clock)

@@ -2,16 +2,21 @@
 
 In the listener style of Mopidy: subclass it, override the methods for the events you care
 about, start it, and pass its ref to `AgentHandle.subscribe`. The agent tells it each event;
-the methods run in the listener's own actor, so a slow listener never slows the agent.
+the methods run in the listener's own actor, so a slow listener never slows the agent. A
+method that raises is logged with the event and the listener is kept (as Mopidy's
+`Listener.on_event` does): one bad event must not silence every later one.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pykka
 
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
+
+log = logging.getLogger("prefect_actor_agent.listener")
 
 
 class RunListener(pykka.ThreadingActor):
@@ -26,12 +31,22 @@ class RunListener(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case RunSubmitted():
-                self.run_submitted(message)
-            case RunStarted():
-                self.run_started(message)
-            case RunFinished():
-                self.run_finished(message)
+            case RunSubmitted() | RunStarted() | RunFinished():
+                self._deliver(message)
             case _:
                 return super().on_receive(message)
         return None
+
+    def _deliver(self, event: RunSubmitted | RunStarted | RunFinished) -> None:
+        try:
+            match event:
+                case RunSubmitted():
+                    self.run_submitted(event)
+                case RunStarted():
+                    self.run_started(event)
+                case RunFinished():
+                    self.run_finished(event)
+        except Exception:  # the listener's bug: logged with the event, the listener kept
+            log.exception(
+                "run listener %s failed on %r; it keeps listening", type(self).__name__, event
+            )

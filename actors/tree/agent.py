@@ -5,38 +5,47 @@ the CancelWatcher or the Dispatcher that fails is restarted alone, after a backo
 on; too many failures in the window and the Agent gives up, stops taking runs and reports the
 failure to whoever holds it (the launcher then exits non-zero). In prefix mode it re-reads
 which queues match every `rematch_interval` and starts and stops watchers to follow. It also
-answers "show me the tree", asking each child without waiting long on a busy one.
+answers "show me the tree" from what its watchers told it (`WatcherStatus`) and the
+Dispatcher's answer (never blocked on the server), so `/tree` answers during an outage.
+
+Its own server calls (the server's version, the runs an earlier life left, the queues that
+match) are made off its inbox (`actors.runtime.calls`); their answers come back as messages,
+so a child's failure or a GetTree never waits behind the server.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import pykka
 
-from actors.edges.prefect_api import ApiError
 from actors.edges.processes import (
     HOSTNAME,
     owned_by_live_agent,
-    parse_infrastructure_pid,
 )
-from actors.rules.server_version import unknown_version_warning
+from actors.rules.reconcile import left_behind
+from actors.rules.retry import ONCE, SERVER_CALLS
+from actors.rules.server_version import ServerProfile, unknown_version_warning
 from actors.rules.supervision import RestartPolicy, Supervisor
+from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
-from actors.runtime.refs import ask, tell_if_alive
+from actors.runtime.refs import tell_if_alive
 from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.queue_watcher import QueueWatcher
+from messages.internal.dispatch import Subscribe, Unsubscribe
 from messages.internal.lifecycle import (
+    CallAnswered,
     ChildFailed,
     Describe,
     DetectServer,
     DispatcherIdle,
     GetTree,
-    HeldRuns,
+    IdleCheck,
     PolledOnce,
     Reconcile,
     RegisterWatcher,
@@ -45,13 +54,14 @@ from messages.internal.lifecycle import (
     TakeOver,
     UseDispatcher,
     WatchedQueues,
+    WatcherStatus,
 )
 from messages.user.tree import ActorNode
-from messages.wire.prefect import PENDING, RUNNING, ApiDecodeError
+from messages.wire.prefect import PENDING, RUNNING, FlowRun
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
-DESCRIBE_TIMEOUT = 2.0
+DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the server
 CANCELLATIONS = "cancellations"
 DISPATCHER = "dispatcher"
 
@@ -75,11 +85,17 @@ class Agent(pykka.ThreadingActor):
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.cancel_watcher: pykka.ActorRef[Any] | None = None
         self.polled_once: set[str] = set()
+        self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the watchers told it
+        self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
+        self.calls: Calls | None = None
+        self.api = ctx.api.with_retry(SERVER_CALLS)  # its version and what an earlier life left
+        self.rematch_api = ctx.api.with_retry(ONCE)  # the next rematch is the retry
         self.matched_once = False
         self.state = "starting"
         self.since = time.time()
 
     def on_start(self) -> None:
+        self.calls = Calls(self.ctx.calls, self.actor_ref)
         settings = self.ctx.settings
         log.info("agent starting against %s: %s", settings.api_url, _describe_queues(settings))
         self.actor_ref.tell(DetectServer())
@@ -111,6 +127,18 @@ class Agent(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case CallAnswered():
+                self._calls().answered(message)
+            case WatcherStatus(kind=kind, name=name, node=node) if isinstance(node, ActorNode):
+                self.child_status[(kind, name)] = node
+            case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):
+                self.listeners.append(ref)
+                if self.dispatcher is not None:
+                    tell_if_alive(self.dispatcher, message)
+            case Unsubscribe(listener=ref):
+                self.listeners = [known for known in self.listeners if known != ref]
+                if self.dispatcher is not None:
+                    tell_if_alive(self.dispatcher, message)
             case DetectServer():
                 self._detect_server()
             case RematchQueues():
@@ -119,7 +147,7 @@ class Agent(pykka.ThreadingActor):
                 self.polled_once.add(name)
                 self._check_run_once_done()
             case DispatcherIdle():
-                self._check_run_once_done()
+                self._check_run_once_done(idle=True)
             case ChildFailed(kind=kind, name=name, error=error):
                 self._child_failed(kind, name, error)
             case RestartChild(kind=kind, name=name):
@@ -134,8 +162,14 @@ class Agent(pykka.ThreadingActor):
 
     # -- children ----------------------------------------------------------------------------------
 
+    def _calls(self) -> Calls:
+        if self.calls is None:
+            raise RuntimeError("the Agent has not started")
+        return self.calls
+
     def _start_dispatcher(self) -> None:
-        self.dispatcher = Dispatcher.start(self.ctx, self.actor_ref)
+        self.dispatcher = Dispatcher.start(self.ctx, self.actor_ref, tuple(self.listeners))
+        self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
         self.outcome.dispatcher = self.dispatcher
         self.supervisor.record("Dispatcher", DISPATCHER)
         for name, ref in self.watchers.items():
@@ -151,15 +185,12 @@ class Agent(pykka.ThreadingActor):
 
     def _detect_server(self) -> None:
         """Log which server this is; a server without work pools cannot serve `--pool`."""
-        try:
-            profile = self.ctx.api.server_profile()
-        except (ApiError, ApiDecodeError) as exc:
-            delay = self.ctx.settings.query_interval
-            log.warning(
-                "could not read the server's version (%s); trying again in %.0fs", exc, delay
-            )
-            self.ctx.clock.tell_later(delay, self.actor_ref, DetectServer())
-            return
+        self._calls().start(self.api.server_profile, self._server_detected, self._no_version)
+
+    def _no_version(self, exc: Exception) -> None:
+        log.warning("could not read the server's version: %s", exc)
+
+    def _server_detected(self, profile: ServerProfile) -> None:
         warning = unknown_version_warning(profile)
         if warning is not None:
             log.warning("%s", warning)
@@ -213,27 +244,37 @@ class Agent(pykka.ThreadingActor):
     def _child_failed(self, kind: str, name: str, error: str) -> None:
         """One-for-one: restart the failed child alone, after its backoff; or escalate."""
         self.ctx.metrics.restarts.labels(kind=kind).inc()
+        self._forget_child(kind, name)
+        delay = self.supervisor.child_failed(kind, name, error, time.monotonic())  # may escalate
+        restarts = self.supervisor.record(kind, name).restarts
+        log.error("%s %r failed (%s); restart %d in %.1fs", kind, name, error, restarts, delay)
+        self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
+
+    def _forget_child(self, kind: str, name: str) -> None:
+        """Drop the ref of a child that failed (it is being stopped by pykka)."""
         if kind == "QueueWatcher":
             self.watchers.pop(name, None)
         elif kind == "CancelWatcher":
             self.cancel_watcher = None
         elif kind == "Dispatcher":
             self.dispatcher = None
-        delay = self.supervisor.child_failed(kind, name, error, time.monotonic())  # may escalate
-        restarts = self.supervisor.record(kind, name).restarts
-        log.error("%s %r failed (%s); restart %d in %.1fs", kind, name, error, restarts, delay)
-        self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
 
     def _restart(self, kind: str, name: str) -> None:
+        """Start the child again unless it runs already (or the agent is stopping)."""
         if self.state == "stopping":
             return
-        log.info("restarting %s %r", kind, name)
-        if kind == "Dispatcher" and self.dispatcher is None:
-            self._start_dispatcher()
-        elif kind == "CancelWatcher" and self.cancel_watcher is None:
-            self._start_cancel_watcher()
-        elif kind == "QueueWatcher" and name not in self.watchers:
-            self._start_watcher(name, create_missing=name in self.ctx.settings.work_queues)
+        starters: dict[str, tuple[bool, Callable[[], None]]] = {
+            "Dispatcher": (self.dispatcher is None, self._start_dispatcher),
+            "CancelWatcher": (self.cancel_watcher is None, self._start_cancel_watcher),
+            "QueueWatcher": (
+                name not in self.watchers,
+                lambda: self._start_watcher(name, name in self.ctx.settings.work_queues),
+            ),
+        }
+        missing, start = starters[kind]
+        if missing:
+            log.info("restarting %s %r", kind, name)
+            start()
 
     # -- the tree ----------------------------------------------------------------------------------
 
@@ -245,23 +286,28 @@ class Agent(pykka.ThreadingActor):
         children.append(("CancelWatcher", CANCELLATIONS, self.cancel_watcher))
         children.append(("Dispatcher", DISPATCHER, self.dispatcher))
         asked = [
-            (kind, name, ref.ask(Describe(), block=False) if ref is not None else None)
+            (kind, name, ref, self._ask_dispatcher(ref) if kind == "Dispatcher" else None)
             for kind, name, ref in children
             if ref is not None or (kind, name) in self.supervisor.children
         ]
         deadline = time.monotonic() + DESCRIBE_TIMEOUT
         nodes = []
-        for kind, name, future in asked:
-            node = None
+        for kind, name, ref, future in asked:
+            node = self.child_status.get((kind, name)) if ref is not None else None
             if future is not None:
                 try:
                     node = future.get(timeout=max(0.0, deadline - time.monotonic()))
                 except pykka.Timeout:
                     node = ActorNode(
-                        kind=kind, name=name, state="busy (no answer within 2s)", since=time.time()
+                        kind=kind,
+                        name=name,
+                        state="busy (no answer within 0.5s)",
+                        since=time.time(),
                     )
                 except pykka.ActorDeadError:
                     node = None
+            if node is None and ref is not None:
+                node = ActorNode(kind=kind, name=name, state="starting", since=self.since)
             if node is None:
                 node = ActorNode(kind=kind, name=name, state="restarting", since=time.time())
             record = self.supervisor.record(kind, name)
@@ -288,34 +334,30 @@ class Agent(pykka.ThreadingActor):
             children=tuple(nodes),
         )
 
+    def _ask_dispatcher(self, ref: pykka.ActorRef[Any] | None) -> Any:
+        """The Dispatcher's subtree, asked with a deadline: it holds the RunSupervisors' last
+        status and never waits on the server, so it answers within the deadline."""
+        return ref.ask(Describe(), block=False) if ref is not None else None
+
     # -- after a crash ----------------------------------------------------------------
 
     def _reconcile(self, queue_names: tuple[str, ...]) -> None:
         """Take over what an earlier life of this agent left: runs of these queues, Pending or
         Running, whose process was started on this host and is not another live agent's."""
-        try:
-            runs = self.ctx.api.runs_in_states(
+
+        def unreadable(exc: Exception) -> None:
+            log.warning("could not look for runs left by an earlier agent: %s", exc)
+
+        self._calls().start(
+            lambda: self.api.runs_in_states(
                 list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
-            )
-        except (ApiError, ApiDecodeError) as exc:
-            log.warning(
-                "could not look for runs left by an earlier agent: %s; trying again in %.0fs",
-                exc,
-                self.ctx.settings.query_interval,
-            )
-            self.ctx.clock.tell_later(
-                self.ctx.settings.query_interval, self.actor_ref, Reconcile(queue_names)
-            )
-            return
-        for run in runs:
-            if not run.infrastructure_pid:
-                continue
-            try:
-                host, pid = parse_infrastructure_pid(run.infrastructure_pid)
-            except ValueError:
-                continue
-            if host != HOSTNAME or owned_by_live_agent(pid):
-                continue
+            ),
+            self._take_over,
+            unreadable,
+        )
+
+    def _take_over(self, runs: list[FlowRun]) -> None:
+        for run in left_behind(runs, HOSTNAME, owned_by_live_agent):
             log.info(
                 "flow run %s (%s) was left %s by an earlier agent on this host: taking it over",
                 run.id,
@@ -331,21 +373,31 @@ class Agent(pykka.ThreadingActor):
         queue matching the prefixes."""
         settings = self.ctx.settings
         if settings.work_pool is None:
-            return {queue.name for queue in self.ctx.api.match_work_queues(settings.queue_prefixes)}
-        names = {queue.name for queue in self.ctx.api.pool_queues(settings.work_pool)}
+            matching = self.rematch_api.match_work_queues(settings.queue_prefixes)
+            return {queue.name for queue in matching}
+        names = {queue.name for queue in self.rematch_api.pool_queues(settings.work_pool)}
         if settings.queue_prefixes:
             names = {n for n in names if n.startswith(settings.queue_prefixes)}
         return names
 
     def _rematch(self) -> None:
+        if self.state == "stopping":
+            return
+        self._calls().start(
+            self._matching_queues,
+            self._rematched,
+            self._rematch_failed,
+        )
+
+    def _rematch_failed(self, exc: Exception) -> None:
+        log.warning("could not read the work queues of %s: %s", _followed(self.ctx.settings), exc)
+        self._rematched(None)
+
+    def _rematched(self, matched: set[str] | None) -> None:
+        """Start and stop watchers to follow the queues that match now (None: unknown)."""
         settings = self.ctx.settings
         if self.state == "stopping":
             return
-        try:
-            matched: set[str] | None = self._matching_queues()
-        except (ApiError, ApiDecodeError) as exc:
-            log.warning("could not read the work queues of %s: %s", _followed(settings), exc)
-            matched = None
         if matched is not None:
             dynamic = set(self.watchers) - set(settings.work_queues)
             added = sorted(matched - dynamic - set(settings.work_queues))
@@ -377,7 +429,7 @@ class Agent(pykka.ThreadingActor):
 
     # -- run once ----------------------------------------------------------------------------------
 
-    def _check_run_once_done(self) -> None:
+    def _check_run_once_done(self, idle: bool = False) -> None:
         settings = self.ctx.settings
         if not settings.run_once or self.outcome.finished.is_set() or self.dispatcher is None:
             return
@@ -385,9 +437,11 @@ class Agent(pykka.ThreadingActor):
             return
         if not set(self.watchers) <= self.polled_once:
             return
-        if ask(self.dispatcher, HeldRuns(), int) == 0:
-            log.info("run once: every queue polled and every run taken has ended")
-            self.outcome.finished.set()
+        if not idle:
+            tell_if_alive(self.dispatcher, IdleCheck())  # answered with DispatcherIdle
+            return
+        log.info("run once: every queue polled and every run taken has ended")
+        self.outcome.finished.set()
 
 
 def _prefixes(prefixes: tuple[str, ...]) -> str:

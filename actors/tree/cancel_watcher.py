@@ -15,11 +15,19 @@ from typing import Any
 import pykka
 
 from actors.edges.prefect_api import ApiError
+from actors.rules.retry import ONCE
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from messages.internal.dispatch import Cancel
-from messages.internal.lifecycle import ChildFailed, Describe, Poll, UseDispatcher, WatchedQueues
+from messages.internal.lifecycle import (
+    ChildFailed,
+    Describe,
+    Poll,
+    UseDispatcher,
+    WatchedQueues,
+    WatcherStatus,
+)
 from messages.user.tree import ActorNode
 from messages.wire.prefect import (
     CANCELLED,
@@ -57,6 +65,7 @@ class CancelWatcher(pykka.ThreadingActor):
     ) -> None:
         super().__init__()
         self.ctx = ctx
+        self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.dispatcher = dispatcher
         self.agent = agent
         self.queues = queues
@@ -80,15 +89,10 @@ class CancelWatcher(pykka.ThreadingActor):
             case WatchedQueues(names=names):
                 self.queues = names
                 if names and self.phase == "no queues yet":
-                    self.phase, self.since = "polling", time.time()
+                    self._set_phase("polling")
+                self._report_status()
             case Describe():
-                return ActorNode(
-                    kind="CancelWatcher",
-                    name="cancellations",
-                    state=self.phase,
-                    since=self.since,
-                    detail={"queues": ", ".join(self.queues)},
-                )
+                return self._describe()
             case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
                 self.dispatcher = ref
             case Poll():
@@ -100,20 +104,37 @@ class CancelWatcher(pykka.ThreadingActor):
                 log.warning("unexpected message %r", message)
         return None
 
+    def _describe(self) -> ActorNode:
+        return ActorNode(
+            kind="CancelWatcher",
+            name="cancellations",
+            state=self.phase,
+            since=self.since,
+            detail={"queues": ", ".join(self.queues)},
+        )
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase, self.since = phase, time.time()
+            self._report_status()
+
+    def _report_status(self) -> None:
+        """The Agent shows the tree from what it is told, never waiting on a poll."""
+        tell_if_alive(self.agent, WatcherStatus("CancelWatcher", "cancellations", self._describe()))
+
     def _poll(self) -> None:
         if not self.queues:
-            self.phase = "no queues yet"
+            self._set_phase("no queues yet")
             return
         try:
-            runs = self.ctx.api.filter_flow_runs(
+            runs = self.api.filter_flow_runs(
                 cancelling_runs_filter(self.queues), self.ctx.settings.work_pool
             )
         except (ApiError, ApiDecodeError) as exc:
             log.warning("could not look for runs to cancel: %s", exc)
-            self.phase = f"error: {exc}"
+            self._set_phase(f"error: {exc}")
             return
-        if self.phase != "polling":
-            self.phase, self.since = "polling", time.time()
+        self._set_phase("polling")
         now = time.monotonic()
         self.sent = {
             run_id: at for run_id, at in self.sent.items() if now - at < RESEND_AFTER_SECONDS
@@ -123,4 +144,4 @@ class CancelWatcher(pykka.ThreadingActor):
                 continue
             self.sent[run.id] = now
             log.info("flow run %s (%s) is to be cancelled", run.id, run.name)
-            self.dispatcher.tell(Cancel(run.id, "cancellation requested on the server"))
+            tell_if_alive(self.dispatcher, Cancel(run.id, "cancellation requested on the server"))

@@ -7,8 +7,12 @@ twice), frees the slot when that supervisor says the run is over, whatever the o
 tells subscribed host actors about each run's events. Runs it does not admit are forgotten:
 the server still holds them.
 
-A restarted Dispatcher rebuilds what it holds from the RunSupervisors still alive, so no slot
-leaks and no run is started twice.
+A restarted Dispatcher rebuilds what it holds from the RunSupervisors still alive: it tells
+each `Rehome` and takes a run back when its supervisor answers (a supervisor busy at the
+moment is taken back when it next speaks), so no slot leaks and no run is started twice.
+
+The watchers tell it (`FreeSlots`, `RunsFound`) and it tells them back (`Room`, `Admitted`):
+a bug here fails the Dispatcher, which is restarted, not the watcher that asked.
 
 Serving a work pool, it also shares the room between the pool's queues as the pool says: no
 more runs than the pool's concurrency limit, and, when a limit leaves room for only some runs,
@@ -31,8 +35,10 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.run_supervisor import RunSupervisor
 from messages.internal.dispatch import (
+    Admitted,
     Cancel,
     FreeSlots,
+    Room,
     RunsFound,
     RunStatus,
     Subscribe,
@@ -43,6 +49,7 @@ from messages.internal.lifecycle import (
     Describe,
     DispatcherIdle,
     HeldRuns,
+    IdleCheck,
     Interrupt,
     InterruptRuns,
     Poll,
@@ -50,6 +57,13 @@ from messages.internal.lifecycle import (
     Rehome,
     SupervisorFailed,
     TakeOver,
+)
+from messages.internal.run_steps import (
+    CancelUnheld,
+    InheritProcess,
+    RunPlan,
+    SubmitRun,
+    TakeOverRun,
 )
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
 from messages.user.tree import ActorNode
@@ -63,7 +77,12 @@ RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot 
 class Dispatcher(pykka.ThreadingActor):
     """Limit and de-duplication; parent of every RunSupervisor (permanent child of the Agent)."""
 
-    def __init__(self, ctx: AgentContext, agent: pykka.ActorRef[Any]) -> None:
+    def __init__(
+        self,
+        ctx: AgentContext,
+        agent: pykka.ActorRef[Any],
+        listeners: tuple[pykka.ActorRef[Any], ...] = (),
+    ) -> None:
         super().__init__()
         self.ctx = ctx
         self.agent = agent
@@ -76,7 +95,7 @@ class Dispatcher(pykka.ThreadingActor):
         self.pages = PageTracker()
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
         self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
-        self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)
+        self.listeners: list[pykka.ActorRef[Any]] = list(listeners)  # kept by the Agent
         self.since = time.time()
 
     def on_start(self) -> None:
@@ -87,11 +106,12 @@ class Dispatcher(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case FreeSlots():
-                return self._free_slots(message)
-            case RunsFound(queue_name=queue, runs=runs, full_page=full):
+            case FreeSlots(reply_to=ref):
+                _reply(ref, Room(self._free_slots(message)))
+            case RunsFound(queue_name=queue, runs=runs, full_page=full, reply_to=ref):
                 self._note_drained(queue, full)
-                return self._admit(queue, runs, full)
+                count = self._admit(queue, runs, full) if runs else 0
+                _reply(ref, Admitted(count, full))
             case RunStatus():
                 self._run_status(message)
             case RunFinished():
@@ -99,10 +119,7 @@ class Dispatcher(pykka.ThreadingActor):
             case SupervisorFailed():
                 self._supervisor_failed(message)
             case TakeOver(flow_run_id=run_id) if run_id not in self.held:
-                self.held[run_id] = RunSupervisor.start(
-                    self.ctx, run_id, self.actor_ref, lost_by_earlier_agent=True
-                )
-                self.ctx.metrics.runs_in_flight.set(len(self.held))
+                self._supervise(run_id, TakeOverRun())
             case Cancel(flow_run_id=run_id):
                 self._cancel(message, run_id)
             case RegisterWatcher(queue_name=queue, watcher=ref):
@@ -113,6 +130,9 @@ class Dispatcher(pykka.ThreadingActor):
                 self.listeners = [known for known in self.listeners if known != ref]
             case HeldRuns():
                 return len(self.held)
+            case IdleCheck():
+                if not self.held:
+                    self.agent.tell(DispatcherIdle())
             case Describe():
                 return self._describe()
             case InterruptRuns(grace_seconds=grace):
@@ -185,7 +205,7 @@ class Dispatcher(pykka.ThreadingActor):
         admitted = admit(fresh, self.held.keys(), self.ctx.settings.limit)
         for run in admitted:
             log.info("submitting flow run %s (%s) from queue %r", run.id, run.name, queue)
-            self.held[run.id] = RunSupervisor.start(self.ctx, run.id, self.actor_ref, flow_run=run)
+            self._supervise(run.id, SubmitRun(run))
             self.ctx.metrics.runs_submitted.inc()
             self._emit(RunSubmitted(run.id, run.name, queue))
         waiting = {run.id for run in fresh} - set(self.held)
@@ -202,8 +222,12 @@ class Dispatcher(pykka.ThreadingActor):
 
     # -- what the supervisors report ---------------------------------------------------------------
 
+    def _supervise(self, run_id: str, plan: RunPlan) -> None:
+        self.held[run_id] = RunSupervisor.start(self.ctx, run_id, self.actor_ref, plan)
+        self.ctx.metrics.runs_in_flight.set(len(self.held))
+
     def _run_status(self, status: RunStatus) -> None:
-        if status.flow_run_id not in self.held:
+        if status.flow_run_id not in self.held and not self._take_back(status):
             return
         if status.past_pending:
             self._taken(status.flow_run_id)
@@ -212,9 +236,22 @@ class Dispatcher(pykka.ThreadingActor):
         if status.pid is not None and (previous is None or previous.pid != status.pid):
             self._emit(RunStarted(status.flow_run_id, status.pid))
 
+    def _take_back(self, status: RunStatus) -> bool:
+        """A supervisor this Dispatcher did not start speaks (it was busy when this one
+        started, after a restart): its run counts against the limit and shows in the tree."""
+        ref = status.supervisor
+        if not isinstance(ref, pykka.ActorRef) or status.flow_run_id in self.recently_finished:
+            return False
+        log.info("took back flow run %s from its supervisor", status.flow_run_id)
+        self.held[status.flow_run_id] = ref
+        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        return True
+
     def _finished(self, message: RunFinished) -> None:
-        if self.held.pop(message.flow_run_id, None) is None:
-            return
+        if self.held.pop(message.flow_run_id, None) is None and (
+            message.flow_run_id in self.recently_finished
+        ):
+            return  # told twice (a message kept for a new Dispatcher, and this one)
         self.status.pop(message.flow_run_id, None)
         self._taken(message.flow_run_id)
         if message.outcome != "deferred":  # a deferred run comes back, Scheduled, when due
@@ -243,13 +280,7 @@ class Dispatcher(pykka.ThreadingActor):
             message.pid,
         )
         self.ctx.metrics.restarts.labels(kind="RunSupervisor").inc()
-        self.held[message.flow_run_id] = RunSupervisor.start(
-            self.ctx,
-            message.flow_run_id,
-            self.actor_ref,
-            inherited_failure=message.error,
-            known_pid=message.pid,
-        )
+        self._supervise(message.flow_run_id, InheritProcess(message.pid, message.error))
 
     def _taken(self, run_id: str) -> None:
         """A run's Pending is settled; a draining queue may be due its next page."""
@@ -287,7 +318,7 @@ class Dispatcher(pykka.ThreadingActor):
             "cancel for flow run %s, which this agent does not hold: looking for its process",
             run_id,
         )
-        self.held[run_id] = RunSupervisor.start(self.ctx, run_id, self.actor_ref, cancel=message)
+        self._supervise(run_id, CancelUnheld(message))
 
     def _interrupt_all(self, grace: float) -> list[pykka.ActorRef[Any]]:
         refs = list(self.held.values())
@@ -308,23 +339,13 @@ class Dispatcher(pykka.ThreadingActor):
     # -- restart and inspection --------------------------------------------------------------------
 
     def _rebuild_from_live_supervisors(self) -> None:
-        """After a restart, take back the runs whose supervisors are still alive."""
-        asked = [
-            (ref, ref.ask(Rehome(self.actor_ref, id(self.ctx)), block=False))
-            for ref in pykka.ActorRegistry.get_by_class(RunSupervisor)
-        ]
-        deadline = time.monotonic() + 5.0
-        for ref, answer in asked:
-            try:
-                status = answer.get(timeout=max(0.0, deadline - time.monotonic()))
-            except (pykka.Timeout, pykka.ActorDeadError):
-                continue
-            if isinstance(status, RunStatus):
-                self.held[status.flow_run_id] = ref
-                self.status[status.flow_run_id] = status
-        if self.held:
-            log.info("took back %d run(s) in flight from their supervisors", len(self.held))
-        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        """After a restart, tell every live supervisor of this agent to report here; each run
+        is taken back when its supervisor's `RunStatus` arrives (see `_take_back`)."""
+        supervisors = pykka.ActorRegistry.get_by_class(RunSupervisor)
+        for ref in supervisors:
+            tell_if_alive(ref, Rehome(self.actor_ref, id(self.ctx)))
+        if supervisors:
+            log.info("asked %d live run supervisor(s) to report here", len(supervisors))
 
     def _describe(self) -> ActorNode:
         limit = self.ctx.settings.limit
@@ -344,3 +365,8 @@ class Dispatcher(pykka.ThreadingActor):
         return ActorNode(
             kind="Dispatcher", name="dispatcher", state=held, since=self.since, children=children
         )
+
+
+def _reply(ref: object, message: object) -> None:
+    if isinstance(ref, pykka.ActorRef):
+        tell_if_alive(ref, message)

@@ -11,12 +11,19 @@ flow-run filter where that answers the same (see `actors/rules/poll_route.py`).
 A queue of a work pool (`--pool`) is read and polled through the pool's endpoints; the pool's
 pause stops it like its own, and the pool's limit and the queue's priority travel with
 `FreeSlots`, so that the Dispatcher can share the room between the pool's queues.
+
+A poll is three messages, never an ask: `Poll` (read the queue, tell the Dispatcher
+`FreeSlots`), `Room` (ask the server for that many runs, tell `RunsFound`), `Admitted` (when to
+poll next). A poll the Dispatcher never answers (it failed meanwhile) is followed by the next
+one a query interval later all the same. The watcher tells the Agent its phase
+(`WatcherStatus`), so the tree is shown without waiting on a watcher that is mid-poll.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,15 +31,22 @@ import pykka
 
 from actors.edges.prefect_api import ApiError
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
+from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
-from actors.runtime.refs import ask, tell_if_alive
-from messages.internal.dispatch import FreeSlots, RunsFound
-from messages.internal.lifecycle import ChildFailed, Describe, Poll, PolledOnce, UseDispatcher
+from actors.runtime.refs import tell_if_alive
+from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
+from messages.internal.lifecycle import (
+    ChildFailed,
+    Describe,
+    Poll,
+    PolledOnce,
+    UseDispatcher,
+    WatcherStatus,
+)
 from messages.user.tree import ActorNode
 from messages.wire.prefect import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 
-ERROR_BACKOFF_MAX = 60.0
 FULL_PAGE_RECHECK_SECONDS = 0.25
 QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
 
@@ -51,6 +65,7 @@ class QueueWatcher(pykka.ThreadingActor):
     ) -> None:
         super().__init__()
         self.ctx = ctx
+        self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.queue_name = queue_name
         self.pool_name = pool_name
         self.dispatcher = dispatcher
@@ -60,11 +75,14 @@ class QueueWatcher(pykka.ThreadingActor):
         self.queue: WorkQueue | None = None
         self.queue_read_at = 0.0
         self.paused = False
+        self.pool: WorkPool | None = None  # as read by the poll under way
+        self.filter_answers = False  # whether this poll's pages may come by the flow-run filter
         self.pool_missing = False
         self.failures = 0
         self.polls = 0
         self.recorded_poll_at: float | None = None  # monotonic time of the last get_runs
         self.next_poll: Timer | None = None
+        self.poll_started = 0.0  # monotonic time of the poll under way
         self.phase = "starting"
         self.since = time.time()
 
@@ -83,6 +101,10 @@ class QueueWatcher(pykka.ThreadingActor):
         match message:
             case Poll():
                 self._poll()
+            case Room(count=count):
+                self._poll_step(lambda: self._take_room(count))
+            case Admitted(count=count, full_page=full):
+                self._admitted(count, full)
             case Describe():
                 return self._describe()
             case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
@@ -95,6 +117,8 @@ class QueueWatcher(pykka.ThreadingActor):
         if phase != self.phase:
             self.phase = phase
             self.since = time.time()
+            status = WatcherStatus("QueueWatcher", self.queue_name, self._describe())
+            tell_if_alive(self.agent, status)
 
     def _schedule(self, delay: float) -> None:
         if self.next_poll is not None:
@@ -102,37 +126,50 @@ class QueueWatcher(pykka.ThreadingActor):
         self.next_poll = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
 
     def _poll(self) -> None:
-        if self.next_poll is not None:
-            self.next_poll.cancel()
-            self.next_poll = None
         settings = self.ctx.settings
         if settings.run_once and self.polls > 0:
             return
         self.polls += 1
-        started = time.monotonic()
+        self.poll_started = time.monotonic()
+        # Whatever becomes of this poll, the next comes a query interval later at the latest.
+        self._schedule(settings.query_interval)
+        self._poll_step(self._ask_for_room)
+
+    def _poll_step(self, step: Callable[[], float | None]) -> None:
+        """Run one step of a poll; a server error ends the poll, and the next one comes after
+        the retry policy's delay. A step returns when to poll next, or None when it waits for
+        the Dispatcher's answer."""
         try:
-            next_poll = self._poll_once()
+            next_poll = step()
             self.failures = 0
-            self.ctx.metrics.poll_latency.observe(time.monotonic() - started)
         except (ApiError, ApiDecodeError) as exc:
             self.failures += 1
-            delay = min(settings.query_interval * self.failures, ERROR_BACKOFF_MAX)
+            retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+            next_poll = POLL_ERRORS.delay(self.failures, retry_after)
             self.log.warning(
-                "polling work queue %r failed (%s); trying again in %.0fs",
+                "polling work queue %r failed (%s); trying again in %.1fs",
                 self.queue_name,
                 exc,
-                delay,
+                next_poll,
             )
             self._set_phase(f"error: {exc}")
-            next_poll = delay
-        if settings.run_once:
+            self._polled(next_poll)
+            return
+        if next_poll is not None:
+            self._polled(next_poll)
+
+    def _polled(self, next_poll: float) -> None:
+        """The poll is over: the run-once agent hears of it; others poll again later."""
+        self.ctx.metrics.poll_latency.observe(time.monotonic() - self.poll_started)
+        if self.ctx.settings.run_once:
+            if self.next_poll is not None:
+                self.next_poll.cancel()
             self.agent.tell(PolledOnce(self.queue_name))
         else:
             self._schedule(next_poll)
 
-    def _poll_once(self) -> float:
-        """One round trip; the seconds until the next poll at the latest. After a full page
-        that brought new runs, the Dispatcher wakes the watcher as they are being taken."""
+    def _ask_for_room(self) -> float | None:
+        """The first step: is the queue there and not paused? Then ask for room."""
         interval = self.ctx.settings.query_interval
         pool: WorkPool | None = None
         if self.pool_name is not None:
@@ -157,39 +194,56 @@ class QueueWatcher(pykka.ThreadingActor):
         if self.paused:
             self.log.info("work queue %r resumed", self.queue_name)
             self.paused = False
-        filter_answers = self._filter_answers(queue)
+        self.pool = pool
+        self.filter_answers = self._filter_answers(queue)
         ask_room = FreeSlots(
             self.queue_name,
             pool=self.pool_name,
             pool_limit=pool.concurrency_limit if pool is not None else None,
             priority=queue.priority,
-            cheap_pages=filter_answers,
+            cheap_pages=self.filter_answers,
+            reply_to=self.actor_ref,
         )
-        room = ask(self.dispatcher, ask_room, int)
-        if room == 0:
+        if not tell_if_alive(self.dispatcher, ask_room):
+            self._set_phase("waiting for the Dispatcher")
+            return interval
+        return None
+
+    def _take_room(self, room: int) -> float | None:
+        """The second step, with the Dispatcher's answer: ask the server for `room` runs."""
+        interval = self.ctx.settings.query_interval
+        queue = self.queue
+        if room == 0 or queue is None:
             self._set_phase("waiting for a free slot")
             return interval
         self._set_phase("polling")
-        route, runs = self._due_runs(queue, room, filter_answers)
+        route, runs = self._due_runs(queue, room, self.filter_answers)
         self._set_phase(f"idle, last poll found {len(runs)} run(s)")
-        full = len(runs) >= room
         if not runs:
             self._nothing_due()
             return interval
         self.log.debug("found %d run(s) in work queue %r (%s)", len(runs), self.queue_name, route)
-        admitted = ask(self.dispatcher, RunsFound(self.queue_name, tuple(runs), full), int)
-        if full and admitted == 0:
+        found = RunsFound(self.queue_name, tuple(runs), len(runs) >= room, self.actor_ref)
+        if not tell_if_alive(self.dispatcher, found):
+            return interval
+        return None
+
+    def _admitted(self, count: int, full: bool) -> None:
+        """The last step: the Dispatcher took `count` of the runs found."""
+        interval = self.ctx.settings.query_interval
+        if full and count == 0:
             # A full page of runs we already hold, whose Pending has not landed yet: more
             # runs may wait behind them, so look again soon rather than a whole interval later.
-            return min(FULL_PAGE_RECHECK_SECONDS, interval)
+            self._polled(min(FULL_PAGE_RECHECK_SECONDS, interval))
+            return
         # After a full page, the Dispatcher sends Poll while its last runs are being taken.
-        return interval
+        self._polled(interval)
 
     def _nothing_due(self) -> None:
         """In a pool, said even when there is nothing: a queue with no runs due (or paused)
         lets the queues of lower priority have the room. Elsewhere nobody needs to hear it."""
         if self.pool_name is not None:
-            tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False))
+            tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False, self.actor_ref))
 
     def _due_runs(
         self, queue: WorkQueue, room: int, filter_answers: bool
@@ -197,7 +251,7 @@ class QueueWatcher(pykka.ThreadingActor):
         """The request used (named in the log) and the runs it brought."""
         before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         if self.pool_name is not None:
-            pool_runs = self.ctx.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
+            pool_runs = self.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
             return "get_scheduled_flow_runs", pool_runs
         now = time.monotonic()
         since = None if self.recorded_poll_at is None else now - self.recorded_poll_at
@@ -207,8 +261,8 @@ class QueueWatcher(pykka.ThreadingActor):
             query_interval=self.ctx.settings.query_interval,
         )
         if by_filter:
-            return "flow-run filter", self.ctx.api.scheduled_runs(queue.name, before, room)
-        runs = self.ctx.api.get_runs(queue.id, before, room)
+            return "flow-run filter", self.api.scheduled_runs(queue.name, before, room)
+        runs = self.api.get_runs(queue.id, before, room)
         self.recorded_poll_at = now
         return "get_runs", runs
 
@@ -230,7 +284,7 @@ class QueueWatcher(pykka.ThreadingActor):
         return ""
 
     def _read_pool(self, name: str) -> WorkPool | None:
-        pool = self.ctx.api.read_work_pool(name)
+        pool = self.api.read_work_pool(name)
         if pool is None:
             if not self.pool_missing:
                 self.log.warning(
@@ -248,13 +302,13 @@ class QueueWatcher(pykka.ThreadingActor):
 
     def _read_queue_once(self) -> WorkQueue | None:
         if self.pool_name is None:
-            return self.ctx.api.read_work_queue_by_name(self.queue_name)
-        return self.ctx.api.read_pool_queue(self.pool_name, self.queue_name)
+            return self.api.read_work_queue_by_name(self.queue_name)
+        return self.api.read_pool_queue(self.pool_name, self.queue_name)
 
     def _create_queue(self) -> WorkQueue:
         if self.pool_name is None:
-            return self.ctx.api.create_work_queue(self.queue_name)
-        return self.ctx.api.create_pool_queue(self.pool_name, self.queue_name)
+            return self.api.create_work_queue(self.queue_name)
+        return self.api.create_pool_queue(self.pool_name, self.queue_name)
 
     def _read_queue(self) -> WorkQueue | None:
         now = time.monotonic()

@@ -1,19 +1,19 @@
-"""RunSupervisor: owns one flow run from the moment the Dispatcher admits it until it ends.
+"""RunSupervisor: owns one flow run from the moment the Dispatcher hands it over until it ends.
 
-The life of a run, one message at a time (so a Cancel is handled between any two steps):
+How it comes to exist is its plan (`messages.internal.run_steps.RunPlan`):
 
-    ProposePending         the server's answer is the lock between agents; anything but an
-                           accepted Pending ends the supervisor quietly: another agent has it.
-    ResolveInfrastructure  deployment -> infrastructure block -> overrides -> argv and
-                           environment; any error fails the run ("Submission failed." + reason).
-    StartProcess           the process starts in its own process group; its pid is reported.
-                           A Cancel that arrived before this step means it never starts.
-    ProcessExited          sent by a helper that waits on the process, so the inbox stays free.
-                           0: the engine reported the run's state itself; non-zero: Crashed.
+    SubmitRun        a poll found the run: propose Pending (the server's answer is the lock
+                     between agents), resolve the infrastructure, start the process, report
+                     the pid, wait for the exit.
+    TakeOverRun      an earlier life of this agent left the run on this host: find its
+    InheritProcess   process by pid (or take the one a failed supervisor hands over) and
+    CancelUnheld     watch it to its end; or, for a Cancel of a run not held, kill it.
 
-A supervisor can also be started for a run this agent does not hold (the agent restarted since
-it started it): `AdoptRun` finds the process by the recorded `hostname:pid`, checks that it
-really is that run's process, and then watches it like its own.
+Every server call is made off the inbox (`actors.runtime.calls`) and answers as a message, so
+a Cancel or an Interrupt is handled at once, whatever the server does: a run cancelled while
+its Pending is with the server never starts, and a running one is killed while the server
+hangs (its Cancelled report goes when the server answers). How a run ended and what the
+server is told is decided by `actors.rules.run_ending`.
 
 Who may stop a run: the Dispatcher, with Cancel (the server or a host service asked) or
 Interrupt (the agent is stopping), and nobody else. A supervisor always ends by telling the
@@ -23,15 +23,15 @@ Dispatcher `RunFinished`, which frees the run's slot.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pykka
 
-from actors.edges.prefect_api import ApiError, NotFoundError
+from actors.edges.prefect_api import ApiError
 from actors.edges.processes import (
     HOSTNAME,
     SIGKILL,
@@ -43,43 +43,33 @@ from actors.edges.processes import (
     infrastructure_pid,
     parse_infrastructure_pid,
 )
-from actors.rules.exit_codes import describe_exit
-from actors.rules.infrastructure import ProcessSpec, SubmissionError, process_spec
-from actors.rules.proposals import (
-    accepted_as,
-    cancelled,
-    crashed,
-    failed,
-    pending,
-    refusal,
-    rescheduled,
-    scheduled_now,
-)
+from actors.edges.run_infrastructure import resolve_process_spec
+from actors.rules import run_ending
+from actors.rules.infrastructure import ProcessSpec, SubmissionError
+from actors.rules.proposals import accepted_as, failed, pending, refusal, rescheduled
+from actors.rules.retry import SERVER_CALLS
+from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from messages.internal.dispatch import Cancel, RunStatus
-from messages.internal.lifecycle import Interrupt, Rehome, SupervisorFailed
+from messages.internal.lifecycle import CallAnswered, Interrupt, Rehome, SupervisorFailed
 from messages.internal.run_steps import (
     AdoptRun,
+    CancelUnheld,
     CheckProcess,
     GraceExpired,
+    InheritProcess,
     ProcessExited,
     ProposePending,
-    RecordPid,
-    ReportAgain,
-    ResolveInfrastructure,
+    RunPlan,
     StartProcess,
+    SubmitRun,
+    TakeOverRun,
 )
 from messages.user.events import RunFinished, RunOutcome
 from messages.wire.prefect import (
-    CANCELLED,
-    COMPLETED,
-    CRASHED,
-    FAILED,
     PENDING,
     ApiDecodeError,
-    BlockDocument,
-    Deployment,
     FlowRun,
     OrchestrationResult,
     StateProposal,
@@ -87,10 +77,10 @@ from messages.wire.prefect import (
 
 log = logging.getLogger("prefect_actor_agent.run_supervisor")
 
+T = TypeVar("T")
 MAX_WAIT_SECONDS = 30.0
-MAX_REPORT_DELAY = 10.0
 ADOPTED_CHECK_SECONDS = 0.25
-FINAL_TYPES = frozenset({COMPLETED, FAILED, CRASHED, CANCELLED})
+REHOME_WAIT_SECONDS = 10.0  # a finished run waits this long for a new Dispatcher to tell
 
 
 class SupervisedProcess(Protocol):
@@ -105,69 +95,62 @@ class SupervisedProcess(Protocol):
 class RunSupervisor(pykka.ThreadingActor):
     """One flow run's owner: submission, process, exit, cancellation (temporary child)."""
 
-    def __init__(  # noqa: PLR0917 - pykka passes constructor arguments positionally
-        self,
-        ctx: AgentContext,
-        run_id: str,
-        dispatcher: pykka.ActorRef[Any],
-        flow_run: FlowRun | None = None,
-        cancel: Cancel | None = None,
-        inherited_failure: str | None = None,
-        known_pid: int | None = None,
-        lost_by_earlier_agent: bool = False,
+    def __init__(
+        self, ctx: AgentContext, run_id: str, dispatcher: pykka.ActorRef[Any], plan: RunPlan
     ) -> None:
-        """Supervise `flow_run` from submission on; or, without it, find the run's process and
-        watch it: to carry out `cancel` (a run this agent no longer holds), or to take over
-        the process `known_pid` from a supervisor that failed with `inherited_failure`."""
         super().__init__()
         self.ctx = ctx
+        self.api = ctx.api.with_retry(SERVER_CALLS)  # an outcome is never dropped
         self.run_id = run_id
-        self.flow_run = flow_run
+        self.plan = plan
         self.dispatcher = dispatcher
+        self.undelivered: list[object] = []  # told while the Dispatcher was being restarted
+        self.calls: Calls | None = None
         self.phase = "admitted"
         self.since = time.time()
-        self.spec: ProcessSpec | None = None
+        self.started = time.monotonic()
+        self.admitted_at = time.time()
         self.process: SupervisedProcess | None = None
-        self.stop_request: Cancel | Interrupt | None = cancel  # why the run is ending early
-        self.inherited_failure = inherited_failure
-        self.pending_report: tuple[StateProposal, tuple[RunOutcome, str], bool] | None = None
-        self.report_attempts = 0
+        # Why the run is ending early; a Cancel for a run not held is known from the start.
+        self.stop_request: Cancel | Interrupt | None = (
+            plan.cancel if isinstance(plan, CancelUnheld) else None
+        )
         self.pending_proposal: StateProposal | None = None
-        self.past_pending = flow_run is None  # adopted runs never propose Pending
-        self.known_pid = known_pid
-        self.lost_by_earlier_agent = lost_by_earlier_agent
+        self.past_pending = not isinstance(plan, SubmitRun)  # others never propose Pending
+        self.reporting = False
         self.finished = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._set_phase("admitted" if self.flow_run is not None else "looking for its process")
-        self.actor_ref.tell(ProposePending() if self.flow_run is not None else AdoptRun())
+        self.calls = Calls(self.ctx.calls, self.actor_ref)
+        if isinstance(self.plan, SubmitRun):
+            self._set_phase("admitted")
+            self.actor_ref.tell(ProposePending())
+        else:
+            self._set_phase("looking for its process")
+            self.actor_ref.tell(AdoptRun())
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case CallAnswered():
+                self._calls().answered(message)
+            case Cancel() | Interrupt():
+                self._on_stop_request(message)
             case ProposePending():
                 self._propose_pending()
-            case ResolveInfrastructure():
-                self._resolve_infrastructure()
-            case StartProcess():
-                self._start_process()
+            case StartProcess(spec=spec) if isinstance(spec, ProcessSpec):
+                self._start_process(spec)
             case AdoptRun():
                 self._adopt()
             case CheckProcess():
                 self._check_adopted()
             case ProcessExited(pid=pid, returncode=code):
                 self._on_exit(pid, code)
-            case Cancel() | Interrupt():
-                self._on_stop_request(message)
             case GraceExpired(pid=pid):
                 self._on_grace_expired(pid)
-            case ReportAgain():
-                self._report_again()
-            case RecordPid(pid=pid):
-                self._record_pid(pid)
-            case Rehome(dispatcher=ref, agent_id=agent_id):
-                return self._rehome(ref, agent_id)
+            case Rehome(dispatcher=ref, agent_id=agent_id) if isinstance(ref, pykka.ActorRef):
+                self._rehome(ref, agent_id)
             case _:
                 log.warning("flow run %s: unexpected message %r", self.run_id, message)
         return None
@@ -187,42 +170,82 @@ class RunSupervisor(pykka.ThreadingActor):
         log.error("flow run %s: its supervisor failed: %s", self.run_id, reason)
         if self.finished:
             return
+        self.finished = True
         process = self.process
         if process is not None and process.running:
-            self.finished = True
-            tell_if_alive(self.dispatcher, SupervisorFailed(self.run_id, process.pid, reason))
+            self._tell_dispatcher(SupervisorFailed(self.run_id, process.pid, reason))
             return
-        if process is None and self.flow_run is not None:
-            self._report(
-                failed(f"the agent failed while submitting it ({reason})"),
-                outcome=("failed", f"supervisor failed: {reason}"),
-            )
-        else:
-            self._finish("crashed", f"supervisor failed: {reason}")
+        if process is None and isinstance(self.plan, SubmitRun):
+            proposal = failed(f"the agent failed while submitting it ({reason})")
+            try:  # the actor is gone: this one report is made here, with the edge's retries
+                self.ctx.api.set_state(self.run_id, proposal)
+            except (ApiError, ApiDecodeError) as exc:
+                log.error("flow run %s: could not report Failed: %s", self.run_id, exc)
+        self._tell_dispatcher(RunFinished(self.run_id, "failed", f"supervisor failed: {reason}"))
+
+    def _calls(self) -> Calls:
+        if self.calls is None:
+            raise RuntimeError("the supervisor has not started")
+        return self.calls
+
+    def _call(
+        self,
+        call: Callable[[], T],
+        then: Callable[[T], None],
+        failed: Callable[[Exception], None],
+        urgent: bool = False,
+    ) -> None:
+        self._calls().start(call, then, _only_server_errors(failed), urgent)
+
+    def _status(self) -> RunStatus:
+        pid = self.process.pid if self.process is not None else None
+        return RunStatus(
+            self.run_id, self.phase, self.since, pid, self.past_pending, self.actor_ref
+        )
 
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
         self.since = time.time()
-        pid = self.process.pid if self.process is not None else None
-        status = RunStatus(self.run_id, phase, self.since, pid, self.past_pending)
-        tell_if_alive(self.dispatcher, status)
+        self._tell_dispatcher(self._status())
 
-    def _rehome(self, dispatcher: object, agent_id: int) -> RunStatus | None:
-        if agent_id != id(self.ctx) or self.finished or not isinstance(dispatcher, pykka.ActorRef):
-            return None
+    def _tell_dispatcher(self, message: object) -> None:
+        """Tell the Dispatcher; while it is being restarted, keep the message for the new one."""
+        if not tell_if_alive(self.dispatcher, message):
+            self.undelivered.append(message)
+
+    def _rehome(self, dispatcher: pykka.ActorRef[Any], agent_id: int) -> None:
+        """A restarted Dispatcher of this agent: tell it where the run is, and what it missed."""
+        if agent_id != id(self.ctx):
+            return
         self.dispatcher = dispatcher
-        pid = self.process.pid if self.process is not None else None
-        return RunStatus(self.run_id, self.phase, self.since, pid, self.past_pending)
+        waiting, self.undelivered = self.undelivered, []
+        if not self.finished:
+            self._tell_dispatcher(self._status())
+        for message in waiting:
+            if not isinstance(message, RunStatus):
+                self._tell_dispatcher(message)
+        if self.finished and not self.undelivered:
+            self.stop()
 
     def _finish(self, outcome: RunOutcome, detail: str = "") -> None:
         if self.finished:
             return
-        self.finished = True
         self._set_phase(f"finished ({outcome})")
-        tell_if_alive(self.dispatcher, RunFinished(self.run_id, outcome, detail))
-        self.stop()
+        self.finished = True
+        self._tell_dispatcher(RunFinished(self.run_id, outcome, detail))
+        if not self.undelivered:
+            self.stop()
+            return
+        # The Dispatcher is being restarted: its successor tells Rehome, and hears the end.
+        log.info("flow run %s: ended while the Dispatcher restarts; waiting for it", self.run_id)
+        self.ctx.clock.call_later(REHOME_WAIT_SECONDS, lambda: self.actor_ref.stop(block=False))
 
     # -- submission --------------------------------------------------------------------------------
+
+    def _flow_run(self) -> FlowRun:
+        if not isinstance(self.plan, SubmitRun):
+            raise RuntimeError("only a submitted run is proposed Pending or started")
+        return self.plan.flow_run
 
     def _propose_pending(self) -> None:
         if self.stop_request is not None:
@@ -232,19 +255,22 @@ class RunSupervisor(pykka.ThreadingActor):
         # One proposal, one transition id, however often it is sent: if a lost answer hid an
         # acceptance, the server recognises the repeat and answers with our own Pending.
         proposal = self.pending_proposal = self.pending_proposal or pending()
-        try:
-            result = self.ctx.api.set_state(self.run_id, proposal)
-        except ApiError as exc:
-            if not exc.transient:
-                log.warning("flow run %s: Pending refused: %s", self.run_id, exc)
-                self._finish("not-submitted", str(exc))
-                return
-            self._retry_later("proposing Pending (the same proposal)", ProposePending(), exc)
-            return
-        except ApiDecodeError as exc:
+        self._call(
+            lambda: self.api.set_state(self.run_id, proposal),
+            self._pending_answered,
+            self._pending_failed,
+            urgent=True,
+        )
+
+    def _pending_failed(self, exc: Exception) -> None:
+        if isinstance(exc, ApiError):
+            log.warning("flow run %s: Pending refused: %s", self.run_id, exc)
+        else:
             log.error("flow run %s: unreadable answer to Pending: %s", self.run_id, exc)
-            self._finish("not-submitted", str(exc))
-            return
+        self._finish("not-submitted", str(exc))
+
+    def _pending_answered(self, result: OrchestrationResult) -> None:
+        proposal = self.pending_proposal
         if result.status == "WAIT":
             delay = min(float(result.details.delay_seconds or 1.0), MAX_WAIT_SECONDS)
             self._set_phase(f"waiting {delay:.0f}s to propose Pending")
@@ -253,13 +279,30 @@ class RunSupervisor(pykka.ThreadingActor):
         if rescheduled(result):
             self._deferred(result)
             return
-        if not accepted_as(result, PENDING) and not self._pending_is_ours(result, proposal):
+        if proposal is None or (
+            not accepted_as(result, PENDING) and not self._pending_is_ours(result, proposal)
+        ):
             log.debug("flow run %s not taken: %s", self.run_id, refusal(result))
             self._finish("not-submitted", refusal(result))
             return
-        self.report_attempts = 0
         self.past_pending = True
-        self.actor_ref.tell(ResolveInfrastructure())
+        self._observe_pending_latency(result)
+        if self.stop_request is not None:
+            self._end_before_start()
+            return
+        self._set_phase("resolving infrastructure")
+        self._call(self._resolve, self._resolved, self._resolve_failed)
+
+    def _observe_pending_latency(self, result: OrchestrationResult) -> None:
+        """From admission to the Pending state's timestamp on the server (the span Prefect's
+        agent shows between its "Submitting" line and the state), the answer's trip back
+        excluded; our own clock when the server sent no timestamp."""
+        stamp = result.state.timestamp if result.state is not None else None
+        if stamp is not None:
+            waited = stamp.timestamp() - self.admitted_at
+        else:
+            waited = time.monotonic() - self.started
+        self.ctx.metrics.pending_latency.observe(max(0.0, waited))
 
     def _deferred(self, result: OrchestrationResult) -> None:
         state = result.state
@@ -291,25 +334,21 @@ class RunSupervisor(pykka.ThreadingActor):
         )
         return True
 
-    def _resolve_infrastructure(self) -> None:
-        if self.stop_request is not None:
-            self._end_before_start()
-            return
-        self._set_phase("resolving infrastructure")
-        try:
-            self.spec = self._resolve()
-        except (SubmissionError, ApiError, ApiDecodeError) as exc:
-            self._submission_failed(str(exc))
-            return
-        self.actor_ref.tell(StartProcess())
+    def _resolve(self) -> ProcessSpec:
+        """Made in the call pool: it reads only what never changes, the run and the settings."""
+        return resolve_process_spec(self.api, self._flow_run(), self.ctx.settings)
 
-    def _start_process(self) -> None:
+    def _resolve_failed(self, exc: Exception) -> None:
+        self._submission_failed(str(exc))
+
+    def _resolved(self, spec: ProcessSpec) -> None:
+        # Started through the inbox, so that a Cancel that came during resolution goes first.
+        self.actor_ref.tell(StartProcess(spec))
+
+    def _start_process(self, spec: ProcessSpec) -> None:
         if self.stop_request is not None:
             self._end_before_start()
             return
-        spec = self.spec
-        if spec is None:
-            raise RuntimeError("StartProcess before the infrastructure was resolved")
         self._set_phase("starting process")
         try:
             process = RunProcess(spec)
@@ -325,61 +364,22 @@ class RunSupervisor(pykka.ThreadingActor):
         self._record_pid(process.pid)
 
     def _record_pid(self, pid: int) -> None:
-        """Tell the server where the run's process lives; retried while the run lasts, since
-        cancellation after an agent restart depends on it."""
-        if self.finished or self.process is None or self.process.pid != pid:
-            return
-        try:
-            self.ctx.api.set_infrastructure_pid(self.run_id, infrastructure_pid(pid))
-        except ApiError as exc:
+        """Tell the server where the run's process lives; cancellation after an agent restart
+        depends on it. Retried until the server answers; the agent can cancel it meanwhile."""
+        where = infrastructure_pid(pid)
+
+        def not_recorded(exc: Exception) -> None:
             log.warning(
-                "flow run %s: could not record infrastructure_pid %s yet (retrying in %.0fs; "
-                "this agent can cancel it meanwhile): %s",
-                self.run_id,
-                infrastructure_pid(pid),
-                MAX_REPORT_DELAY,
-                exc,
+                "flow run %s: could not record infrastructure_pid %s: %s", self.run_id, where, exc
             )
-            self.ctx.clock.tell_later(MAX_REPORT_DELAY, self.actor_ref, RecordPid(pid))
+
+        self._call(
+            lambda: self.api.set_infrastructure_pid(self.run_id, where), _ignore, not_recorded
+        )
 
     def _submission_failed(self, reason: str) -> None:
         log.error("flow run %s: submission failed: %s", self.run_id, reason)
-        self._report(failed(reason), outcome=("failed", reason))
-
-    def _resolve(self) -> ProcessSpec:
-        if self.flow_run is None:
-            raise RuntimeError("an adopted run is never started again")
-        deployment: Deployment | None = None
-        block: BlockDocument | None = None
-        if self.flow_run.deployment_id:
-            try:
-                deployment = self.ctx.api.read_deployment(self.flow_run.deployment_id)
-            except NotFoundError:
-                raise SubmissionError(
-                    f"deployment {self.flow_run.deployment_id} no longer exists"
-                ) from None
-        if deployment is not None and deployment.infrastructure_document_id:
-            try:
-                block = self.ctx.api.read_block_document(deployment.infrastructure_document_id)
-            except NotFoundError:
-                raise SubmissionError(
-                    f"infrastructure block document {deployment.infrastructure_document_id} "
-                    f"of deployment {deployment.name!r} no longer exists"
-                ) from None
-        settings = self.ctx.settings
-        job_variables = block is None and self.ctx.api.server_profile().job_variables_style
-        pool = None
-        if job_variables and deployment is not None and deployment.work_pool_name:
-            pool = self.ctx.api.read_work_pool(deployment.work_pool_name)
-        return process_spec(
-            self.flow_run,
-            deployment,
-            block,
-            api_url=settings.api_url,
-            api_key=settings.api_key,
-            job_variables=job_variables,
-            pool=pool,
-        )
+        self._report(run_ending.Ending("failed", reason, failed(reason)))
 
     def _wait_in_helper(self, process: RunProcess) -> None:
         """Wait for the exit in a helper (a greenlet under gevent) and report it as a message."""
@@ -393,20 +393,25 @@ class RunSupervisor(pykka.ThreadingActor):
     # -- a run this agent does not hold ------------------------------------------------------------
 
     def _adopt(self) -> None:
-        """Find the process of a run started by an earlier life of this agent."""
+        """Find the process of a run this supervisor did not start: read the run first."""
         self._set_phase("looking for the run's process")
-        try:
-            run = self.ctx.api.read_flow_run(self.run_id)
-        except (ApiError, ApiDecodeError) as exc:
+
+        def unreadable(exc: Exception) -> None:
             log.error("flow run %s: cannot read it to find its process: %s", self.run_id, exc)
             self._finish("not-submitted", str(exc))
-            return
-        state = run.state.type if run.state is not None else "unknown"
-        if state in FINAL_TYPES:
+
+        self._call(lambda: self.api.read_flow_run(self.run_id), self._adopt_read, unreadable)
+
+    def _adopt_read(self, run: FlowRun) -> None:
+        state = run.state.type if run.state is not None else None
+        if state in run_ending.FINAL_TYPES:
             log.info("flow run %s already ended (%s); nothing to cancel", self.run_id, state)
             self._finish("not-submitted", f"already {state}")
             return
-        pid = self._known_pid(run) if self.known_pid is not None else self._verified_pid(run)
+        plan = self.plan
+        pid = self._inherited_pid(run, plan) if isinstance(plan, InheritProcess) else None
+        if not isinstance(plan, InheritProcess):
+            pid = self._verified_pid(run)
         if pid is None:
             return
         self.process = AdoptedProcess(pid)
@@ -417,23 +422,19 @@ class RunSupervisor(pykka.ThreadingActor):
             request, self.stop_request = self.stop_request, None
             self._on_stop_request(request)
 
-    def _known_pid(self, run: FlowRun) -> int | None:
+    def _inherited_pid(self, run: FlowRun, plan: InheritProcess) -> int | None:
         """The pid handed over by a failed supervisor, recorded on the server if it was not."""
-        pid = self.known_pid
-        if pid is None or not belongs_to_run(pid, self.run_id):
-            self._adopted_process_ended()  # it ended before the handover completed
+        if not belongs_to_run(plan.pid, self.run_id):
+            self._process_ended_unwatched()  # it ended before the handover completed
             return None
-        if run.infrastructure_pid != infrastructure_pid(pid):
-            try:
-                self.ctx.api.set_infrastructure_pid(self.run_id, infrastructure_pid(pid))
-            except (ApiError, ApiDecodeError) as exc:
-                log.warning("flow run %s: could not record its pid %d: %s", self.run_id, pid, exc)
-        return pid
+        if run.infrastructure_pid != infrastructure_pid(plan.pid):
+            self._record_pid(plan.pid)
+        return plan.pid
 
     def _verified_pid(self, run: FlowRun) -> int | None:
         """The run's pid on this host, or None after dealing with a run that has none."""
         if not run.infrastructure_pid:
-            self._mark_cancelled_without_process(
+            self._unreachable(
                 "no infrastructure pid was recorded for it, so its process could not be found "
                 "and cancellation cannot be guaranteed"
             )
@@ -441,7 +442,7 @@ class RunSupervisor(pykka.ThreadingActor):
         try:
             host, pid = parse_infrastructure_pid(run.infrastructure_pid)
         except ValueError as exc:
-            self._mark_cancelled_without_process(str(exc))
+            self._unreachable(str(exc))
             return None
         if host != HOSTNAME:
             log.warning(
@@ -453,26 +454,25 @@ class RunSupervisor(pykka.ThreadingActor):
             self._finish("not-submitted", f"process on host {host}")
             return None
         if not belongs_to_run(pid, self.run_id):
-            self._mark_cancelled_without_process(
+            self._unreachable(
                 f"its process {pid} is gone (that pid is free or belongs to another process, "
                 "which was left alone)"
             )
             return None
         return pid
 
-    def _mark_cancelled_without_process(self, why: str) -> None:
-        if isinstance(self.stop_request, Cancel):
-            log.warning("flow run %s: %s; marking it Cancelled", self.run_id, why)
-            self._report(
-                cancelled(f"Cancelled by the agent, but {why}."),
-                force=True,
-                outcome=("cancelled", why),
-            )
-        elif self.lost_by_earlier_agent:
-            self._adopted_process_ended()  # gone while no agent watched: tell the truth
-        else:
-            log.warning("flow run %s: %s", self.run_id, why)
-            self._finish("not-submitted", why)
+    def _unreachable(self, why: str) -> None:
+        if isinstance(self.plan, TakeOverRun) and self.stop_request is None:
+            self._process_ended_unwatched()  # gone while no agent watched: tell the truth
+            return
+        ending = run_ending.unreachable_process(why, self.stop_request)
+        log.warning(
+            "flow run %s: %s%s",
+            self.run_id,
+            why,
+            "; marking it Cancelled" if ending.report is not None else "",
+        )
+        self._report(ending)
 
     def _check_adopted(self) -> None:
         process = self.process
@@ -486,68 +486,51 @@ class RunSupervisor(pykka.ThreadingActor):
     # -- the end of a run --------------------------------------------------------------------------
 
     def _on_exit(self, pid: int, code: int | None) -> None:
+        if self.finished or self.reporting:
+            return
         shown = "an unknown code" if code is None else f"code {code}"
         log.info("flow run %s: process %d exited with %s", self.run_id, pid, shown)
-        request = self.stop_request
-        if request is not None:
-            leftovers = group_members(pid)
-            if leftovers:
-                log.info(
-                    "flow run %s: killing %d process(es) left in its group",
-                    self.run_id,
-                    len(leftovers),
-                )
-                if self.process is not None:
-                    self.process.signal_group(SIGKILL)
-        if isinstance(request, Cancel):
-            how = "killed after the grace period" if code == -SIGKILL else "terminated"
-            self._report(
-                cancelled(f"Cancelled by the agent ({request.reason}); its process was {how}."),
-                force=True,
-                outcome=("cancelled", f"exit {shown}"),
-            )
-        elif isinstance(request, Interrupt):
-            self._report(
-                crashed(
-                    "The agent stopped while this run was in flight; its process was "
-                    f"terminated (exit {shown})."
-                ),
-                outcome=("interrupted", f"exit {shown}"),
-            )
-        elif code == 0:
-            self._finish("exited", "exit code 0")
-        elif code is None:
-            self._adopted_process_ended()
-        else:
-            message = describe_exit(code)
-            log.warning("flow run %s crashed: %s", self.run_id, message)
-            self._report(crashed(message), outcome=("crashed", f"exit code {code}"))
-
-    def _adopted_process_ended(self) -> None:
-        """A process watched by pid ended; its exit code is unknowable, the server's state is
-        not: if the engine reported a final state, that is the truth; otherwise Crashed."""
-        try:
-            run = self.ctx.api.read_flow_run(self.run_id)
-            state = run.state.type if run.state is not None else "unknown"
-        except (ApiError, ApiDecodeError) as exc:
-            state = f"unknown ({exc})"
-        if state in FINAL_TYPES:
-            self._finish("exited", f"ended {state}")
+        if self.stop_request is not None and group_members(pid):
+            log.info("flow run %s: killing the processes left in its group", self.run_id)
+            if self.process is not None:
+                self.process.signal_group(SIGKILL)
+        ending = run_ending.after_exit(code, self.stop_request)
+        if ending.ask_server:
+            self._process_ended_unwatched()
             return
-        if self.inherited_failure:
-            cause = f"its supervisor in the agent had failed ({self.inherited_failure})"
-        elif self.lost_by_earlier_agent:
-            cause = "the agent that started it had stopped unexpectedly and lost it"
-        elif isinstance(self.process, RunProcess):
-            cause = "something else in the agent's process collected its exit status"
-        else:
-            cause = "the agent was not watching it"
-        message = (
-            f"The run's process ended without reporting a final state; {cause}, so its exit "
-            "code is unknown."
-        )
-        log.warning("flow run %s: %s", self.run_id, message)
-        self._report(crashed(message), outcome=("crashed", "exit code unknown"))
+        if ending.outcome == "crashed" and ending.report is not None:
+            log.warning("flow run %s crashed: %s", self.run_id, ending.report.message)
+        self._report(ending)
+
+    def _process_ended_unwatched(self) -> None:
+        """A process watched by pid ended: its exit code is unknowable, so the server's state
+        decides (see `run_ending.unknown_exit`)."""
+        self.reporting = True
+        cause = self._cause_of_unknown_exit()
+
+        def decide(run: FlowRun) -> None:
+            self._report_unknown_exit(run.state.type if run.state is not None else None, cause)
+
+        def unreadable(exc: Exception) -> None:
+            self._report_unknown_exit(None, cause)
+
+        self._call(lambda: self.api.read_flow_run(self.run_id), decide, unreadable)
+
+    def _report_unknown_exit(self, state_type: str | None, cause: str) -> None:
+        ending = run_ending.unknown_exit(state_type, cause)
+        if ending.report is not None:
+            log.warning("flow run %s: %s", self.run_id, ending.report.message)
+        self.reporting = False
+        self._report(ending)
+
+    def _cause_of_unknown_exit(self) -> str:
+        if isinstance(self.plan, InheritProcess):
+            return f"its supervisor in the agent had failed ({self.plan.failure})"
+        if isinstance(self.plan, TakeOverRun):
+            return "the agent that started it had stopped unexpectedly and lost it"
+        if isinstance(self.process, RunProcess):
+            return "something else in the agent's process collected its exit status"
+        return "the agent was not watching it"
 
     def _on_stop_request(self, request: Cancel | Interrupt) -> None:
         if self.finished:
@@ -593,72 +576,57 @@ class RunSupervisor(pykka.ThreadingActor):
 
     def _end_before_start(self) -> None:
         """A stop request arrived before the process started: start nothing."""
-        request = self.stop_request
-        if isinstance(request, Cancel):
-            self._report(
-                cancelled(f"Cancelled before its process started ({request.reason})."),
-                force=True,
-                outcome=("cancelled", "before start"),
-            )
-        else:
-            self._report(
-                scheduled_now(
-                    "The agent stopped before starting this run; handed back to its queue."
-                ),
-                force=True,
-                outcome=("interrupted", "before start"),
-            )
+        if self.stop_request is not None and not self.reporting:
+            self._report(run_ending.before_start(self.stop_request))
 
-    def _report(
-        self, proposal: StateProposal, outcome: tuple[RunOutcome, str], force: bool = False
-    ) -> None:
-        """Report how the run ended, then finish. While the server cannot be reached the
-        report is kept and tried again with backoff: an outcome is never dropped. A refusal
-        is logged, not retried: the server already knows better (e.g. the run is final)."""
-        self.pending_report = (proposal, outcome, force)
-        try:
-            result = self.ctx.api.set_state(self.run_id, proposal, force=force)
-        except ApiError as exc:
-            if not exc.transient:
-                log.error("flow run %s: %s was refused: %s", self.run_id, proposal.name, exc)
-                self._finish(*outcome)
-                return
-            self._retry_later(f"reporting {proposal.name}", ReportAgain(), exc)
+    def _report(self, ending: run_ending.Ending) -> None:
+        """Tell the server how the run ended (retried until it answers: an outcome is never
+        dropped), then finish. A refusal is logged, not retried: the server knows better."""
+        proposal = ending.report
+        if proposal is None:
+            self._finish(ending.outcome, ending.detail)
             return
-        except ApiDecodeError as exc:
-            log.error(
-                "flow run %s: the answer to %s was unreadable: %s", self.run_id, proposal.name, exc
-            )
-            self._finish(*outcome)
-            return
-        if result.status == "ACCEPT":
-            log.info("flow run %s: reported %s", self.run_id, proposal.name)
-        else:
-            log.info(
-                "flow run %s: %s not recorded: %s", self.run_id, proposal.name, refusal(result)
-            )
-        self._finish(*outcome)
+        self.reporting = True
+        self._set_phase(f"reporting {proposal.name}")
 
-    def _retry_later(self, doing: str, step: object, exc: ApiError) -> None:
-        """The server cannot be reached: do `step` again later (backoff with jitter)."""
-        self.report_attempts += 1
-        delay = _backoff(self.report_attempts)
-        self._set_phase(f"{doing}: server unreachable, retry in {delay:.0f}s")
-        log.warning(
-            "flow run %s: %s failed, trying again in %.0fs: %s", self.run_id, doing, delay, exc
+        def answered(result: OrchestrationResult) -> None:
+            if result.status == "ACCEPT":
+                log.info("flow run %s: reported %s", self.run_id, proposal.name)
+            else:
+                log.info(
+                    "flow run %s: %s not recorded: %s",
+                    self.run_id,
+                    proposal.name,
+                    refusal(result),
+                )
+            self._finish(ending.outcome, ending.detail)
+
+        def refused(exc: Exception) -> None:
+            log.error("flow run %s: %s was not recorded: %s", self.run_id, proposal.name, exc)
+            self._finish(ending.outcome, ending.detail)
+
+        self._call(
+            lambda: self.api.set_state(self.run_id, proposal, force=ending.force),
+            answered,
+            refused,
         )
-        self.ctx.clock.tell_later(delay, self.actor_ref, step)
-
-    def _report_again(self) -> None:
-        if self.pending_report is not None and not self.finished:
-            proposal, outcome, force = self.pending_report
-            self._report(proposal, outcome, force)
 
 
-def _backoff(attempt: int) -> float:
-    """Retry delay for reports: exponential, capped, with jitter so that the runs that ended
-    during an outage do not all report in the same instant when the server comes back."""
-    return random.uniform(0.5, 1.0) * min(2.0**attempt, MAX_REPORT_DELAY)  # noqa: S311
+def _only_server_errors(failed: Callable[[Exception], None]) -> Callable[[Exception], None]:
+    """What the server (or the run's own definition) said is the continuation's to handle;
+    any other exception is a bug, raised in the inbox so that the supervisor fails and
+    `on_failure` hands the run on (its process to a replacement, or the run Failed)."""
+
+    def handle(exc: Exception) -> None:
+        if not isinstance(exc, ApiError | ApiDecodeError | SubmissionError):
+            raise exc
+        failed(exc)
+
+    return handle
+
+
+def _ignore(_: object) -> None:
+    return None
 
 
 def _what(request: Cancel | Interrupt) -> str:

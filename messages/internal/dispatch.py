@@ -12,20 +12,30 @@ from messages.wire.prefect import FlowRun
 
 
 class RunsFound(msgspec.Struct, frozen=True):
-    """Asked of the Dispatcher by a QueueWatcher after each poll that returned runs.
+    """Told to the Dispatcher by a QueueWatcher after each poll that returned runs (and, in a
+    pool, after an empty one: lower priorities then learn this queue is drained).
 
     The Dispatcher drops runs it already holds, admits the rest in order of scheduled start
     as far as its limit allows, and leaves the others Scheduled on the server for a later poll.
-    The answer is how many it admitted: a full page with admissions means poll again at once.
+    It tells `reply_to` how many it admitted (`Admitted`). A tell, not an ask: a bug in the
+    Dispatcher fails the Dispatcher, not the watcher that brought the runs.
     """
 
     queue_name: str  # the queue the runs were read from, for log lines
     runs: tuple[FlowRun, ...]  # as the server returned them, in any order
     full_page: bool = False  # more may be due: wake the watcher once these runs are taken
+    reply_to: object = None  # the watcher's pykka.ActorRef, told `Admitted`
+
+
+class Admitted(msgspec.Struct, frozen=True):
+    """Told to a QueueWatcher by the Dispatcher in answer to its `RunsFound`."""
+
+    count: int  # how many of the runs it admitted
+    full_page: bool  # the RunsFound was a full page
 
 
 class FreeSlots(msgspec.Struct, frozen=True):
-    """Asked of the Dispatcher by a QueueWatcher before each poll; the answer is an int.
+    """Told to the Dispatcher by a QueueWatcher before each poll; answered with `Room`.
 
     A watcher never asks the server for more runs than could be admitted right now. A watcher
     told 0 is sent `Poll` when a slot frees up.
@@ -38,6 +48,14 @@ class FreeSlots(msgspec.Struct, frozen=True):
     # The queue's next pages come by the cheap flow-run filter (`actors/rules/poll_route.py`), so
     # a smaller page costs a drain little and its runs wait less.
     cheap_pages: bool = False
+    reply_to: object = None  # the watcher's pykka.ActorRef, told `Room`
+
+
+class Room(msgspec.Struct, frozen=True):
+    """Told to a QueueWatcher by the Dispatcher in answer to `FreeSlots`: ask the server for
+    at most `count` runs now (0: none; the watcher is sent `Poll` when a slot frees)."""
+
+    count: int
 
 
 class Cancel(msgspec.Struct, frozen=True):
@@ -73,3 +91,6 @@ class RunStatus(msgspec.Struct, frozen=True):
     since: float
     pid: int | None = None
     past_pending: bool = False  # the Pending proposal is settled (taken, or not ours)
+    # The supervisor's pykka.ActorRef: a Dispatcher restarted since it admitted the run takes
+    # the run back when it hears from its supervisor, so the run counts against the limit.
+    supervisor: object = None

@@ -33,7 +33,13 @@ class PolledOnce(msgspec.Struct, frozen=True):
 
 
 class HeldRuns(msgspec.Struct, frozen=True):
-    """Asked of the Dispatcher; the answer is the number of runs it holds."""
+    """Asked of the Dispatcher by the AgentHandle (outside the tree, with a timeout: a host
+    waiting for the agent to be idle); the answer is the number of runs it holds."""
+
+
+class IdleCheck(msgspec.Struct, frozen=True):
+    """Told to the Dispatcher by the Agent (run once: every queue was polled once): tell
+    `DispatcherIdle` now if no run is held, else when the last one ends."""
 
 
 class DispatcherIdle(msgspec.Struct, frozen=True):
@@ -114,8 +120,10 @@ class UseDispatcher(msgspec.Struct, frozen=True):
 
 
 class Rehome(msgspec.Struct, frozen=True):
-    """Asked by a restarted Dispatcher of every live RunSupervisor: the ones of the same agent
-    (`agent_id`) take it as their Dispatcher and answer their `RunStatus`, others answer None."""
+    """Told by a restarted Dispatcher to every live RunSupervisor: the ones of the same agent
+    (`agent_id`) take it as their Dispatcher and tell it their `RunStatus` (and anything
+    they could not tell its predecessor); others ignore it. Never awaited: a supervisor
+    busy elsewhere is taken back when its answer comes."""
 
     dispatcher: object  # pykka.ActorRef of the new Dispatcher
     agent_id: int
@@ -141,3 +149,22 @@ class GetTree(msgspec.Struct, frozen=True):
 
 class Describe(msgspec.Struct, frozen=True):
     """Asked of a child by its supervisor; the answer is the child's `ActorNode`."""
+
+
+class CallAnswered(msgspec.Struct, frozen=True):
+    """Sent to an actor by the pool worker that made a server call for it (see
+    `actors.runtime.calls`): the call's value or its error. The actor runs the call's
+    continuation in its own inbox, in order with the other messages it receives."""
+
+    token: int  # which of the actor's calls this answers
+    value: object  # what the call returned (None when it raised)
+    error: object  # the exception it raised, or None
+
+
+class WatcherStatus(msgspec.Struct, frozen=True):
+    """Sent by a watcher to the Agent whenever its phase changes, so that the Agent answers
+    "show me the tree" from what it was told, never waiting on a watcher that is mid-poll."""
+
+    kind: str  # QueueWatcher or CancelWatcher
+    name: str
+    node: object  # the watcher's ActorNode (messages.user.tree)

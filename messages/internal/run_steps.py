@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import msgspec
 
+from messages.internal.dispatch import Cancel
+from messages.wire.prefect import FlowRun
+
 
 class ProposePending(msgspec.Struct, frozen=True):
     """First step: ask the server for the run (Scheduled -> Pending)."""
 
 
-class ResolveInfrastructure(msgspec.Struct, frozen=True):
-    """Second step, once Pending was accepted: deployment -> block -> overrides -> process spec."""
-
-
 class StartProcess(msgspec.Struct, frozen=True):
-    """Third step: start the resolved process. A Cancel that came during resolution is first."""
+    """Sent by a supervisor to itself once the infrastructure is resolved (deployment ->
+    block -> overrides): start the process. A Cancel that came during resolution is first."""
+
+    spec: object  # the ProcessSpec (actors.rules.infrastructure) to start
 
 
 class AdoptRun(msgspec.Struct, frozen=True):
@@ -43,11 +45,33 @@ class GraceExpired(msgspec.Struct, frozen=True):
     pid: int
 
 
-class ReportAgain(msgspec.Struct, frozen=True):
-    """Scheduled when the run's outcome could not be reported: the server was unreachable."""
+# -- the plan a RunSupervisor is started with: one per way a run comes to have a supervisor ------
 
 
-class RecordPid(msgspec.Struct, frozen=True):
-    """Scheduled when the run's `infrastructure_pid` could not be recorded yet."""
+class SubmitRun(msgspec.Struct, frozen=True):
+    """A run a poll found and the Dispatcher admitted: propose Pending, resolve, start, watch."""
+
+    flow_run: FlowRun
+
+
+class TakeOverRun(msgspec.Struct, frozen=True):
+    """A run an earlier life of this agent left Pending or Running on this host (found at
+    start by `Reconcile`): find its process by the recorded pid and watch it to its end, or
+    report it Crashed when its process is gone."""
+
+
+class InheritProcess(msgspec.Struct, frozen=True):
+    """A run whose supervisor failed (a bug) while its process ran: watch that process by pid."""
 
     pid: int
+    failure: str  # why the earlier supervisor failed, for the run's final message
+
+
+class CancelUnheld(msgspec.Struct, frozen=True):
+    """A Cancel for a run this agent does not hold: find its process on this host and kill it,
+    or mark it Cancelled saying why it could not be."""
+
+    cancel: Cancel
+
+
+RunPlan = SubmitRun | TakeOverRun | InheritProcess | CancelUnheld

@@ -1,24 +1,28 @@
-"""The benchmark still runs end to end: it is a script, so nothing else would notice it rot.
+"""The benchmark still runs end to end: it is an example, so nothing else would notice it rot.
 
 Small numbers and the two cheapest contenders keep this quick; it checks the shape of what
 the benchmark reports and that it leaves no process behind, never how fast anything was
-(speed on a shared 2-core CI machine says nothing about the code).
+(speed on a shared 2-core CI machine says nothing about the code). Two small checks of how it
+reads figures (ours' histogram, any log's levels) need no server.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from actors.status.metrics import AgentMetrics
+from examples.benchmark.agent_logs import line_level
+from examples.benchmark.agent_metrics import PENDING_LATENCY, parse_histogram
+from examples.benchmark.latency import Latency
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
-
-BENCHMARK = ROOT / "examples" / "benchmark.py"
 
 
 def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
@@ -28,13 +32,16 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
     result = subprocess.run(
         [
             sys.executable,
-            str(BENCHMARK),
+            "-m",
+            "examples.benchmark",
             "--api",
             api_url,
             "--runs",
             "20",
             "--rounds",
             "2",
+            "--first-poll-runs",
+            "4",
             "--inflight",
             "20",
             "--cpu-window",
@@ -69,8 +76,50 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
         rates = data["contenders"][name]["drain_rounds"]
         assert len(rates) == 2 and all(rate > 0 for rate in rates)
         assert drain["steady_runs_per_second"] == min(rates)  # of two rounds, the lower median
-    footprint = data["contenders"]["ours"]["footprint"]
+    ours = data["contenders"]["ours"]
+    # Latency comes from ours' /metrics: a figure, or a "no data" that says why, never a guess.
+    for figures, median in (
+        (ours["drain"], "median_poll_to_pending_ms"),
+        (ours["first_poll"], "median_ms"),
+    ):
+        assert figures["latency_source"] == "metrics"
+        assert (figures[median] is None) == bool(figures["latency_no_data"]), figures
+    assert ours["first_poll"]["runs_with_pid"] == 4
+    footprint = ours["footprint"]
     assert footprint["in_flight"] > 0
     assert footprint["rss_mib"] > 0
     assert footprint["leftover_processes"] == 0
     assert data["contenders"]["ceiling"]["footprint"] is None
+    assert data["contenders"]["ceiling"]["first_poll"] is None
+
+
+def test_latency_quantiles_come_from_the_histogram_buckets() -> None:
+    metrics = AgentMetrics()
+    empty = parse_histogram(metrics.exposition().decode(), PENDING_LATENCY)
+    assert empty is not None and empty.count == 0
+    assert Latency.of_histogram(empty).no_data  # an empty histogram says so, with no figure
+    for seconds in (0.012, 0.014, 0.016, 0.018, 0.025, 0.035, 0.045, 0.09, 0.12, 3.0):
+        metrics.pending_latency.observe(seconds)
+    histogram = parse_histogram(metrics.exposition().decode(), PENDING_LATENCY)
+    assert histogram is not None and histogram.count == 10
+    # Rank 5 of 10 is the last of the 4 in (0.01, 0.02] plus one in (0.02, 0.03]: at 0.03.
+    assert math.isclose(histogram.quantile(0.5) or 0, 0.03)
+    # Rank 9.5 lies halfway into (2, 5], which holds the one run at 3 s.
+    assert math.isclose(histogram.quantile(0.95) or 0, 3.5)
+    latency = Latency.of_histogram(histogram)
+    assert latency.samples == 10 and not latency.no_data
+    assert math.isclose(latency.median_ms or 0, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ("2024-01-01 12:00:00,123 WARNING prefect_actor_agent.dispatcher: late", "WARNING"),
+        ("12:00:00.123 | ERROR   | prefect_actor_agent.tree - failed: ERROR x", "ERROR"),
+        ("\x1b[33m12:00:00.123 | INFO    | prefect.agent - an ERROR later on\x1b[0m", "INFO"),
+        ("Traceback (most recent call last):", None),
+        ("    raise RuntimeError('boom')", None),
+    ],
+)
+def test_a_log_line_level_is_read_whatever_the_format(line: str, level: str | None) -> None:
+    assert line_level(line) == level

@@ -1,9 +1,11 @@
-"""The launcher as users run it: --run-once, a clean stop on SIGTERM, and the demo."""
+"""The launcher as users run it: --run-once, a clean stop on SIGTERM, the demo, and the
+installed command (`prefect-actor-agent start`, `python -m actors`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +15,23 @@ import pytest
 
 from tests.conftest import LAUNCHER, ROOT, AgentFactory, LauncherAgent, ThreadAgent
 from tests.integration.helpers import command_starts, deploy_marker_command, process_gone
-from tests.support.prefect_objects import create_run, create_runs, run_state, wait_for
+from tests.support.prefect_objects import create_run, create_runs, read_states, run_state, wait_for
 
 pytestmark = pytest.mark.integration
+
+COMMAND = Path(sys.executable).parent / "prefect-actor-agent"  # what `pip install` puts there
+# The options of `prefect agent start`, as the help writes them.
+PREFECT_FLAGS = (
+    "-q NAME, --work-queue NAME",
+    "-m PREFIX, --match PREFIX",
+    "-p NAME, --pool NAME",
+    "-l N, --limit N",
+    "--prefetch-seconds SECONDS",
+    "--run-once, --no-run-once",
+    "--api URL",
+)
+# Prefect's console layout: 12:03:44.518 | INFO    | prefect_actor_agent.dispatcher - ...
+PREFECT_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ *\| \S+ - ")
 
 
 def test_run_once_takes_the_due_runs_waits_for_them_and_exits(
@@ -87,3 +103,68 @@ def test_demo_starts_its_own_server_runs_the_demo_flow_and_prints_a_summary(
     assert "2 of 2 demo runs completed" in result.stdout
     assert result.stdout.count("Completed") >= 2
     assert "starting a local Prefect server" in output
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[sys.executable, "-m", "actors", "--help"], [str(COMMAND), "start", "--help"]],
+    ids=["python -m actors", "prefect-actor-agent start"],
+)
+def test_help_lists_the_options_of_prefect_agent_start(argv: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " start [OPTIONS]" in result.stdout
+    missing = [flag for flag in (*PREFECT_FLAGS, "--log-format") if flag not in result.stdout]
+    assert not missing, result.stdout
+
+
+def test_the_installed_command_serves_a_queue_on_gevent_and_logs_like_prefect(
+    api_url: str, queue: str, markers: Path, tmp_path: Path
+) -> None:
+    deployment = deploy_marker_command(api_url, queue, markers, env={"MARKER_COMPLETE": "1"})
+    runs = create_runs(api_url, deployment, 2)
+    key = "pnu_test0123456789-never-logged"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_API_KEY"] = key  # the test server ignores it; the log must not show it
+    assert COMMAND.is_file(), f"no {COMMAND}: `pip install -e .` installs the command"
+
+    result = subprocess.run(
+        [str(COMMAND), "start", "-q", queue, "--api", api_url, "--run-once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert read_states(api_url, runs) == dict.fromkeys(runs, "COMPLETED")
+    assert all(command_starts(markers)[run] == 1 for run in runs)
+    assert "the actors run on gevent greenlets" in output
+    ours = [line for line in output.splitlines() if "prefect_actor_agent." in line]
+    assert any(f"submitting flow run {runs[0]}" in line for line in ours)
+    assert ours, output
+    assert all(PREFECT_LINE.match(line) for line in ours), ours
+    assert key not in output
+
+
+def test_the_entry_point_imports_nothing_gevent_must_patch_first(tmp_path: Path) -> None:
+    """What a console script does before `main()`: import the entry module (so its package)."""
+    probe = (
+        "import sys; from actors.__main__ import main; import actors; "
+        "print(sorted(set(actors.__all__) & set(vars(actors))), "
+        "sorted({'pykka', 'httpx', 'gevent', 'threading', 'actors.runtime'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] []"

@@ -220,7 +220,7 @@ def test_a_restarted_dispatcher_takes_back_its_runs_so_no_slot_leaks(
     # A host service hands the Dispatcher something that is not a run: it fails on it.
     agent.handle.dispatcher.tell(RunsFound("from-a-buggy-host", ("not a flow run",)))  # type: ignore[arg-type]
 
-    wait_for(lambda: "took back 2 run(s) in flight" in agent.logs(), 30, "the restart")
+    wait_for(lambda: agent.logs().count("took back flow run") == 2, 30, "the restart")
     tree = agent.handle.tree()
     dispatcher = find(tree, "Dispatcher")
     assert dispatcher is not None

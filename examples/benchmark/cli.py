@@ -1,0 +1,259 @@
+"""The command line: which parts and contenders, in which order, and the report at the end."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import examples.benchmark as package
+from actors.launcher.local_server import LocalPrefectServer
+from examples.benchmark.ceiling import drain_ceiling
+from examples.benchmark.contenders import ALL_CONTENDERS, CONTENDERS, ContenderError
+from examples.benchmark.drain import DrainResult, drain_agent
+from examples.benchmark.figures import Results, ratios
+from examples.benchmark.first_poll import FIRST_POLL_RUNS, first_poll_agent
+from examples.benchmark.footprint import footprint_agent
+from examples.benchmark.procs import ProcessGuard, load_average
+from examples.benchmark.report import footnotes, json_report, render
+from examples.benchmark.server import POLL_SECONDS, BenchServer
+
+ALL_PARTS = ("drain", "first-poll", "footprint")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.benchmark", description=(package.__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--runs", type=int, default=100, help="runs per contender to drain")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="drain rounds per contender; the table shows the median (the server's pace "
+        "varies by a third between drains on a small machine)",
+    )
+    parser.add_argument(
+        "--inflight", type=int, default=200, help="runs in flight for the footprint"
+    )
+    parser.add_argument(
+        "--first-poll-runs",
+        type=int,
+        default=FIRST_POLL_RUNS,
+        help="runs due when the agent starts, for the first-poll latency (up to one page: 8)",
+    )
+    parser.add_argument("--parts", default=",".join(ALL_PARTS), help=",".join(ALL_PARTS))
+    parser.add_argument(
+        "--contenders", default=",".join(ALL_CONTENDERS), help=",".join(ALL_CONTENDERS)
+    )
+    parser.add_argument("--api", default=None, help="an existing server (default: start one)")
+    parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--footprint-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=POLL_SECONDS,
+        help="seconds between the benchmark's looks for recorded pids (it loads the server)",
+    )
+    parser.add_argument("--cpu-window", type=float, default=10.0)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--keep-logs", default=None, metavar="DIR", help="keep the agents' logs in DIR"
+    )
+    args = parser.parse_args(argv)
+    args.load_before = load_average()
+    args.part_list = _names(args.parts, ALL_PARTS, parser)
+    args.contender_list = _names(args.contenders, ALL_CONTENDERS, parser)
+    if min(args.runs, args.inflight, args.rounds, args.first_poll_runs) < 1:
+        parser.error("--runs, --inflight, --rounds and --first-poll-runs must be at least 1")
+    return args
+
+
+def _names(text: str, known: tuple[str, ...], parser: argparse.ArgumentParser) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"unknown or no names {unknown}: choose from {', '.join(known)}")
+    return [n for n in known if n in names]  # a fixed order: the ceiling first
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl+C, so every `finally` here stops what it started."""
+
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def drain_order(contenders: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, contender) in the order they drain: every round turns the order by one, so no
+    contender always follows the same one onto a server still busy with its runs; the
+    official agent at its defaults drains in the first round only (a 15 s poll sets its pace,
+    and a round of it takes minutes)."""
+    order = []
+    for index in range(rounds):
+        shift = index % len(contenders)
+        for name in contenders[shift:] + contenders[:shift]:
+            if name != "official" or index == 0:
+                order.append((index, name))
+    return order
+
+
+def _drain(
+    args: argparse.Namespace,
+    server: BenchServer,
+    guard: ProcessGuard,
+    work_dir: Path,
+    results: Results,
+) -> None:
+    for index, name in drain_order(args.contender_list, args.rounds):
+        say(f"drain, round {index + 1}/{args.rounds}: {name} ({args.runs} runs)...")
+        d: DrainResult
+        if name == "ceiling":
+            d = drain_ceiling(server, args.runs, index)
+        else:
+            d = drain_agent(
+                server,
+                guard,
+                CONTENDERS[name],
+                runs=args.runs,
+                timeout=args.drain_timeout,
+                work_dir=work_dir,
+                round_index=index,
+            )
+        results.rounds.setdefault(name, []).append(d)
+        steady = "-" if d.steady_runs_per_second is None else f"{d.steady_runs_per_second:.1f}"
+        say(
+            f"  {d.runs_with_pid}/{d.runs} in {d.elapsed_seconds:.1f}s = "
+            f"{d.runs_per_second:.1f} runs/s from start, {steady} runs/s from the first "
+            "Pending" + (" (timed out)" if d.timed_out else "")
+        )
+
+
+def _first_poll(
+    args: argparse.Namespace,
+    server: BenchServer,
+    guard: ProcessGuard,
+    work_dir: Path,
+    results: Results,
+) -> None:
+    for name in args.contender_list:
+        if name == "ceiling":
+            continue
+        say(f"first poll: {name} ({args.first_poll_runs} runs)...")
+        first = first_poll_agent(
+            server,
+            guard,
+            CONTENDERS[name],
+            runs=args.first_poll_runs,
+            timeout=args.drain_timeout,
+            work_dir=work_dir,
+        )
+        results.first_polls[name] = first
+        figure = first.latency_no_data or (
+            f"median {first.median_ms:.0f} ms, p95 {first.p95_ms:.0f} ms "
+            f"over {first.samples} run(s) ({first.latency_source})"
+        )
+        say(f"  {first.runs_with_pid}/{first.runs} with a pid after {first.seconds:.1f}s: {figure}")
+
+
+def _footprint(
+    args: argparse.Namespace,
+    server: BenchServer,
+    guard: ProcessGuard,
+    work_dir: Path,
+    results: Results,
+) -> None:
+    for name in args.contender_list:
+        if name == "ceiling":
+            continue
+        say(f"footprint: {name} ({args.inflight} runs in flight)...")
+        fp = footprint_agent(
+            server,
+            guard,
+            CONTENDERS[name],
+            runs=args.inflight,
+            timeout=args.footprint_timeout,
+            window=args.cpu_window,
+            work_dir=work_dir,
+        )
+        results.footprints[name] = fp
+        say(
+            f"  {fp.in_flight}/{fp.target} in flight after {fp.wait_seconds:.1f}s: "
+            f"RSS {fp.rss_mib:.1f} MiB, CPU {fp.cpu_percent:.2f}%, "
+            f"stopped in {fp.stop_seconds:.1f}s, {fp.leftover_processes} flow(s) left"
+        )
+
+
+PARTS = {"drain": _drain, "first-poll": _first_poll, "footprint": _footprint}
+
+
+def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: Path) -> int:
+    server = BenchServer(api_url, args.poll_interval)
+    results = Results()
+    try:
+        for part in args.part_list:
+            PARTS[part](args, server, guard, work_dir, results)
+    finally:
+        if args.api:
+            server.delete_everything()
+        server.close()
+    table = ratios(results)
+    notes = footnotes(results, args)
+    print(render(results, table, notes), flush=True)
+    if args.json:
+        report = json_report(results, table, notes, args, api_url)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    guard = ProcessGuard()
+    server: LocalPrefectServer | None = None
+    work_dir = Path(tempfile.mkdtemp(prefix="agent-benchmark-"))
+    try:
+        with stop_on_sigterm():
+            try:
+                api_url = args.api
+                if api_url is None:
+                    say("starting a local Prefect server...")
+                    server = LocalPrefectServer()
+                    server.start()
+                    api_url = server.api_url
+                    say(f"  ready at {api_url} after {server.start_seconds or 0:.1f}s")
+                return run(args, api_url, guard, work_dir)
+            finally:
+                guard.stop_all()
+                if server is not None:
+                    server.stop()
+    except ContenderError as exc:
+        say(f"benchmark failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; every process started here was stopped")
+        return 130
+    finally:
+        if args.keep_logs:
+            keep = Path(args.keep_logs)
+            keep.mkdir(parents=True, exist_ok=True)
+            for log in work_dir.glob("*.log"):
+                shutil.copy2(log, keep / log.name)
+        shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Actor tests without a server: the whole tree against `tests.support.fake_api`."""

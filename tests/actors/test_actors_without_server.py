@@ -1,0 +1,572 @@
+"""The actor tree against a fake server that can be made to hang and fail on cue.
+
+Each test starts a whole agent with `start_agent(settings, api=FakePrefectApi(...))` on plain
+threads, with a `ManualClock` (nothing timed happens unless the test advances it) or a real
+`Clock` where real time is simpler. Runs are real local processes (`sh`, see `run_command`).
+A test judges only what a user sees: the states the server was told, and when; whether a
+run's processes are alive (read from /proc); the tree; the run events a listener hears; the
+log. Nothing waits by sleeping: every wait is for a condition, with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pykka
+import pytest
+
+from actors import AgentHandle, RunListener, settings_from_env, start_agent
+from actors.runtime.clock import Clock, ClockInterface
+from actors.tree.dispatcher import Dispatcher
+from messages.user.events import RunFinished, RunStarted
+from messages.user.tree import ActorNode
+from messages.wire.prefect import CANCELLED, PENDING
+from tests.support.fake_api import Call, FakePrefectApi
+from tests.support.manual_clock import ManualClock
+
+T = TypeVar("T")
+
+QUEUE_WATCHER_CALLS = frozenset(
+    {"read_work_queue_by_name", "create_work_queue", "get_runs", "scheduled_runs"}
+)
+CANCEL_WATCHER_CALLS = frozenset({"filter_flow_runs"})
+
+
+# -- waiting and looking -------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Return the first truthy value of `predicate`, polled every 10 ms; fail after
+    `timeout` seconds, saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"after {timeout}s still waiting for {what}")
+        time.sleep(0.01)  # the polling interval of this wait, not a synchronisation
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name; None: no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def alive(pid: int) -> bool:
+    """A live process (a zombie waiting for its reaper is not)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and fields[0] != "Z" and fields[2] == str(pgid):
+                members.append(int(entry))
+    return members
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def run_command(directory: Path, *, child: bool = False, ignore_sigterm: bool = False) -> list[str]:
+    """A flow run's process for these tests: `sh` writes its pid to `<run id>.started` and
+    runs until `<run id>.stop` exists, then exits 0. With `child`, it first starts a `sleep`
+    in its process group and writes that one's pid to `<run id>.child`; with
+    `ignore_sigterm`, it (and so every process it starts) ignores SIGTERM."""
+    lines = []
+    if ignore_sigterm:
+        lines.append("trap '' TERM")
+    if child:
+        lines.append('sleep 600 & echo $! > "$0/$PREFECT__FLOW_RUN_ID.child"')
+    lines += [
+        'echo $$ > "$0/$PREFECT__FLOW_RUN_ID.tmp"',
+        'mv "$0/$PREFECT__FLOW_RUN_ID.tmp" "$0/$PREFECT__FLOW_RUN_ID.started"',
+        'while [ ! -e "$0/$PREFECT__FLOW_RUN_ID.stop" ]; do sleep 0.05; done',
+    ]
+    return ["sh", "-c", "\n".join(lines), str(directory)]
+
+
+def started_pid(runs_dir: Path, run_id: str, timeout: float = 10.0) -> int:
+    return wait_until(
+        lambda: read_pid(runs_dir / f"{run_id}.started"), timeout, f"run {run_id}'s process"
+    )
+
+
+def pid_recorded(fake: FakePrefectApi, run_id: str) -> bool:
+    return any(call.answered for call in fake.calls("set_infrastructure_pid", run_id=run_id))
+
+
+def node(tree: ActorNode, kind: str, name: str | None = None) -> ActorNode | None:
+    return next(
+        (n for n in tree.children if n.kind == kind and (name is None or n.name == name)), None
+    )
+
+
+def runs_in_tree(tree: ActorNode) -> set[str]:
+    dispatcher = node(tree, "Dispatcher")
+    return {child.name for child in dispatcher.children} if dispatcher is not None else set()
+
+
+def is_pending(call: Call) -> bool:
+    return call.proposal is not None and call.proposal.type == PENDING
+
+
+class Recorder(RunListener):
+    """A host service's listener: keeps every event it hears, in order."""
+
+    def __init__(self, events: list[object]) -> None:
+        super().__init__()
+        self.events = events
+
+    def run_submitted(self, event: Any) -> None:
+        self.events.append(event)
+
+    def run_started(self, event: Any) -> None:
+        self.events.append(event)
+
+    def run_finished(self, event: Any) -> None:
+        self.events.append(event)
+
+
+def finished(events: list[object], run_id: str) -> RunFinished | None:
+    return next(
+        (e for e in list(events) if isinstance(e, RunFinished) and e.flow_run_id == run_id), None
+    )
+
+
+def exited(events: list[object], run_id: str) -> RunFinished | None:
+    """The RunFinished of a run whose process exited 0."""
+    return next(
+        (
+            e
+            for e in list(events)
+            if isinstance(e, RunFinished) and e.flow_run_id == run_id and e.outcome == "exited"
+        ),
+        None,
+    )
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakePrefectApi]:
+    api = FakePrefectApi()
+    yield api
+    api.release_all()
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+Start = Callable[..., AgentHandle]
+
+
+@pytest.fixture
+def start(fake: FakePrefectApi, runs_dir: Path) -> Iterator[Start]:
+    """Start an agent against `fake` (queue "default", polls 60 s apart on a ManualClock
+    unless the test says otherwise). Afterwards: every hang released, the agent stopped, any
+    run process left killed, every actor the test started stopped."""
+    before = {ref.actor_urn for ref in pykka.ActorRegistry.get_all()}
+    handles: list[AgentHandle] = []
+
+    def launch(
+        *,
+        clock: ClockInterface | None = None,
+        listeners: tuple[pykka.ActorRef[Any], ...] = (),
+        **options: Any,
+    ) -> AgentHandle:
+        options.setdefault("work_queues", ("default",))
+        options.setdefault("query_interval", 60.0)
+        options.setdefault("cancel_poll_interval", 60.0)
+        settings = settings_from_env({}, api_url=fake.api_url, **options)
+        handle = start_agent(settings, api=fake, listeners=listeners, clock=clock or ManualClock())
+        handles.append(handle)
+        return handle
+
+    yield launch
+    fake.release_all()
+    for handle in handles:
+        handle.stop(grace_seconds=1.0, timeout=10.0)
+    for marker in [*runs_dir.glob("*.started"), *runs_dir.glob("*.child")]:
+        pid = read_pid(marker)
+        if pid is not None and pid > 1 and pid not in (os.getpid(), os.getpgrp()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if marker.suffix == ".started":
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+    for ref in pykka.ActorRegistry.get_all():
+        if ref.actor_urn not in before:
+            ref.stop(block=False)
+
+
+# -- a. a Cancel while Pending is being proposed -------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_cancel_during_pending_never_starts_the_process(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    pending = fake.hang("set_state", when=is_pending)
+    events: list[object] = []
+    handle = start(listeners=(Recorder.start(events),))
+    wait_until(lambda: fake.blocked("set_state"), 5, "the Pending proposal to reach the server")
+
+    handle.cancel(run.id)
+    handle.dispatcher.proxy().actor_urn.get(timeout=5)  # the Dispatcher has passed it on
+    pending.release()
+
+    started = runs_dir / f"{run.id}.started"
+    wait_until(lambda: finished(events, run.id) or started.exists(), 10, "the run's RunFinished")
+    assert not started.exists(), "the run's process started after the Cancel"
+    ended = finished(events, run.id)
+    assert ended is not None and ended.outcome == "cancelled", ended
+    assert fake.state(run.id).type == CANCELLED, fake.history(run.id)
+    assert len(fake.proposals(run.id, CANCELLED)) == 1, fake.proposals(run.id)
+    assert fake.calls("set_infrastructure_pid", run_id=run.id) == []
+    assert not any(isinstance(e, RunStarted) for e in events), events
+
+
+# -- b. a Cancel while the server hangs ----------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_cancel_kills_the_process_group_at_once_while_the_server_hangs(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir, child=True)))
+    clock = ManualClock()
+    events: list[object] = []
+    handle = start(clock=clock, listeners=(Recorder.start(events),), cancel_grace_seconds=30)
+    pid = started_pid(runs_dir, run.id)
+    child = wait_until(lambda: read_pid(runs_dir / f"{run.id}.child"), 5, "the run's child")
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the run's pid to be recorded")
+
+    server = fake.hang()  # from now on the server answers nothing
+    clock.advance(60)  # the watchers' next polls are due: the server holds them
+    wait_until(
+        lambda: (
+            {c.method for c in fake.blocked()} & QUEUE_WATCHER_CALLS
+            and {c.method for c in fake.blocked()} & CANCEL_WATCHER_CALLS
+        ),
+        5,
+        "both watchers' polls to be held by the server",
+    )
+
+    handle.cancel(run.id)
+    wait_until(lambda: not group_members(pid), 1.0, "the run's process group to be gone")
+    assert not alive(child)
+
+    released_at = time.monotonic()
+    server.release()
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 10, "the run to be Cancelled")
+    ended = wait_until(lambda: finished(events, run.id), 5, "the run's RunFinished")
+    assert ended.outcome == "cancelled", ended
+    reports = fake.proposals(run.id, CANCELLED)
+    assert len(reports) == 1, reports
+    answered = reports[0].answered_at
+    assert answered is not None and answered >= released_at
+
+
+@pytest.mark.timeout(30)
+def test_cancel_kills_the_process_group_at_once_while_its_pid_report_hangs(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """The run's supervisor itself is in a server call (the pid report) when the Cancel comes."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir, child=True)))
+    fake.hang("set_infrastructure_pid")
+    handle = start(cancel_grace_seconds=30)
+    pid = started_pid(runs_dir, run.id)
+    child = wait_until(lambda: read_pid(runs_dir / f"{run.id}.child"), 5, "the run's child")
+    wait_until(lambda: fake.blocked("set_infrastructure_pid"), 5, "the pid report to be held")
+    fake.hang()  # and every other call too
+
+    handle.cancel(run.id)
+    wait_until(lambda: not group_members(pid), 1.0, "the run's process group to be gone")
+    assert not alive(child)
+
+    fake.release_all()
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 10, "the run to be Cancelled")
+    reports = fake.proposals(run.id, CANCELLED)
+    assert len(reports) == 1, reports
+
+
+# -- c. the tree while the server hangs ----------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_tree_answers_within_a_second_while_every_call_hangs(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    fake.add_queue("default")
+    deployment = fake.add_deployment(run_command(runs_dir))
+    first = fake.add_run(deployment, scheduled_in=-2)
+    second = fake.add_run(deployment, scheduled_in=-1)
+    fake.hang("set_infrastructure_pid", when=lambda call: call.run_id == first.id)
+    clock = ManualClock()
+    handle = start(clock=clock)
+    started_pid(runs_dir, first.id)
+    started_pid(runs_dir, second.id)
+    wait_until(lambda: pid_recorded(fake, second.id), 5, "the second run's pid to be recorded")
+    wait_until(lambda: fake.blocked("set_infrastructure_pid"), 5, "the first pid report held")
+
+    fake.hang()
+    clock.advance(60)
+    wait_until(
+        lambda: (
+            {c.method for c in fake.blocked()} & QUEUE_WATCHER_CALLS
+            and {c.method for c in fake.blocked()} & CANCEL_WATCHER_CALLS
+        ),
+        5,
+        "both watchers' polls to be held by the server",
+    )
+
+    asked = time.monotonic()
+    tree = handle.tree(timeout=5)
+    took = time.monotonic() - asked
+    assert took < 1.0, f"the tree took {took:.2f}s to answer"
+    assert node(tree, "QueueWatcher", "default") is not None, tree
+    assert node(tree, "CancelWatcher") is not None, tree
+    assert runs_in_tree(tree) == {first.id, second.id}, tree
+
+
+@pytest.mark.timeout(30)
+def test_tree_answers_within_a_second_while_the_agents_own_call_hangs(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """The Agent reads the server's version; the first read fails, the next one hangs."""
+    fake.add_queue("default")
+    fake.fail("server_profile", times=1, status=503)
+    fake.hang("server_profile", when=lambda call: call.nth >= 2)
+    clock = ManualClock()
+    handle = start(clock=clock)
+
+    def agent_reads_again() -> bool:
+        if not fake.blocked("server_profile"):
+            clock.advance(60)  # if the Agent tries again on a timer, that timer is due now
+        return bool(fake.blocked("server_profile"))
+
+    wait_until(agent_reads_again, 10, "the Agent's second read of the version to be held")
+
+    asked = time.monotonic()
+    try:
+        tree = handle.tree(timeout=5)
+    except pykka.Timeout:
+        pytest.fail("the tree did not answer within 5s while the Agent's server call hangs")
+    took = time.monotonic() - asked
+    assert took < 1.0, f"the tree took {took:.2f}s to answer"
+    assert tree.kind == "Agent"
+    assert node(tree, "QueueWatcher", "default") is not None, tree
+    assert node(tree, "Dispatcher") is not None, tree
+
+
+# -- d. a Dispatcher restart while a supervisor is in a server call ------------------------------
+
+
+class _FailNow:
+    """Told to the Dispatcher by the test: it raises on it, once."""
+
+
+@pytest.mark.timeout(30)
+def test_restarted_dispatcher_takes_back_a_supervisor_busy_during_the_handover(
+    fake: FakePrefectApi, start: Start, runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Dispatcher.on_receive
+
+    def on_receive(self: Dispatcher, message: Any) -> Any:
+        if isinstance(message, _FailNow):
+            raise RuntimeError("the test makes the Dispatcher fail")
+        return original(self, message)
+
+    monkeypatch.setattr(Dispatcher, "on_receive", on_receive)
+    fake.add_queue("default")
+    deployment = fake.add_deployment(run_command(runs_dir))
+    first = fake.add_run(deployment, scheduled_in=-2)
+    second = fake.add_run(deployment, scheduled_in=-1)
+    held = fake.hang("set_state", when=lambda call: call.run_id == first.id and is_pending(call))
+    at_start: list[object] = []
+    subscribed: list[object] = []
+    handle = start(
+        clock=Clock(),
+        listeners=(Recorder.start(at_start),),
+        limit=1,
+        query_interval=0.2,
+        restart_backoff_seconds=0.05,
+    )
+    handle.subscribe(Recorder.start(subscribed))
+    wait_until(lambda: fake.blocked("set_state"), 5, "the first run's Pending to be held")
+    assert fake.proposals(second.id) == []
+
+    old = handle.dispatcher
+    old.tell(_FailNow())
+
+    def new_dispatcher_answers() -> bool:
+        try:
+            if handle.dispatcher is old:
+                return False
+        except pykka.ActorDeadError:
+            return False
+        shown = node(handle.tree(timeout=5), "Dispatcher")
+        return shown is not None and shown.state != "restarting" and "busy" not in shown.state
+
+    wait_until(new_dispatcher_answers, 20, "the restarted Dispatcher to answer in the tree")
+    released_at = time.monotonic()
+    held.release()
+    started_pid(runs_dir, first.id)
+
+    problems = []
+    try:
+        wait_until(lambda: first.id in runs_in_tree(handle.tree(timeout=5)), 3, "the run")
+    except AssertionError:
+        problems.append(
+            f"the first run is not shown under the new Dispatcher: {handle.tree(timeout=5)}"
+        )
+    wait_until(
+        lambda: (
+            len([c for c in fake.calls() if c.method in QUEUE_WATCHER_CALLS and c.at > released_at])
+            >= 2
+        ),
+        10,
+        "the queue watcher to poll after the restart",
+    )
+    if fake.proposals(second.id):
+        problems.append(
+            "the second run was admitted beyond --limit 1 while the first was in flight: "
+            f"{fake.proposals(second.id)}"
+        )
+
+    transitions = {
+        c.proposal.state_details.transition_id
+        for c in fake.proposals(first.id, PENDING)
+        if c.proposal is not None
+    }
+    if len(transitions) > 1:
+        problems.append(
+            f"the first run was admitted again: {len(transitions)} supervisors proposed Pending"
+        )
+
+    (runs_dir / f"{first.id}.stop").touch()  # the first run's process exits 0
+    for name, events in (("given at start", at_start), ("subscribed", subscribed)):
+
+        def heard(events: list[object] = events) -> RunFinished | None:
+            return exited(events, first.id)
+
+        try:
+            wait_until(heard, 5, "the first run's RunFinished")
+        except AssertionError:
+            problems.append(
+                f"the listener {name} did not hear the first run's RunFinished (exited); "
+                f"it heard {[e for e in events if isinstance(e, RunFinished)]}"
+            )
+    try:
+        wait_until(lambda: fake.proposals(second.id, PENDING), 5, "the second run to be taken")
+    except AssertionError:
+        problems.append("the second run was not taken once the first had finished")
+    assert not problems, "\n".join(problems)
+
+
+# -- e. a listener that raises -------------------------------------------------------------------
+
+
+class RaisingListener(Recorder):
+    """A host service's listener with a bug in one of its methods."""
+
+    def run_submitted(self, event: Any) -> None:
+        self.events.append(event)
+        raise RuntimeError("listener bug: cannot handle a submission")
+
+
+def _record_text(record: logging.LogRecord) -> str:
+    return logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
+
+
+@pytest.mark.timeout(30)
+def test_listener_that_raises_is_logged_with_the_event_and_kept(
+    fake: FakePrefectApi, start: Start, runs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    events: list[object] = []
+    listener = RaisingListener.start(events)
+    start(listeners=(listener,))
+    started_pid(runs_dir, run.id)
+    (runs_dir / f"{run.id}.stop").touch()
+
+    problems = []
+    try:
+        wait_until(lambda: exited(events, run.id), 10, "the listener to hear RunFinished")
+    except AssertionError:
+        problems.append(
+            f"the listener did not hear the events after the one it raised on: {events}"
+        )
+    if not listener.is_alive():
+        problems.append("the listener was stopped by its own exception")
+    errors = [
+        _record_text(r)
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and "listener bug" in _record_text(r)
+    ]
+    if not errors:
+        problems.append("the listener's exception was not logged as an error")
+    elif not any(run.id in text for text in errors):
+        problems.append(f"the error logged does not name the event: {errors[0][:300]}")
+    assert not problems, "\n".join(problems)
+
+
+# -- timers on the agent's clock -----------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_cancel_grace_period_runs_on_the_agents_clock(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """A run that ignores SIGTERM is killed when the grace period has passed on the agent's
+    clock, not before: 30 s of grace tested without waiting them."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir, ignore_sigterm=True)))
+    clock = ManualClock()
+    handle = start(clock=clock, cancel_grace_seconds=30)
+    pid = started_pid(runs_dir, run.id)
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the run's pid to be recorded")
+
+    handle.cancel(run.id)
+    clock.wait_for_timer(lambda timer: 29 < timer.due_in <= 30, timeout=5)
+    clock.advance(29)
+    assert group_members(pid), "the run was killed before its grace period had passed"
+    assert fake.state(run.id).type != CANCELLED
+
+    clock.advance(1)
+    wait_until(lambda: not group_members(pid), 1.0, "the run's process group to be killed")
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 5, "the run to be Cancelled")
+    assert len(fake.proposals(run.id, CANCELLED)) == 1, fake.proposals(run.id)
