@@ -206,6 +206,8 @@ def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
         "cancel_poll_interval": "--cancel-poll-interval",
         "status_port": "--status-port",
         "shutdown_grace_seconds": "--shutdown-grace-seconds",
+        "name": "--name",
+        "heartbeat_seconds": "--heartbeat-seconds",
     }
     for key, flag in flags.items():
         if options.get(key) is not None:

@@ -24,7 +24,9 @@ from messages.wire.prefect import (
     FlowRun,
     FlowRunFilter,
     OrchestrationResult,
+    State,
     StateProposal,
+    Worker,
     WorkPool,
     WorkQueue,
 )
@@ -126,6 +128,14 @@ class PrefectApiInterface(Protocol):
     ) -> list[FlowRun]: ...
 
     # -- deployments and blocks --------------------------------------------------------------------
+
+    def set_flow_run_labels(self, flow_run_id: str, labels: dict[str, str]) -> None: ...
+
+    def read_flow_run_states(self, flow_run_id: str) -> list[State]: ...
+
+    def send_worker_heartbeat(self, pool: str, name: str, interval_seconds: int) -> None: ...
+
+    def read_workers(self, pool: str) -> list[Worker]: ...
 
     def read_deployment(self, deployment_id: str) -> Deployment: ...
 

@@ -43,8 +43,12 @@ from messages.wire.prefect import (
     OrchestrationResult,
     PoolQueueFilterRequest,
     SetStateRequest,
+    State,
     StateProposal,
+    Worker,
+    WorkerFilterRequest,
     WorkerFlowRun,
+    WorkerHeartbeat,
     WorkPool,
     WorkPoolFilter,
     WorkQueue,
@@ -422,6 +426,30 @@ class PrefectApi:
     def set_infrastructure_pid(self, flow_run_id: str, infrastructure_pid: str) -> None:
         body = encode(FlowRunUpdate(infrastructure_pid=infrastructure_pid))
         self._request("PATCH", f"flow_runs/{flow_run_id}", body)
+
+    def set_flow_run_labels(self, flow_run_id: str, labels: dict[str, str]) -> None:
+        """Add labels to a run (Prefect 3: `PATCH /flow_runs/{id}/labels`)."""
+        self._request("PATCH", f"flow_runs/{flow_run_id}/labels", encode(labels))
+
+    def read_flow_run_states(self, flow_run_id: str) -> list[State]:
+        """Every state the run has been in, in the server's order (2.x and 3.x)."""
+        response = self._request(
+            "GET", "flow_run_states/", params={"flow_run_id": flow_run_id}
+        )
+        return decode(list[State], response.content)
+
+    def send_worker_heartbeat(self, pool: str, name: str, interval_seconds: int) -> None:
+        """Tell the server this agent lives; urgent, so it never queues behind a drain."""
+        body = encode(WorkerHeartbeat(name=name, heartbeat_interval_seconds=interval_seconds))
+        self._request("POST", f"work_pools/{_quote(pool)}/workers/heartbeat", body, urgent=True)
+
+    def read_workers(self, pool: str) -> list[Worker]:
+        """The pool's worker rows, page by page."""
+
+        def body(offset: int) -> WorkerFilterRequest:
+            return WorkerFilterRequest(limit=PAGE_SIZE, offset=offset)
+
+        return list(self._pages(list[Worker], f"work_pools/{_quote(pool)}/workers/filter", body))
 
     def filter_flow_runs(self, flow_runs: FlowRunFilter, pool: str | None = None) -> list[FlowRun]:
         """Every run that matches the filter (in pool `pool` only, if named), page by page."""

@@ -115,6 +115,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "(see --rematch-interval). Repeatable.",
     )
     prefect.add_argument(
+        "-n",
+        "--name",
+        default=None,
+        metavar="NAME",
+        help="The name the server lists this agent by as a worker of its pool, and that every "
+        "flow run it takes names as its holder. [default: actor-agent@HOST and the pool or "
+        "queues it serves, the same at every start on this host]",
+    )
+    prefect.add_argument(
         "-p",
         "--pool",
         default=None,
@@ -167,6 +176,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="The API key (Prefect Cloud), sent as a Bearer token and replaced by *** in the "
         "log. Prefer the environment variable: a command line is visible to other users of "
         "the machine. [default: (from PREFECT_API_KEY)]",
+    )
+    ours.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="Seconds between worker heartbeats to the pool it serves. "
+        "[default: (from PREFECT_WORKER_HEARTBEAT_SECONDS) 30]",
     )
     ours.add_argument(
         "--query-interval",
@@ -369,6 +386,8 @@ def settings_from_args(
         max_restarts=args.max_restarts,
         restart_window_seconds=args.restart_window,
         run_once=bool(args.run_once),
+        name=args.name,
+        heartbeat_seconds=args.heartbeat_seconds,
     )
 
 

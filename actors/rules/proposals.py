@@ -28,8 +28,9 @@ def _proposal(
     return StateProposal(type=type_, name=name, message=message, state_details=state_details)
 
 
-def pending() -> StateProposal:
-    return _proposal(PENDING, "Pending")
+def pending(message: str | None = None) -> StateProposal:
+    """Taking a run; `message` carries the claim (see `actors.rules.claims`)."""
+    return _proposal(PENDING, "Pending", message)
 
 
 def crashed(message: str) -> StateProposal:

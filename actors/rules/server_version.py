@@ -43,6 +43,21 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True):
         """Prefect 3: a run's process comes from the pool's job variables, not from a block."""
         return self.major >= 3
 
+    @property
+    def has_run_labels(self) -> bool:
+        """Prefect 3 keeps labels on flow runs (`PATCH /flow_runs/{id}/labels`)."""
+        return self.major >= 3
+
+    def heartbeat_pool(self, work_pool: str | None) -> str | None:
+        """The pool whose worker row this agent heartbeats: the one it serves, or on a 2.x
+        server with pools the one every plain queue lives in; None: nothing to heartbeat
+        (a server older than pools, or plain queues on 3.x, which has no such pool)."""
+        if work_pool is not None:
+            return work_pool
+        if self.has_work_pools and not self.job_variables_style:
+            return "default-agent-pool"
+        return None
+
     def describe(self) -> str:
         return f"Prefect server {self.version}"
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.edges.api_interface import PrefectApiInterface
+from actors.rules.identity import AgentIdentity
 from actors.runtime.calls import CallPool
 from actors.runtime.clock import ClockInterface
 from actors.runtime.settings import AgentSettings
@@ -33,6 +34,7 @@ class AgentContext:
     settings: AgentSettings
     api: PrefectApiInterface
     clock: ClockInterface
+    identity: AgentIdentity  # name, instance, host: shown in the tree, carried by claims
     calls: CallPool = field(default_factory=CallPool)  # server calls made off the inboxes
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     outcome: AgentOutcome = field(default_factory=AgentOutcome)

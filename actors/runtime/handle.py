@@ -15,6 +15,8 @@ import pykka
 
 from actors.edges.api_interface import PrefectApiInterface
 from actors.edges.prefect_api import PrefectApi
+from actors.edges.processes import HOSTNAME
+from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
 from actors.runtime.clock import Clock, ClockInterface
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import ask
@@ -52,6 +54,7 @@ class AgentHandle:
             settings=settings,
             api=self.api,
             clock=self.clock,
+            identity=identity_for(settings),
             listeners=listeners,
         )
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
@@ -94,7 +97,13 @@ class AgentHandle:
         self.ref.tell(Unsubscribe(listener))
 
     def health(self) -> tuple[bool, str]:
-        """Healthy while the server answers: unhealthy after three poll intervals of silence."""
+        """Healthy while the server answers: unhealthy after three poll intervals of silence.
+        The reason names the agent, so that a fleet's health checks say which one."""
+        ok, reason = self._health()
+        me = self.ctx.identity
+        return ok, f"agent {me.name!r} (instance {me.instance}, host {me.host}): {reason}"
+
+    def _health(self) -> tuple[bool, str]:
         allowed = 3 * self.settings.query_interval
         last = self.api.last_answer
         now = time.monotonic()
@@ -169,6 +178,14 @@ class AgentHandle:
             self.clock.stop()
             self.api.close()
             self.ctx.calls.stop()
+
+
+def identity_for(settings: AgentSettings) -> AgentIdentity:
+    """This start's identity: the configured or derived name, a new instance id, the host."""
+    name = settings.name or default_agent_name(
+        HOSTNAME, settings.work_pool, settings.work_queues, settings.queue_prefixes
+    )
+    return AgentIdentity(name=name, instance=new_instance_id(), host=HOSTNAME)
 
 
 def start_agent(

@@ -38,6 +38,10 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     cancel_grace_seconds: float = 30.0  # SIGTERM -> SIGKILL delay when a run is cancelled
     cancel_poll_interval: float = 2.0  # seconds between looks for runs to cancel
     shutdown_grace_seconds: float = 5.0  # SIGTERM -> SIGKILL delay for runs when the agent stops
+    # -n/--name: how the server lists this agent as a worker and its runs name their holder;
+    # None: derived from the host and what it serves (the same at every start).
+    name: str | None = None
+    heartbeat_seconds: float = 30.0  # seconds between worker heartbeats, as Prefect's workers
 
     def __repr__(self) -> str:
         key = "'***'" if self.api_key else "None"
@@ -97,6 +101,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         "prefetch_seconds": _float_from(env, "PREFECT_AGENT_PREFETCH_SECONDS", 15.0),
         "cancel_grace_seconds": _float_from(env, "PREFECT_AGENT_CANCEL_GRACE_SECONDS", 30.0),
         "cancel_poll_interval": _float_from(env, "PREFECT_AGENT_CANCEL_POLL_SECONDS", 2.0),
+        "heartbeat_seconds": _float_from(env, "PREFECT_WORKER_HEARTBEAT_SECONDS", 30.0),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

@@ -85,6 +85,14 @@ class AgentMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.heartbeats = Counter(
+            "prefect_agent_worker_heartbeats",
+            "Worker heartbeats, by result (sent, failed)",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("sent", "failed"):
+            self.heartbeats.labels(result=result)
         for outcome in OUTCOMES:
             self.runs_finished.labels(outcome=outcome)
 

@@ -1,6 +1,7 @@
 """The actors of the tree, one module each, named as the tree shows them.
 
     Agent                      agent.py           root: settings, children, restarts, the tree
+    ├── Heartbeat              heartbeat.py       the worker heartbeat to its pool
     ├── QueueWatcher <queue>   queue_watcher.py   polls one work queue, hands runs on
     ├── CancelWatcher          cancel_watcher.py  finds runs the server wants cancelled
     └── Dispatcher             dispatcher.py      limit + de-duplication; owns the supervisors

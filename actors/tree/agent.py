@@ -36,6 +36,7 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
+from actors.tree.heartbeat import Heartbeat
 from actors.tree.queue_watcher import QueueWatcher
 from messages.internal.dispatch import Subscribe, Unsubscribe
 from messages.internal.lifecycle import (
@@ -63,6 +64,7 @@ log = logging.getLogger("prefect_actor_agent.agent")
 
 DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the server
 CANCELLATIONS = "cancellations"
+HEARTBEAT = "heartbeat"
 DISPATCHER = "dispatcher"
 
 
@@ -84,6 +86,7 @@ class Agent(pykka.ThreadingActor):
         self.dispatcher: pykka.ActorRef[Any] | None = None
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.cancel_watcher: pykka.ActorRef[Any] | None = None
+        self.heartbeat: pykka.ActorRef[Any] | None = None
         self.polled_once: set[str] = set()
         self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the watchers told it
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
@@ -97,8 +100,17 @@ class Agent(pykka.ThreadingActor):
     def on_start(self) -> None:
         self.calls = Calls(self.ctx.calls, self.actor_ref)
         settings = self.ctx.settings
-        log.info("agent starting against %s: %s", settings.api_url, _describe_queues(settings))
+        me = self.ctx.identity
+        log.info(
+            "agent %r (instance %s, host %s) starting against %s: %s",
+            me.name,
+            me.instance,
+            me.host,
+            settings.api_url,
+            _describe_queues(settings),
+        )
         self.actor_ref.tell(DetectServer())
+        self._start_heartbeat()
         self._start_dispatcher()
         if not settings.run_once:
             self._start_cancel_watcher()
@@ -112,6 +124,9 @@ class Agent(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self.stop_watchers()
+        if self.heartbeat is not None:  # the last thing: the server's rule takes it OFFLINE
+            self.heartbeat.stop(block=False)
+            self.heartbeat = None
 
     def on_failure(
         self,
@@ -213,6 +228,10 @@ class Agent(pykka.ThreadingActor):
         dispatcher.tell(RegisterWatcher(name, ref))
         self._tell_cancel_watcher()
 
+    def _start_heartbeat(self) -> None:
+        self.heartbeat = Heartbeat.start(self.ctx, self.actor_ref)
+        self.supervisor.record("Heartbeat", HEARTBEAT)
+
     def _start_cancel_watcher(self) -> None:
         self.cancel_watcher = CancelWatcher.start(
             self.ctx, self._the_dispatcher(), self.actor_ref, tuple(sorted(self.watchers))
@@ -256,6 +275,8 @@ class Agent(pykka.ThreadingActor):
             self.watchers.pop(name, None)
         elif kind == "CancelWatcher":
             self.cancel_watcher = None
+        elif kind == "Heartbeat":
+            self.heartbeat = None
         elif kind == "Dispatcher":
             self.dispatcher = None
 
@@ -266,6 +287,7 @@ class Agent(pykka.ThreadingActor):
         starters: dict[str, tuple[bool, Callable[[], None]]] = {
             "Dispatcher": (self.dispatcher is None, self._start_dispatcher),
             "CancelWatcher": (self.cancel_watcher is None, self._start_cancel_watcher),
+            "Heartbeat": (self.heartbeat is None, self._start_heartbeat),
             "QueueWatcher": (
                 name not in self.watchers,
                 lambda: self._start_watcher(name, name in self.ctx.settings.work_queues),
@@ -284,6 +306,7 @@ class Agent(pykka.ThreadingActor):
             ("QueueWatcher", name, ref) for name, ref in sorted(self.watchers.items())
         ]
         children.append(("CancelWatcher", CANCELLATIONS, self.cancel_watcher))
+        children.append(("Heartbeat", HEARTBEAT, self.heartbeat))
         children.append(("Dispatcher", DISPATCHER, self.dispatcher))
         asked = [
             (kind, name, ref, self._ask_dispatcher(ref) if kind == "Dispatcher" else None)
@@ -330,7 +353,12 @@ class Agent(pykka.ThreadingActor):
             state=self.state,
             since=self.since,
             restarts=self.supervisor.total_restarts(),
-            detail={"api": self.ctx.settings.api_url},
+            detail={
+                "api": self.ctx.settings.api_url,
+                "name": self.ctx.identity.name,
+                "instance": self.ctx.identity.instance,
+                "host": self.ctx.identity.host,
+            },
             children=tuple(nodes),
         )
 

@@ -45,6 +45,7 @@ from actors.edges.processes import (
 )
 from actors.edges.run_infrastructure import resolve_process_spec
 from actors.rules import run_ending
+from actors.rules.claims import claim_message, worker_labels
 from actors.rules.infrastructure import ProcessSpec, SubmissionError
 from actors.rules.proposals import accepted_as, failed, pending, refusal, rescheduled
 from actors.rules.retry import SERVER_CALLS
@@ -254,7 +255,9 @@ class RunSupervisor(pykka.ThreadingActor):
         self._set_phase("proposing Pending")
         # One proposal, one transition id, however often it is sent: if a lost answer hid an
         # acceptance, the server recognises the repeat and answers with our own Pending.
-        proposal = self.pending_proposal = self.pending_proposal or pending()
+        proposal = self.pending_proposal = self.pending_proposal or pending(
+            claim_message(self.ctx.identity)  # who holds the run, for people and peers
+        )
         self._call(
             lambda: self.api.set_state(self.run_id, proposal),
             self._pending_answered,
@@ -287,11 +290,24 @@ class RunSupervisor(pykka.ThreadingActor):
             return
         self.past_pending = True
         self._observe_pending_latency(result)
+        self._label_run()
         if self.stop_request is not None:
             self._end_before_start()
             return
         self._set_phase("resolving infrastructure")
         self._call(self._resolve, self._resolved, self._resolve_failed)
+
+    def _label_run(self) -> None:
+        """On Prefect 3, the labels Prefect's workers give their runs (for the UI)."""
+        profile = self.ctx.api.known_profile()
+        if profile is None or not profile.has_run_labels:
+            return
+        labels = worker_labels(self.ctx.identity, self.ctx.settings.work_pool)
+
+        def unlabelled(exc: Exception) -> None:
+            log.warning("flow run %s: could not label it with its worker: %s", self.run_id, exc)
+
+        self._call(lambda: self.api.set_flow_run_labels(self.run_id, labels), _ignore, unlabelled)
 
     def _observe_pending_latency(self, result: OrchestrationResult) -> None:
         """From admission to the Pending state's timestamp on the server (the span Prefect's

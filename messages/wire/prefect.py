@@ -281,6 +281,28 @@ class FlowRunUpdate(msgspec.Struct, frozen=True, kw_only=True):
     infrastructure_pid: str
 
 
+class WorkerHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """Body of `POST /work_pools/{pool}/workers/heartbeat` (2.20 and 3.x): the worker row of
+    `name` is created or refreshed; the first heartbeat makes a NOT_READY pool READY."""
+
+    name: str
+    heartbeat_interval_seconds: int
+
+
+class Worker(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of `POST /work_pools/{pool}/workers/filter`."""
+
+    name: str
+    last_heartbeat_time: datetime | None = None
+    heartbeat_interval_seconds: int | None = None
+    status: str | None = None  # ONLINE or OFFLINE (2.20 and 3.x compute it from heartbeats)
+
+
+class WorkerFilterRequest(msgspec.Struct, frozen=True, kw_only=True):
+    limit: int = 200
+    offset: int = 0
+
+
 # -- decoding --------------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ import pytest
 from actors import AgentHandle, RunListener, settings_from_env, start_agent
 from actors.runtime.clock import Clock, ClockInterface
 from actors.tree.dispatcher import Dispatcher
+from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
 from messages.user.tree import ActorNode
 from messages.wire.prefect import CANCELLED, PENDING
@@ -561,7 +562,10 @@ def test_cancel_grace_period_runs_on_the_agents_clock(
     wait_until(lambda: pid_recorded(fake, run.id), 5, "the run's pid to be recorded")
 
     handle.cancel(run.id)
-    clock.wait_for_timer(lambda timer: 29 < timer.due_in <= 30, timeout=5)
+    clock.wait_for_timer(
+        lambda timer: isinstance(timer.message, GraceExpired) and 29 < timer.due_in <= 30,
+        timeout=5,
+    )
     clock.advance(29)
     assert group_members(pid), "the run was killed before its grace period had passed"
     assert fake.state(run.id).type != CANCELLED

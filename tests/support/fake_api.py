@@ -73,6 +73,7 @@ from messages.wire.prefect import (
     State,
     StateDetails,
     StateProposal,
+    Worker,
     WorkPool,
     WorkQueue,
 )
@@ -203,6 +204,8 @@ class _World:
     hangs: list[Hang] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
     profile: ServerProfile | None = None
+    workers: dict[tuple[str, str], Worker] = field(default_factory=dict)  # (pool, name)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # run id -> labels
     on_attempt: AttemptHook | None = None
     last_answer: float | None = None
     last_error: str | None = None
@@ -650,6 +653,41 @@ class FakePrefectApi:
 
         params = {"queue_names": list(queue_names), "state_types": list(state_types), "pool": pool}
         return self._serve("runs_in_states", params, answer)
+
+    def set_flow_run_labels(self, flow_run_id: str, labels: dict[str, str]) -> None:
+        def answer() -> None:
+            self._run(flow_run_id)
+            self._world.labels.setdefault(flow_run_id, {}).update(labels)
+
+        self._serve("set_flow_run_labels", {"flow_run_id": flow_run_id, "labels": labels}, answer)
+
+    def read_flow_run_states(self, flow_run_id: str) -> list[State]:
+        return self._serve(
+            "read_flow_run_states",
+            {"flow_run_id": flow_run_id},
+            lambda: list(self._world.history.get(flow_run_id, [])),
+        )
+
+    # -- PrefectApiInterface: workers ------------------------------------------------------------
+
+    def send_worker_heartbeat(self, pool: str, name: str, interval_seconds: int) -> None:
+        def answer() -> None:
+            self._world.workers[(pool, name)] = Worker(
+                name=name,
+                last_heartbeat_time=datetime.now(UTC),
+                heartbeat_interval_seconds=interval_seconds,
+                status="ONLINE",
+            )
+
+        params = {"pool": pool, "name": name, "interval_seconds": interval_seconds}
+        self._serve("send_worker_heartbeat", params, answer)
+
+    def read_workers(self, pool: str) -> list[Worker]:
+        return self._serve(
+            "read_workers",
+            {"pool": pool},
+            lambda: [w for (p, _), w in self._world.workers.items() if p == pool],
+        )
 
     # -- PrefectApiInterface: deployments and blocks -----------------------------------------------
 

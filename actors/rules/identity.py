@@ -1,0 +1,42 @@
+"""Who an agent is: a name that survives a restart on the same host, and an instance id that
+does not, so that a peer (and a person) can tell "the same agent, started again" from "the
+agent that took this run, still alive"."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+MAX_NAME = 100
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    name: str  # -n/--name, or derived from the host and what it serves
+    instance: str  # new at every start
+    host: str  # the hostname its runs' `hostname:pid` names
+
+
+def default_agent_name(
+    hostname: str,
+    work_pool: str | None,
+    work_queues: tuple[str, ...],
+    queue_prefixes: tuple[str, ...],
+) -> str:
+    """`actor-agent@HOST pool/queues`: the same on every start with the same flags on the
+    same host (so its worker row on the server is the same), different for two agents of one
+    host that serve different queues. A long one is cut and ends with a hash of the whole."""
+    served = sorted(work_queues) + sorted(f"{prefix}*" for prefix in queue_prefixes)
+    what = ",".join(served) or "all queues"
+    if work_pool is not None:
+        what = f"{work_pool}/{what}"
+    name = f"actor-agent@{hostname} {what}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{name[: MAX_NAME - 9]}~{digest}"
+
+
+def new_instance_id() -> str:
+    return uuid.uuid4().hex[:12]

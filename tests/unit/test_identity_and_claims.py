@@ -1,0 +1,42 @@
+"""An agent's name survives a restart; its claim on a run reads back exactly."""
+
+from __future__ import annotations
+
+from actors.rules.claims import claim_message, parse_claim, worker_labels
+from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
+
+
+def test_the_default_name_is_the_same_on_every_start_and_differs_by_what_is_served() -> None:
+    first = default_agent_name("box", None, ("etl", "default"), ())
+    assert first == default_agent_name("box", None, ("default", "etl"), ())
+    assert first != default_agent_name("box", None, ("default",), ())
+    assert first != default_agent_name("other", None, ("etl", "default"), ())
+    assert "box" in first and "default" in first
+    assert "pool-a" in default_agent_name("box", "pool-a", (), ())
+
+
+def test_a_long_default_name_is_cut_but_stays_distinct() -> None:
+    many = tuple(f"queue-{n}" for n in range(40))
+    name = default_agent_name("box", None, many, ())
+    assert len(name) <= 100
+    assert name != default_agent_name("box", None, many[:-1], ())
+
+
+def test_instance_ids_change_at_every_start() -> None:
+    assert new_instance_id() != new_instance_id()
+
+
+def test_a_claim_reads_back_exactly_and_other_messages_carry_none() -> None:
+    identity = AgentIdentity("actor-agent@box default", "0123abcd4567", "box")
+    message = claim_message(identity)
+    assert "actor-agent@box default" in message and "box" in message
+    assert parse_claim(message) == identity
+    assert parse_claim("Submitted by a person") is None
+    assert parse_claim(None) is None
+
+
+def test_worker_labels_name_the_agent_as_prefects_workers_do() -> None:
+    labels = worker_labels(AgentIdentity("a", "i1", "h"), "pool")
+    assert labels["prefect.worker.name"] == "a"
+    assert labels["prefect.work-pool.name"] == "pool"
+    assert labels["prefect-actor-agent.instance"] == "i1"
