@@ -1,0 +1,74 @@
+"""A fleet: three agents on three simulated hosts share one queue of a PostgreSQL-backed
+Prefect server. Every run starts exactly once, its `infrastructure_pid` names the host whose
+agent ran it, its claim names that agent, and every agent is a worker of the pool."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.rules.claims import parse_claim
+from tests.integration.helpers import command_starts, deploy_marker_command, infrastructure_pid
+from tests.support.hosts import SimulatedHost
+from tests.support.prefect_objects import call_api, create_runs, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+HOSTS = ("fleet-a", "fleet-b", "fleet-c")
+RUNS = 100
+
+
+def _pending_claim(api_url: str, run_id: str) -> Any:
+    states = call_api(api_url, "GET", f"/flow_run_states/?flow_run_id={run_id}")
+    messages = [state["message"] for state in states if state["type"] == "PENDING"]
+    return parse_claim(messages[-1]) if messages else None
+
+
+def test_three_hosts_run_a_hundred_runs_exactly_once_each_naming_its_host(
+    postgres_api_url: str, markers: Path, tmp_path: Path
+) -> None:
+    api_url = postgres_api_url
+    queue = f"fleet-{uuid.uuid4().hex[:8]}"
+    deployment = deploy_marker_command(api_url, queue, markers, "0")
+    with (
+        SimulatedHost.for_api(HOSTS[0], api_url, log_dir=tmp_path) as a,
+        SimulatedHost.for_api(HOSTS[1], api_url, log_dir=tmp_path) as b,
+        SimulatedHost.for_api(HOSTS[2], api_url, log_dir=tmp_path) as c,
+    ):
+        hosts = {host.name: host for host in (a, b, c)}
+        for host in hosts.values():
+            host.run_agent(["-q", queue, "--query-interval", "1", "--heartbeat-seconds", "2"])
+        for host in hosts.values():
+            wait_for(lambda host=host: "serving " in host.logs(), 60, f"{host.name}'s agent")
+
+        runs = create_runs(api_url, deployment, RUNS)
+        # The marker command is no engine: a run taken stays Pending, with its pid recorded.
+        wait_for(lambda: len(command_starts(markers)) == RUNS, 120, "every run to start", 1.0)
+        wait_for(
+            lambda: all(infrastructure_pid(api_url, run) for run in runs), 60, "every pid", 1.0
+        )
+
+        starts = command_starts(markers)
+        assert len(starts) == RUNS and set(starts.values()) == {1}, starts  # exactly once
+        ran_on: dict[str, int] = dict.fromkeys(hosts, 0)
+        for run_id in runs:
+            claim = str(infrastructure_pid(api_url, run_id))
+            host_name, _, pid = claim.rpartition(":")
+            assert host_name in hosts, f"{run_id}: {claim!r} names no simulated host"
+            assert f"flow run {run_id} started as pid {pid}:" in hosts[host_name].logs()
+            holder = _pending_claim(api_url, run_id)
+            assert holder is not None and holder.host == host_name, holder
+            ran_on[host_name] += 1
+        assert sum(ran_on.values()) == RUNS
+
+        workers = call_api(api_url, "POST", "/work_pools/default-agent-pool/workers/filter", {})
+        online = {row["name"] for row in workers if row.get("status") == "ONLINE"}
+        for name in hosts:
+            assert any(f"@{name} " in worker for worker in online), (name, online)
+
+        for host in hosts.values():
+            host.kill()
+            assert host.pids() == []
