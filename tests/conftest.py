@@ -232,6 +232,7 @@ def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
         "shutdown_grace_seconds": "--shutdown-grace-seconds",
         "name": "--name",
         "heartbeat_seconds": "--heartbeat-seconds",
+        "lost_agent_seconds": "--lost-agent-seconds",
     }
     for key, flag in flags.items():
         if options.get(key) is not None:

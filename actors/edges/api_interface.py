@@ -43,6 +43,10 @@ class PrefectApiInterface(Protocol):
         """The same edge (same server, same state), its calls retried by `policy`."""
         ...
 
+    def with_timeout(self, seconds: float) -> PrefectApiInterface:
+        """The same edge, each request given up after `seconds`."""
+        ...
+
     @property
     def on_attempt(self) -> AttemptHook | None:
         """Called after every attempt at a call (the metrics hook)."""

@@ -23,6 +23,8 @@ from typing import TypeVar, cast
 from urllib.parse import quote
 
 import httpx
+from httpx import USE_CLIENT_DEFAULT
+from httpx._client import UseClientDefault  # the type of httpx.USE_CLIENT_DEFAULT
 
 from actors.rules.retry import RetryPolicy
 from actors.rules.server_version import ServerProfile, profile_for
@@ -179,6 +181,8 @@ class PrefectApi:
             headers["Authorization"] = f"Bearer {api_key}"
         self.api_url = api_url.rstrip("/")
         self._retry = retry or DEFAULT_RETRY
+        # The client's own timeout unless a view set one (None would mean: wait forever).
+        self._timeout: httpx.Timeout | UseClientDefault = USE_CLIENT_DEFAULT
         self._shared = _Shared()
         self._slots = RequestSlots(concurrency)
         self._cache_seconds = cache_seconds
@@ -197,6 +201,13 @@ class PrefectApi:
         """The same edge, its calls retried by `policy`."""
         view = copy.copy(self)
         view._retry = policy
+        return view
+
+    def with_timeout(self, seconds: float) -> PrefectApi:
+        """The same edge, each request given up after `seconds` (a heartbeat must not hang
+        longer than its interval, or a cut-off agent would not notice it is cut off)."""
+        view = copy.copy(self)
+        view._timeout = httpx.Timeout(seconds, connect=min(seconds, 10.0))
         return view
 
     @property
@@ -239,7 +250,9 @@ class PrefectApi:
             response: httpx.Response | None = None
             self._slots.acquire(urgent)
             try:
-                response = self._client.request(method, path, content=body, params=params)
+                response = self._client.request(
+                    method, path, content=body, params=params, timeout=self._timeout
+                )
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__} on {method} /{path.lstrip('/')}: {exc}"
             except RuntimeError as exc:  # httpx's word for a client closed meanwhile

@@ -163,6 +163,22 @@ def owned_by_live_agent(pid: int) -> bool:
     return fields[1] == owner and process_alive(int(owner))
 
 
+def find_run_process(flow_run_id: str) -> int | None:
+    """The process of that flow run on this host, found by its environment: the leader of its
+    process group (the agent starts each run as one), or None. For a run whose pid was never
+    recorded (its agent died between the start and the report)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        fields = _stat_fields(pid)
+        if fields is None or fields[2] != entry:  # not a process group leader
+            continue
+        if _environ(pid).get("PREFECT__FLOW_RUN_ID") == flow_run_id:
+            return pid
+    return None
+
+
 def belongs_to_run(pid: int, flow_run_id: str) -> bool:
     """Whether `pid` is that flow run's process: its environment or command line names the run.
 

@@ -186,6 +186,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "[default: (from PREFECT_WORKER_HEARTBEAT_SECONDS) 30]",
     )
     ours.add_argument(
+        "--lost-agent-seconds",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="A peer agent whose heartbeat is older than this is lost: its runs in this "
+        "agent's queues are recovered (Crashed, handed back, Cancelled). At least three "
+        "heartbeat intervals. [default: (from PREFECT_ACTOR_AGENT_LOST_SECONDS) 90]",
+    )
+    ours.add_argument(
         "--query-interval",
         type=float,
         default=None,
@@ -388,6 +397,7 @@ def settings_from_args(
         run_once=bool(args.run_once),
         name=args.name,
         heartbeat_seconds=args.heartbeat_seconds,
+        lost_agent_seconds=args.lost_agent_seconds,
     )
 
 

@@ -16,7 +16,8 @@ import re
 from actors.rules.identity import AgentIdentity
 
 _CLAIM = re.compile(
-    r"\[claim agent=(?P<name>.+?) instance=(?P<instance>[0-9a-zA-Z]+) host=(?P<host>\S+)\]$"
+    r"\[claim agent=(?P<name>.+?) instance=(?P<instance>[0-9a-zA-Z]+) host=(?P<host>\S+)"
+    r"(?: pid=(?P<pid>\d+))?\]$"
 )
 
 
@@ -24,7 +25,9 @@ def claim_message(identity: AgentIdentity) -> str:
     """The Pending state's message: a sentence for people, a bracket for agents."""
     return (
         f"Taken by agent {identity.name!r} on host {identity.host!r}. "
-        f"[claim agent={identity.name} instance={identity.instance} host={identity.host}]"
+        f"[claim agent={identity.name} instance={identity.instance} host={identity.host}"
+        + (f" pid={identity.pid}" if identity.pid is not None else "")
+        + "]"
     )
 
 
@@ -36,7 +39,8 @@ def parse_claim(message: str | None) -> AgentIdentity | None:
     found = _CLAIM.search(message.strip())
     if found is None:
         return None
-    return AgentIdentity(found["name"], found["instance"], found["host"])
+    pid = int(found["pid"]) if found["pid"] else None
+    return AgentIdentity(found["name"], found["instance"], found["host"], pid)
 
 
 def worker_labels(identity: AgentIdentity, pool: str | None) -> dict[str, str]:

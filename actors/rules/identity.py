@@ -16,6 +16,7 @@ class AgentIdentity:
     name: str  # -n/--name, or derived from the host and what it serves
     instance: str  # new at every start
     host: str  # the hostname its runs' `hostname:pid` names
+    pid: int | None = None  # the agent's process on that host (None: not known)
 
 
 def default_agent_name(

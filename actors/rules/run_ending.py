@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from actors.rules.exit_codes import describe_exit
 from actors.rules.proposals import cancelled, crashed, scheduled_now
-from messages.internal.dispatch import Cancel
+from messages.internal.dispatch import Cancel, Relinquish
 from messages.internal.lifecycle import Interrupt
 from messages.user.events import RunOutcome
 from messages.wire.prefect import CANCELLED, COMPLETED, CRASHED, FAILED, StateProposal
@@ -31,9 +31,11 @@ class Ending:
     ask_server: bool = False
 
 
-def after_exit(code: int | None, stop: Cancel | Interrupt | None) -> Ending:
+def after_exit(code: int | None, stop: Cancel | Interrupt | Relinquish | None) -> Ending:
     """The run's process exited with `code` (None: unknown, it was watched by pid)."""
     shown = "an unknown code" if code is None else f"code {code}"
+    if isinstance(stop, Relinquish):
+        return Ending("relinquished", f"{stop.reason}; exit {shown}")
     if isinstance(stop, Cancel):
         how = "killed after the grace period" if code == SIGKILL_EXIT else "terminated"
         return Ending(
@@ -58,8 +60,10 @@ def after_exit(code: int | None, stop: Cancel | Interrupt | None) -> Ending:
     return Ending("crashed", f"exit code {code}", crashed(describe_exit(code)))
 
 
-def before_start(stop: Cancel | Interrupt) -> Ending:
+def before_start(stop: Cancel | Interrupt | Relinquish) -> Ending:
     """A stop request arrived before the process started: nothing starts."""
+    if isinstance(stop, Relinquish):
+        return Ending("relinquished", f"{stop.reason}; never started")
     if isinstance(stop, Cancel):
         return Ending(
             "cancelled",
@@ -90,7 +94,7 @@ def unknown_exit(state_type: str | None, cause: str) -> Ending:
     )
 
 
-def unreachable_process(why: str, stop: Cancel | Interrupt | None) -> Ending:
+def unreachable_process(why: str, stop: Cancel | Interrupt | Relinquish | None) -> Ending:
     """The run's process could not be found (no pid, gone, another host's): what to say."""
     if isinstance(stop, Cancel):
         return Ending(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from actors.edges.processes import HOSTNAME
 from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
 from actors.runtime.clock import Clock, ClockInterface
 from actors.runtime.context import AgentContext
+from actors.runtime.lease import Lease
 from actors.runtime.refs import ask
 from actors.runtime.settings import AgentSettings
 from actors.tree.agent import Agent
@@ -55,6 +57,7 @@ class AgentHandle:
             api=self.api,
             clock=self.clock,
             identity=identity_for(settings),
+            lease=Lease(settings.lost_agent_seconds, settings.heartbeat_seconds),
             listeners=listeners,
         )
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
@@ -185,7 +188,7 @@ def identity_for(settings: AgentSettings) -> AgentIdentity:
     name = settings.name or default_agent_name(
         HOSTNAME, settings.work_pool, settings.work_queues, settings.queue_prefixes
     )
-    return AgentIdentity(name=name, instance=new_instance_id(), host=HOSTNAME)
+    return AgentIdentity(name=name, instance=new_instance_id(), host=HOSTNAME, pid=os.getpid())
 
 
 def start_agent(

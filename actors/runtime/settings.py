@@ -42,6 +42,9 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     # None: derived from the host and what it serves (the same at every start).
     name: str | None = None
     heartbeat_seconds: float = 30.0  # seconds between worker heartbeats, as Prefect's workers
+    # A peer whose heartbeat is older than this is lost and its runs are recovered; at least
+    # three heartbeat intervals, the rule by which Prefect 3 marks a worker OFFLINE.
+    lost_agent_seconds: float = 90.0
 
     def __repr__(self) -> str:
         key = "'***'" if self.api_key else "None"
@@ -74,6 +77,16 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.work_pool is not None and not self.work_pool.strip():
             raise SettingsError("--pool needs a work pool name")
+        if self.heartbeat_seconds <= 0:
+            raise SettingsError(
+                f"--heartbeat-seconds must be positive, got {self.heartbeat_seconds}"
+            )
+        if self.lost_agent_seconds < 3 * self.heartbeat_seconds:
+            raise SettingsError(
+                f"--lost-agent-seconds ({self.lost_agent_seconds:g}) must be at least three "
+                f"heartbeat intervals ({3 * self.heartbeat_seconds:g}): one late heartbeat must "
+                "not make a live agent lost"
+            )
 
     @property
     def follows_queues(self) -> bool:
@@ -102,6 +115,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         "cancel_grace_seconds": _float_from(env, "PREFECT_AGENT_CANCEL_GRACE_SECONDS", 30.0),
         "cancel_poll_interval": _float_from(env, "PREFECT_AGENT_CANCEL_POLL_SECONDS", 2.0),
         "heartbeat_seconds": _float_from(env, "PREFECT_WORKER_HEARTBEAT_SECONDS", 30.0),
+        "lost_agent_seconds": _float_from(env, "PREFECT_ACTOR_AGENT_LOST_SECONDS", 90.0),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

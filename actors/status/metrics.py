@@ -40,6 +40,7 @@ OUTCOMES = (
     "deferred",
     "cancelled",
     "interrupted",
+    "relinquished",
 )
 
 
@@ -91,6 +92,19 @@ class AgentMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.runs_recovered = Counter(
+            "prefect_agent_runs_recovered",
+            "Runs of lost peers this agent recovered, by kind (crashed, handed-back, cancelled)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.peers_lost = Counter(
+            "prefect_agent_peers_declared_lost",
+            "Peer agents this agent declared lost (heartbeat older than the lost window)",
+            registry=self.registry,
+        )
+        for kind in ("crashed", "handed-back", "cancelled"):
+            self.runs_recovered.labels(kind=kind)
         for result in ("sent", "failed"):
             self.heartbeats.labels(result=result)
         for outcome in OUTCOMES:

@@ -2,6 +2,7 @@
 
     Agent                      agent.py           root: settings, children, restarts, the tree
     ├── Heartbeat              heartbeat.py       the worker heartbeat to its pool
+    ├── Recovery               recovery.py        recovers lost peers' runs
     ├── QueueWatcher <queue>   queue_watcher.py   polls one work queue, hands runs on
     ├── CancelWatcher          cancel_watcher.py  finds runs the server wants cancelled
     └── Dispatcher             dispatcher.py      limit + de-duplication; owns the supervisors

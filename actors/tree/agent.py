@@ -25,9 +25,13 @@ import pykka
 
 from actors.edges.processes import (
     HOSTNAME,
+    find_run_process,
     owned_by_live_agent,
+    process_alive,
 )
+from actors.rules.identity import AgentIdentity
 from actors.rules.reconcile import left_behind
+from actors.rules.recovery import handed_back, latest_claim
 from actors.rules.retry import ONCE, SERVER_CALLS
 from actors.rules.server_version import ServerProfile, unknown_version_warning
 from actors.rules.supervision import RestartPolicy, Supervisor
@@ -38,6 +42,7 @@ from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.heartbeat import Heartbeat
 from actors.tree.queue_watcher import QueueWatcher
+from actors.tree.recovery import Recovery
 from messages.internal.dispatch import Subscribe, Unsubscribe
 from messages.internal.lifecycle import (
     CallAnswered,
@@ -58,13 +63,14 @@ from messages.internal.lifecycle import (
     WatcherStatus,
 )
 from messages.user.tree import ActorNode
-from messages.wire.prefect import PENDING, RUNNING, FlowRun
+from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
 DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the server
 CANCELLATIONS = "cancellations"
 HEARTBEAT = "heartbeat"
+RECOVERY = "recovery"
 DISPATCHER = "dispatcher"
 
 
@@ -87,6 +93,7 @@ class Agent(pykka.ThreadingActor):
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.cancel_watcher: pykka.ActorRef[Any] | None = None
         self.heartbeat: pykka.ActorRef[Any] | None = None
+        self.recovery: pykka.ActorRef[Any] | None = None
         self.polled_once: set[str] = set()
         self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the watchers told it
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
@@ -114,6 +121,7 @@ class Agent(pykka.ThreadingActor):
         self._start_dispatcher()
         if not settings.run_once:
             self._start_cancel_watcher()
+            self._start_recovery()
         for name in settings.work_queues:
             self._start_watcher(name, create_missing=True)
         if settings.follows_queues:
@@ -187,11 +195,12 @@ class Agent(pykka.ThreadingActor):
         self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
         self.outcome.dispatcher = self.dispatcher
         self.supervisor.record("Dispatcher", DISPATCHER)
-        for name, ref in self.watchers.items():
-            self.dispatcher.tell(RegisterWatcher(name, ref))
-            tell_if_alive(ref, UseDispatcher(self.dispatcher))
-        if self.cancel_watcher is not None:
-            tell_if_alive(self.cancel_watcher, UseDispatcher(self.dispatcher))
+        for name, watcher in self.watchers.items():
+            self.dispatcher.tell(RegisterWatcher(name, watcher))
+            tell_if_alive(watcher, UseDispatcher(self.dispatcher))
+        for other in (self.cancel_watcher, self.recovery):
+            if other is not None:
+                tell_if_alive(other, UseDispatcher(self.dispatcher))
 
     def _the_dispatcher(self) -> pykka.ActorRef[Any]:
         if self.dispatcher is None:
@@ -232,6 +241,12 @@ class Agent(pykka.ThreadingActor):
         self.heartbeat = Heartbeat.start(self.ctx, self.actor_ref)
         self.supervisor.record("Heartbeat", HEARTBEAT)
 
+    def _start_recovery(self) -> None:
+        self.recovery = Recovery.start(
+            self.ctx, self.actor_ref, self._the_dispatcher(), tuple(sorted(self.watchers))
+        )
+        self.supervisor.record("Recovery", RECOVERY)
+
     def _start_cancel_watcher(self) -> None:
         self.cancel_watcher = CancelWatcher.start(
             self.ctx, self._the_dispatcher(), self.actor_ref, tuple(sorted(self.watchers))
@@ -239,8 +254,10 @@ class Agent(pykka.ThreadingActor):
         self.supervisor.record("CancelWatcher", CANCELLATIONS)
 
     def _tell_cancel_watcher(self) -> None:
-        if self.cancel_watcher is not None:
-            tell_if_alive(self.cancel_watcher, WatchedQueues(tuple(sorted(self.watchers))))
+        """The CancelWatcher and Recovery look at the runs of the queues served now."""
+        for ref in (self.cancel_watcher, self.recovery):
+            if ref is not None:
+                tell_if_alive(ref, WatchedQueues(tuple(sorted(self.watchers))))
 
     def _stop_watcher(self, name: str) -> None:
         ref = self.watchers.pop(name, None)
@@ -255,9 +272,10 @@ class Agent(pykka.ThreadingActor):
         """Take no new runs (the first step of stopping): stop every watcher."""
         for name in list(self.watchers):
             self._stop_watcher(name)
-        if self.cancel_watcher is not None:
-            self.cancel_watcher.stop(block=False)
-            self.cancel_watcher = None
+        for ref in (self.cancel_watcher, self.recovery):
+            if ref is not None:
+                ref.stop(block=False)
+        self.cancel_watcher = self.recovery = None
         self.state, self.since = "stopping", time.time()
 
     def _child_failed(self, kind: str, name: str, error: str) -> None:
@@ -277,6 +295,8 @@ class Agent(pykka.ThreadingActor):
             self.cancel_watcher = None
         elif kind == "Heartbeat":
             self.heartbeat = None
+        elif kind == "Recovery":
+            self.recovery = None
         elif kind == "Dispatcher":
             self.dispatcher = None
 
@@ -288,6 +308,7 @@ class Agent(pykka.ThreadingActor):
             "Dispatcher": (self.dispatcher is None, self._start_dispatcher),
             "CancelWatcher": (self.cancel_watcher is None, self._start_cancel_watcher),
             "Heartbeat": (self.heartbeat is None, self._start_heartbeat),
+            "Recovery": (self.recovery is None, self._start_recovery),
             "QueueWatcher": (
                 name not in self.watchers,
                 lambda: self._start_watcher(name, name in self.ctx.settings.work_queues),
@@ -307,6 +328,7 @@ class Agent(pykka.ThreadingActor):
         ]
         children.append(("CancelWatcher", CANCELLATIONS, self.cancel_watcher))
         children.append(("Heartbeat", HEARTBEAT, self.heartbeat))
+        children.append(("Recovery", RECOVERY, self.recovery))
         children.append(("Dispatcher", DISPATCHER, self.dispatcher))
         asked = [
             (kind, name, ref, self._ask_dispatcher(ref) if kind == "Dispatcher" else None)
@@ -371,20 +393,42 @@ class Agent(pykka.ThreadingActor):
 
     def _reconcile(self, queue_names: tuple[str, ...]) -> None:
         """Take over what an earlier life of this agent left: runs of these queues, Pending or
-        Running, whose process was started on this host and is not another live agent's."""
+        Running, whose process was started on this host and is not another live agent's; and
+        runs it left Pending with no pid recorded, whose claim names this agent (its process is
+        found by the run's environment, or the run goes back to its queue)."""
 
         def unreadable(exc: Exception) -> None:
             log.warning("could not look for runs left by an earlier agent: %s", exc)
 
-        self._calls().start(
-            lambda: self.api.runs_in_states(
+        def read() -> tuple[list[FlowRun], list[tuple[FlowRun, State]]]:
+            runs = self.api.runs_in_states(
                 list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
-            ),
-            self._take_over,
-            unreadable,
+            )
+            unrecorded = []
+            for run in runs:
+                if run.infrastructure_pid or run.state is None or run.state.type != PENDING:
+                    continue
+                found = latest_claim(self.api.read_flow_run_states(run.id))
+                if found is not None and self._earlier_life(found[1]):
+                    unrecorded.append((run, found[0]))
+            return runs, unrecorded
+
+        self._calls().start(read, self._take_over, unreadable)
+
+    def _earlier_life(self, claim: AgentIdentity) -> bool:
+        """A claim of an instance of this agent on this host whose process is gone (another
+        agent of the same name on this host may be alive: its runs are its own)."""
+        me = self.ctx.identity
+        return (
+            claim.name == me.name
+            and claim.host == me.host
+            and claim.instance != me.instance
+            and claim.pid is not None
+            and not process_alive(claim.pid)
         )
 
-    def _take_over(self, runs: list[FlowRun]) -> None:
+    def _take_over(self, found: tuple[list[FlowRun], list[tuple[FlowRun, State]]]) -> None:
+        runs, unrecorded = found
         for run in left_behind(runs, HOSTNAME, owned_by_live_agent):
             log.info(
                 "flow run %s (%s) was left %s by an earlier agent on this host: taking it over",
@@ -393,6 +437,50 @@ class Agent(pykka.ThreadingActor):
                 run.state.type if run.state else "?",
             )
             tell_if_alive(self._the_dispatcher(), TakeOver(run.id))
+        for run, claim_state in unrecorded:
+            pid = find_run_process(run.id)
+            if pid is not None and not owned_by_live_agent(pid):
+                log.info(
+                    "flow run %s (%s) was left Pending by an earlier life of this agent, its "
+                    "pid unrecorded; its process %d is alive: taking it over",
+                    run.id,
+                    run.name,
+                    pid,
+                )
+                tell_if_alive(self._the_dispatcher(), TakeOver(run.id, pid))
+            elif pid is None:
+                self._hand_back(run, claim_state)
+
+    def _hand_back(self, run: FlowRun, claim_state: State) -> None:
+        """A run an earlier life took (Pending) but never started: back to its queue.
+
+        In the call pool, in this order: no process of the run on this host, then the run
+        still in the same Pending, then the proposal. A process that ended meanwhile reported
+        its final state before it exited, so the read after the search sees it: a Scheduled
+        proposal, which the server would take even over Completed, is never sent then."""
+        proposal = handed_back(
+            run.id,
+            claim_state,
+            "Handed back to its queue by its agent after a restart: the agent's earlier life "
+            "took it but no process of it was started.",
+        )
+
+        def hand_back() -> str:
+            if find_run_process(run.id) is not None:
+                return "its process is alive"
+            now = self.api.read_flow_run(run.id)
+            if now.state is None or now.state.id != claim_state.id:
+                return "it moved on"
+            result = self.api.set_state(run.id, proposal)
+            return "handed back" if result.status == "ACCEPT" else f"refused ({result.status})"
+
+        def done(what: str) -> None:
+            log.info("flow run %s (%s), left Pending unstarted: %s", run.id, run.name, what)
+
+        def failed(exc: Exception) -> None:
+            log.warning("flow run %s: could not hand it back: %s", run.id, exc)
+
+        self._calls().start(hand_back, done, failed)
 
     # -- prefix mode -------------------------------------------------------------------------------
 

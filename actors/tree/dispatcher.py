@@ -38,6 +38,9 @@ from messages.internal.dispatch import (
     Admitted,
     Cancel,
     FreeSlots,
+    HeldRunIds,
+    HeldRunsAre,
+    Relinquish,
     Room,
     RunsFound,
     RunStatus,
@@ -118,10 +121,16 @@ class Dispatcher(pykka.ThreadingActor):
                 self._finished(message)
             case SupervisorFailed():
                 self._supervisor_failed(message)
-            case TakeOver(flow_run_id=run_id) if run_id not in self.held:
-                self._supervise(run_id, TakeOverRun())
+            case TakeOver(flow_run_id=run_id, pid=pid) if run_id not in self.held:
+                self._supervise(run_id, TakeOverRun(pid))
             case Cancel(flow_run_id=run_id):
                 self._cancel(message, run_id)
+            case Relinquish(flow_run_id=run_id):
+                supervisor = self.held.get(run_id)
+                if supervisor is not None:
+                    tell_if_alive(supervisor, message)
+            case HeldRunIds(reply_to=ref):
+                _reply(ref, HeldRunsAre(tuple(sorted(self.held))))
             case RegisterWatcher(queue_name=queue, watcher=ref):
                 self._register(queue, ref)
             case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):

@@ -40,7 +40,8 @@ class Heartbeat(pykka.ThreadingActor):
     def __init__(self, ctx: AgentContext, agent: pykka.ActorRef[Any]) -> None:
         super().__init__()
         self.ctx = ctx
-        self.api = ctx.api.with_retry(ONCE)  # the next beat is the retry
+        # The next beat is the retry; a beat that hangs longer than the interval has failed.
+        self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
         self.agent = agent
         self.failures = 0
         self.pool: str | None = None
@@ -78,12 +79,14 @@ class Heartbeat(pykka.ThreadingActor):
         interval = self._interval()
         name = self.ctx.identity.name
         try:
-            pool = self.ctx.api.server_profile().heartbeat_pool(self.ctx.settings.work_pool)
+            pool = self.api.server_profile().heartbeat_pool(self.ctx.settings.work_pool)
             if pool is None:
                 self._set_phase("no work pool to heartbeat on this server")
                 return interval
+            sent_at = time.monotonic()
             self.api.send_worker_heartbeat(pool, name, max(1, round(interval)))
         except (ApiError, ApiDecodeError) as exc:
+            self.ctx.lease.broken()
             self.failures += 1
             self.ctx.metrics.heartbeats.labels(result="failed").inc()
             delay = min(interval, POLL_ERRORS.delay(self.failures))
@@ -97,6 +100,7 @@ class Heartbeat(pykka.ThreadingActor):
             return delay
         if self.pool != pool or self.failures:
             log.info("heartbeating work pool %r as worker %r every %.0fs", pool, name, interval)
+        self.ctx.lease.renewed(sent_at)
         self.pool, self.failures, self.last_sent = pool, 0, time.time()
         self.ctx.metrics.heartbeats.labels(result="sent").inc()
         self._set_phase(f"heartbeating work pool {pool!r} every {interval:g}s")

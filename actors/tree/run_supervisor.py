@@ -52,11 +52,12 @@ from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
-from messages.internal.dispatch import Cancel, RunStatus
+from messages.internal.dispatch import Cancel, Relinquish, RunStatus
 from messages.internal.lifecycle import CallAnswered, Interrupt, Rehome, SupervisorFailed
 from messages.internal.run_steps import (
     AdoptRun,
     CancelUnheld,
+    CheckLease,
     CheckProcess,
     GraceExpired,
     InheritProcess,
@@ -113,13 +114,15 @@ class RunSupervisor(pykka.ThreadingActor):
         self.admitted_at = time.time()
         self.process: SupervisedProcess | None = None
         # Why the run is ending early; a Cancel for a run not held is known from the start.
-        self.stop_request: Cancel | Interrupt | None = (
+        self.stop_request: Cancel | Interrupt | Relinquish | None = (
             plan.cancel if isinstance(plan, CancelUnheld) else None
         )
         self.pending_proposal: StateProposal | None = None
         self.past_pending = not isinstance(plan, SubmitRun)  # others never propose Pending
         self.reporting = False
         self.finished = False
+        self.pid_recorded = False
+        self.waiting_spec: ProcessSpec | None = None  # resolved, waiting for a valid lease
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -138,6 +141,10 @@ class RunSupervisor(pykka.ThreadingActor):
                 self._calls().answered(message)
             case Cancel() | Interrupt():
                 self._on_stop_request(message)
+            case Relinquish():
+                self._relinquish(message)
+            case CheckLease():
+                self._check_lease()
             case ProposePending():
                 self._propose_pending()
             case StartProcess(spec=spec) if isinstance(spec, ProcessSpec):
@@ -365,6 +372,23 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.stop_request is not None:
             self._end_before_start()
             return
+        if not self.ctx.lease.valid():
+            # Cut off from the server for long enough that peers may recover the run: start
+            # nothing until the server is back and says the run is still ours.
+            if self.waiting_spec is None:
+                log.warning(
+                    "flow run %s: not starting it while this agent cannot reach the server "
+                    "(its heartbeat lease lapsed); a peer may recover it",
+                    self.run_id,
+                )
+            self.waiting_spec = spec
+            self._set_phase("waiting for the server before starting (lease lapsed)")
+            self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
+            return
+        if self.waiting_spec is not None:
+            self.waiting_spec = None
+            self._confirm_then_start(spec)
+            return
         self._set_phase("starting process")
         try:
             process = RunProcess(spec)
@@ -378,6 +402,7 @@ class RunSupervisor(pykka.ThreadingActor):
         )
         self._wait_in_helper(process)
         self._record_pid(process.pid)
+        self.ctx.clock.tell_later(self.ctx.settings.heartbeat_seconds, self.actor_ref, CheckLease())
 
     def _record_pid(self, pid: int) -> None:
         """Tell the server where the run's process lives; cancellation after an agent restart
@@ -389,9 +414,86 @@ class RunSupervisor(pykka.ThreadingActor):
                 "flow run %s: could not record infrastructure_pid %s: %s", self.run_id, where, exc
             )
 
+        def recorded(_: object) -> None:
+            self.pid_recorded = True
+
         self._call(
-            lambda: self.api.set_infrastructure_pid(self.run_id, where), _ignore, not_recorded
+            lambda: self.api.set_infrastructure_pid(self.run_id, where), recorded, not_recorded
         )
+
+    def _confirm_then_start(self, spec: ProcessSpec) -> None:
+        """After a lapsed lease: start only if the server still holds our Pending."""
+        ours = self.pending_proposal.state_details.transition_id if self.pending_proposal else None
+
+        def read(run: FlowRun) -> None:
+            state = run.state
+            if (
+                state is not None
+                and state.type == PENDING
+                and (state.state_details.transition_id == ours)
+            ):
+                self._start_process(spec)
+                return
+            shown = state.type if state is not None else "unknown"
+            log.warning(
+                "flow run %s is no longer this agent's (now %s): not starting it",
+                self.run_id,
+                shown,
+            )
+            self._finish("not-submitted", f"no longer ours ({shown})")
+
+        def unreadable(exc: Exception) -> None:
+            self.waiting_spec = spec
+            self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
+
+        self._call(lambda: self.api.read_flow_run(self.run_id), read, unreadable)
+
+    def _check_lease(self) -> None:
+        """Waiting to start: start once the lease is good. Holding a process whose pid the
+        server has not recorded: kill it once the lease lapses, before a peer hands the run
+        back and it starts elsewhere too."""
+        if self.finished:
+            return
+        if self.waiting_spec is not None and self.process is None:
+            spec, self.waiting_spec = self.waiting_spec, None
+            if self.ctx.lease.valid():
+                self._confirm_then_start(spec)
+            else:
+                self.waiting_spec = spec
+                self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
+            return
+        if self.process is None or self.pid_recorded or not isinstance(self.process, RunProcess):
+            return
+        if self.ctx.lease.valid():
+            self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
+            return
+        self._relinquish(
+            Relinquish(
+                self.run_id,
+                "this agent was cut off from the server before it could record the run's pid, "
+                "so a peer will hand the run back",
+            )
+        )
+
+    def _relinquish(self, request: Relinquish) -> None:
+        """The run is not ours any more (see `Relinquish`): kill at once, report nothing."""
+        if self.finished:
+            return
+        self.stop_request = request
+        process = self.process
+        if process is None:
+            log.warning("flow run %s: %s; it will not start", self.run_id, request.reason)
+            self._calls().forget()
+            self._report(run_ending.before_start(request))
+            return
+        log.warning(
+            "flow run %s: %s; killing its process group %d",
+            self.run_id,
+            request.reason,
+            process.pid,
+        )
+        self._set_phase(f"killing pid {process.pid}: not ours any more")
+        process.signal_group(SIGKILL)
 
     def _submission_failed(self, reason: str) -> None:
         log.error("flow run %s: submission failed: %s", self.run_id, reason)
@@ -425,9 +527,8 @@ class RunSupervisor(pykka.ThreadingActor):
             self._finish("not-submitted", f"already {state}")
             return
         plan = self.plan
-        pid = self._inherited_pid(run, plan) if isinstance(plan, InheritProcess) else None
-        if not isinstance(plan, InheritProcess):
-            pid = self._verified_pid(run)
+        handed = plan.pid if isinstance(plan, InheritProcess | TakeOverRun) else None
+        pid = self._handed_pid(run, handed) if handed is not None else self._verified_pid(run)
         if pid is None:
             return
         self.process = AdoptedProcess(pid)
@@ -436,16 +537,20 @@ class RunSupervisor(pykka.ThreadingActor):
         self.ctx.clock.tell_later(ADOPTED_CHECK_SECONDS, self.actor_ref, CheckProcess())
         if self.stop_request is not None:
             request, self.stop_request = self.stop_request, None
-            self._on_stop_request(request)
+            if isinstance(request, Relinquish):
+                self._relinquish(request)
+            else:
+                self._on_stop_request(request)
 
-    def _inherited_pid(self, run: FlowRun, plan: InheritProcess) -> int | None:
-        """The pid handed over by a failed supervisor, recorded on the server if it was not."""
-        if not belongs_to_run(plan.pid, self.run_id):
+    def _handed_pid(self, run: FlowRun, pid: int) -> int | None:
+        """A pid handed over (by a failed supervisor, or found on this host by the run's
+        environment), recorded on the server if it was not."""
+        if not belongs_to_run(pid, self.run_id):
             self._process_ended_unwatched()  # it ended before the handover completed
             return None
-        if run.infrastructure_pid != infrastructure_pid(plan.pid):
-            self._record_pid(plan.pid)
-        return plan.pid
+        if run.infrastructure_pid != infrastructure_pid(pid):
+            self._record_pid(pid)
+        return pid
 
     def _verified_pid(self, run: FlowRun) -> int | None:
         """The run's pid on this host, or None after dealing with a run that has none."""

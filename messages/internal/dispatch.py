@@ -94,3 +94,26 @@ class RunStatus(msgspec.Struct, frozen=True):
     # The supervisor's pykka.ActorRef: a Dispatcher restarted since it admitted the run takes
     # the run back when it hears from its supervisor, so the run counts against the limit.
     supervisor: object = None
+
+
+class HeldRunIds(msgspec.Struct, frozen=True):
+    """Told to the Dispatcher by the Recovery actor after this agent was cut off from the
+    server: which runs do you hold? Answered with `HeldRunsAre` to `reply_to`."""
+
+    reply_to: object  # the asker's pykka.ActorRef
+
+
+class HeldRunsAre(msgspec.Struct, frozen=True):
+    """The Dispatcher's answer to `HeldRunIds`."""
+
+    flow_run_ids: tuple[str, ...]
+
+
+class Relinquish(msgspec.Struct, frozen=True):
+    """Told to the Dispatcher (and routed to the run's supervisor) when the server says a run
+    this agent holds is no longer its own: a peer recovered it while this agent was cut off.
+    Its process group is killed at once (SIGKILL: it is running elsewhere, or ended there) and
+    nothing is reported: the server already holds the truth."""
+
+    flow_run_id: str
+    reason: str

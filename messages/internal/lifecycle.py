@@ -141,6 +141,7 @@ class TakeOver(msgspec.Struct, frozen=True):
     recorded pid to its end, or report it Crashed if its process is gone."""
 
     flow_run_id: str
+    pid: int | None = None  # found on this host by its environment when none was recorded
 
 
 class GetTree(msgspec.Struct, frozen=True):

@@ -39,6 +39,11 @@ class ProcessExited(msgspec.Struct, frozen=True):
     returncode: int | None  # negative: killed by that signal; None: not our child, unknown
 
 
+class CheckLease(msgspec.Struct, frozen=True):
+    """Scheduled by a supervisor to itself: while it waits to start a process, or holds one
+    whose pid is not recorded, is this agent's lease (`actors.runtime.lease`) still good?"""
+
+
 class GraceExpired(msgspec.Struct, frozen=True):
     """Scheduled after SIGTERM: if the process group is still alive, SIGKILL it."""
 
@@ -58,6 +63,8 @@ class TakeOverRun(msgspec.Struct, frozen=True):
     """A run an earlier life of this agent left Pending or Running on this host (found at
     start by `Reconcile`): find its process by the recorded pid and watch it to its end, or
     report it Crashed when its process is gone."""
+
+    pid: int | None = None  # found on this host by its environment (no pid was recorded)
 
 
 class InheritProcess(msgspec.Struct, frozen=True):

@@ -18,6 +18,7 @@ RunOutcome = Literal[
     "deferred",  # the server rescheduled the run (e.g. its deployment's concurrency limit)
     "cancelled",  # a Cancel stopped the run
     "interrupted",  # the agent stopped while the run was in flight
+    "relinquished",  # a peer recovered the run while this agent was cut off; process killed
 ]
 
 

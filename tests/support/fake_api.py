@@ -460,6 +460,9 @@ class FakePrefectApi:
         view._retry = policy
         return view
 
+    def with_timeout(self, seconds: float) -> FakePrefectApi:
+        return self  # a hang is the test's lever here, not a timeout
+
     @property
     def on_attempt(self) -> AttemptHook | None:
         return self._world.on_attempt

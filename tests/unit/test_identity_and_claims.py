@@ -40,3 +40,8 @@ def test_worker_labels_name_the_agent_as_prefects_workers_do() -> None:
     assert labels["prefect.worker.name"] == "a"
     assert labels["prefect.work-pool.name"] == "pool"
     assert labels["prefect-actor-agent.instance"] == "i1"
+
+
+def test_a_claim_names_the_agents_process_so_a_restart_knows_a_live_namesake() -> None:
+    identity = AgentIdentity("a@box q", "abc123", "box", pid=4242)
+    assert parse_claim(claim_message(identity)) == identity

@@ -1,0 +1,142 @@
+"""When an agent is lost, and what becomes of its runs: the pure half of the Recovery actor.
+
+An agent is lost when its worker heartbeat is older than the lost window. Only a peer whose own
+heartbeats have gone through without a gap for that whole window may say so: after a server
+outage or restart every heartbeat looks old, and every peer's own streak is broken too, so
+nothing is recovered until the survivors have heartbeated for a full window again, by which
+time every live agent has heartbeated as well.
+
+A lost agent's runs are recovered through ordinary state proposals, so the server's answer is
+the lock between peers that act at once: a run that had a process is proposed Crashed, and a
+Cancelling one Cancelled (final states: the server takes one and refuses the rest); a Pending
+run whose process is not known to have started goes back to its queue, Scheduled and due now,
+with a transition id derived from the run's Pending state, so that the same hand-back sent by
+two peers is recognised by the server as one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from actors.rules.claims import parse_claim
+from actors.rules.identity import AgentIdentity
+from messages.wire.prefect import (
+    CANCELLED,
+    CANCELLING,
+    CRASHED,
+    PENDING,
+    RUNNING,
+    SCHEDULED,
+    FlowRun,
+    State,
+    StateDetails,
+    StateProposal,
+    Worker,
+)
+
+RecoveryKind = Literal["crashed", "handed-back", "cancelled"]
+_TRANSITIONS = uuid.UUID("5b0f1a6e-54a1-4b7e-9a43-2c6f0f5e8d11")  # namespace of our ids
+
+
+@dataclass(frozen=True)
+class LostAgent:
+    name: str
+    last_heartbeat: datetime
+
+
+@dataclass(frozen=True)
+class Recovery:
+    kind: RecoveryKind
+    proposal: StateProposal
+    force: bool = False
+
+
+def lost_agents(
+    workers: Iterable[Worker], now: datetime, lost_after: float, me: str
+) -> dict[str, LostAgent]:
+    """The pool's workers whose last heartbeat is older than `lost_after` seconds (never this
+    agent itself, and never a row without a heartbeat: nothing says when it was alive)."""
+    window = timedelta(seconds=lost_after)
+    return {
+        worker.name: LostAgent(worker.name, worker.last_heartbeat_time)
+        for worker in workers
+        if worker.name != me
+        and worker.last_heartbeat_time is not None
+        and now - worker.last_heartbeat_time > window
+    }
+
+
+def may_declare_lost(streak_seconds: float | None, lost_after: float) -> bool:
+    """Whether this agent's own heartbeats have gone through without a gap for the window."""
+    return streak_seconds is not None and streak_seconds >= lost_after
+
+
+def latest_claim(states: Iterable[State]) -> tuple[State, AgentIdentity] | None:
+    """The Pending state that took the run last, and the claim it carries."""
+    found = None
+    for state in states:
+        if state.type == PENDING:
+            claim = parse_claim(state.message)
+            found = (state, claim) if claim is not None else None
+    return found
+
+
+def recovery_for(run: FlowRun, claim_state: State, lost: LostAgent, host: str) -> Recovery | None:
+    """What to propose for a run that a lost agent held (None: nothing, it has moved on)."""
+    state = run.state
+    if state is None:
+        return None
+    since = lost.last_heartbeat.isoformat(timespec="seconds")
+    who = f"agent {lost.name!r} on host {host!r}, whose last heartbeat was at {since}"
+    tid = transition_id(run.id, claim_state.id or "", state.type)
+    cancelling = state.type == CANCELLING or (
+        state.type == CANCELLED and state.name == "Cancelling"
+    )
+    if cancelling:
+        message = (
+            f"Cancelled by a peer agent: the run's process was on a lost host ({who}) and "
+            "could not be reached."
+        )
+        return Recovery("cancelled", _proposal(CANCELLED, "Cancelled", message, tid))
+    if state.type == RUNNING or (state.type == PENDING and run.infrastructure_pid):
+        message = f"Crashed: the run was held by {who}; a peer agent declared it lost."
+        return Recovery("crashed", _proposal(CRASHED, "Crashed", message, tid))
+    if state.type == PENDING:
+        message = (
+            f"Handed back to its queue by a peer agent: it was taken by {who}, a lost agent, "
+            "and no process of it is known to have started."
+        )
+        return Recovery("handed-back", handed_back(run.id, claim_state, message))
+    return None
+
+
+def handed_back(run_id: str, claim_state: State, message: str) -> StateProposal:
+    """Scheduled, due now, with the transition id every peer would use for this claim."""
+    tid = transition_id(run_id, claim_state.id or "", PENDING)
+    due = StateDetails(transition_id=tid, scheduled_time=datetime.now(UTC))
+    return StateProposal(type=SCHEDULED, name="Scheduled", message=message, state_details=due)
+
+
+def transition_id(run_id: str, claim_state_id: str, from_type: str) -> str:
+    """The same for every peer recovering the same run from the same claim."""
+    return str(uuid.uuid5(_TRANSITIONS, f"{run_id}/{claim_state_id}/{from_type}"))
+
+
+def still_ours(run: FlowRun, claim: AgentIdentity | None, me: AgentIdentity) -> bool:
+    """Whether a run this agent holds is still its own on the server: its latest Pending
+    claim names this instance, and no peer has ended or handed it back since."""
+    if claim is None or claim.instance != me.instance:
+        return False
+    state = run.state
+    if state is None:
+        return True
+    return not (state.type in (SCHEDULED, CRASHED) and "peer agent" in (state.message or ""))
+
+
+def _proposal(type_: str, name: str, message: str, tid: str) -> StateProposal:
+    details = StateDetails(transition_id=tid)
+    return StateProposal(type=type_, name=name, message=message, state_details=details)

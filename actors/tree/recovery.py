@@ -1,0 +1,276 @@
+"""Recovery: takes over what a lost peer left, and gives up what a peer took from this agent
+(permanent child of the Agent).
+
+Each round (every heartbeat interval) it reads the worker rows of the pool it serves. A peer
+whose heartbeat is older than `--lost-agent-seconds` is lost, but only once this agent's own
+heartbeats have gone through without a gap for that whole window (`actors.rules.recovery`):
+after a server outage nobody recovers anything until the survivors have proved themselves
+for a full window. The lost peer's runs in this agent's queues, found by the claim their
+Pending state carries, are then proposed Crashed, handed back (Scheduled, due now) or
+Cancelled; the server's answer decides which of several peers did it.
+
+After this agent was cut off from the server (its heartbeats failed, then went through
+again), it asks the Dispatcher which runs it holds and reads each on the server: a run a peer
+recovered meanwhile is relinquished at once (its process group killed, nothing reported).
+
+Like a watcher, it waits on the server in its own inbox (polling is its only job) and tells
+the Agent its phase, so nobody waits on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pykka
+
+from actors.edges.prefect_api import ApiError
+from actors.rules.identity import AgentIdentity
+from actors.rules.recovery import (
+    LostAgent,
+    latest_claim,
+    lost_agents,
+    may_declare_lost,
+    recovery_for,
+    still_ours,
+)
+from actors.rules.retry import ONCE
+from actors.runtime.clock import Timer
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import tell_if_alive
+from messages.internal.dispatch import HeldRunIds, HeldRunsAre, Relinquish
+from messages.internal.lifecycle import (
+    ChildFailed,
+    Describe,
+    Poll,
+    UseDispatcher,
+    WatchedQueues,
+    WatcherStatus,
+)
+from messages.user.tree import ActorNode
+from messages.wire.prefect import (
+    CANCELLING,
+    PENDING,
+    RUNNING,
+    AnyOf,
+    ApiDecodeError,
+    FlowRun,
+    FlowRunFilter,
+    FlowRunStateFilter,
+    State,
+)
+
+log = logging.getLogger("prefect_actor_agent.recovery")
+
+NAME = "recovery"
+
+
+class Recovery(pykka.ThreadingActor):
+    """Recovers lost peers' runs; relinquishes runs recovered from this agent."""
+
+    def __init__(
+        self,
+        ctx: AgentContext,
+        agent: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any],
+        queues: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.ctx = ctx
+        # The next round is the retry; a round must not hang past its interval.
+        self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
+        self.agent = agent
+        self.dispatcher = dispatcher
+        self.queues = queues
+        self.cut_off = False  # heartbeats failed since the last round that saw them go through
+        self.declared: set[str] = set()  # peers declared lost (each counted once)
+        self.claims: dict[str, tuple[str | None, AgentIdentity | None, State | None]] = {}
+        self.next_round: Timer | None = None
+        self.phase = "starting"
+        self.since = time.time()
+        self.last_action = ""
+
+    def on_start(self) -> None:
+        self.actor_ref.tell(Poll())
+
+    def on_stop(self) -> None:
+        if self.next_round is not None:
+            self.next_round.cancel()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        tell_if_alive(self.agent, ChildFailed("Recovery", NAME, repr(exc_info[1])))
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Poll():
+                try:
+                    self._round()
+                except (ApiError, ApiDecodeError) as exc:
+                    self._set_phase(f"error: {exc}")
+                # A little jitter, so that two peers seldom act in the same instant.
+                delay = self.ctx.settings.heartbeat_seconds * random.uniform(0.8, 1.0)  # noqa: S311
+                self.next_round = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
+            case HeldRunsAre(flow_run_ids=ids):
+                self._check_own(ids)
+            case WatchedQueues(names=names):
+                self.queues = names
+            case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
+                self.dispatcher = ref
+            case Describe():
+                return self._describe()
+            case _:
+                log.warning("unexpected message %r", message)
+        return None
+
+    # -- one round ---------------------------------------------------------------------------------
+
+    def _round(self) -> None:
+        settings, lease = self.ctx.settings, self.ctx.lease
+        pool = self.api.server_profile().heartbeat_pool(settings.work_pool)
+        if pool is None:
+            self._set_phase("no work pool, no peers to watch")
+            return
+        streak = lease.streak_seconds()
+        if streak is None:
+            self.cut_off = self.cut_off or lease.ever_renewed()
+            self._set_phase("waiting for this agent's own heartbeats")
+            return
+        if self.cut_off:
+            self.cut_off = False
+            log.info("this agent reaches the server again: checking that its runs are its own")
+            tell_if_alive(self.dispatcher, HeldRunIds(self.actor_ref))
+        lost_after = settings.lost_agent_seconds
+        if not may_declare_lost(streak, lost_after):
+            self._set_phase(
+                f"own heartbeats unbroken for {streak:.0f}s of the {lost_after:g}s needed "
+                "to declare a peer lost"
+            )
+            return
+        lost = lost_agents(
+            self.api.read_workers(pool), datetime.now(UTC), lost_after, self.ctx.identity.name
+        )
+        for name, peer in lost.items():
+            if name not in self.declared:
+                self.declared.add(name)
+                self.ctx.metrics.peers_lost.inc()
+                log.warning(
+                    "agent %r is lost (or was stopped): its last heartbeat was at %s, more than "
+                    "%gs ago; recovering any run it still holds in this agent's queues",
+                    name,
+                    peer.last_heartbeat.isoformat(timespec="seconds"),
+                    lost_after,
+                )
+        self.declared &= set(lost)  # a peer that came back may be lost again later
+        if lost and self.queues:
+            self._recover(lost)
+        self._set_phase(
+            f"watching {pool!r}: " + (f"{len(lost)} lost peer(s)" if lost else "no lost peer")
+        )
+
+    def _recover(self, lost: dict[str, LostAgent]) -> None:
+        candidates = self.api.filter_flow_runs(
+            FlowRunFilter(
+                state=FlowRunStateFilter(type=AnyOf(any_=[PENDING, RUNNING, CANCELLING])),
+                work_queue_name=AnyOf(any_=list(self.queues)),
+            ),
+            self.ctx.settings.work_pool,
+        )
+        for run in candidates:
+            claimed = self._claim(run)
+            if claimed is None:
+                continue
+            claim, claim_state = claimed
+            peer = lost.get(claim.name)
+            if peer is not None:
+                self._recover_run(run, claim, claim_state, peer)
+
+    def _claim(self, run: FlowRun) -> tuple[AgentIdentity, State] | None:
+        """The claim of the run's latest Pending (read once per Pending: it never changes)."""
+        state_id = run.state.id if run.state is not None and run.state.type == PENDING else None
+        cached = self.claims.get(run.id)
+        if cached is None or (state_id is not None and cached[0] != state_id):
+            found = latest_claim(self.api.read_flow_run_states(run.id))
+            cached = (
+                found[0].id if found else None,
+                found[1] if found else None,
+                found[0] if found else None,
+            )
+            self.claims[run.id] = cached
+            if len(self.claims) > 4096:
+                self.claims.pop(next(iter(self.claims)))
+        _, claim, claim_state = cached
+        return (claim, claim_state) if claim is not None and claim_state is not None else None
+
+    def _recover_run(
+        self, run: FlowRun, claim: AgentIdentity, claim_state: State, peer: LostAgent
+    ) -> None:
+        fresh = self.api.read_flow_run(run.id)  # what it is now, just before proposing
+        if fresh.state is None or run.state is None or fresh.state.id != run.state.id:
+            return
+        recovery = recovery_for(fresh, claim_state, peer, claim.host)
+        if recovery is None:
+            return
+        result = self.api.set_state(run.id, recovery.proposal, force=recovery.force)
+        if result.status != "ACCEPT":
+            log.debug("flow run %s: another peer recovered it first (%s)", run.id, result.status)
+            return
+        self.ctx.metrics.runs_recovered.labels(kind=recovery.kind).inc()
+        self.last_action = (
+            f"{recovery.kind} flow run {run.id} of lost agent {claim.name!r} "
+            f"at {time.strftime('%H:%M:%S')}"
+        )
+        log.warning(
+            "flow run %s (%s) of lost agent %r on host %r: %s (it was %s; last heartbeat %s)",
+            run.id,
+            run.name,
+            claim.name,
+            claim.host,
+            recovery.kind,
+            fresh.state.type,
+            peer.last_heartbeat.isoformat(timespec="seconds"),
+        )
+
+    # -- after this agent was cut off ------------------------------------------------------------
+
+    def _check_own(self, run_ids: tuple[str, ...]) -> None:
+        """Each run held here that the server no longer has as this instance's: relinquished."""
+        me = self.ctx.identity
+        for run_id in run_ids:
+            try:
+                run = self.api.read_flow_run(run_id)
+                found = latest_claim(self.api.read_flow_run_states(run_id))
+            except (ApiError, ApiDecodeError) as exc:
+                log.warning("flow run %s: could not check it is still ours: %s", run_id, exc)
+                self.cut_off = True  # check again at the next round that reaches the server
+                continue
+            claim = found[1] if found else None
+            if still_ours(run, claim, me):
+                continue
+            state = run.state.type if run.state is not None else "unknown"
+            holder = f"; now held by {claim.name!r}" if claim is not None else ""
+            reason = (
+                f"a peer recovered it while this agent was cut off from the server (it is "
+                f"{state} there{holder})"
+            )
+            self.last_action = f"relinquished flow run {run_id} at {time.strftime('%H:%M:%S')}"
+            tell_if_alive(self.dispatcher, Relinquish(run_id, reason))
+
+    # -- the tree ----------------------------------------------------------------------------------
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase, self.since = phase, time.time()
+        tell_if_alive(self.agent, WatcherStatus("Recovery", NAME, self._describe()))
+
+    def _describe(self) -> ActorNode:
+        detail = {"lost after": f"{self.ctx.settings.lost_agent_seconds:g}s"}
+        if self.last_action:
+            detail["last recovery"] = self.last_action
+        if self.declared:
+            detail["lost peers"] = ", ".join(sorted(self.declared))
+        return ActorNode(
+            kind="Recovery", name=NAME, state=self.phase, since=self.since, detail=detail
+        )

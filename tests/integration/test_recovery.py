@@ -1,0 +1,245 @@
+"""When a host dies, its peers recover its runs exactly once; a server outage recovers nothing;
+a host cut off and back kills what its peers recovered; an agent killed mid-burst and started
+again runs every run once. Simulated hosts against the PostgreSQL-backed 2.20 server, with
+short intervals: a heartbeat every 2 s, a peer lost after 6 s (three intervals)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from actors.rules.claims import claim_message
+from actors.rules.identity import AgentIdentity
+from tests.conftest import LAUNCHER, launcher_args
+from tests.integration.helpers import (
+    command_markers,
+    command_starts,
+    deploy_marker_command,
+    infrastructure_pid,
+    process_gone,
+)
+from tests.support.hosts import SimulatedHost
+from tests.support.prefect_objects import (
+    call_api,
+    create_run,
+    create_runs,
+    read_states,
+    run_state,
+    set_run_state,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+HEARTBEAT, LOST = 2.0, 6.0
+STARTED = re.compile(
+    r"agent '(?P<name>[^']+)' \(instance (?P<instance>\w+), host (?P<host>[^)]+)\)"
+)
+
+
+def _args(queue: str, limit: int) -> list[str]:
+    return [
+        "-q", queue,
+        "--limit", str(limit),
+        "--query-interval", "1",
+        "--heartbeat-seconds", str(HEARTBEAT),
+        "--lost-agent-seconds", str(LOST),
+        "--cancel-poll-interval", "1",
+        "--shutdown-grace-seconds", "1",
+    ]  # fmt: skip
+
+
+def _identity(host: SimulatedHost) -> AgentIdentity:
+    found = wait_for(lambda: STARTED.search(host.logs()), 30, f"{host.name}'s agent to start")
+    return AgentIdentity(found["name"], found["instance"], found["host"])
+
+
+def _history(api_url: str, run_id: str) -> list[dict[str, object]]:
+    return list(call_api(api_url, "GET", f"/flow_run_states/?flow_run_id={run_id}"))
+
+
+def _recoveries(api_url: str, run_id: str) -> int:
+    """How many states a peer proposed for the run (each recovery is one)."""
+    return sum(
+        "peer agent" in str(state.get("message") or "") for state in _history(api_url, run_id)
+    )
+
+
+def _host_of(api_url: str, run_id: str) -> str:
+    return str(infrastructure_pid(api_url, run_id) or "").rpartition(":")[0]
+
+
+def _serving(host: SimulatedHost) -> None:
+    wait_for(lambda: "serving " in host.logs(), 60, f"{host.name}'s agent to serve")
+
+
+def test_a_host_killed_whole_has_its_runs_recovered_once_by_its_peers(
+    postgres_api_url: str, markers: Path, tmp_path: Path
+) -> None:
+    api, queue = postgres_api_url, f"lost-{uuid.uuid4().hex[:8]}"
+    deployment = deploy_marker_command(api, queue, markers, "300")
+    with (
+        SimulatedHost.for_api("lost-a", api, log_dir=tmp_path) as a,
+        SimulatedHost.for_api("peer-b", api, log_dir=tmp_path) as b,
+        SimulatedHost.for_api("peer-c", api, log_dir=tmp_path) as c,
+    ):
+        a.run_agent(_args(queue, 2))
+        _serving(a)
+        running, started = create_runs(api, deployment, 2)
+        wait_for(lambda: all(_host_of(api, r) == "lost-a" for r in (running, started)), 30, "a")
+        set_run_state(api, running, "RUNNING", "Running")  # as the engine would
+        # A run lost-a took (its claim) but had not started when it died.
+        taken = create_run(api, deployment, scheduled_in=3600)
+        claim = claim_message(_identity(a))
+        set_run_state(api, taken, "PENDING", "Pending", force=False, message=claim)
+
+        for peer in (b, c):
+            peer.run_agent(_args(queue, 2))
+        for peer in (b, c):
+            _serving(peer)
+        theirs = create_runs(api, deployment, 2)
+        wait_for(lambda: {_host_of(api, r) for r in theirs} <= {"peer-b", "peer-c"}, 30, "b, c")
+        peer_pids = [
+            host.machine_pid(command_markers(markers, run)[0]["pid"])
+            for run in theirs
+            for host in (b, c)
+            if _host_of(api, run) == host.name
+        ]
+
+        killed_at = time.monotonic()
+        a.kill()
+        assert a.pids() == []
+        set_run_state(api, started, "CANCELLING", "Cancelling")  # asked after the host died
+
+        wait_for(
+            lambda: (
+                run_state(api, running)[0] == "CRASHED"
+                and run_state(api, started)[0] == "CANCELLED"
+                and _host_of(api, taken) in {"peer-b", "peer-c"}
+            ),
+            LOST + 30,
+            "every run of the lost host to be recovered",
+        )
+        recovered_in = time.monotonic() - killed_at
+        print(f"recovered in {recovered_in:.1f}s after the host died")
+        assert "lost-a" in (run_state(api, running)[2] or "")
+        assert "lost host" in (run_state(api, started)[2] or "")
+        for run in (running, started, taken):
+            assert _recoveries(api, run) == 1, _history(api, run)  # once, by one peer
+        logs = b.logs() + c.logs()
+        assert logs.count("of lost agent") == 3, logs[-4000:]
+        assert command_starts(markers)[taken] == 1  # handed back, started once, elsewhere
+        # The peers' own runs were not touched.
+        assert set(read_states(api, theirs).values()) == {"PENDING"}
+        assert not any(process_gone(pid) for pid in peer_pids if pid is not None)
+
+
+def test_a_server_outage_recovers_nothing_and_kills_nothing(
+    postgres_api_url: str, markers: Path, tmp_path: Path
+) -> None:
+    api, queue = postgres_api_url, f"outage-{uuid.uuid4().hex[:8]}"
+    deployment = deploy_marker_command(api, queue, markers, "4", "3")  # exits 3 mid-outage
+    with (
+        SimulatedHost.for_api("out-a", api, log_dir=tmp_path) as a,
+        SimulatedHost.for_api("out-b", api, log_dir=tmp_path) as b,
+    ):
+        for host in (a, b):
+            host.run_agent(_args(queue, 1))
+        for host in (a, b):
+            _serving(host)
+        runs = create_runs(api, deployment, 2)
+        wait_for(lambda: {_host_of(api, r) for r in runs} == {"out-a", "out-b"}, 30, "runs")
+        for host in (a, b):
+            host.cut_off()
+        outage = 3 * LOST
+        wait_for(lambda: all(len(command_markers(markers, r)) == 1 for r in runs), 10, "markers")
+        deadline = time.monotonic() + outage
+        while time.monotonic() < deadline:  # the outage lasts three lost windows
+            time.sleep(0.5)
+        for host in (a, b):
+            host.reconnect()
+        wait_for(lambda: set(read_states(api, runs).values()) == {"CRASHED"}, 60, "runs reported")
+        for run in runs:
+            assert "exit code 3" in (run_state(api, run)[2] or "") or "3" in (
+                run_state(api, run)[2] or ""
+            )
+            assert _recoveries(api, run) == 0
+        for host in (a, b):
+            declared = [line for line in host.logs().splitlines() if "is lost" in line]
+            # Agents of earlier tests in this pool are gone for good; these two never were.
+            assert not any("@out-" in line for line in declared), declared
+            assert "of lost agent" not in host.logs()
+            assert "killing its process group" not in host.logs()
+
+
+def test_a_host_cut_off_has_its_runs_recovered_and_kills_them_when_it_comes_back(
+    postgres_api_url: str, markers: Path, tmp_path: Path
+) -> None:
+    api, queue = postgres_api_url, f"cut-{uuid.uuid4().hex[:8]}"
+    deployment = deploy_marker_command(api, queue, markers, "300")
+    with (
+        SimulatedHost.for_api("cut-a", api, log_dir=tmp_path) as a,
+        SimulatedHost.for_api("cut-b", api, log_dir=tmp_path) as b,
+    ):
+        a.run_agent(_args(queue, 1))
+        _serving(a)
+        run = create_run(api, deployment)
+        wait_for(lambda: _host_of(api, run) == "cut-a", 30, "the run on cut-a")
+        set_run_state(api, run, "RUNNING", "Running")
+        machine_pid = a.machine_pid(command_markers(markers, run)[0]["pid"])
+        assert machine_pid is not None
+        b.run_agent(_args(queue, 1))
+        _serving(b)
+
+        cut_at = time.monotonic()
+        a.cut_off()
+        wait_for(lambda: run_state(api, run)[0] == "CRASHED", 2 * LOST + 30, "b to recover it")
+        assert _recoveries(api, run) == 1
+        assert not process_gone(machine_pid)  # cut off, it cannot know yet
+        while time.monotonic() < cut_at + 2 * LOST:  # cut off for two lost windows
+            time.sleep(0.5)
+        a.reconnect()
+        back_at = time.monotonic()
+        wait_for(lambda: process_gone(machine_pid), 3 * HEARTBEAT + 5, "its process to be killed")
+        print(f"killed {time.monotonic() - back_at:.1f}s after reconnecting")
+        assert f"flow run {run}: a peer recovered it" in a.logs()
+        assert command_starts(markers)[run] == 1
+
+
+def test_an_agent_killed_during_a_burst_and_restarted_runs_every_run_once(
+    api_url: str, markers: Path, tmp_path: Path
+) -> None:
+    queue = f"burst-{uuid.uuid4().hex[:8]}"
+    deployment = deploy_marker_command(api_url, queue, markers, "1", env={"MARKER_COMPLETE": "1"})
+    runs = create_runs(api_url, deployment, 50)
+    args = launcher_args(api_url, {"work_queues": (queue,), "query_interval": 1.0})
+    log_path = tmp_path / "agent.log"
+    command = [sys.executable, str(LAUNCHER), *args]
+    with log_path.open("ab") as log:
+        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: len(command_starts(markers)) >= 5, 60, "the burst to start")
+            first.kill()  # SIGKILL: no goodbye, runs left Pending with and without pids
+            first.wait(10)
+            second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for(
+                    lambda: set(read_states(api_url, runs).values()) == {"COMPLETED"},
+                    120,
+                    "every run to complete",
+                    interval=1.0,
+                )
+            finally:
+                second.terminate()
+                second.wait(30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+    starts = command_starts(markers)
+    assert len(starts) == 50 and set(starts.values()) == {1}, starts

@@ -1,0 +1,103 @@
+"""Who is lost, who may say so, and what becomes of a lost agent's runs: the pure rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from actors.rules.claims import claim_message
+from actors.rules.identity import AgentIdentity
+from actors.rules.recovery import (
+    LostAgent,
+    latest_claim,
+    lost_agents,
+    may_declare_lost,
+    recovery_for,
+    still_ours,
+    transition_id,
+)
+from actors.runtime.lease import Lease
+from messages.wire.prefect import FlowRun, State, Worker
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+LOST = AgentIdentity("a@lost-host", "inst1", "lost-host")
+ME = AgentIdentity("a@here", "inst2", "here")
+PEER = LostAgent(LOST.name, NOW - timedelta(seconds=30))
+
+
+def _pending(claim: AgentIdentity, state_id: str = "s1") -> State:
+    return State(type="PENDING", id=state_id, message=claim_message(claim))
+
+
+def test_only_peers_with_an_old_heartbeat_are_lost_never_this_agent() -> None:
+    workers = [
+        Worker(name="old", last_heartbeat_time=NOW - timedelta(seconds=11)),
+        Worker(name="fresh", last_heartbeat_time=NOW - timedelta(seconds=9)),
+        Worker(name="never"),
+        Worker(name=ME.name, last_heartbeat_time=NOW - timedelta(seconds=100)),
+    ]
+    assert set(lost_agents(workers, NOW, 10.0, ME.name)) == {"old"}
+
+
+def test_a_peer_declares_only_after_a_whole_window_of_its_own_heartbeats() -> None:
+    assert not may_declare_lost(None, 10.0)
+    assert not may_declare_lost(9.9, 10.0)
+    assert may_declare_lost(10.0, 10.0)
+
+
+def test_the_lease_lapses_before_peers_may_act_and_a_gap_restarts_the_streak() -> None:
+    lease = Lease(lost_after=10.0, heartbeat_seconds=2.0)
+    assert lease.valid(now=0.0)  # never heartbeated: nothing for a peer to judge by
+    lease.renewed(100.0)
+    lease.renewed(102.0)
+    assert lease.streak_seconds(now=110.0) == 10.0
+    assert lease.valid(now=109.9) and not lease.valid(now=110.0)  # 10 - 2 after the send
+    lease.renewed(120.0)  # a gap of 18 s: not unbroken
+    assert lease.streak_seconds(now=121.0) == 1.0
+    lease.broken()
+    assert lease.streak_seconds(now=122.0) is None
+
+
+def test_a_running_run_is_crashed_a_pending_one_handed_back_a_cancelling_one_cancelled() -> None:
+    claim_state = _pending(LOST)
+    running = FlowRun(id="r", state=State(type="RUNNING", id="s2"), infrastructure_pid="h:1")
+    pending = FlowRun(id="p", state=claim_state)
+    pending_with_pid = FlowRun(id="q", state=claim_state, infrastructure_pid="h:2")
+    cancelling = FlowRun(id="c", state=State(type="CANCELLING", id="s3"))
+    crashed = recovery_for(running, claim_state, PEER, LOST.host)
+    assert crashed is not None and crashed.kind == "crashed"
+    assert crashed.proposal.type == "CRASHED" and LOST.name in (crashed.proposal.message or "")
+    assert "lost-host" in (crashed.proposal.message or "")
+    handed = recovery_for(pending, claim_state, PEER, LOST.host)
+    assert handed is not None and handed.kind == "handed-back"
+    assert handed.proposal.type == "SCHEDULED" and not handed.force
+    assert handed.proposal.state_details.scheduled_time is not None
+    started = recovery_for(pending_with_pid, claim_state, PEER, LOST.host)
+    assert started is not None and started.kind == "crashed"  # a process was started
+    cancelled = recovery_for(cancelling, claim_state, PEER, LOST.host)
+    assert cancelled is not None and cancelled.proposal.type == "CANCELLED"
+    assert (
+        recovery_for(FlowRun(id="d", state=State(type="COMPLETED")), claim_state, PEER, "h") is None
+    )
+
+
+def test_two_peers_propose_the_same_transition_for_the_same_claim() -> None:
+    assert transition_id("r", "s1", "PENDING") == transition_id("r", "s1", "PENDING")
+    assert transition_id("r", "s1", "PENDING") != transition_id("r", "s9", "PENDING")
+
+
+def test_the_latest_pending_claim_decides_whose_a_run_is() -> None:
+    states = [
+        State(type="SCHEDULED"),
+        _pending(LOST, "s1"),
+        State(type="SCHEDULED"),
+        _pending(ME, "s4"),
+    ]
+    found = latest_claim(states)
+    assert found is not None and found[1] == ME and found[0].id == "s4"
+    running = FlowRun(id="r", state=State(type="RUNNING"))
+    assert still_ours(running, ME, ME)
+    assert not still_ours(running, LOST, ME)
+    recovered = FlowRun(
+        id="r", state=State(type="CRASHED", message="Crashed: ... a peer agent declared it lost.")
+    )
+    assert not still_ours(recovered, ME, ME)
