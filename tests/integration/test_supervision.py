@@ -134,7 +134,7 @@ def test_status_endpoint_tree_text_health_and_metrics_with_a_run_in_flight(
     tree = httpx.get(f"{status}/tree").json()
     assert tree["kind"] == "Agent"
     kinds = {child["kind"] for child in tree["children"]}
-    assert kinds == {"QueueWatcher", "CancelWatcher", "Dispatcher"}
+    assert kinds == {"QueueWatcher", "CancelWatcher", "Heartbeat", "Recovery", "Dispatcher"}
     dispatcher = next(child for child in tree["children"] if child["kind"] == "Dispatcher")
     supervisor = dispatcher["children"][0]
     assert supervisor["name"] == run
