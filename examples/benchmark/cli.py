@@ -20,12 +20,17 @@ from examples.benchmark.contenders import ALL_CONTENDERS, CONTENDERS, ContenderE
 from examples.benchmark.drain import DrainResult, drain_agent
 from examples.benchmark.figures import Results, ratios
 from examples.benchmark.first_poll import FIRST_POLL_RUNS, first_poll_agent
+from examples.benchmark.fleet import run_fleet
+from examples.benchmark.fleet_report import footnotes as fleet_footnotes
+from examples.benchmark.fleet_report import json_report as fleet_json
+from examples.benchmark.fleet_report import render as fleet_render
 from examples.benchmark.footprint import footprint_agent
 from examples.benchmark.procs import ProcessGuard, load_average
 from examples.benchmark.report import footnotes, json_report, render
 from examples.benchmark.server import POLL_SECONDS, BenchServer
 
-ALL_PARTS = ("drain", "first-poll", "footprint")
+ALL_PARTS = ("drain", "first-poll", "footprint", "fleet")
+DEFAULT_PARTS = ("drain", "first-poll", "footprint")  # fleet: opt-in (servers and hosts of its own)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,7 +54,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=FIRST_POLL_RUNS,
         help="runs due when the agent starts, for the first-poll latency (up to one page: 8)",
     )
-    parser.add_argument("--parts", default=",".join(ALL_PARTS), help=",".join(ALL_PARTS))
+    parser.add_argument(
+        "--parts",
+        default=",".join(DEFAULT_PARTS),
+        help=f"{','.join(ALL_PARTS)} (default {','.join(DEFAULT_PARTS)}; fleet is opt-in)",
+    )
     parser.add_argument(
         "--contenders", default=",".join(ALL_CONTENDERS), help=",".join(ALL_CONTENDERS)
     )
@@ -64,6 +73,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--cpu-window", type=float, default=10.0)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write results here")
+    fleet = parser.add_argument_group(
+        "fleet", "--parts fleet: K agents on K simulated hosts, one server on PostgreSQL"
+    )
+    fleet.add_argument("--fleet-agents", type=int, default=3, metavar="K")
+    fleet.add_argument("--fleet-runs", type=int, default=300, metavar="N")
+    fleet.add_argument(
+        "--fleet-official",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also K official agents (Prefect 3: workers), each on a host of its own",
+    )
+    fleet.add_argument(
+        "--fleet-compare-sqlite",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also one agent on the PostgreSQL server and one on a SQLite-backed one",
+    )
+    fleet.add_argument(
+        "--fleet-compare-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs of each one-agent drain (default: --fleet-runs)",
+    )
+    fleet.add_argument(
+        "--fleet-server",
+        choices=("2", "3"),
+        default="2",
+        help="the Prefect server's major version (3: from .venv-prefect3)",
+    )
+    fleet.add_argument(
+        "--fleet-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="per drain (default: 60 s + 0.5 s per run, at least 180 s)",
+    )
+    fleet.add_argument(
+        "--fleet-pg-durable",
+        action="store_true",
+        help="PostgreSQL with fsync and synchronous commits (default: off, a throwaway server)",
+    )
     parser.add_argument(
         "--keep-logs", default=None, metavar="DIR", help="keep the agents' logs in DIR"
     )
@@ -73,6 +124,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.contender_list = _names(args.contenders, ALL_CONTENDERS, parser)
     if min(args.runs, args.inflight, args.rounds, args.first_poll_runs) < 1:
         parser.error("--runs, --inflight, --rounds and --first-poll-runs must be at least 1")
+    if min(args.fleet_agents, args.fleet_runs, args.fleet_compare_runs or 1) < 1:
+        parser.error("--fleet-agents, --fleet-runs and --fleet-compare-runs must be at least 1")
     return args
 
 
@@ -205,22 +258,35 @@ def _footprint(
 PARTS = {"drain": _drain, "first-poll": _first_poll, "footprint": _footprint}
 
 
-def run(args: argparse.Namespace, api_url: str, guard: ProcessGuard, work_dir: Path) -> int:
-    server = BenchServer(api_url, args.poll_interval)
-    results = Results()
-    try:
-        for part in args.part_list:
-            PARTS[part](args, server, guard, work_dir, results)
-    finally:
-        if args.api:
-            server.delete_everything()
-        server.close()
-    table = ratios(results)
-    notes = footnotes(results, args)
-    print(render(results, table, notes), flush=True)
-    if args.json:
+def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work_dir: Path) -> int:
+    """The parts on the shared server (`api_url`: None when only the fleet runs, which starts
+    servers of its own), then the fleet; the tables, and the JSON of both."""
+    report: dict[str, object] = {}
+    if api_url is not None:
+        server = BenchServer(api_url, args.poll_interval)
+        results = Results()
+        try:
+            for part in args.part_list:
+                if part in PARTS:
+                    PARTS[part](args, server, guard, work_dir, results)
+        finally:
+            if args.api:
+                server.delete_everything()
+            server.close()
+        table = ratios(results)
+        notes = footnotes(results, args)
+        print(render(results, table, notes), flush=True)
         report = json_report(results, table, notes, args, api_url)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if "fleet" in args.part_list:
+        fleet = run_fleet(args, work_dir, say)
+        fleet.settings["load_before"] = args.load_before
+        fleet_notes = fleet_footnotes(fleet)
+        if api_url is not None:
+            print(flush=True)
+        print(fleet_render(fleet, fleet_notes), flush=True)
+        report["fleet"] = fleet_json(fleet, fleet_notes)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
 
 
@@ -233,13 +299,14 @@ def main(argv: list[str] | None = None) -> int:
         with stop_on_sigterm():
             try:
                 api_url = args.api
-                if api_url is None:
+                shared = any(part in PARTS for part in args.part_list)
+                if api_url is None and shared:
                     say("starting a local Prefect server...")
                     server = LocalPrefectServer()
                     server.start()
                     api_url = server.api_url
                     say(f"  ready at {api_url} after {server.start_seconds or 0:.1f}s")
-                return run(args, api_url, guard, work_dir)
+                return run(args, api_url if shared else None, guard, work_dir)
             finally:
                 guard.stop_all()
                 if server is not None:

@@ -52,10 +52,13 @@ class BenchServer:
         with contextlib.suppress(httpx.HTTPError):
             self.api.delete_flow(self.flow_id)
 
-    def deployment(self, name: str, queue: str, command: list[str]) -> str:
-        """A deployment on `queue` whose Process block runs `command` (the flow costs nothing)."""
+    def deployment(
+        self, name: str, queue: str, command: list[str], env: dict[str, str] | None = None
+    ) -> str:
+        """A deployment on `queue` whose Process block runs `command` (the flow costs nothing)
+        with `env` added to its environment."""
         block = self.api.create_process_block(
-            command=command, stream_output=False, name=f"bench-{self.tag}-{name}"
+            command=command, env=env, stream_output=False, name=f"bench-{self.tag}-{name}"
         )
         return self.api.create_deployment(
             self.flow_id,
@@ -66,9 +69,27 @@ class BenchServer:
             entrypoint="demo_flow.py:demo",
         )
 
-    def create_runs(self, deployment_id: str, count: int) -> list[str]:
-        """`count` runs due now (Scheduled, scheduled_time = the moment each is created)."""
-        return self.api.create_runs(deployment_id, count, threads=SETUP_THREADS)
+    def pool_deployment(
+        self, name: str, pool: str, queue: str, command: str, env: dict[str, str]
+    ) -> str:
+        """Prefect 3: a deployment on a `process` pool's queue whose job variables say how its
+        runs start (`command` a string, as Prefect's process worker splits it)."""
+        return self.api.create_deployment(
+            self.flow_id,
+            name,
+            work_pool=pool,
+            work_queue=queue,
+            path=str(FLOW_DIR),
+            entrypoint="demo_flow.py:demo",
+            job_variables={"command": command, "env": env},
+        )
+
+    def create_runs(
+        self, deployment_id: str, count: int, threads: int = SETUP_THREADS
+    ) -> list[str]:
+        """`count` runs due now (Scheduled, scheduled_time = the moment each is created), by
+        `threads` requests at a time (SQLite takes one writer at a time: 2 by default)."""
+        return self.api.create_runs(deployment_id, count, threads=threads)
 
     def runs_with_pid(self, queue: str, run_ids: Iterable[str]) -> Pids:
         """Of `run_ids` on `queue`, those with an infrastructure_pid: pid and the run's `updated`.

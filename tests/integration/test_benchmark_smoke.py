@@ -93,6 +93,75 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
     assert data["contenders"]["ceiling"]["first_poll"] is None
 
 
+def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path: Path) -> None:
+    """`--parts fleet` small: two of our agents on two simulated hosts against a Prefect
+    server on PostgreSQL, beside the ceiling (no official agents, no SQLite comparison)."""
+    report = tmp_path / "fleet.json"
+    before = _machine_processes()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "examples.benchmark",
+            "--parts",
+            "fleet",
+            "--fleet-agents",
+            "2",
+            "--fleet-runs",
+            "20",
+            "--no-fleet-official",
+            "--no-fleet-compare-sqlite",
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "fleet: the drains" in result.stdout
+    assert "fleet: where the CPU went" in result.stdout
+
+    fleet = json.loads(report.read_text())["fleet"]
+    drains = {d["contender"]: d for d in fleet["drains"]}
+    assert set(drains) == {"ceiling", "fleet-ours"}
+    assert fleet["targets"]["postgresql"]["version"].startswith("2.")
+    ours = drains["fleet-ours"]
+    assert ours["runs_with_pid"] == 20 and not ours["timed_out"]
+    # From the runs' own markers: each run started once, none twice, none never.
+    assert (ours["started_once"], ours["started_twice_or_more"], ours["never_started"]) == (
+        20,
+        0,
+        0,
+    )
+    assert ours["drain_rate"] > 0 and drains["ceiling"]["drain_rate"] > 0
+    agents = ours["agent_figures"]
+    assert [a["host"] for a in agents] == ["ours-01", "ours-02"]
+    assert sum(a["runs_with_pid"] for a in agents) == 20  # every pid names one of the hosts
+    assert all(a["rss_mib_max"] > 0 for a in agents)
+    assert ours["max_online"] is not None and ours["max_online"] >= 1
+    assert ours["cpu"]["seconds"]["server"] > 0 and ours["cpu"]["seconds"]["postgres"] > 0
+    assert _machine_processes() - before == set()  # hosts, agents, servers, postgres: gone
+
+
+def _machine_processes() -> set[tuple[int, str]]:
+    """(pid, command name) of every process whose command is one the fleet starts."""
+    names = {"postgres", "unshare", "prefect", "uvicorn"}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in names:
+                found.add((int(entry.name), comm))
+    return found
+
+
 def test_latency_quantiles_come_from_the_histogram_buckets() -> None:
     metrics = AgentMetrics()
     empty = parse_histogram(metrics.exposition().decode(), PENDING_LATENCY)
