@@ -23,8 +23,11 @@ import pytest
 
 from actors import AgentHandle, settings_from_env, start_agent
 from actors.launcher.local_server import LocalPrefectServer
+from tests.support.events_server import EventsServer
 from tests.support.postgres import PostgresServer
 from tests.support.prefect3 import Prefect3Server
+
+pytest_plugins = ["tests.support.exit_guard"]  # the session ends when its tests do
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "examples" / "agent.py"
@@ -66,6 +69,7 @@ def postgres_api_url(postgres_prefect_server: LocalPrefectServer) -> str:
 
 
 _PREFECT3: Prefect3Server | None = None
+_EVENTS_SERVER: EventsServer | None = None
 
 
 def pytest_collection_modifyitems(
@@ -80,6 +84,21 @@ def pytest_collection_modifyitems(
         items[:] = [item for item in items if not _needs_prefect3(item)] + later
         _PREFECT3 = Prefect3Server()
         _PREFECT3.start()
+    _start_events_server(items)
+
+
+def _start_events_server(items: list[pytest.Item]) -> None:
+    """A test wants the 2.20 server with events: start it in the background now."""
+    global _EVENTS_SERVER  # noqa: PLW0603 - one server per session, shared by its fixture
+    if any(_needs_events_server(item) for item in items):
+        _EVENTS_SERVER = EventsServer()
+        _EVENTS_SERVER.start()
+
+
+def _needs_events_server(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    served = callspec.params.get("served") if callspec is not None else None
+    return served == "2.20-events" or "prefect_events_server" in getattr(item, "fixturenames", ())
 
 
 def _needs_prefect3(item: pytest.Item) -> bool:
@@ -112,6 +131,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"3.x server: environment made in {_PREFECT3.install_seconds:.0f}s and server "
             f"ready {_PREFECT3.start_seconds:.0f}s later, in the background"
         )
+    if _EVENTS_SERVER is not None:
+        lines.append(
+            f"2.20 server with events: ready in {_EVENTS_SERVER.start_seconds:.0f}s, "
+            "in the background"
+        )
     terminalreporter.write_sep("-", "time by server version")
     for line in lines:
         terminalreporter.write_line(line)
@@ -120,6 +144,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _PREFECT3 is not None:
         _PREFECT3.stop()
+    if _EVENTS_SERVER is not None:
+        _EVENTS_SERVER.stop()
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +154,14 @@ def prefect3_server() -> LocalPrefectServer:
     if _PREFECT3 is None:
         raise RuntimeError("the Prefect 3 server was not prepared at collection")
     return _PREFECT3.wait()
+
+
+@pytest.fixture(scope="session")
+def prefect_events_server() -> LocalPrefectServer:
+    """A Prefect 2.20 server with its event stream on (tests/support/events_server.py)."""
+    if _EVENTS_SERVER is None:
+        raise RuntimeError("the 2.20 events server was not prepared at collection")
+    return _EVENTS_SERVER.wait()
 
 
 @pytest.fixture
@@ -233,6 +267,9 @@ def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
         "name": "--name",
         "heartbeat_seconds": "--heartbeat-seconds",
         "lost_agent_seconds": "--lost-agent-seconds",
+        "events": "--events",
+        "stream_cancel_poll_interval": "--stream-cancel-poll-interval",
+        "event_ping_seconds": "--event-ping-seconds",
     }
     for key, flag in flags.items():
         if options.get(key) is not None:

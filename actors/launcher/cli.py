@@ -219,6 +219,32 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "[default: (from PREFECT_AGENT_CANCEL_POLL_SECONDS) 2]",
     )
     ours.add_argument(
+        "--events",
+        choices=("auto", "off"),
+        default=None,
+        help="auto: take runs and cancellations as the server's event stream announces them, "
+        "where the server has one (Prefect 3, or 2.20 with PREFECT_EXPERIMENTAL_EVENTS), and "
+        "poll otherwise; off: poll only. The polls stay the authority either way. "
+        "[default: (from PREFECT_ACTOR_AGENT_EVENTS) auto]",
+    )
+    ours.add_argument(
+        "--stream-cancel-poll-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="Seconds between looks for flow runs to cancel while the event stream is "
+        "healthy (the safety net; --cancel-poll-interval applies while polling). "
+        "[default: (from PREFECT_ACTOR_AGENT_STREAM_CANCEL_POLL_SECONDS) 30]",
+    )
+    ours.add_argument(
+        "--event-ping-seconds",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="A quiet event stream is pinged after this many seconds, and given up (the agent "
+        "polls and reconnects) when no answer comes within as long again. [default: 10]",
+    )
+    ours.add_argument(
         "--cancel-grace-seconds",
         type=float,
         default=None,
@@ -398,6 +424,9 @@ def settings_from_args(
         name=args.name,
         heartbeat_seconds=args.heartbeat_seconds,
         lost_agent_seconds=args.lost_agent_seconds,
+        events=args.events,
+        stream_cancel_poll_interval=args.stream_cancel_poll_interval,
+        event_ping_seconds=args.event_ping_seconds,
     )
 
 

@@ -8,6 +8,11 @@ quarter of a drain's time on a 2-core SQLite server (see the benchmark). So a qu
 again once no more than half of its page's runs wait: the answer arrives while the last of
 them are still with the server. Those runs are still listed as Scheduled, so the
 next poll asks for them on top of its page and the Dispatcher leaves them out.
+
+On a queue shared with peers (`actors/rules/share.py`) the next page waits until all of this
+one is taken: each poll then reads a window as many pages long as there are peers, and one
+that came while half the page was still Scheduled would bring half as many new runs of
+this agent's for the same rows; the peers keep the server busy meanwhile.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ class PageTracker:
         self._woken: set[str] = set()
         self._wake_at: dict[str, int] = {}
 
-    def sized(self, queue: str, page: int) -> None:
+    def sized(self, queue: str, page: int, shared: bool = False) -> None:
         """The page the queue's next poll asks for: once no more than half of it waits, the
-        queue is polled again (the half still with the server keeps it busy meanwhile)."""
-        self._wake_at[queue] = page // 2
+        queue is polled again (the half still with the server keeps it busy meanwhile); once
+        none does, on a queue `shared` with peers."""
+        self._wake_at[queue] = 0 if shared else page // 2
 
     def repeated(self, queue: str) -> int:
         """Runs the queue's next poll will see again: its taken runs not yet past Scheduled."""

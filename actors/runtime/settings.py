@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+EVENT_MODES = ("auto", "off")
+
 
 class SettingsError(ValueError):
     """A setting that cannot be used, with the variable's name in the message."""
@@ -45,6 +47,14 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     # A peer whose heartbeat is older than this is lost and its runs are recovered; at least
     # three heartbeat intervals, the rule by which Prefect 3 marks a worker OFFLINE.
     lost_agent_seconds: float = 90.0
+    # --events: "auto" uses the server's event stream where it has one (runs and cancellations
+    # picked up as the server announces them), polling otherwise; "off" only polls.
+    events: str = "auto"
+    # The cancel filter poll's pace while the event stream is healthy (its safety net);
+    # cancel_poll_interval applies while polling.
+    stream_cancel_poll_interval: float = 30.0
+    event_ping_seconds: float = 10.0  # a quiet stream is pinged; no answer within as long: gone
+    event_reconnect_max_seconds: float = 30.0  # reconnect backoff: 1 s, doubling up to this
 
     def __repr__(self) -> str:
         key = "'***'" if self.api_key else "None"
@@ -53,7 +63,8 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             f"work_queues={self.work_queues!r}, queue_prefixes={self.queue_prefixes!r}, "
             f"work_pool={self.work_pool!r}, "
             f"limit={self.limit!r}, prefetch_seconds={self.prefetch_seconds!r}, "
-            f"query_interval={self.query_interval!r}, run_once={self.run_once!r})"
+            f"query_interval={self.query_interval!r}, run_once={self.run_once!r}, "
+            f"events={self.events!r})"
         )
 
     __str__ = __repr__
@@ -88,6 +99,22 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "not make a live agent lost"
             )
 
+        if self.events not in EVENT_MODES:
+            raise SettingsError(
+                f"--events must be one of {', '.join(EVENT_MODES)}, got {self.events!r}"
+            )
+        for flag, value in (
+            ("--stream-cancel-poll-interval", self.stream_cancel_poll_interval),
+            ("--event-ping-seconds", self.event_ping_seconds),
+        ):
+            if value <= 0:
+                raise SettingsError(f"{flag} must be positive, got {value:g}")
+        if self.event_reconnect_max_seconds < 1:
+            raise SettingsError(
+                "the event stream's reconnect backoff must reach at least 1 s, got "
+                f"{self.event_reconnect_max_seconds:g}"
+            )
+
     @property
     def follows_queues(self) -> bool:
         """Whether the set of watched queues is re-read: a prefix, or a whole pool."""
@@ -116,6 +143,10 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
         "cancel_poll_interval": _float_from(env, "PREFECT_AGENT_CANCEL_POLL_SECONDS", 2.0),
         "heartbeat_seconds": _float_from(env, "PREFECT_WORKER_HEARTBEAT_SECONDS", 30.0),
         "lost_agent_seconds": _float_from(env, "PREFECT_ACTOR_AGENT_LOST_SECONDS", 90.0),
+        "events": env.get("PREFECT_ACTOR_AGENT_EVENTS") or "auto",
+        "stream_cancel_poll_interval": _float_from(
+            env, "PREFECT_ACTOR_AGENT_STREAM_CANCEL_POLL_SECONDS", 30.0
+        ),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

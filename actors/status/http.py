@@ -2,7 +2,8 @@
 
     GET /tree               the tree as JSON
     GET /tree?format=text   the tree as indented text
-    GET /healthz            200 while the Prefect server answers; 503 with the reason otherwise
+    GET /healthz            200 while the Prefect server answers; 503 with the reason otherwise;
+                            a second line says the event mode (`events: stream`, ...)
     GET /metrics            Prometheus text format
 
 It binds 127.0.0.1 unless told otherwise: the tree names runs and queues, and nothing here
@@ -69,7 +70,8 @@ def _handler_for(agent: AgentHandle) -> type[BaseHTTPRequestHandler]:
                         self._send(200, msgspec.json.encode(tree), "application/json")
                 elif url.path == "/healthz":
                     ok, reason = agent.health()
-                    self._send(200 if ok else 503, reason.encode() + b"\n", "text/plain")
+                    body = f"{reason}\n{agent.metrics.event_mode_line()}\n"
+                    self._send(200 if ok else 503, body.encode(), "text/plain")
                 elif url.path == "/metrics":
                     self._send(200, agent.metrics.exposition(), CONTENT_TYPE_LATEST)
                 else:

@@ -32,6 +32,8 @@ PENDING_LATENCY_BUCKETS = (
     30.0,
 )
 
+EVENT_MODES = ("stream", "polling", "off", "connecting")
+
 OUTCOMES = (
     "exited",
     "crashed",
@@ -103,12 +105,47 @@ class AgentMetrics:
             "Peer agents this agent declared lost (heartbeat older than the lost window)",
             registry=self.registry,
         )
+        self.events_received = Counter(
+            "prefect_actor_agent_events_received",
+            "Events received on the server's event stream",
+            registry=self.registry,
+        )
+        self.event_wakes = Counter(
+            "prefect_actor_agent_event_wakes",
+            "Queue polls started by an event (a run announced that may be due)",
+            registry=self.registry,
+        )
+        self.event_connects = Counter(
+            "prefect_actor_agent_event_stream_connects",
+            "Event stream sessions opened (connected, authenticated, subscribed)",
+            registry=self.registry,
+        )
+        self.event_mode_gauge = Gauge(
+            "prefect_actor_agent_event_mode",
+            "1 for the event mode the agent is in (stream, polling, off, connecting), else 0",
+            ["mode"],
+            registry=self.registry,
+        )
+        # The mode and why, as /healthz shows it; written by the EventListener only.
+        self.event_mode: tuple[str, str] = ("off", "")
+        self.set_event_mode("off")
         for kind in ("crashed", "handed-back", "cancelled"):
             self.runs_recovered.labels(kind=kind)
         for result in ("sent", "failed"):
             self.heartbeats.labels(result=result)
         for outcome in OUTCOMES:
             self.runs_finished.labels(outcome=outcome)
+
+    def set_event_mode(self, mode: str, reason: str = "") -> None:
+        """The EventListener's mode (and, when polling, why), for /metrics and /healthz."""
+        self.event_mode = (mode, reason)
+        for known in EVENT_MODES:
+            self.event_mode_gauge.labels(mode=known).set(1 if known == mode else 0)
+
+    def event_mode_line(self) -> str:
+        """The /healthz line: `events: stream`, `events: polling (<reason>)`, `events: off`."""
+        mode, reason = self.event_mode
+        return f"events: {mode} ({reason})" if mode == "polling" and reason else f"events: {mode}"
 
     def count_api_attempt(self, _method: str, _path: str, status: int | None) -> None:
         if status is None or status >= 400:

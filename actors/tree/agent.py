@@ -1,12 +1,14 @@
 """Agent: the root of the tree. It owns the watchers and the Dispatcher and restarts them.
 
 Supervision is one-for-one with restart intensity (see `actors.rules.supervision`): a QueueWatcher,
-the CancelWatcher or the Dispatcher that fails is restarted alone, after a backoff, and goes
-on; too many failures in the window and the Agent gives up, stops taking runs and reports the
-failure to whoever holds it (the launcher then exits non-zero). In prefix mode it re-reads
-which queues match every `rematch_interval` and starts and stops watchers to follow. It also
-answers "show me the tree" from what its watchers told it (`WatcherStatus`) and the
-Dispatcher's answer (never blocked on the server), so `/tree` answers during an outage.
+the CancelWatcher, the EventListener or the Dispatcher that fails is restarted alone, after a
+backoff, and goes on; too many failures in the window and the Agent gives up, stops taking
+runs and reports the failure to whoever holds it (the launcher then exits non-zero). In prefix
+mode it re-reads which queues match every `rematch_interval` and starts and stops watchers to
+follow. It also answers "show me the tree" from what its watchers told it (`WatcherStatus`)
+and the Dispatcher's answer (never blocked on the server), so `/tree` answers during an outage.
+The queues' ids the watchers tell go on to the EventListener (`ServedQueues`), and its mode
+to the CancelWatcher (`StreamHealth`).
 
 Its own server calls (the server's version, the runs an earlier life left, the queues that
 match) are made off its inbox (`actors.runtime.calls`); their answers come back as messages,
@@ -40,10 +42,12 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
+from actors.tree.event_listener import EventListener
 from actors.tree.heartbeat import Heartbeat
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
 from messages.internal.dispatch import Subscribe, Unsubscribe
+from messages.internal.events import ServedQueue, ServedQueues, StreamHealth
 from messages.internal.lifecycle import (
     CallAnswered,
     ChildFailed,
@@ -71,6 +75,7 @@ DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the 
 CANCELLATIONS = "cancellations"
 HEARTBEAT = "heartbeat"
 RECOVERY = "recovery"
+EVENTS = "EventListener"
 DISPATCHER = "dispatcher"
 
 
@@ -94,6 +99,10 @@ class Agent(pykka.ThreadingActor):
         self.cancel_watcher: pykka.ActorRef[Any] | None = None
         self.heartbeat: pykka.ActorRef[Any] | None = None
         self.recovery: pykka.ActorRef[Any] | None = None
+        self.event_listener: pykka.ActorRef[Any] | None = None
+        self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watcher told it
+        self.served_told: tuple[ServedQueue, ...] | None = None  # to the EventListener
+        self.stream_healthy = False  # as the EventListener last said; told the CancelWatcher
         self.polled_once: set[str] = set()
         self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the watchers told it
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
@@ -122,6 +131,7 @@ class Agent(pykka.ThreadingActor):
         if not settings.run_once:
             self._start_cancel_watcher()
             self._start_recovery()
+            self._start_event_listener()
         for name in settings.work_queues:
             self._start_watcher(name, create_missing=True)
         if settings.follows_queues:
@@ -154,6 +164,10 @@ class Agent(pykka.ThreadingActor):
                 self._calls().answered(message)
             case WatcherStatus(kind=kind, name=name, node=node) if isinstance(node, ActorNode):
                 self.child_status[(kind, name)] = node
+                if kind == "QueueWatcher":
+                    self._learn_queue_id(name, node)
+                elif kind == "EventListener":
+                    self._stream_health(node.state == "stream")
             case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):
                 self.listeners.append(ref)
                 if self.dispatcher is not None:
@@ -198,7 +212,7 @@ class Agent(pykka.ThreadingActor):
         for name, watcher in self.watchers.items():
             self.dispatcher.tell(RegisterWatcher(name, watcher))
             tell_if_alive(watcher, UseDispatcher(self.dispatcher))
-        for other in (self.cancel_watcher, self.recovery):
+        for other in (self.cancel_watcher, self.recovery, self.event_listener):
             if other is not None:
                 tell_if_alive(other, UseDispatcher(self.dispatcher))
 
@@ -249,15 +263,54 @@ class Agent(pykka.ThreadingActor):
 
     def _start_cancel_watcher(self) -> None:
         self.cancel_watcher = CancelWatcher.start(
-            self.ctx, self._the_dispatcher(), self.actor_ref, tuple(sorted(self.watchers))
+            self.ctx,
+            self._the_dispatcher(),
+            self.actor_ref,
+            tuple(sorted(self.watchers)),
+            self.stream_healthy,
         )
         self.supervisor.record("CancelWatcher", CANCELLATIONS)
+
+    def _start_event_listener(self) -> None:
+        self.event_listener = EventListener.start(self.ctx, self.actor_ref, self._the_dispatcher())
+        self.supervisor.record("EventListener", EVENTS)
+        self.served_told = None
+        self._tell_event_listener()
 
     def _tell_cancel_watcher(self) -> None:
         """The CancelWatcher and Recovery look at the runs of the queues served now."""
         for ref in (self.cancel_watcher, self.recovery):
             if ref is not None:
                 tell_if_alive(ref, WatchedQueues(tuple(sorted(self.watchers))))
+        self._tell_event_listener()
+
+    def _learn_queue_id(self, name: str, node: ActorNode) -> None:
+        """Events name a queue by its id, which its watcher learns when it reads the queue."""
+        queue_id = node.detail.get("queue id")
+        if queue_id and self.queue_ids.get(name) != queue_id:
+            self.queue_ids[name] = queue_id
+            self._tell_event_listener()
+
+    def _tell_event_listener(self) -> None:
+        """The EventListener subscribes to the queues served now whose ids are known (and
+        wakes their watchers): told again whenever that changes."""
+        if self.event_listener is None:
+            return
+        served = tuple(
+            ServedQueue(self.queue_ids[name], name, ref)
+            for name, ref in sorted(self.watchers.items())
+            if name in self.queue_ids
+        )
+        if served != self.served_told:
+            self.served_told = served
+            tell_if_alive(self.event_listener, ServedQueues(served))
+
+    def _stream_health(self, healthy: bool) -> None:
+        """The CancelWatcher polls slowly while the event stream is healthy."""
+        if healthy != self.stream_healthy:
+            self.stream_healthy = healthy
+            if self.cancel_watcher is not None:
+                tell_if_alive(self.cancel_watcher, StreamHealth(healthy))
 
     def _stop_watcher(self, name: str) -> None:
         ref = self.watchers.pop(name, None)
@@ -272,10 +325,10 @@ class Agent(pykka.ThreadingActor):
         """Take no new runs (the first step of stopping): stop every watcher."""
         for name in list(self.watchers):
             self._stop_watcher(name)
-        for ref in (self.cancel_watcher, self.recovery):
+        for ref in (self.cancel_watcher, self.recovery, self.event_listener):
             if ref is not None:
                 ref.stop(block=False)
-        self.cancel_watcher = self.recovery = None
+        self.cancel_watcher = self.recovery = self.event_listener = None
         self.state, self.since = "stopping", time.time()
 
     def _child_failed(self, kind: str, name: str, error: str) -> None:
@@ -297,6 +350,9 @@ class Agent(pykka.ThreadingActor):
             self.heartbeat = None
         elif kind == "Recovery":
             self.recovery = None
+        elif kind == "EventListener":
+            self.event_listener = None
+            self._stream_health(False)  # until a new one is subscribed, cancels come by poll
         elif kind == "Dispatcher":
             self.dispatcher = None
 
@@ -309,6 +365,7 @@ class Agent(pykka.ThreadingActor):
             "CancelWatcher": (self.cancel_watcher is None, self._start_cancel_watcher),
             "Heartbeat": (self.heartbeat is None, self._start_heartbeat),
             "Recovery": (self.recovery is None, self._start_recovery),
+            "EventListener": (self.event_listener is None, self._start_event_listener),
             "QueueWatcher": (
                 name not in self.watchers,
                 lambda: self._start_watcher(name, name in self.ctx.settings.work_queues),
@@ -327,6 +384,7 @@ class Agent(pykka.ThreadingActor):
             ("QueueWatcher", name, ref) for name, ref in sorted(self.watchers.items())
         ]
         children.append(("CancelWatcher", CANCELLATIONS, self.cancel_watcher))
+        children.append(("EventListener", EVENTS, self.event_listener))
         children.append(("Heartbeat", HEARTBEAT, self.heartbeat))
         children.append(("Recovery", RECOVERY, self.recovery))
         children.append(("Dispatcher", DISPATCHER, self.dispatcher))

@@ -4,6 +4,10 @@ One filter query per poll covers both forms a server uses: state type CANCELLING
 and later) and state type CANCELLED named "Cancelling" (older servers). Each run found becomes
 a `Cancel` to the Dispatcher, which routes it to the run's supervisor, or finds the process of
 a run it no longer holds. A run is not sent again for a while, so a slow kill is not repeated.
+
+While the server's event stream is healthy (the Agent says so, `StreamHealth`), cancellations
+come by event and this poll is the safety net, every `--stream-cancel-poll-interval`; when the
+stream is lost it polls at once, then every `--cancel-poll-interval`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from messages.internal.dispatch import Cancel
+from messages.internal.events import StreamHealth
 from messages.internal.lifecycle import (
     ChildFailed,
     Describe,
@@ -62,6 +67,7 @@ class CancelWatcher(pykka.ThreadingActor):
         dispatcher: pykka.ActorRef[Any],
         agent: pykka.ActorRef[Any],
         queues: tuple[str, ...] = (),
+        stream_healthy: bool = False,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -69,6 +75,7 @@ class CancelWatcher(pykka.ThreadingActor):
         self.dispatcher = dispatcher
         self.agent = agent
         self.queues = queues
+        self.stream_healthy = stream_healthy  # cancellations come by event: poll slowly
         self.sent: dict[str, float] = {}  # run id -> when its Cancel was sent (monotonic)
         self.next_poll: Timer | None = None
         self.phase = "starting"
@@ -98,11 +105,30 @@ class CancelWatcher(pykka.ThreadingActor):
             case Poll():
                 self._poll()
                 self.next_poll = self.ctx.clock.tell_later(
-                    self.ctx.settings.cancel_poll_interval, self.actor_ref, Poll()
+                    self._interval(), self.actor_ref, Poll()
                 )
+            case StreamHealth(healthy=healthy):
+                self._stream_health(healthy)
             case _:
                 log.warning("unexpected message %r", message)
         return None
+
+    def _interval(self) -> float:
+        settings = self.ctx.settings
+        if self.stream_healthy:
+            return settings.stream_cancel_poll_interval
+        return settings.cancel_poll_interval
+
+    def _stream_health(self, healthy: bool) -> None:
+        """The stream came (poll slowly from the next poll on) or went (poll now)."""
+        if healthy == self.stream_healthy:
+            return
+        self.stream_healthy = healthy
+        if not healthy:
+            if self.next_poll is not None:
+                self.next_poll.cancel()
+            self.actor_ref.tell(Poll())
+        self._report_status()
 
     def _describe(self) -> ActorNode:
         return ActorNode(
@@ -110,7 +136,11 @@ class CancelWatcher(pykka.ThreadingActor):
             name="cancellations",
             state=self.phase,
             since=self.since,
-            detail={"queues": ", ".join(self.queues)},
+            detail={
+                "queues": ", ".join(self.queues),
+                "every": f"{self._interval():g}s"
+                + (" (the event stream is healthy)" if self.stream_healthy else ""),
+            },
         )
 
     def _set_phase(self, phase: str) -> None:

@@ -40,6 +40,7 @@ from messages.internal.dispatch import (
     FreeSlots,
     HeldRunIds,
     HeldRunsAre,
+    Peers,
     Relinquish,
     Room,
     RunsFound,
@@ -99,6 +100,7 @@ class Dispatcher(pykka.ThreadingActor):
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
         self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
         self.listeners: list[pykka.ActorRef[Any]] = list(listeners)  # kept by the Agent
+        self.peers: tuple[str, ...] = ()  # the live agents sharing our queues (`Peers`)
         self.since = time.time()
 
     def on_start(self) -> None:
@@ -110,7 +112,9 @@ class Dispatcher(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case FreeSlots(reply_to=ref):
-                _reply(ref, Room(self._free_slots(message)))
+                _reply(ref, Room(self._free_slots(message), self.peers))
+            case Peers(names=names):
+                self.peers = names
             case RunsFound(queue_name=queue, runs=runs, full_page=full, reply_to=ref):
                 self._note_drained(queue, full)
                 count = self._admit(queue, runs, full) if runs else 0
@@ -162,7 +166,8 @@ class Dispatcher(pykka.ThreadingActor):
         when the queue's next pages come by the cheap flow-run filter, two rounds when every
         poll is a get_runs (the dearest call a drain makes: a page of one round doubled those
         and drained slower in the benchmark). The watcher is woken for the next page while
-        the last half of this one is still with the server (see `actors/rules/paging.py`).
+        the last half of this one is still with the server (see `actors/rules/paging.py`);
+        on a queue shared with peers, once all of it is taken (`actors/rules/share.py`).
         """
         queue = asked.queue_name
         room = free_slots(self.ctx.settings.limit, len(self.held))
@@ -172,7 +177,7 @@ class Dispatcher(pykka.ThreadingActor):
             self.starved.add(queue)
             return 0
         page = (1 if asked.cheap_pages else 2) * self.ctx.settings.api_concurrency
-        self.pages.sized(queue, page)
+        self.pages.sized(queue, page, shared=asked.sharers > 1)
         return (page if room is None else min(room, page)) + self.pages.repeated(queue)
 
     def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:
@@ -321,6 +326,9 @@ class Dispatcher(pykka.ThreadingActor):
         supervisor = self.held.get(run_id)
         if supervisor is not None:
             supervisor.tell(message)
+            return
+        if message.held_only:
+            log.debug("cancel for flow run %s, which this agent does not hold: ignored", run_id)
             return
         # Not held: started by an earlier life of this agent, or by another agent on this host.
         log.info(

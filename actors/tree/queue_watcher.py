@@ -32,10 +32,12 @@ import pykka
 from actors.edges.prefect_api import ApiError
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
 from actors.rules.retry import ONCE, POLL_ERRORS
+from actors.rules.share import Share, recorded_poll_interval
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
+from messages.internal.events import EventWake
 from messages.internal.lifecycle import (
     ChildFailed,
     Describe,
@@ -48,6 +50,7 @@ from messages.user.tree import ActorNode
 from messages.wire.prefect import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 
 FULL_PAGE_RECHECK_SECONDS = 0.25
+SHARED_RECHECK_SECONDS = 1.0  # a window of peers' runs is read again at least this often
 QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
 
 
@@ -79,10 +82,13 @@ class QueueWatcher(pykka.ThreadingActor):
         self.filter_answers = False  # whether this poll's pages may come by the flow-run filter
         self.pool_missing = False
         self.failures = 0
+        self.share = Share(ctx.identity.name)  # which runs of the window are ours to propose
         self.polls = 0
         self.recorded_poll_at: float | None = None  # monotonic time of the last get_runs
         self.next_poll: Timer | None = None
         self.poll_started = 0.0  # monotonic time of the poll under way
+        self.poll_under_way = False  # from Poll to the poll's end (its next poll scheduled)
+        self.woken = False  # an EventWake came during the poll under way: poll again after it
         self.phase = "starting"
         self.since = time.time()
 
@@ -101,7 +107,10 @@ class QueueWatcher(pykka.ThreadingActor):
         match message:
             case Poll():
                 self._poll()
-            case Room(count=count):
+            case EventWake():
+                self._event_wake()
+            case Room(count=count, peers=peers):
+                self.share.peers_are(peers)
                 self._poll_step(lambda: self._take_room(count))
             case Admitted(count=count, full_page=full):
                 self._admitted(count, full)
@@ -130,6 +139,7 @@ class QueueWatcher(pykka.ThreadingActor):
         if settings.run_once and self.polls > 0:
             return
         self.polls += 1
+        self.poll_under_way = True
         self.poll_started = time.monotonic()
         # Whatever becomes of this poll, the next comes a query interval later at the latest.
         self._schedule(settings.query_interval)
@@ -167,6 +177,19 @@ class QueueWatcher(pykka.ThreadingActor):
             self.agent.tell(PolledOnce(self.queue_name))
         else:
             self._schedule(next_poll)
+        self.poll_under_way = False
+        if self.woken:  # announced while that poll was under way: it may have missed the run
+            self.woken = False
+            self._event_wake()
+
+    def _event_wake(self) -> None:
+        """The event stream announced a run of this queue that may be due: poll now, or once
+        the poll under way is over (however many wakes come meanwhile, one more poll)."""
+        if self.poll_under_way:
+            self.woken = True
+            return
+        self.ctx.metrics.event_wakes.inc()
+        self._poll()
 
     def _ask_for_room(self) -> float | None:
         """The first step: is the queue there and not paused? Then ask for room."""
@@ -203,6 +226,7 @@ class QueueWatcher(pykka.ThreadingActor):
             priority=queue.priority,
             cheap_pages=self.filter_answers,
             reply_to=self.actor_ref,
+            sharers=len(self.share.sharers(time.monotonic())),
         )
         if not tell_if_alive(self.dispatcher, ask_room):
             self._set_phase("waiting for the Dispatcher")
@@ -210,20 +234,34 @@ class QueueWatcher(pykka.ThreadingActor):
         return None
 
     def _take_room(self, room: int) -> float | None:
-        """The second step, with the Dispatcher's answer: ask the server for `room` runs."""
+        """The second step, with the Dispatcher's answer: ask the server for `room` runs (of
+        a window as many times larger as there are peers sharing the queue, which says
+        which of its runs to propose: `actors/rules/share.py`)."""
         interval = self.ctx.settings.query_interval
         queue = self.queue
         if room == 0 or queue is None:
             self._set_phase("waiting for a free slot")
             return interval
         self._set_phase("polling")
-        route, runs = self._due_runs(queue, room, self.filter_answers)
-        self._set_phase(f"idle, last poll found {len(runs)} run(s)")
-        if not runs:
+        now = time.monotonic()
+        window = self.share.window(room, now)
+        route, due = self._due_runs(queue, window, self.filter_answers)
+        full = len(due) >= window
+        runs = self.share.pick(due, room, full, now)
+        self._set_phase(f"idle, last poll found {len(due)} run(s), {len(runs)} to propose")
+        if not due:
             self._nothing_due()
             return interval
-        self.log.debug("found %d run(s) in work queue %r (%s)", len(runs), self.queue_name, route)
-        found = RunsFound(self.queue_name, tuple(runs), len(runs) >= room, self.actor_ref)
+        if not runs:  # every run due is a peer's, within its grace: look again once one is not
+            return self._recheck_delay(interval)
+        self.log.debug(
+            "found %d run(s) in work queue %r (%s), %d to propose",
+            len(due),
+            self.queue_name,
+            route,
+            len(runs),
+        )
+        found = RunsFound(self.queue_name, tuple(runs), full, self.actor_ref)
         if not tell_if_alive(self.dispatcher, found):
             return interval
         return None
@@ -234,10 +272,19 @@ class QueueWatcher(pykka.ThreadingActor):
         if full and count == 0:
             # A full page of runs we already hold, whose Pending has not landed yet: more
             # runs may wait behind them, so look again soon rather than a whole interval later.
-            self._polled(min(FULL_PAGE_RECHECK_SECONDS, interval))
+            self._polled(self._recheck_delay(interval))
             return
         # After a full page, the Dispatcher sends Poll while its last runs are being taken.
         self._polled(interval)
+
+    def _recheck_delay(self, interval: float) -> float:
+        """When to read a full window again that brought nothing new to propose: soon; where
+        peers' runs wait in it, once the first of them reaches its grace, or within a second
+        (as peers take theirs, runs of ours come into the window)."""
+        overdue_in = self.share.next_overdue(time.monotonic())
+        if overdue_in is None:
+            return min(FULL_PAGE_RECHECK_SECONDS, interval)
+        return min(max(FULL_PAGE_RECHECK_SECONDS, overdue_in), SHARED_RECHECK_SECONDS, interval)
 
     def _nothing_due(self) -> None:
         """In a pool, said even when there is nothing: a queue with no runs due (or paused)
@@ -255,10 +302,11 @@ class QueueWatcher(pykka.ThreadingActor):
             return "get_scheduled_flow_runs", pool_runs
         now = time.monotonic()
         since = None if self.recorded_poll_at is None else now - self.recorded_poll_at
+        recorder = self.share.records_polls(queue.name, now)  # in a fleet, one peer records
         by_filter = poll_by_filter(
             filter_answers=filter_answers,
             since_recorded_poll=since,
-            query_interval=self.ctx.settings.query_interval,
+            query_interval=recorded_poll_interval(self.ctx.settings.query_interval, recorder),
         )
         if by_filter:
             return "flow-run filter", self.api.scheduled_runs(queue.name, before, room)
@@ -339,6 +387,10 @@ class QueueWatcher(pykka.ThreadingActor):
         detail = {"queue id": self.queue.id} if self.queue is not None else {}
         if self.pool_name is not None:
             detail["work pool"] = self.pool_name
+        sharers = len(self.share.sharers(time.monotonic()))
+        if sharers > 1 or self.share.overdue_taken:
+            detail["shared with"] = f"{sharers - 1} live peer(s)"
+            detail["peers' runs taken after their grace"] = str(self.share.overdue_taken)
         return ActorNode(
             kind="QueueWatcher",
             name=self.queue_name,

@@ -13,6 +13,11 @@ After this agent was cut off from the server (its heartbeats failed, then went t
 again), it asks the Dispatcher which runs it holds and reads each on the server: a run a peer
 recovered meanwhile is relinquished at once (its process group killed, nothing reported).
 
+It also tells the Dispatcher who the live peers are (`Peers`: the pool's ONLINE workers),
+from which each watcher tells the runs it owns in a fleet from those a peer owns
+(`actors.rules.share`). It reads them at start, again two seconds after every change (a fleet
+starting shows up within seconds, not a heartbeat interval later), else every interval.
+
 Like a watcher, it waits on the server in its own inbox (polling is its only job) and tells
 the Agent its phase, so nobody waits on it.
 """
@@ -38,10 +43,11 @@ from actors.rules.recovery import (
     still_ours,
 )
 from actors.rules.retry import ONCE
+from actors.rules.share import live_peers
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
-from messages.internal.dispatch import HeldRunIds, HeldRunsAre, Relinquish
+from messages.internal.dispatch import HeldRunIds, HeldRunsAre, Peers, ReadPeers, Relinquish
 from messages.internal.lifecycle import (
     ChildFailed,
     Describe,
@@ -66,6 +72,7 @@ from messages.wire.prefect import (
 log = logging.getLogger("prefect_actor_agent.recovery")
 
 NAME = "recovery"
+PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
 
 
 class Recovery(pykka.ThreadingActor):
@@ -89,16 +96,20 @@ class Recovery(pykka.ThreadingActor):
         self.declared: set[str] = set()  # peers declared lost (each counted once)
         self.claims: dict[str, tuple[str | None, AgentIdentity | None, State | None]] = {}
         self.next_round: Timer | None = None
+        self.peers: tuple[str, ...] | None = None  # the live peers as last read
+        self.next_peers: Timer | None = None
         self.phase = "starting"
         self.since = time.time()
         self.last_action = ""
 
     def on_start(self) -> None:
+        self.actor_ref.tell(ReadPeers())
         self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
-        if self.next_round is not None:
-            self.next_round.cancel()
+        for timer in (self.next_round, self.next_peers):
+            if timer is not None:
+                timer.cancel()
 
     def on_failure(self, *exc_info: Any) -> None:
         tell_if_alive(self.agent, ChildFailed("Recovery", NAME, repr(exc_info[1])))
@@ -113,12 +124,16 @@ class Recovery(pykka.ThreadingActor):
                 # A little jitter, so that two peers seldom act in the same instant.
                 delay = self.ctx.settings.heartbeat_seconds * random.uniform(0.8, 1.0)  # noqa: S311
                 self.next_round = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
+            case ReadPeers():
+                self._read_peers()
             case HeldRunsAre(flow_run_ids=ids):
                 self._check_own(ids)
             case WatchedQueues(names=names):
                 self.queues = names
             case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
                 self.dispatcher = ref
+                if self.peers is not None:
+                    tell_if_alive(ref, Peers(self.peers))
             case Describe():
                 return self._describe()
             case _:
@@ -232,6 +247,35 @@ class Recovery(pykka.ThreadingActor):
             fresh.state.type,
             peer.last_heartbeat.isoformat(timespec="seconds"),
         )
+
+    # -- the live peers ----------------------------------------------------------------------------
+
+    def _read_peers(self) -> None:
+        """Read the pool's live workers; tell the Dispatcher when they changed."""
+        settings = self.ctx.settings
+        delay = settings.heartbeat_seconds * random.uniform(0.8, 1.0)  # noqa: S311
+        try:
+            pool = self.api.server_profile().heartbeat_pool(settings.work_pool)
+            if pool is None:
+                return  # no pool to read: every watcher proposes as a lone agent does
+            workers = self.api.read_workers(pool)
+        except (ApiError, ApiDecodeError) as exc:
+            log.debug("could not read the live peers: %s", exc)
+        else:
+            me = self.ctx.identity.name
+            peers = live_peers(workers, me, datetime.now(UTC), settings.lost_agent_seconds)
+            if peers != self.peers:
+                if self.peers is not None or len(peers) > 1:
+                    log.info(
+                        "%d live agent(s) share the pool %r: %s",
+                        len(peers),
+                        pool,
+                        ", ".join(peers),
+                    )
+                self.peers = peers
+                tell_if_alive(self.dispatcher, Peers(peers))
+                delay = PEERS_SETTLE_SECONDS
+        self.next_peers = self.ctx.clock.tell_later(delay, self.actor_ref, ReadPeers())
 
     # -- after this agent was cut off ------------------------------------------------------------
 

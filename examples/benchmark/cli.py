@@ -25,12 +25,17 @@ from examples.benchmark.fleet_report import footnotes as fleet_footnotes
 from examples.benchmark.fleet_report import json_report as fleet_json
 from examples.benchmark.fleet_report import render as fleet_render
 from examples.benchmark.footprint import footprint_agent
+from examples.benchmark.latency_part import LatencyResults, run_latency
+from examples.benchmark.latency_part import add_arguments as latency_arguments
+from examples.benchmark.pickup_report import json_report as latency_json
+from examples.benchmark.pickup_report import render as latency_render
 from examples.benchmark.procs import ProcessGuard, load_average
 from examples.benchmark.report import footnotes, json_report, render
 from examples.benchmark.server import POLL_SECONDS, BenchServer
 
-ALL_PARTS = ("drain", "first-poll", "footprint", "fleet")
-DEFAULT_PARTS = ("drain", "first-poll", "footprint")  # fleet: opt-in (servers and hosts of its own)
+ALL_PARTS = ("drain", "first-poll", "footprint", "fleet", "latency")
+# fleet and latency: opt-in (servers and hosts of their own)
+DEFAULT_PARTS = ("drain", "first-poll", "footprint")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -57,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--parts",
         default=",".join(DEFAULT_PARTS),
-        help=f"{','.join(ALL_PARTS)} (default {','.join(DEFAULT_PARTS)}; fleet is opt-in)",
+        help=f"{','.join(ALL_PARTS)} (default {','.join(DEFAULT_PARTS)}; fleet, latency opt-in)",
     )
     parser.add_argument(
         "--contenders", default=",".join(ALL_CONTENDERS), help=",".join(ALL_CONTENDERS)
@@ -115,6 +120,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="PostgreSQL with fsync and synchronous commits (default: off, a throwaway server)",
     )
+    latency_arguments(parser)
     parser.add_argument(
         "--keep-logs", default=None, metavar="DIR", help="keep the agents' logs in DIR"
     )
@@ -280,11 +286,27 @@ def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work
     if "fleet" in args.part_list:
         fleet = run_fleet(args, work_dir, say)
         fleet.settings["load_before"] = args.load_before
+        for drain in fleet.drains:  # the logs stay only where --keep-logs copies them
+            for agent in drain.agent_figures:
+                name = Path(agent.log_path).name
+                agent.log_path = str(Path(args.keep_logs) / name) if args.keep_logs else ""
         fleet_notes = fleet_footnotes(fleet)
         if api_url is not None:
             print(flush=True)
         print(fleet_render(fleet, fleet_notes), flush=True)
         report["fleet"] = fleet_json(fleet, fleet_notes)
+    if "latency" in args.part_list:
+
+        def save(partial: LatencyResults) -> None:  # each step's figures, should it be cut
+            if args.json:
+                text = json.dumps({**report, "latency": latency_json(partial)}, default=str)
+                Path(args.json).write_text(text + "\n")
+
+        latency = run_latency(args, work_dir, say, guard, on_step=save)
+        if api_url is not None or "fleet" in args.part_list:
+            print(flush=True)
+        print(latency_render(latency), flush=True)
+        report["latency"] = latency_json(latency)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import httpx
 
 from actors.launcher.local_server import LocalPrefectServer
-from actors.launcher.prefect_objects import parse_time
+from actors.launcher.prefect_objects import RetryPolicy, parse_time
 from examples.benchmark.agent_logs import count_problems
 from examples.benchmark.ceiling import CEILING_THREADS, FAKE_PID
 from examples.benchmark.contenders import LAUNCHER, ContenderError, clean_env, prefect_cli
@@ -67,6 +67,10 @@ MARKER_COMMAND = ["sh", "-c", 'exec mktemp "$MARKER_DIR/$PREFECT__FLOW_RUN_ID.$$
 AGENT_POOL_2 = "default-agent-pool"  # where a 2.x server lists the workers of plain queues
 SAMPLE_SECONDS = 1.0  # /proc: CPU and RSS
 WORKER_SAMPLE_EVERY = 2  # worker rows every 2nd sample
+# Setting up is not measured, so it may wait: a SQLite server just started answers 503
+# ("database is locked") for a minute while its services start, on a busy machine (the 12
+# tries of the default policy, about 15 s, were not enough).
+SETUP_RETRY = RetryPolicy(attempts=80, max_delay=5.0)
 PG_SETUP_THREADS = 8  # creating runs: PostgreSQL takes concurrent writers, SQLite does not
 MARKER_WAIT = 15.0  # seconds to wait, once every run has a pid, for markers still missing
 HOST_STOP_GRACE = 20.0
@@ -293,19 +297,23 @@ def prepare(
     markers.mkdir()
     env = {"MARKER_DIR": str(markers)}
     began = time.monotonic()
-    if target.major == "3":
-        pool = queue
-        bench.api.create_work_pool(pool, type_="process")
-        bench.api.create_pool_queue(pool, queue)
-        deployment = bench.pool_deployment(name, pool, queue, shlex.join(MARKER_COMMAND), env)
-    else:
-        pool = AGENT_POOL_2
-        deployment = bench.deployment(name, queue, MARKER_COMMAND, env)
-    # SQLite takes one writer at a time: one request at a time (two hit 503s for over 15 s
-    # on a busy machine)
-    threads = PG_SETUP_THREADS if target.database == "postgresql" else 1
-    say(f"  creating {runs} runs on {queue}...")
-    run_ids = bench.create_runs(deployment, runs, threads=threads)
+    measured_retry, bench.api.retry = bench.api.retry, SETUP_RETRY
+    try:
+        if target.major == "3":
+            pool = queue
+            bench.api.create_work_pool(pool, type_="process")
+            bench.api.create_pool_queue(pool, queue)
+            command = shlex.join(MARKER_COMMAND)
+            deployment = bench.pool_deployment(name, pool, queue, command, env)
+        else:
+            pool = AGENT_POOL_2
+            deployment = bench.deployment(name, queue, MARKER_COMMAND, env)
+        # SQLite takes one writer at a time: one request at a time
+        threads = PG_SETUP_THREADS if target.database == "postgresql" else 1
+        say(f"  creating {runs} runs on {queue}...")
+        run_ids = bench.create_runs(deployment, runs, threads=threads)
+    finally:
+        bench.api.retry = measured_retry
     return Work(queue, pool, run_ids, markers, time.monotonic() - began)
 
 

@@ -3,12 +3,15 @@ where the CPU went during each, the notes that say how each figure is computed, 
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
-from dataclasses import asdict
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
-from examples.benchmark.fleet import FleetDrain, FleetResults
+from examples.benchmark.fleet import AgentFigures, FleetDrain, FleetResults, Target
 from examples.benchmark.fleet_cpu import CpuSplit
 from examples.benchmark.procs import load_average
 
@@ -39,7 +42,9 @@ CPU_HEADERS = [
     "window s",
     "server",
     "API process",
+    "server ms/run",
     "postgres",
+    "pg ms/run",
     "agents",
     "runs",
     "benchmark",
@@ -164,6 +169,15 @@ def _window(cpu: CpuSplit | None) -> str:
     return f"{cpu.wall_seconds:.0f}" + (" whole" if cpu.window == "whole" else "")
 
 
+def per_run_ms(cpu: CpuSplit | None, group: str, rate: float | None) -> float | None:
+    """CPU ms the group spent per run taken: its share of a core over the steady window
+    divided by the runs per second in it."""
+    percent = cpu.percent(group) if cpu is not None else None
+    if percent is None or not rate:
+        return None
+    return 10.0 * percent / rate
+
+
 def cpu_rows(results: FleetResults) -> list[list[str]]:
     rows = []
     for d in results.drains:
@@ -174,7 +188,9 @@ def cpu_rows(results: FleetResults) -> list[list[str]]:
                 _window(cpu),
                 _pct(cpu, "server"),
                 _fmt(cpu.server_top_percent if cpu else None, ".0f", "%"),
+                _fmt(per_run_ms(cpu, "server", drain_rate(d)), ".0f"),
                 _pct(cpu, "postgres"),
+                _fmt(per_run_ms(cpu, "postgres", drain_rate(d)), ".0f"),
                 _pct(cpu, "agents"),
                 _pct(cpu, "runs"),
                 _pct(cpu, "benchmark"),
@@ -256,6 +272,9 @@ def footnotes(results: FleetResults) -> list[str]:
         "shared machine: its other users' processes, the kernel), machine = all CPUs "
         f"({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%). Window: first Pending -> "
         "last pid ('whole': the drain from its start, when that was under two samples).",
+        "  server ms/run, pg ms/run = CPU ms the server's processes (PostgreSQL's) spent per "
+        "run taken: their % of a core / drain runs/s x 10; the ceiling's is the least a run "
+        "costs the server.",
         "  what limited the drain: the API process at >= 75% of a core (one Python process "
         "cannot use more than one, and a shared machine rarely gives it all of one), else "
         "PostgreSQL at >= 75%, else the machine at >= 90% of its CPUs; and, from 1.2 tries "
@@ -317,3 +336,48 @@ def json_report(results: FleetResults, notes: list[str]) -> dict[str, Any]:
     data["footnotes"] = notes
     data["table"] = render(results, notes).splitlines()
     return data
+
+
+def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in raw.items() if key in names}
+
+
+def load(data: dict[str, Any]) -> FleetResults:
+    """The results back from their JSON (`json_report`), to render them again."""
+    drains = []
+    for raw in data["drains"]:
+        drain = FleetDrain(**_known(FleetDrain, raw))
+        drain.agent_figures = [
+            AgentFigures(**_known(AgentFigures, a)) for a in raw["agent_figures"]
+        ]
+        drain.cpu = CpuSplit(**_known(CpuSplit, raw["cpu"])) if raw.get("cpu") else None
+        drains.append(drain)
+    targets = {}
+    for database, raw in data["targets"].items():
+        target = Target(**_known(Target, raw))
+        target.server_log = Path(raw["server_log"]) if raw.get("server_log") else None
+        targets[database] = target
+    return FleetResults(
+        settings=data["settings"],
+        targets=targets,
+        drains=drains,
+        seconds=data["seconds"],
+        skipped=data.get("skipped", []),
+    )
+
+
+def main(argv: list[str]) -> int:
+    """`python -m examples.benchmark.fleet_report REPORT.json`: the fleet's tables again,
+    with the notes written when it ran."""
+    if len(argv) != 1:
+        print("usage: python -m examples.benchmark.fleet_report REPORT.json", file=sys.stderr)
+        return 2
+    data = json.loads(Path(argv[0]).read_text())
+    fleet = data.get("fleet", data)
+    print(render(load(fleet), fleet["footnotes"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

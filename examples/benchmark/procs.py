@@ -107,7 +107,9 @@ class ProcessGuard:
             process = subprocess.Popen(
                 argv,
                 env=env,
-                cwd=ROOT,
+                # The log's directory, never the repository: Prefect 3's worker copies a
+                # deployment's `path` into its working directory before each run
+                cwd=log.parent,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -1,2 +1,3 @@
 """What the actors say to each other: the dispatch protocol (`dispatch`), the lifecycle of the
-tree (`lifecycle`), and the steps a RunSupervisor sends itself (`run_steps`)."""
+tree (`lifecycle`), the steps a RunSupervisor sends itself (`run_steps`), and the event
+listener's messages (`events`)."""

@@ -49,6 +49,9 @@ class FreeSlots(msgspec.Struct, frozen=True):
     # a smaller page costs a drain little and its runs wait less.
     cheap_pages: bool = False
     reply_to: object = None  # the watcher's pykka.ActorRef, told `Room`
+    # Agents the queue is shared with, this one included (`actors/rules/share.py`): above 1, a
+    # page's runs are not asked for again before all of them are taken.
+    sharers: int = 1
 
 
 class Room(msgspec.Struct, frozen=True):
@@ -56,10 +59,27 @@ class Room(msgspec.Struct, frozen=True):
     at most `count` runs now (0: none; the watcher is sent `Poll` when a slot frees)."""
 
     count: int
+    # The live peers as the Recovery actor last read them (`Peers`), this agent among them;
+    # empty until it has: the watcher then proposes as a lone agent does.
+    peers: tuple[str, ...] = ()
+
+
+class Peers(msgspec.Struct, frozen=True):
+    """Told to the Dispatcher by the Recovery actor whenever the live workers of the pool it
+    serves change (and to a new Dispatcher at once): the names of the agents that share its
+    queues, this one among them. The Dispatcher hands them to the watchers with `Room`."""
+
+    names: tuple[str, ...]
+
+
+class ReadPeers(msgspec.Struct, frozen=True):
+    """Scheduled by the Recovery actor to itself: read the pool's live workers again (soon
+    after they changed, else every heartbeat interval)."""
 
 
 class Cancel(msgspec.Struct, frozen=True):
-    """Sent to the Dispatcher (by the CancelWatcher or by a host service) to stop one run.
+    """Sent to the Dispatcher (by the CancelWatcher, the EventListener or a host service) to
+    stop one run.
 
     The Dispatcher routes it to the run's RunSupervisor, which kills the run's process group
     and marks the run Cancelled. A run whose process has not started yet never starts.
@@ -67,6 +87,9 @@ class Cancel(msgspec.Struct, frozen=True):
 
     flow_run_id: str
     reason: str = "cancellation requested"
+    # Only a run the Dispatcher holds (the EventListener's): a run it does not hold is left to
+    # the CancelWatcher's poll, which also finds the process of a run held by an earlier life.
+    held_only: bool = False
 
 
 class Subscribe(msgspec.Struct, frozen=True):

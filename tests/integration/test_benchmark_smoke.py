@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from actors.launcher.local_server import LocalPrefectServer
 from actors.status.metrics import AgentMetrics
 from examples.benchmark.agent_logs import line_level
 from examples.benchmark.agent_metrics import PENDING_LATENCY, parse_histogram
@@ -97,7 +100,9 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
     """`--parts fleet` small: two of our agents on two simulated hosts against a Prefect
     server on PostgreSQL, beside the ceiling (no official agents, no SQLite comparison)."""
     report = tmp_path / "fleet.json"
-    before = _machine_processes()
+    # Every process the benchmark starts inherits its environment: this mark finds them all
+    # (hosts, agents, the Prefect server, PostgreSQL's) and none of anyone else's.
+    mark = f"fleet-smoke-{uuid.uuid4().hex}"
     result = subprocess.run(
         [
             sys.executable,
@@ -119,6 +124,7 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
         timeout=120,
         cwd=ROOT,
         check=False,
+        env={**os.environ, "FLEET_SMOKE_MARK": mark},
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -144,21 +150,23 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
     assert all(a["rss_mib_max"] > 0 for a in agents)
     assert ours["max_online"] is not None and ours["max_online"] >= 1
     assert ours["cpu"]["seconds"]["server"] > 0 and ours["cpu"]["seconds"]["postgres"] > 0
-    assert _machine_processes() - before == set()  # hosts, agents, servers, postgres: gone
+    assert _processes_marked(mark) == []  # hosts, agents, servers, postgres: all gone
 
 
-def _machine_processes() -> set[tuple[int, str]]:
-    """(pid, command name) of every process whose command is one the fleet starts."""
-    names = {"postgres", "unshare", "prefect", "uvicorn"}
-    found = set()
+def _processes_marked(mark: str) -> list[int]:
+    """Live processes (no zombies) whose environment holds FLEET_SMOKE_MARK=mark."""
+    wanted = f"FLEET_SMOKE_MARK={mark}".encode()
+    found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                comm = (entry / "comm").read_text().strip()
-            except OSError:
-                continue
-            if comm in names:
-                found.add((int(entry.name), comm))
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
     return found
 
 
@@ -192,3 +200,48 @@ def test_latency_quantiles_come_from_the_histogram_buckets() -> None:
 )
 def test_a_log_line_level_is_read_whatever_the_format(line: str, level: str | None) -> None:
     assert line_level(line) == level
+
+
+def test_latency_part_times_ours_with_the_stream_and_without(
+    prefect3_server: LocalPrefectServer, tmp_path: Path
+) -> None:
+    """`--parts latency` small, on the session's Prefect 3 server: ours with the stream and
+    with `--events off`, two runs each of run-now and of cancel, and a short idle count."""
+    report = tmp_path / "latency.json"
+    mark = f"latency-smoke-{uuid.uuid4().hex}"
+    options = (
+        f"--latency-api {prefect3_server.api_url} --latency-contenders ours,ours-off "
+        "--latency-probes run-now,cancel,idle --latency-runs 2 --latency-cancels 2 "
+        "--latency-gap-span 0.2 --latency-idle-seconds 3 --latency-idle-warmup 0 "
+        f"--latency-query-interval 2 --json {report}"
+    ).split()
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.benchmark", "--parts", "latency", *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+        env={**os.environ, "FLEET_SMOKE_MARK": mark},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    table = result.stdout.splitlines()
+    assert any(line.startswith("contender") and "now->Pending" in line for line in table)
+    latency = json.loads(report.read_text())["latency"]
+    assert latency["failures"] == [], latency["failures"]
+    now = {r["contender"]: r for r in latency["run_now"]}
+    cancels = {r["contender"]: r for r in latency["cancels"]}
+    idle = {r["contender"]: r for r in latency["idle"]}
+    assert set(now) == set(cancels) == set(idle) == {"3.x ours", "3.x ours-off"}
+    assert now["3.x ours"]["events_mode"] == "stream"
+    assert now["3.x ours-off"]["events_mode"] == "off"
+    for name in now:
+        samples = now[name]["samples"]
+        assert len(samples) == 2 and now[name]["missed"] == 0
+        # Pending comes first, then the process the agent started: both after the run existed.
+        assert all(0 < s["to_pending"] <= s["to_start"] for s in samples), samples
+        assert cancels[name]["sigterm"]["samples"] == 2 and cancels[name]["missed"] == 0
+        assert all(s > 0 for s in cancels[name]["samples"])
+        assert idle[name]["requests"] > 0 and idle[name]["queues"] == 10
+    assert _processes_marked(mark) == []  # agents and their runs: all gone

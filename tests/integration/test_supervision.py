@@ -134,7 +134,14 @@ def test_status_endpoint_tree_text_health_and_metrics_with_a_run_in_flight(
     tree = httpx.get(f"{status}/tree").json()
     assert tree["kind"] == "Agent"
     kinds = {child["kind"] for child in tree["children"]}
-    assert kinds == {"QueueWatcher", "CancelWatcher", "Heartbeat", "Recovery", "Dispatcher"}
+    assert kinds == {
+        "QueueWatcher",
+        "CancelWatcher",
+        "EventListener",
+        "Heartbeat",
+        "Recovery",
+        "Dispatcher",
+    }
     dispatcher = next(child for child in tree["children"] if child["kind"] == "Dispatcher")
     supervisor = dispatcher["children"][0]
     assert supervisor["name"] == run
@@ -152,6 +159,9 @@ def test_status_endpoint_tree_text_health_and_metrics_with_a_run_in_flight(
 
     health = httpx.get(f"{status}/healthz")
     assert health.status_code == 200
+    # This 2.20 server has no events (PREFECT_EXPERIMENTAL_EVENTS is off): a healthy mode.
+    no_events = "events: polling (the server streams no events"
+    wait_for(lambda: no_events in httpx.get(f"{status}/healthz").text, 10, "the events line")
 
     agent.process.send_signal(signal.SIGUSR1)
     wait_for(lambda: "actor tree:" in agent.logs(), 10, "SIGUSR1 to log the tree")

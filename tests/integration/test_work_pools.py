@@ -69,7 +69,9 @@ def test_pool_serves_every_queue_and_creates_named_ones(
     named = agent_factory(work_pool=pool, work_queues=("made-by-agent",))
     made = f"{api_url}/work_pools/{pool}/queues/made-by-agent"
     wait_for(lambda: httpx.get(made).status_code == 200, 30, "the named queue to exist in the pool")
-    assert f"created work queue 'made-by-agent' in work pool '{pool}'" in named.logs()
+    # the agent logs it once the server's answer is back, which can be after the queue shows
+    created = f"created work queue 'made-by-agent' in work pool '{pool}'"
+    wait_for(lambda: created in named.logs(), 10, "the agent to log the queue it created")
 
 
 def test_paused_pool_is_not_served_until_it_resumes(

@@ -26,6 +26,23 @@ already open:
   reaches the server after a client that timed out gave up, as with a slow real server.
 - ``blackhole``: read requests, never answer.
 
+Websockets (the agent's event stream, ``/api/events/out``): an upgrade request is forwarded
+like any other, and once the server answers 101 the connection becomes a tunnel that relays
+bytes both ways, unparsed. Three modes act on websockets only, plain HTTP passing meanwhile,
+because the agent must fall back to polling while its REST calls still succeed:
+
+- ``ws_refuse`` (``status=503``, ``retry_after=None``): answer every upgrade request with that
+  status, as a proxy or load balancer without websocket support does; tunnels already open
+  stay open.
+- ``ws_drop`` (``seconds=0``): upgrades pass, and each tunnel is cut (RST both ways) once it is
+  ``seconds`` old: an open tunnel older than that is cut at once (the socket dropped mid-way),
+  a new one that long after its 101.
+- ``ws_silent``: upgrades pass (the 101 reaches the client), then nothing more is forwarded
+  either way, pings and pongs included, and the connection stays open: a half-dead network
+  path. Tunnels already open go silent too.
+
+A tunnel ignores the other modes, except ``refuse``, which drops every connection.
+
 `fail_next(n, status)` answers only the next n requests with an error, whatever the mode, then
 the mode applies again.
 """
@@ -35,14 +52,28 @@ from __future__ import annotations
 import collections
 import contextlib
 import http
+import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
 
-MODES = frozenset({"pass", "reset", "refuse", "http_status", "delay", "blackhole"})
+MODES = frozenset(
+    {
+        "pass",
+        "reset",
+        "refuse",
+        "http_status",
+        "delay",
+        "blackhole",
+        "ws_refuse",
+        "ws_drop",
+        "ws_silent",
+    }
+)
 
 _MAX_HEAD = 64 * 1024  # a request or response head larger than this is not HTTP we expect
 _RELAY_CHUNK = 64 * 1024
@@ -71,6 +102,7 @@ class _Request:
     path: str
     raw: bytes  # head and body exactly as received
     close: bool  # the client asked to close after this request
+    upgrade: bool  # a websocket upgrade request
 
 
 class _Stream:
@@ -225,6 +257,9 @@ class FaultProxy:
         self._requests_seen = 0
         self._requests_by_path: collections.Counter[str] = collections.Counter()
         self._connections_accepted = 0
+        self._websockets_opened = 0
+        self._websockets_open = 0
+        self._upgrades_refused = 0
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
         self._want_listening = True
@@ -296,10 +331,10 @@ class FaultProxy:
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (modes: {', '.join(sorted(MODES))})")
-        if mode == "http_status" and not 100 <= status <= 599:
+        if mode in ("http_status", "ws_refuse") and not 100 <= status <= 599:
             raise ValueError(f"status {status} is not an HTTP status")
-        if mode == "delay" and seconds < 0:
-            raise ValueError("delay seconds must be >= 0")
+        if mode in ("delay", "ws_drop") and seconds < 0:
+            raise ValueError(f"{mode} seconds must be >= 0")
         with self._lock:
             self._mode = _Mode(name=mode, status=status, retry_after=retry_after, seconds=seconds)
             self._want_listening = mode != "refuse"
@@ -330,6 +365,8 @@ class FaultProxy:
             self._requests_seen = 0
             self._requests_by_path.clear()
             self._connections_accepted = 0
+            self._websockets_opened = 0
+            self._upgrades_refused = 0
 
     @property
     def requests_seen(self) -> int:
@@ -348,6 +385,24 @@ class FaultProxy:
         """Client connections accepted; shows whether a client reused its keep-alive socket."""
         with self._lock:
             return self._connections_accepted
+
+    @property
+    def websockets_opened(self) -> int:
+        """Websocket tunnels opened (101 answers relayed to a client)."""
+        with self._lock:
+            return self._websockets_opened
+
+    @property
+    def websockets_open(self) -> int:
+        """Websocket tunnels open right now (not reset by `reset_counters`)."""
+        with self._lock:
+            return self._websockets_open
+
+    @property
+    def upgrades_refused(self) -> int:
+        """Websocket upgrade requests answered with an error in ``ws_refuse``."""
+        with self._lock:
+            return self._upgrades_refused
 
     # -- accepting ---------------------------------------------------------------------------------
 
@@ -431,6 +486,10 @@ class FaultProxy:
                     return
                 if action == "fail":
                     client.sendall(_status_response(fail_status, fail_retry_after))
+                elif action == "ws_refuse":
+                    with self._lock:
+                        self._upgrades_refused += 1
+                    client.sendall(_status_response(mode.status, mode.retry_after))
                 elif action == "http_status":
                     client.sendall(_status_response(mode.status, mode.retry_after))
                 elif action == "blackhole":
@@ -443,6 +502,9 @@ class FaultProxy:
                     if upstream is None:
                         upstream = _Upstream(self)
                     if not upstream.forward(request, client):
+                        return
+                    if upstream.switched:
+                        abort = self._tunnel(client, stream, upstream)
                         return
                 if request.close:
                     return
@@ -477,10 +539,11 @@ class FaultProxy:
         connection = headers.get("connection", "").lower()
         close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
         path = urlsplit(target).path or target
+        upgrade = headers.get("upgrade", "").lower() == "websocket" and "upgrade" in connection
         with self._lock:
             self._requests_seen += 1
             self._requests_by_path[path] += 1
-        return _Request(method=method, path=path, raw=head + body, close=close)
+        return _Request(method=method, path=path, raw=head + body, close=close, upgrade=upgrade)
 
     def _decide(self, request: _Request) -> tuple[str, _Mode, int, float | None]:
         """What to do with this request: a pending fail_next wins over the mode."""
@@ -489,7 +552,58 @@ class FaultProxy:
             if self._fail_next > 0:
                 self._fail_next -= 1
                 return "fail", mode, self._fail_status, self._fail_retry_after
-            return mode.name, mode, self._fail_status, self._fail_retry_after
+            action = mode.name
+            if action.startswith("ws_"):  # websocket-only faults: plain HTTP passes
+                action = "ws_refuse" if action == "ws_refuse" and request.upgrade else "pass"
+            return action, mode, self._fail_status, self._fail_retry_after
+
+    def _tunnel(self, client: socket.socket, stream: _Stream, upstream: _Upstream) -> bool:
+        """Relay a switched (websocket) connection both ways until one side ends or a mode cuts
+        it; True when it was cut (the caller then resets the client too). A select loop in
+        this thread, woken every `_ACCEPT_POLL`, so a mode change reaches open tunnels."""
+        assert upstream.sock is not None and upstream.stream is not None
+        server, server_stream = upstream.sock, upstream.stream
+        opened = time.monotonic()
+        with self._lock:
+            self._websockets_opened += 1
+            self._websockets_open += 1
+        # Bytes read past the heads belong to the tunnel (a first frame sent right away).
+        pending = {client: bytes(stream.buf), server: bytes(server_stream.buf)}
+        stream.buf.clear()
+        server_stream.buf.clear()
+        peer = {client: server, server: client}
+        live = [client, server]
+        went_silent = False
+        try:
+            while not self._stopping.is_set():
+                with self._lock:
+                    mode = self._mode
+                silent = mode.name == "ws_silent"
+                dropped = mode.name == "ws_drop" and time.monotonic() - opened >= mode.seconds
+                # Frames were lost while silent: a tunnel never resumes, it is cut.
+                if dropped or (went_silent and not silent):
+                    _abort(server)
+                    return True
+                went_silent = went_silent or silent
+                for source, data in list(pending.items()):
+                    if data and not silent and peer[source] in live:
+                        peer[source].sendall(data)
+                    pending[source] = b""
+                readable, _, _ = select.select(live, [], [], _ACCEPT_POLL)
+                for source in readable:
+                    data = source.recv(_RELAY_CHUNK)
+                    if not data:
+                        if source is client or not silent:
+                            return False
+                        live.remove(server)  # silent: the client must not hear of it
+                        continue
+                    pending[source] = data
+            return False
+        except OSError:
+            return False
+        finally:
+            with self._lock:
+                self._websockets_open -= 1
 
     def _track(self, sock: socket.socket) -> None:
         with self._lock:
@@ -509,6 +623,7 @@ class _Upstream:
         self.sock: socket.socket | None = None
         self.stream: _Stream | None = None
         self.used = False  # at least one response came over this socket
+        self.switched = False  # the server answered 101: the connection is a tunnel now
 
     def _connect(self) -> tuple[socket.socket, _Stream]:
         sock = socket.create_connection((self.proxy.upstream_host, self.proxy.upstream_port), 10.0)
@@ -566,6 +681,9 @@ class _Upstream:
                 continue
             break
         self.used = True
+        if status == 101:
+            self.switched = True
+            return True
         upstream_close = "close" in headers.get("connection", "").lower()
         if request.method == "HEAD" or status in (204, 304):
             pass

@@ -8,6 +8,7 @@ agent look broken (or robust) for the wrong reason. So each mode is checked here
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -16,10 +17,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Request, Response
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+from websockets.sync.connection import Connection
+from websockets.sync.server import ServerConnection
+from websockets.sync.server import serve as ws_serve
 
 from actors.edges.prefect_api import ApiError, PrefectApi, RetryPolicy
 from messages.wire.prefect import WorkQueue
 from tests.support.fault_proxy import FaultProxy
+from tests.support.prefect_objects import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -262,3 +271,126 @@ def test_prefect_api_gives_up_on_a_503_storm_with_an_api_error(proxy: FaultProxy
     finally:
         api.close()
     assert proxy.requests_by_path["/api/work_queues/name/x"] == 4
+
+
+# -- websockets ------------------------------------------------------------------------------------
+# The agent's event stream is a websocket through the same proxy: these run against a stdlib-free
+# but real websocket server (the `websockets` package's own), which echoes each message and
+# answers plain HTTP requests too, so each test sees that only websockets are hurt.
+
+
+def _ws_handler(connection: ServerConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        for message in connection:
+            connection.send(message)
+
+
+def _plain_http(connection: ServerConnection, request: Request) -> Response | None:
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return connection.respond(200, "plain\n")
+    return None
+
+
+@pytest.fixture(scope="module")
+def ws_upstream() -> Iterator[tuple[str, int]]:
+    server = ws_serve(_ws_handler, "127.0.0.1", 0, process_request=_plain_http)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "127.0.0.1", server.socket.getsockname()[1]
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def ws_proxy(ws_upstream: tuple[str, int]) -> Iterator[FaultProxy]:
+    with FaultProxy(*ws_upstream) as running:
+        yield running
+
+
+def _ws(proxy: FaultProxy) -> ClientConnection:
+    return ws_connect(f"ws://127.0.0.1:{proxy.port}/events/out", open_timeout=3, close_timeout=1)
+
+
+def _echoes(ws: Connection, text: str = "hello") -> bool:
+    ws.send(text)
+    return ws.recv(timeout=3) == text
+
+
+def _plain_passes(proxy: FaultProxy) -> bool:
+    return httpx.get(proxy.url + "/api/health", timeout=3).text == "plain\n"
+
+
+def test_websockets_tunnel_both_ways_in_pass_mode(ws_proxy: FaultProxy) -> None:
+    with _ws(ws_proxy) as ws:
+        assert _echoes(ws, "one") and _echoes(ws, "two")
+        assert ws.ping().wait(3)  # control frames pass too
+        assert ws_proxy.websockets_open == 1
+    assert ws_proxy.websockets_opened == 1
+    wait_for(lambda: ws_proxy.websockets_open == 0, 3, "the tunnel to close")
+    assert _plain_passes(ws_proxy)
+
+
+def test_ws_refuse_answers_upgrades_with_the_status_and_lets_plain_http_through(
+    ws_proxy: FaultProxy,
+) -> None:
+    with _ws(ws_proxy) as already_open:
+        ws_proxy.set_mode("ws_refuse", status=502)
+        with pytest.raises(InvalidStatus) as refused:
+            _ws(ws_proxy)
+        assert refused.value.response.status_code == 502
+        assert _plain_passes(ws_proxy)
+        assert _echoes(already_open)  # an open tunnel is left alone
+    assert ws_proxy.upgrades_refused == 1
+
+    ws_proxy.set_mode("pass")
+    with _ws(ws_proxy) as again:
+        assert _echoes(again)
+
+
+def test_ws_drop_cuts_an_open_tunnel_at_once_and_new_ones_when_they_are_that_old(
+    ws_proxy: FaultProxy,
+) -> None:
+    with _ws(ws_proxy) as established:
+        assert _echoes(established)
+        ws_proxy.set_mode("ws_drop", seconds=0.5)
+        cut = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            established.recv(timeout=3)
+        assert time.monotonic() - cut < 1.0  # older than 0.5 s: cut at once
+
+    assert _plain_passes(ws_proxy)
+    with _ws(ws_proxy) as fresh:
+        opened = time.monotonic()
+        assert _echoes(fresh)  # it lives for its 0.5 s
+        with pytest.raises(ConnectionClosed):
+            fresh.recv(timeout=3)
+        assert 0.4 <= time.monotonic() - opened < 2.0
+
+    ws_proxy.set_mode("pass")
+    with _ws(ws_proxy) as back:
+        assert _echoes(back)
+
+
+def test_ws_silent_accepts_upgrades_then_forwards_nothing_until_it_ends(
+    ws_proxy: FaultProxy,
+) -> None:
+    ws_proxy.set_mode("ws_silent")
+    with _ws(ws_proxy) as silent:  # the 101 arrives: the socket opens
+        silent.send("anyone?")
+        with pytest.raises(TimeoutError):
+            silent.recv(timeout=0.5)
+        assert not silent.ping().wait(0.5)  # no pong either
+        assert _plain_passes(ws_proxy)
+
+        ws_proxy.set_mode("pass")  # frames were lost: the silent tunnel is cut, never resumed
+        with pytest.raises(ConnectionClosed):
+            silent.recv(timeout=3)
+    with _ws(ws_proxy) as fresh:
+        assert _echoes(fresh)
+
+
+def test_refuse_mode_drops_open_tunnels_too(ws_proxy: FaultProxy) -> None:
+    with _ws(ws_proxy) as established:
+        ws_proxy.set_mode("refuse")
+        with pytest.raises(ConnectionClosed):
+            established.recv(timeout=3)

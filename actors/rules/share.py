@@ -1,0 +1,155 @@
+"""Which due runs of a queue this agent proposes, when peers serve the same queue: the
+QueueWatcher's decision, kept pure.
+
+Without it every agent of a fleet asks for the same head of the queue and proposes Pending
+for the same runs: the server accepts one proposal per run and refuses the rest, and those
+refusals (and the polls that brought the runs) were most of what ten agents cost it (4.8
+submissions per run taken in the benchmark). So each agent reads a window of due runs as
+many times larger than its page as there are live peers, and proposes first the runs it owns:
+by rendezvous hashing of (run id, agent name) over the live peers (the pool's ONLINE
+workers), every agent that sees the same peers gives each run the same owner, with no word
+between them, and a peer that joins or leaves moves only the runs it owns.
+
+A peer's run is proposed too, once this agent has seen it waiting for `grace` seconds (the
+owner is slow, dead, at its limit, or serves other queues of the pool): that peer is then not
+counted for this queue for a while, so its share goes to the others at once. When the window
+was not full the queue is nearly drained: peers' runs are proposed at once after this agent's
+own (nothing to share, and waiting would only delay them). A lone agent reads and proposes
+exactly as without a share.
+
+The share only orders and spaces proposals; the server's acceptance of one Pending per run
+stays the lock, so no run can start twice whatever two agents believe about their peers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from messages.wire.prefect import FlowRun, Worker
+
+GRACE_SECONDS = 5.0  # a peer's run waits this long in our window before we propose it
+LEFT_OUT_SECONDS = 60.0  # a peer that left a run to go overdue is not counted for so long
+MAX_WINDOW = 200  # rows in one read: the server's default page limit
+RECORDED_BY_OTHERS_SECONDS = 40.0  # a peer that is not the queue's recorder records this often
+
+
+def live_peers(
+    workers: Iterable[Worker], me: str, now: datetime, lost_after: float
+) -> tuple[str, ...]:
+    """The names of the pool's live workers (ONLINE; where the server gives no status, a
+    heartbeat younger than `lost_after`), this agent always among them, sorted."""
+    window = timedelta(seconds=lost_after)
+    names = {me}
+    for worker in workers:
+        if worker.status is not None:
+            alive = worker.status == "ONLINE"
+        else:
+            beat = worker.last_heartbeat_time
+            alive = beat is not None and now - beat <= window
+        if alive:
+            names.add(worker.name)
+    return tuple(sorted(names))
+
+
+def _score(run_id: str, peer: str) -> int:
+    digest = hashlib.blake2b(f"{run_id}\0{peer}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owner(run_id: str, peers: Sequence[str]) -> str:
+    """The peer that owns a run: the highest score of (run id, name) (rendezvous hashing)."""
+    return max(peers, key=lambda peer: _score(run_id, peer))
+
+
+def window(room: int, sharers: int) -> int:
+    """Rows to read for `room` runs when `sharers` agents share the queue: about `room` of
+    them are this agent's own."""
+    if sharers <= 1:
+        return room
+    return max(room, min(MAX_WINDOW, room * sharers))
+
+
+def recorded_poll_interval(query_interval: float, recorder: bool) -> float:
+    """How often this agent makes the poll the server records (get_runs: the queue and its
+    deployments marked polled, the dearest read of a drain, and in a fleet a window long):
+    the queue's recorder (one peer) every query interval, the others only often enough to keep
+    the queue READY (the server's rule: polled within a minute) if the recorder is lost."""
+    return query_interval if recorder else max(query_interval, RECORDED_BY_OTHERS_SECONDS)
+
+
+class Share:
+    """One queue's share for one agent: the live peers, those left out for this queue, and
+    when each peer's run of the window was first seen (monotonic seconds)."""
+
+    def __init__(
+        self,
+        me: str,
+        grace: float = GRACE_SECONDS,
+        left_out_for: float = LEFT_OUT_SECONDS,
+    ) -> None:
+        self.me = me
+        self.grace = grace
+        self.left_out_for = left_out_for
+        self.peers: tuple[str, ...] = (me,)
+        self.left_out: dict[str, float] = {}  # peer -> until when (monotonic)
+        self.first_seen: dict[str, float] = {}  # run id -> monotonic time
+        self.overdue_taken = 0  # peers' runs proposed after their grace (for the tree)
+
+    def peers_are(self, peers: Iterable[str]) -> None:
+        """The live peers as last read; a change of who they are ends every leaving-out."""
+        named = tuple(sorted({self.me, *peers}))
+        if named != self.peers:
+            self.peers = named
+            self.left_out.clear()
+
+    def sharers(self, now: float) -> tuple[str, ...]:
+        """The peers counted for this queue now: the live ones not left out."""
+        for peer, until in list(self.left_out.items()):
+            if until <= now:
+                del self.left_out[peer]
+        return tuple(peer for peer in self.peers if peer not in self.left_out)
+
+    def records_polls(self, queue_name: str, now: float) -> bool:
+        """Whether this agent is the queue's recorder: the peer that owns the queue's name."""
+        return owner(queue_name, self.sharers(now)) == self.me
+
+    def window(self, room: int, now: float) -> int:
+        """Rows to read for a page of `room` runs."""
+        return window(room, len(self.sharers(now)))
+
+    def pick(self, runs: Sequence[FlowRun], room: int, full: bool, now: float) -> list[FlowRun]:
+        """The runs to propose, at most `room`, in the window's order: this agent's own first,
+        then peers' runs it has seen waiting for the grace (or all of them, when the window
+        was not full). A peer whose run was taken so is left out of this queue's share."""
+        sharers = self.sharers(now)
+        if len(sharers) <= 1:
+            self.first_seen.clear()
+            return list(runs[:room])
+        self.first_seen = {run.id: self.first_seen.get(run.id, now) for run in runs}
+        mine: list[FlowRun] = []
+        theirs: list[tuple[FlowRun, str]] = []
+        for run in runs:
+            holder = owner(run.id, sharers)
+            if holder == self.me:
+                mine.append(run)
+            elif not full or now - self.first_seen[run.id] >= self.grace:
+                theirs.append((run, holder))
+        taken = theirs[: max(0, room - len(mine))]
+        if full:
+            self.overdue_taken += len(taken)
+            for _, holder in taken:
+                self.left_out[holder] = now + self.left_out_for
+        return mine[:room] + [run for run, _ in taken]
+
+    def next_overdue(self, now: float) -> float | None:
+        """Seconds until the first of the peers' runs seen waiting reaches its grace (None:
+        none waits, or no peer shares the queue)."""
+        sharers = self.sharers(now)
+        if len(sharers) <= 1:
+            return None
+        waiting = [
+            seen for run_id, seen in self.first_seen.items() if owner(run_id, sharers) != self.me
+        ]
+        return max(0.0, min(waiting) + self.grace - now) if waiting else None

@@ -1,0 +1,69 @@
+"""Messages of the event listener: what the stream's thread tells it, what the Agent tells it,
+and what it tells the watchers.
+
+The stream's receive loop blocks, so it runs on a thread of its own (a greenlet under gevent)
+and tells the EventListener what happened; each such message carries the number of the
+session it comes from, so that what a closed session still says is recognised and dropped.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from messages.wire.events import Event
+
+
+class ServedQueue(msgspec.Struct, frozen=True):
+    """One queue the agent serves, as the EventListener needs it."""
+
+    queue_id: str  # the server's id of the work queue (events name queues by id)
+    name: str
+    watcher: object  # the QueueWatcher's pykka.ActorRef, woken by an event of this queue
+
+
+class ServedQueues(msgspec.Struct, frozen=True):
+    """Told to the EventListener by the Agent whenever the queues served, their ids (learnt
+    from the watchers' `WatcherStatus`) or their watchers change. A new set of ids is a new
+    subscription."""
+
+    queues: tuple[ServedQueue, ...]
+
+
+class StreamOpened(msgspec.Struct, frozen=True):
+    """Told by a session's thread: connected, authenticated, subscribed."""
+
+    session: int
+
+
+class StreamEvent(msgspec.Struct, frozen=True):
+    """Told by a session's thread for each event the server sent."""
+
+    session: int
+    event: Event
+
+
+class StreamClosed(msgspec.Struct, frozen=True):
+    """Told by a session's thread when the session could not open or has ended."""
+
+    session: int
+    reason: str  # in words, for the log and the tree
+    no_events: bool = False  # the server has no event stream at all (2.x without events)
+
+
+class Connect(msgspec.Struct, frozen=True):
+    """Scheduled by the EventListener to itself: open a session (after a backoff, or once the
+    served queues have settled)."""
+
+
+class EventWake(msgspec.Struct, frozen=True):
+    """Told to a QueueWatcher by the EventListener: the server announced a run of its queue
+    that may be due. The watcher polls now, or once the poll under way is over: however many
+    arrive meanwhile, one more poll."""
+
+
+class StreamHealth(msgspec.Struct, frozen=True):
+    """Told to the CancelWatcher by the Agent when the event mode changes (and to a restarted
+    CancelWatcher): while the stream is healthy, cancellations come by event and the filter
+    poll is the safety net, at `--stream-cancel-poll-interval`."""
+
+    healthy: bool

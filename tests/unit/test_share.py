@@ -1,0 +1,132 @@
+"""Which due runs an agent of a fleet proposes: its own first, a peer's once it waited."""
+
+from datetime import UTC, datetime, timedelta
+
+from actors.rules.share import (
+    MAX_WINDOW,
+    RECORDED_BY_OTHERS_SECONDS,
+    Share,
+    live_peers,
+    owner,
+    recorded_poll_interval,
+    window,
+)
+from messages.wire.prefect import FlowRun, Worker
+
+RUNS = [FlowRun(id=f"run-{n:03d}") for n in range(240)]
+FLEET = ("agent-a", "agent-b", "agent-c")
+
+
+def share_of(me: str, peers: tuple[str, ...] = FLEET, grace: float = 5.0) -> Share:
+    share = Share(me, grace=grace, left_out_for=60.0)
+    share.peers_are(peers)
+    return share
+
+
+def test_a_lone_agent_reads_and_proposes_exactly_the_head_of_the_queue() -> None:
+    share = Share("agent-a")
+    share.peers_are(())
+    assert share.window(8, now=0.0) == 8
+    assert share.pick(RUNS[:8], 8, full=True, now=0.0) == RUNS[:8]
+
+
+def test_agents_that_see_the_same_peers_propose_disjoint_runs_covering_the_window() -> None:
+    shares = [share_of(me) for me in FLEET]
+    assert [s.window(8, now=0.0) for s in shares] == [24, 24, 24]
+    picked = [s.pick(RUNS[:24], 24, full=True, now=0.0) for s in shares]
+    ids = [{run.id for run in runs} for runs in picked]
+    assert ids[0].isdisjoint(ids[1]) and ids[0].isdisjoint(ids[2]) and ids[1].isdisjoint(ids[2])
+    assert set().union(*ids) == {run.id for run in RUNS[:24]}
+    assert all(3 <= len(own) <= 14 for own in ids)  # each about a third
+    for runs in picked:  # in the window's order (soonest due first)
+        assert runs == sorted(runs, key=RUNS.index)
+
+
+def test_a_peer_joining_moves_only_the_runs_it_comes_to_own() -> None:
+    before = {run.id: owner(run.id, FLEET) for run in RUNS}
+    after = {run.id: owner(run.id, (*FLEET, "agent-d")) for run in RUNS}
+    moved = [run_id for run_id in before if before[run_id] != after[run_id]]
+    assert moved and all(after[run_id] == "agent-d" for run_id in moved)
+    assert 30 <= len(moved) <= 90  # about a quarter of 240
+
+
+def test_a_page_is_at_most_the_room_given_own_runs_first() -> None:
+    share = share_of("agent-a")
+    picked = share.pick(RUNS[:24], 3, full=True, now=0.0)
+    assert len(picked) == 3
+    assert all(owner(run.id, FLEET) == "agent-a" for run in picked)
+
+
+def test_a_peers_run_is_proposed_once_it_has_waited_its_grace_and_that_peer_is_left_out() -> None:
+    share = share_of("agent-a", grace=5.0)
+    window_runs = RUNS[:24]
+    first = share.pick(window_runs, 24, full=True, now=100.0)
+    assert all(owner(run.id, FLEET) == "agent-a" for run in first)
+    assert share.next_overdue(now=101.0) == 4.0
+    # The peers took nothing meanwhile: 5 s later their runs are proposed too, after ours.
+    later = share.pick(window_runs, 24, full=True, now=105.0)
+    assert later[: len(first)] == first and {run.id for run in later} == {
+        run.id for run in window_runs
+    }
+    assert share.sharers(now=105.0) == ("agent-a",)  # b and c serve no more of this queue
+    assert share.overdue_taken == 24 - len(first)
+    # Left out for a while, then counted again; a change of the live peers ends it at once.
+    assert share.sharers(now=164.9) == ("agent-a",)
+    assert share.sharers(now=165.0) == FLEET
+    share.pick(window_runs, 24, full=True, now=200.0)
+    share.pick(window_runs, 24, full=True, now=205.0)
+    share.peers_are(("agent-a", "agent-b"))
+    assert share.sharers(now=205.0) == ("agent-a", "agent-b")
+
+
+def test_a_peers_run_seen_for_less_than_its_grace_waits() -> None:
+    share = share_of("agent-a", grace=5.0)
+    share.pick(RUNS[:24], 24, full=True, now=100.0)
+    newer = RUNS[12:36]  # the first half was taken by the peers; new runs came into view
+    picked = share.pick(newer, 24, full=True, now=103.0)
+    assert all(owner(run.id, FLEET) == "agent-a" for run in picked)
+    assert share.next_overdue(now=103.0) == 2.0  # those seen at 100 s
+
+
+def test_in_a_window_that_is_not_full_every_run_is_proposed_at_once_own_first() -> None:
+    share = share_of("agent-a")
+    tail = RUNS[:10]
+    picked = share.pick(tail, 8, full=False, now=0.0)
+    own = [run for run in tail if owner(run.id, FLEET) == "agent-a"]
+    assert picked[: len(own)] == own[:8] and len(picked) == min(8, len(tail))
+    assert share.sharers(now=0.0) == FLEET  # nobody left out: the queue is nearly drained
+
+
+def test_the_window_grows_with_the_sharers_up_to_a_bound() -> None:
+    assert window(8, 1) == 8
+    assert window(8, 10) == 80
+    assert window(30, 10) == MAX_WINDOW
+    assert window(250, 10) == 250  # never below the room
+
+
+def test_live_peers_are_the_online_workers_and_this_agent() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    workers = [
+        Worker(name="agent-b", status="ONLINE", last_heartbeat_time=now),
+        Worker(name="agent-c", status="OFFLINE", last_heartbeat_time=now - timedelta(hours=1)),
+        Worker(name="agent-d", last_heartbeat_time=now - timedelta(seconds=30)),  # no status
+        Worker(name="agent-e", last_heartbeat_time=now - timedelta(seconds=300)),
+        Worker(name="agent-f"),
+    ]
+    assert live_peers(workers, "agent-a", now, lost_after=90.0) == (
+        "agent-a",
+        "agent-b",
+        "agent-d",
+    )
+    assert live_peers([], "agent-a", now, lost_after=90.0) == ("agent-a",)
+
+
+def test_one_peer_records_the_queues_polls_and_the_others_seldom() -> None:
+    shares = [share_of(me) for me in FLEET]
+    recorders = [s.me for s in shares if s.records_polls("etl", now=0.0)]
+    assert recorders == [owner("etl", FLEET)]
+    assert recorded_poll_interval(15.0, recorder=True) == 15.0
+    assert recorded_poll_interval(15.0, recorder=False) == RECORDED_BY_OTHERS_SECONDS
+    assert RECORDED_BY_OTHERS_SECONDS < 60.0  # the server marks a queue unpolled for 60 s
+    lone = Share("agent-a")
+    assert lone.records_polls("etl", now=0.0)
