@@ -7,7 +7,8 @@ before that: it starts no process, and kills a process whose pid it could not re
 through (a send time is never later than the server's record of it, whatever the answer's
 delay). Then a run is never running here and, handed back, elsewhere too.
 
-The Heartbeat actor renews the lease; RunSupervisors and the Recovery actor read it. It is the
+The Heartbeat actor renews the lease; RunSupervisors, the Recovery actor and the Dispatcher
+(which takes no new run without it) read it. It is the
 one fact the actors share outside messages, like the metrics: written by one actor, read by
 others, a few floats behind a lock. Until the first heartbeat goes through (or on a server
 with no pool to heartbeat) there is nothing a peer could judge by, and the lease holds.
@@ -46,8 +47,8 @@ class Lease:
             return self._last_sent is not None
 
     def valid(self, now: float | None = None) -> bool:
-        """Whether this agent may still act for its runs (start a process, keep one whose pid
-        is not recorded)."""
+        """Whether this agent may still act for its runs (take one, start a process, keep one
+        whose pid is not recorded)."""
         with self._lock:
             if self._last_sent is None:
                 return True

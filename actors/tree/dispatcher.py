@@ -95,6 +95,7 @@ class Dispatcher(pykka.ThreadingActor):
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
+        self.lease_lapsed = False  # taking no runs: this agent's heartbeats do not get through
         # Runs of full pages whose Pending has not settled: when to poll for the next page.
         self.pages = PageTracker()
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
@@ -170,6 +171,9 @@ class Dispatcher(pykka.ThreadingActor):
         on a queue shared with peers, once all of it is taken (`actors/rules/share.py`).
         """
         queue = asked.queue_name
+        if not self._lease_holds():
+            self.starved.add(queue)
+            return 0
         room = free_slots(self.ctx.settings.limit, len(self.held))
         if asked.pool is not None:
             room = self._pool_room(queue, asked, room)
@@ -179,6 +183,24 @@ class Dispatcher(pykka.ThreadingActor):
         page = (1 if asked.cheap_pages else 2) * self.ctx.settings.api_concurrency
         self.pages.sized(queue, page, shared=asked.sharers > 1)
         return (page if room is None else min(room, page)) + self.pages.repeated(queue)
+
+    def _lease_holds(self) -> bool:
+        """Whether this agent may take runs: not while its heartbeats do not get through
+        (its lease lapsed, `actors/runtime/lease.py`). It could not start them (its
+        RunSupervisors wait for the lease), peers may soon declare it lost and hand back
+        whatever it holds, and each run it took would wait Pending here for nothing: left
+        Scheduled, a peer whose heartbeats get through takes it. One line per change."""
+        holds = self.ctx.lease.valid()
+        if holds == self.lease_lapsed:
+            self.lease_lapsed = not holds
+            if holds:
+                log.info("this agent's heartbeats get through again: taking runs")
+            else:
+                log.warning(
+                    "this agent's heartbeats do not get through (its lease lapsed): taking no "
+                    "runs until they do; peers that reach the server take them"
+                )
+        return holds
 
     def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:
         """The room left by the pool's limit and, when room is scarce, by queue priority.
@@ -379,6 +401,8 @@ class Dispatcher(pykka.ThreadingActor):
             for status in [self.status.get(run_id)]
         )
         held = f"{len(self.held)} run(s) in flight" + (f", limit {limit}" if limit else "")
+        if self.lease_lapsed:
+            held += "; taking no runs (heartbeat lease lapsed)"
         return ActorNode(
             kind="Dispatcher", name="dispatcher", state=held, since=self.since, children=children
         )

@@ -282,14 +282,22 @@ class Recovery(pykka.ThreadingActor):
     def _check_own(self, run_ids: tuple[str, ...]) -> None:
         """Each run held here that the server no longer has as this instance's: relinquished."""
         me = self.ctx.identity
-        for run_id in run_ids:
+        for checked, run_id in enumerate(run_ids):
             try:
                 run = self.api.read_flow_run(run_id)
                 found = latest_claim(self.api.read_flow_run_states(run_id))
             except (ApiError, ApiDecodeError) as exc:
-                log.warning("flow run %s: could not check it is still ours: %s", run_id, exc)
-                self.cut_off = True  # check again at the next round that reaches the server
-                continue
+                # The rest would fail alike (a server struggling again, or the agent stopping):
+                # one line, and every held run is checked again at the next round that reaches
+                # the server.
+                log.warning(
+                    "could not check that %d held flow run(s) are still ours (%s): checking "
+                    "again once the server answers",
+                    len(run_ids) - checked,
+                    exc,
+                )
+                self.cut_off = True
+                return
             claim = found[1] if found else None
             if still_ours(run, claim, me):
                 continue

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from actors.tree.dispatcher import Dispatcher
 from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
 from messages.user.tree import ActorNode
-from messages.wire.prefect import CANCELLED, PENDING
+from messages.wire.prefect import CANCELLED, PENDING, SCHEDULED
 from tests.support.fake_api import Call, FakePrefectApi
 from tests.support.manual_clock import ManualClock
 
@@ -574,3 +575,39 @@ def test_cancel_grace_period_runs_on_the_agents_clock(
     wait_until(lambda: not group_members(pid), 1.0, "the run's process group to be killed")
     wait_until(lambda: fake.state(run.id).type == CANCELLED, 5, "the run to be Cancelled")
     assert len(fake.proposals(run.id, CANCELLED)) == 1, fake.proposals(run.id)
+
+
+# -- k. no run taken while this agent's heartbeats do not get through ----------------------------
+
+
+@pytest.mark.timeout(30)
+def test_no_run_is_taken_while_the_heartbeat_lease_is_lapsed(
+    fake: FakePrefectApi, start: Start, runs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake.add_queue("default")
+    cut_off = threading.Event()
+    fake.fail("send_worker_heartbeat", times=10**6, when=lambda call: cut_off.is_set())
+    start(clock=Clock(), query_interval=0.2, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
+    wait_until(
+        lambda: any(c.answered_at and c.error is None for c in fake.calls("send_worker_heartbeat")),
+        5,
+        "a heartbeat to get through",
+    )
+    cut_off.set()
+    wait_until(lambda: "taking no runs until they do" in caplog.text, 5, "the lease to lapse")
+
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    added = time.monotonic()
+    wait_until(
+        lambda: len([c for c in fake.calls("read_work_queue_by_name") if c.at > added]) >= 3,
+        5,
+        "three polls while cut off",
+    )
+    assert fake.proposals(run.id) == [], "a run was proposed Pending while the lease had lapsed"
+    assert fake.state(run.id).type == SCHEDULED
+
+    cut_off.clear()
+    started_pid(runs_dir, run.id)
+    assert "heartbeats get through again: taking runs" in caplog.text
+    assert len(fake.proposals(run.id, PENDING)) == 1

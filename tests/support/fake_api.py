@@ -101,6 +101,10 @@ SERVER_CALLS = frozenset(
         "runs_in_states",
         "read_deployment",
         "read_block_document",
+        "read_flow_run_states",
+        "send_worker_heartbeat",
+        "read_workers",
+        "set_flow_run_labels",
     }
 )
 ONE_ATTEMPT = RetryPolicy(attempts=1)
