@@ -7,8 +7,10 @@ refusals (and the polls that brought the runs) were most of what ten agents cost
 submissions per run taken in the benchmark). So each agent reads a window of due runs as
 many times larger than its page as there are live peers, and proposes first the runs it owns:
 by rendezvous hashing of (run id, agent name) over the live peers (the pool's ONLINE
-workers), every agent that sees the same peers gives each run the same owner, with no word
-between them, and a peer that joins or leaves moves only the runs it owns.
+workers, handed over by the Dispatcher only for a queue where another agent took a run
+first: a pool's workers need not serve this queue), every agent that sees the same peers
+gives each run the same owner, with no word between them, and a peer that joins or leaves
+moves only the runs it owns.
 
 A peer's run is proposed too, once this agent has seen it waiting for `grace` seconds (the
 owner is slow, dead, at its limit, or serves other queues of the pool): that peer is then not

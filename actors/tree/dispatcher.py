@@ -75,6 +75,9 @@ from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
+# A queue counts as shared this long after another agent last took one of its runs first.
+CONTESTED_SECONDS = 120.0
+
 RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
 
 
@@ -101,7 +104,9 @@ class Dispatcher(pykka.ThreadingActor):
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
         self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
         self.listeners: list[pykka.ActorRef[Any]] = list(listeners)  # kept by the Agent
-        self.peers: tuple[str, ...] = ()  # the live agents sharing our queues (`Peers`)
+        self.peers: tuple[str, ...] = ()  # the live agents of the pool (`Peers`)
+        self.queue_of: dict[str, str] = {}  # held run -> the queue it came from
+        self.contested: dict[str, float] = {}  # queue -> shared until (monotonic)
         self.since = time.time()
 
     def on_start(self) -> None:
@@ -113,7 +118,7 @@ class Dispatcher(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case FreeSlots(reply_to=ref):
-                _reply(ref, Room(self._free_slots(message), self.peers))
+                _reply(ref, Room(self._free_slots(message), self._sharing(message.queue_name)))
             case Peers(names=names):
                 self.peers = names
             case RunsFound(queue_name=queue, runs=runs, full_page=full, reply_to=ref):
@@ -184,6 +189,29 @@ class Dispatcher(pykka.ThreadingActor):
         self.pages.sized(queue, page, shared=asked.sharers > 1)
         return (page if room is None else min(room, page)) + self.pages.repeated(queue)
 
+    def _sharing(self, queue: str) -> tuple[str, ...]:
+        """The peers a queue's watcher shares its runs with: the pool's live agents, once
+        another agent took a run of that queue from under this one (a refused Pending) within
+        `CONTESTED_SECONDS`; none before. A pool's live workers are not a queue's sharers: on
+        2.x every plain queue's agent heartbeats `default-agent-pool`, so agents that each
+        serve a queue of their own would otherwise wait a share's grace for runs that no peer
+        of theirs will ever take (and so would an agent started after another, just stopped,
+        that is still listed ONLINE). A race lost is the evidence that someone else serves
+        the queue; the share then keeps the races rare, and they renew it."""
+        until = self.contested.get(queue)
+        if until is None:
+            return ()
+        if until <= time.monotonic():
+            del self.contested[queue]
+            if len(self.peers) > 1:
+                log.info(
+                    "queue %r: no run taken by another agent for %gs; proposing as a lone agent",
+                    queue,
+                    CONTESTED_SECONDS,
+                )
+            return ()
+        return self.peers
+
     def _lease_holds(self) -> bool:
         """Whether this agent may take runs: not while its heartbeats do not get through
         (its lease lapsed, `actors/runtime/lease.py`). It could not start them (its
@@ -241,6 +269,7 @@ class Dispatcher(pykka.ThreadingActor):
         admitted = admit(fresh, self.held.keys(), self.ctx.settings.limit)
         for run in admitted:
             log.info("submitting flow run %s (%s) from queue %r", run.id, run.name, queue)
+            self.queue_of[run.id] = queue
             self._supervise(run.id, SubmitRun(run))
             self.ctx.metrics.runs_submitted.inc()
             self._emit(RunSubmitted(run.id, run.name, queue))
@@ -289,6 +318,17 @@ class Dispatcher(pykka.ThreadingActor):
         ):
             return  # told twice (a message kept for a new Dispatcher, and this one)
         self.status.pop(message.flow_run_id, None)
+        queue = self.queue_of.pop(message.flow_run_id, None)
+        if message.contested and queue is not None:
+            if queue not in self.contested and len(self.peers) > 1:
+                log.info(
+                    "queue %r: another agent took flow run %s first; sharing the queue's runs "
+                    "with the pool's %d live agents",
+                    queue,
+                    message.flow_run_id,
+                    len(self.peers),
+                )
+            self.contested[queue] = time.monotonic() + CONTESTED_SECONDS
         self._taken(message.flow_run_id)
         if message.outcome != "deferred":  # a deferred run comes back, Scheduled, when due
             self.recently_finished[message.flow_run_id] = None

@@ -235,12 +235,12 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.finished and not self.undelivered:
             self.stop()
 
-    def _finish(self, outcome: RunOutcome, detail: str = "") -> None:
+    def _finish(self, outcome: RunOutcome, detail: str = "", contested: bool = False) -> None:
         if self.finished:
             return
         self._set_phase(f"finished ({outcome})")
         self.finished = True
-        self._tell_dispatcher(RunFinished(self.run_id, outcome, detail))
+        self._tell_dispatcher(RunFinished(self.run_id, outcome, detail, contested))
         if not self.undelivered:
             self.stop()
             return
@@ -293,7 +293,7 @@ class RunSupervisor(pykka.ThreadingActor):
             not accepted_as(result, PENDING) and not self._pending_is_ours(result, proposal)
         ):
             log.debug("flow run %s not taken: %s", self.run_id, refusal(result))
-            self._finish("not-submitted", refusal(result))
+            self._finish("not-submitted", refusal(result), contested=True)
             return
         self.past_pending = True
         self._observe_pending_latency(result)

@@ -46,3 +46,6 @@ class RunFinished(msgspec.Struct, frozen=True):
     flow_run_id: str
     outcome: RunOutcome
     detail: str = ""  # e.g. "exit code 1", the submission error, the abort reason
+    # The server refused this agent's Pending: another agent (or a person) changed the run
+    # first. The Dispatcher counts such a queue as shared (`actors/rules/share.py`).
+    contested: bool = False

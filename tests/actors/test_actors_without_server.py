@@ -611,3 +611,28 @@ def test_no_run_is_taken_while_the_heartbeat_lease_is_lapsed(
     started_pid(runs_dir, run.id)
     assert "heartbeats get through again: taking runs" in caplog.text
     assert len(fake.proposals(run.id, PENDING)) == 1
+
+
+# -- l. a pool's other agents share a queue's runs only once they take some of them ------------
+
+
+@pytest.mark.timeout(30)
+def test_other_agents_of_the_pool_delay_nothing_until_one_takes_a_run_of_the_queue(
+    fake: FakePrefectApi, start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On 2.x every plain queue's agent is a worker of `default-agent-pool`, and a stopped one
+    stays listed ONLINE for a while: an agent alone on its queue must not hold back the runs
+    that a share would give those others (five seconds' grace each)."""
+    caplog.set_level(logging.INFO)
+    fake.add_queue("default")
+    fake.add_worker("default-agent-pool", "actor-agent@elsewhere another-queue")
+    start(clock=Clock(), query_interval=0.5)
+    wait_until(lambda: "2 live agent(s) share the pool" in caplog.text, 10, "the peer to be read")
+    deployment = fake.add_deployment(["true"])
+    runs = [fake.add_run(deployment) for _ in range(40)]
+    added = time.monotonic()
+    wait_until(
+        lambda: all(fake.proposals(run.id, PENDING) for run in runs), 10, "every run proposed"
+    )
+    last = max(fake.proposals(run.id, PENDING)[0].at for run in runs)
+    assert last - added < 3.0, f"the last Pending came {last - added:.1f}s after the runs"

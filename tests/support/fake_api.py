@@ -412,6 +412,16 @@ class FakePrefectApi:
         with self._world.lock:
             self._world.failures.append(_Failure(method, times, status, message, retry_after, when))
 
+    def add_worker(self, pool: str, name: str, status: str = "ONLINE") -> None:
+        """Another agent's worker row in `pool`, as its heartbeat left it just now."""
+        with self._world.lock:
+            self._world.workers[(pool, name)] = Worker(
+                name=name,
+                last_heartbeat_time=datetime.now(UTC),
+                heartbeat_interval_seconds=30,
+                status=status,
+            )
+
     # -- what the agent told the server ------------------------------------------------------------
 
     def calls(self, method: str | None = None, *, run_id: str | None = None) -> list[Call]:
