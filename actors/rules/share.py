@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 
 from messages.wire.prefect import FlowRun, Worker
 
+CONTESTED_SECONDS = 120.0  # a queue is shared this long after another agent took a run first
 GRACE_SECONDS = 5.0  # a peer's run waits this long in our window before we propose it
 LEFT_OUT_SECONDS = 60.0  # a peer that left a run to go overdue is not counted for so long
 MAX_WINDOW = 200  # rows in one read: the server's default page limit
@@ -79,6 +80,41 @@ def recorded_poll_interval(query_interval: float, recorder: bool) -> float:
     the queue's recorder (one peer) every query interval, the others only often enough to keep
     the queue READY (the server's rule: polled within a minute) if the recorder is lost."""
     return query_interval if recorder else max(query_interval, RECORDED_BY_OTHERS_SECONDS)
+
+
+class Contests:
+    """Which queues this agent shares with the pool's live agents: those where another agent
+    took one of its runs first (a refused Pending) within `lasts` seconds; none before.
+
+    A pool's live workers are not a queue's sharers: on 2.x every plain queue's agent
+    heartbeats `default-agent-pool`, so agents that each serve a queue of their own would
+    otherwise wait a share's grace for runs that no peer of theirs will ever take (and so
+    would an agent started after another, just stopped, that is still listed ONLINE). A race
+    lost is the evidence that someone else serves the queue; the share then keeps the races
+    rare, and the races that remain renew it."""
+
+    def __init__(self, lasts: float = CONTESTED_SECONDS) -> None:
+        self.lasts = lasts
+        self.until: dict[str, float] = {}  # queue -> shared until (monotonic)
+
+    def lost(self, queue: str, now: float) -> bool:
+        """Another agent took a run of `queue` first; True when that starts the queue's share."""
+        starts = queue not in self.until
+        self.until[queue] = now + self.lasts
+        return starts
+
+    def sharers(
+        self, queue: str, peers: tuple[str, ...], now: float
+    ) -> tuple[tuple[str, ...], bool]:
+        """The peers `queue` is shared with now (none while it is not contested), and whether
+        its share lapsed just now (no race lost for `lasts` seconds)."""
+        until = self.until.get(queue)
+        if until is None:
+            return (), False
+        if until <= now:
+            del self.until[queue]
+            return (), True
+        return peers, False
 
 
 class Share:

@@ -30,7 +30,9 @@ import pykka
 
 from actors.rules.admission import admit, free_slots
 from actors.rules.paging import PageTracker
+from actors.rules.share import Contests
 from actors.rules.supervision import TEMPORARY
+from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.run_supervisor import RunSupervisor
@@ -56,6 +58,7 @@ from messages.internal.lifecycle import (
     IdleCheck,
     Interrupt,
     InterruptRuns,
+    LeaseCheck,
     Poll,
     RegisterWatcher,
     Rehome,
@@ -75,9 +78,7 @@ from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
-# A queue counts as shared this long after another agent last took one of its runs first.
-CONTESTED_SECONDS = 120.0
-
+LEASE_RECHECK_SECONDS = 1.0  # while the lease has lapsed, it is looked at again this often
 RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
 
 
@@ -99,14 +100,14 @@ class Dispatcher(pykka.ThreadingActor):
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
         self.lease_lapsed = False  # taking no runs: this agent's heartbeats do not get through
+        self.lease_check: Timer | None = None  # while lapsed: the next look at the lease
         # Runs of full pages whose Pending has not settled: when to poll for the next page.
         self.pages = PageTracker()
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
         self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
         self.listeners: list[pykka.ActorRef[Any]] = list(listeners)  # kept by the Agent
         self.peers: tuple[str, ...] = ()  # the live agents of the pool (`Peers`)
-        self.queue_of: dict[str, str] = {}  # held run -> the queue it came from
-        self.contested: dict[str, float] = {}  # queue -> shared until (monotonic)
+        self.contests = Contests()  # the queues another agent took a run of first
         self.since = time.time()
 
     def on_start(self) -> None:
@@ -115,10 +116,18 @@ class Dispatcher(pykka.ThreadingActor):
     def on_failure(self, *exc_info: Any) -> None:
         tell_if_alive(self.agent, ChildFailed("Dispatcher", "dispatcher", repr(exc_info[1])))
 
+    def on_stop(self) -> None:
+        if self.lease_check is not None:
+            self.lease_check.cancel()
+
     def on_receive(self, message: Any) -> Any:
         match message:
             case FreeSlots(reply_to=ref):
+                self._note_lease()
                 _reply(ref, Room(self._free_slots(message), self._sharing(message.queue_name)))
+            case LeaseCheck():
+                self.lease_check = None
+                self._note_lease()
             case Peers(names=names):
                 self.peers = names
             case RunsFound(queue_name=queue, runs=runs, full_page=full, reply_to=ref):
@@ -176,7 +185,7 @@ class Dispatcher(pykka.ThreadingActor):
         on a queue shared with peers, once all of it is taken (`actors/rules/share.py`).
         """
         queue = asked.queue_name
-        if not self._lease_holds():
+        if self.lease_lapsed:
             self.starved.add(queue)
             return 0
         room = free_slots(self.ctx.settings.limit, len(self.held))
@@ -190,45 +199,40 @@ class Dispatcher(pykka.ThreadingActor):
         return (page if room is None else min(room, page)) + self.pages.repeated(queue)
 
     def _sharing(self, queue: str) -> tuple[str, ...]:
-        """The peers a queue's watcher shares its runs with: the pool's live agents, once
-        another agent took a run of that queue from under this one (a refused Pending) within
-        `CONTESTED_SECONDS`; none before. A pool's live workers are not a queue's sharers: on
-        2.x every plain queue's agent heartbeats `default-agent-pool`, so agents that each
-        serve a queue of their own would otherwise wait a share's grace for runs that no peer
-        of theirs will ever take (and so would an agent started after another, just stopped,
-        that is still listed ONLINE). A race lost is the evidence that someone else serves
-        the queue; the share then keeps the races rare, and they renew it."""
-        until = self.contested.get(queue)
-        if until is None:
-            return ()
-        if until <= time.monotonic():
-            del self.contested[queue]
-            if len(self.peers) > 1:
-                log.info(
-                    "queue %r: no run taken by another agent for %gs; proposing as a lone agent",
-                    queue,
-                    CONTESTED_SECONDS,
-                )
-            return ()
-        return self.peers
+        """The peers a queue's watcher shares its runs with: the pool's live agents, only once
+        the queue is contested (`actors/rules/share.py`, `Contests`)."""
+        peers, lapsed = self.contests.sharers(queue, self.peers, time.monotonic())
+        if lapsed and len(self.peers) > 1:
+            log.info(
+                "queue %r: no run taken by another agent for %gs; proposing as a lone agent",
+                queue,
+                self.contests.lasts,
+            )
+        return peers
 
-    def _lease_holds(self) -> bool:
+    def _note_lease(self) -> None:
         """Whether this agent may take runs: not while its heartbeats do not get through
         (its lease lapsed, `actors/runtime/lease.py`). It could not start them (its
         RunSupervisors wait for the lease), peers may soon declare it lost and hand back
         whatever it holds, and each run it took would wait Pending here for nothing: left
-        Scheduled, a peer whose heartbeats get through takes it. One line per change."""
+        Scheduled, a peer whose heartbeats get through takes it. One line per change; while
+        lapsed it looks again every second, and wakes the watchers it gave no room as soon
+        as the lease holds again."""
         holds = self.ctx.lease.valid()
         if holds == self.lease_lapsed:
             self.lease_lapsed = not holds
             if holds:
                 log.info("this agent's heartbeats get through again: taking runs")
+                self._wake_starved(by_priority=False)
             else:
                 log.warning(
                     "this agent's heartbeats do not get through (its lease lapsed): taking no "
                     "runs until they do; peers that reach the server take them"
                 )
-        return holds
+        if self.lease_lapsed and self.lease_check is None:
+            self.lease_check = self.ctx.clock.tell_later(
+                LEASE_RECHECK_SECONDS, self.actor_ref, LeaseCheck()
+            )
 
     def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:
         """The room left by the pool's limit and, when room is scarce, by queue priority.
@@ -269,7 +273,6 @@ class Dispatcher(pykka.ThreadingActor):
         admitted = admit(fresh, self.held.keys(), self.ctx.settings.limit)
         for run in admitted:
             log.info("submitting flow run %s (%s) from queue %r", run.id, run.name, queue)
-            self.queue_of[run.id] = queue
             self._supervise(run.id, SubmitRun(run))
             self.ctx.metrics.runs_submitted.inc()
             self._emit(RunSubmitted(run.id, run.name, queue))
@@ -318,17 +321,18 @@ class Dispatcher(pykka.ThreadingActor):
         ):
             return  # told twice (a message kept for a new Dispatcher, and this one)
         self.status.pop(message.flow_run_id, None)
-        queue = self.queue_of.pop(message.flow_run_id, None)
-        if message.contested and queue is not None:
-            if queue not in self.contested and len(self.peers) > 1:
-                log.info(
-                    "queue %r: another agent took flow run %s first; sharing the queue's runs "
-                    "with the pool's %d live agents",
-                    queue,
-                    message.flow_run_id,
-                    len(self.peers),
-                )
-            self.contested[queue] = time.monotonic() + CONTESTED_SECONDS
+        queue = message.queue
+        starts_share = bool(
+            message.contested and queue and self.contests.lost(queue, time.monotonic())
+        )
+        if starts_share and len(self.peers) > 1:
+            log.info(
+                "queue %r: another agent took flow run %s first; sharing the queue's runs "
+                "with the pool's %d live agents",
+                queue,
+                message.flow_run_id,
+                len(self.peers),
+            )
         self._taken(message.flow_run_id)
         if message.outcome != "deferred":  # a deferred run comes back, Scheduled, when due
             self.recently_finished[message.flow_run_id] = None

@@ -13,10 +13,11 @@ After this agent was cut off from the server (its heartbeats failed, then went t
 again), it asks the Dispatcher which runs it holds and reads each on the server: a run a peer
 recovered meanwhile is relinquished at once (its process group killed, nothing reported).
 
-It also tells the Dispatcher who the live peers are (`Peers`: the pool's ONLINE workers),
-from which each watcher tells the runs it owns in a fleet from those a peer owns
-(`actors.rules.share`). It reads them at start, again two seconds after every change (a fleet
-starting shows up within seconds, not a heartbeat interval later), else every interval.
+It also tells the Dispatcher who the live peers are (`Peers`: the pool's ONLINE workers,
+from the same worker rows as the round's), from which each watcher tells the runs it owns in
+a fleet from those a peer owns (`actors.rules.share`). It reads them at start, again two
+seconds after every change (a fleet starting shows up within seconds, not a heartbeat
+interval later), else every round.
 
 Like a watcher, it waits on the server in its own inbox (polling is its only job) and tells
 the Agent its phase, so nobody waits on it.
@@ -33,6 +34,7 @@ from typing import Any
 import pykka
 
 from actors.edges.prefect_api import ApiError
+from actors.rules.claims import parse_claim
 from actors.rules.identity import AgentIdentity
 from actors.rules.recovery import (
     LostAgent,
@@ -67,6 +69,7 @@ from messages.wire.prefect import (
     FlowRunFilter,
     FlowRunStateFilter,
     State,
+    Worker,
 )
 
 log = logging.getLogger("prefect_actor_agent.recovery")
@@ -103,7 +106,6 @@ class Recovery(pykka.ThreadingActor):
         self.last_action = ""
 
     def on_start(self) -> None:
-        self.actor_ref.tell(ReadPeers())
         self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
@@ -125,6 +127,7 @@ class Recovery(pykka.ThreadingActor):
                 delay = self.ctx.settings.heartbeat_seconds * random.uniform(0.8, 1.0)  # noqa: S311
                 self.next_round = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
             case ReadPeers():
+                self.next_peers = None
                 self._read_peers()
             case HeldRunsAre(flow_run_ids=ids):
                 self._check_own(ids)
@@ -148,6 +151,8 @@ class Recovery(pykka.ThreadingActor):
         if pool is None:
             self._set_phase("no work pool, no peers to watch")
             return
+        workers = self.api.read_workers(pool)  # one read serves the live peers and the lost
+        self._note_peers(pool, workers)
         streak = lease.streak_seconds()
         if streak is None:
             self.cut_off = self.cut_off or lease.ever_renewed()
@@ -164,9 +169,7 @@ class Recovery(pykka.ThreadingActor):
                 "to declare a peer lost"
             )
             return
-        lost = lost_agents(
-            self.api.read_workers(pool), datetime.now(UTC), lost_after, self.ctx.identity.name
-        )
+        lost = lost_agents(workers, datetime.now(UTC), lost_after, self.ctx.identity.name)
         for name, peer in lost.items():
             if name not in self.declared:
                 self.declared.add(name)
@@ -251,64 +254,86 @@ class Recovery(pykka.ThreadingActor):
     # -- the live peers ----------------------------------------------------------------------------
 
     def _read_peers(self) -> None:
-        """Read the pool's live workers; tell the Dispatcher when they changed."""
-        settings = self.ctx.settings
-        delay = settings.heartbeat_seconds * random.uniform(0.8, 1.0)  # noqa: S311
+        """Read the pool's live workers again, between rounds: soon after they changed."""
         try:
-            pool = self.api.server_profile().heartbeat_pool(settings.work_pool)
-            if pool is None:
-                return  # no pool to read: every watcher proposes as a lone agent does
-            workers = self.api.read_workers(pool)
+            pool = self.api.server_profile().heartbeat_pool(self.ctx.settings.work_pool)
+            if pool is not None:
+                self._note_peers(pool, self.api.read_workers(pool))
         except (ApiError, ApiDecodeError) as exc:
             log.debug("could not read the live peers: %s", exc)
-        else:
-            me = self.ctx.identity.name
-            peers = live_peers(workers, me, datetime.now(UTC), settings.lost_agent_seconds)
-            if peers != self.peers:
-                if self.peers is not None or len(peers) > 1:
-                    log.info(
-                        "%d live agent(s) share the pool %r: %s",
-                        len(peers),
-                        pool,
-                        ", ".join(peers),
-                    )
-                self.peers = peers
-                tell_if_alive(self.dispatcher, Peers(peers))
-                delay = PEERS_SETTLE_SECONDS
-        self.next_peers = self.ctx.clock.tell_later(delay, self.actor_ref, ReadPeers())
+
+    def _note_peers(self, pool: str, workers: list[Worker]) -> None:
+        """The live peers among the pool's workers: told to the Dispatcher when they changed,
+        and read again `PEERS_SETTLE_SECONDS` later (a fleet starting shows up within seconds,
+        not a round later)."""
+        settings = self.ctx.settings
+        me = self.ctx.identity.name
+        peers = live_peers(workers, me, datetime.now(UTC), settings.lost_agent_seconds)
+        if peers == self.peers:
+            return
+        if self.peers is not None or len(peers) > 1:
+            log.info("%d live agent(s) share the pool %r: %s", len(peers), pool, ", ".join(peers))
+        self.peers = peers
+        tell_if_alive(self.dispatcher, Peers(peers))
+        if self.next_peers is None:
+            self.next_peers = self.ctx.clock.tell_later(
+                PEERS_SETTLE_SECONDS, self.actor_ref, ReadPeers()
+            )
 
     # -- after this agent was cut off ------------------------------------------------------------
 
     def _check_own(self, run_ids: tuple[str, ...]) -> None:
-        """Each run held here that the server no longer has as this instance's: relinquished."""
+        """Each run held here that the server no longer has as this instance's: relinquished.
+
+        One filter reads them all; only a run past its Pending (whose claim is in its history,
+        not its state) costs a read of its states."""
+        if not run_ids:
+            return
         me = self.ctx.identity
-        for checked, run_id in enumerate(run_ids):
-            try:
-                run = self.api.read_flow_run(run_id)
-                found = latest_claim(self.api.read_flow_run_states(run_id))
-            except (ApiError, ApiDecodeError) as exc:
-                # The rest would fail alike (a server struggling again, or the agent stopping):
-                # one line, and every held run is checked again at the next round that reaches
-                # the server.
-                log.warning(
-                    "could not check that %d held flow run(s) are still ours (%s): checking "
-                    "again once the server answers",
-                    len(run_ids) - checked,
-                    exc,
+        checked = 0
+        try:
+            held = FlowRunFilter(id=AnyOf(any_=list(run_ids)))
+            runs = {run.id: run for run in self.api.filter_flow_runs(held)}
+            for checked, run_id in enumerate(run_ids):  # noqa: B007 - counted for the warning
+                run = runs.get(run_id)
+                if run is None:
+                    self._relinquish(run_id, "the server no longer has it")
+                    continue
+                claim = self._current_claim(run)
+                if still_ours(run, claim, me):
+                    continue
+                state = run.state.type if run.state is not None else "unknown"
+                holder = f"; now held by {claim.name!r}" if claim is not None else ""
+                self._relinquish(
+                    run_id,
+                    f"a peer recovered it while this agent was cut off from the server (it is "
+                    f"{state} there{holder})",
                 )
-                self.cut_off = True
-                return
-            claim = found[1] if found else None
-            if still_ours(run, claim, me):
-                continue
-            state = run.state.type if run.state is not None else "unknown"
-            holder = f"; now held by {claim.name!r}" if claim is not None else ""
-            reason = (
-                f"a peer recovered it while this agent was cut off from the server (it is "
-                f"{state} there{holder})"
+        except (ApiError, ApiDecodeError) as exc:
+            # The rest would fail alike (a server struggling again, or the agent stopping): one
+            # line, and every held run is checked again at the next round that reaches the
+            # server.
+            log.warning(
+                "could not check that %d held flow run(s) are still ours (%s): checking "
+                "again once the server answers",
+                len(run_ids) - checked,
+                exc,
             )
-            self.last_action = f"relinquished flow run {run_id} at {time.strftime('%H:%M:%S')}"
-            tell_if_alive(self.dispatcher, Relinquish(run_id, reason))
+            self.cut_off = True
+
+    def _current_claim(self, run: FlowRun) -> AgentIdentity | None:
+        """The claim of the run's latest Pending: its state's own while it is Pending."""
+        state = run.state
+        if state is not None and state.type == PENDING:
+            claim = parse_claim(state.message)
+            if claim is not None:
+                return claim
+        found = latest_claim(self.api.read_flow_run_states(run.id))
+        return found[1] if found else None
+
+    def _relinquish(self, run_id: str, reason: str) -> None:
+        self.last_action = f"relinquished flow run {run_id} at {time.strftime('%H:%M:%S')}"
+        tell_if_alive(self.dispatcher, Relinquish(run_id, reason))
 
     # -- the tree ----------------------------------------------------------------------------------
 

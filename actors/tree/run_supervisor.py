@@ -240,7 +240,8 @@ class RunSupervisor(pykka.ThreadingActor):
             return
         self._set_phase(f"finished ({outcome})")
         self.finished = True
-        self._tell_dispatcher(RunFinished(self.run_id, outcome, detail, contested))
+        queue = self.plan.flow_run.work_queue_name if isinstance(self.plan, SubmitRun) else None
+        self._tell_dispatcher(RunFinished(self.run_id, outcome, detail, contested, queue))
         if not self.undelivered:
             self.stop()
             return

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from examples.benchmark.contenders import ContenderError
+from examples.benchmark.contenders import Agent, ContenderError
 from examples.benchmark.pickup import (
     CancelResult,
     RunNowResult,
@@ -50,6 +50,7 @@ from examples.benchmark.server import BenchServer
 
 Say = Callable[[str], None]
 T = TypeVar("T")
+Timed = TypeVar("Timed", RunNowResult, CancelResult)
 PROBES = ("run-now", "cancel", "idle", "drain")
 # Which contenders each probe measures on each server; ours-off on 2.20 only where it costs
 # little (idle at once with the others, drains of seconds): today's figures beside the stream.
@@ -138,6 +139,33 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
+def _credited(result: Timed, entrant: Entrant, agent: Agent) -> Timed:
+    """A probe names its contender by kind (`ours`); the report needs the entrant's label
+    (`3.x ours-off`) to tell the two ours apart, and ours' event counters as they stand right
+    after the probe, to show whether the stream or a poll did the work."""
+    result.contender = entrant.label
+    result.event_metrics = event_metrics(agent)
+    return result
+
+
+def _run_now_line(now: RunNowResult) -> str:
+    return (
+        f"  run now: to Pending median {_fmt(now.pending.median)} p95 "
+        f"{_fmt(now.pending.p95)}, to start median {_fmt(now.start.median)} p95 "
+        f"{_fmt(now.start.p95)} over {now.pending.samples}/{now.runs}"
+        + (f", {now.missed} missed" if now.missed else "")
+    )
+
+
+def _cancel_line(cancel: CancelResult) -> str:
+    return (
+        f"  cancel: to SIGTERM median {_fmt(cancel.sigterm.median)} p95 "
+        f"{_fmt(cancel.sigterm.p95)} over {cancel.sigterm.samples}/{cancel.runs}"
+        + (f", {cancel.missed} saw no SIGTERM" if cancel.missed else "")
+        + (f", {cancel.not_started} never ran" if cancel.not_started else "")
+    )
+
+
 def _latency_one(
     args: argparse.Namespace,
     bench: BenchServer,
@@ -184,29 +212,15 @@ def _latency_one(
                 bench, agent, now_dep, markers, runs=args.latency_runs, gap_span=span,
                 events_mode=mode, rng=rng,
             )  # fmt: skip
-            now.contender = entrant.label
-            now.event_metrics = event_metrics(agent)
-            results.run_now.append(now)
-            say(
-                f"  run now: to Pending median {_fmt(now.pending.median)} p95 "
-                f"{_fmt(now.pending.p95)}, to start median {_fmt(now.start.median)} p95 "
-                f"{_fmt(now.start.p95)} over {now.pending.samples}/{now.runs}"
-                + (f", {now.missed} missed" if now.missed else "")
-            )
+            results.run_now.append(_credited(now, entrant, agent))
+            say(_run_now_line(now))
         if "cancel" in probes:
             cancel = cancel_latency(
                 bench, agent, guard, hold_dep, markers, runs=args.latency_cancels,
                 events_mode=mode, rng=rng,
             )  # fmt: skip
-            cancel.contender = entrant.label
-            cancel.event_metrics = event_metrics(agent)
-            results.cancels.append(cancel)
-            say(
-                f"  cancel: to SIGTERM median {_fmt(cancel.sigterm.median)} p95 "
-                f"{_fmt(cancel.sigterm.p95)} over {cancel.sigterm.samples}/{cancel.runs}"
-                + (f", {cancel.missed} saw no SIGTERM" if cancel.missed else "")
-                + (f", {cancel.not_started} never ran" if cancel.not_started else "")
-            )
+            results.cancels.append(_credited(cancel, entrant, agent))
+            say(_cancel_line(cancel))
     finally:
         guard.remember_descendants(agent.process)
         guard.stop(agent.process)

@@ -49,3 +49,4 @@ class RunFinished(msgspec.Struct, frozen=True):
     # The server refused this agent's Pending: another agent (or a person) changed the run
     # first. The Dispatcher counts such a queue as shared (`actors/rules/share.py`).
     contested: bool = False
+    queue: str | None = None  # the work queue a poll found the run in (None: taken over)

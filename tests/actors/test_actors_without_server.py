@@ -613,6 +613,39 @@ def test_no_run_is_taken_while_the_heartbeat_lease_is_lapsed(
     assert len(fake.proposals(run.id, PENDING)) == 1
 
 
+@pytest.mark.timeout(30)
+def test_a_renewed_lease_wakes_the_watcher_it_left_without_room(
+    fake: FakePrefectApi, start: Start, runs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Polls 60 s apart (a ManualClock): once heartbeats get through again, the run found
+    while the lease had lapsed starts within seconds, not at the next poll."""
+    caplog.set_level(logging.INFO)
+    fake.add_queue("default")
+    cut_off = threading.Event()
+    fake.fail("send_worker_heartbeat", times=10**6, when=lambda call: cut_off.is_set())
+    clock = ManualClock()
+    handle = start(clock=clock, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
+    wait_until(handle.ctx.lease.ever_renewed, 5, "a heartbeat to get through")
+    cut_off.set()
+    wait_until(lambda: not handle.ctx.lease.valid(), 5, "the lease to lapse")
+
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    clock.advance(60)  # the watcher's next poll finds the run: no room for it
+    wait_until(lambda: "taking no runs until they do" in caplog.text, 5, "the lapse to be seen")
+    assert fake.proposals(run.id) == [], "a run was proposed Pending while the lease had lapsed"
+
+    cut_off.clear()
+    for _ in range(10):  # heartbeats retry within a second; the Dispatcher looks every second
+        clock.advance(1.0)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: fake.proposals(run.id, PENDING), 1.0, "the run's Pending")
+            break
+    assert clock.now < 120, "the run waited for the watcher's next scheduled poll"
+    started_pid(runs_dir, run.id)
+    assert "heartbeats get through again: taking runs" in caplog.text
+    assert len(fake.proposals(run.id, PENDING)) == 1
+
+
 # -- l. a pool's other agents share a queue's runs only once they take some of them ------------
 
 

@@ -1,9 +1,11 @@
-"""Small observations shared by the integration tests: what the server and the disk say."""
+"""Small observations shared by the integration tests: what the server and the disk say, and
+what a command run to its end printed."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -77,3 +79,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def run_ok(
+    argv: list[str], *, timeout: float, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A command run to its end, as a user runs it from a shell, which must succeed; a failure
+    shows the output's tail, where a command says what went wrong."""
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return result

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import socket
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from actors.launcher.local_server import LocalPrefectServer
@@ -34,25 +32,17 @@ from tests.support.prefect_objects import (
     set_run_state,
     wait_for,
 )
+from tests.support.served import BaseServed
 
 pytestmark = pytest.mark.integration
 
 POOL = "agent-tests"  # the 3.x process pool every 3.x test deploys to
 
 
-@dataclass
-class Served:
+class Served(BaseServed):
     """One server and how to make deployments and runs on it, as its users do."""
 
-    version: str  # "2.20" or "3.x"
-    api_url: str
-    queue: str = field(default_factory=lambda: f"q-{uuid.uuid4().hex[:10]}")
-
-    def agent_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"api_url": self.api_url, "work_queues": (self.queue,)}
-        if self.version == "3.x":
-            options["work_pool"] = POOL
-        return options
+    pool = POOL
 
     def deploy(
         self,
@@ -75,23 +65,15 @@ class Served:
                 infra_overrides=overrides,
             )
         engine = command or [str(prefect3.PYTHON), "-m", "prefect.engine"]
-        flow_id = call_api(self.api_url, "POST", "/flows/", {"name": flow})["id"]
-        body: dict[str, Any] = {
-            "name": name,
-            "flow_id": flow_id,
-            "work_pool_name": POOL,
-            "work_queue_name": self.queue,
-            "entrypoint": f"{flow}.py:{flow}",
-            "path": str(FLOWS),
-            "job_variables": {
-                "env": env or {},
-                "command": " ".join(engine),
-                "working_dir": str(FLOWS),
-            },
-        }
-        if concurrency_limit is not None:
-            body["concurrency_limit"] = concurrency_limit
-        return str(call_api(self.api_url, "POST", "/deployments/", body)["id"])
+        return self.deploy_on_pool(
+            flow,
+            name=name,
+            entrypoint=f"{flow}.py:{flow}",
+            directory=FLOWS,
+            command=" ".join(engine),
+            env=env or {},
+            concurrency_limit=concurrency_limit,
+        )
 
     def run(
         self,
@@ -106,13 +88,6 @@ class Served:
         return str(created["id"])
 
 
-def _served_3x(server: LocalPrefectServer) -> Served:
-    url = server.api_url
-    if httpx.get(f"{url}/work_pools/{POOL}", timeout=30).status_code == 404:
-        call_api(url, "POST", "/work_pools/", {"name": POOL, "type": "process"})
-    return Served("3.x", url)
-
-
 @pytest.fixture(params=["2.20", "2.20-postgres", "3.x"])
 def served(request: pytest.FixtureRequest) -> Served:
     # Each server is asked for only when a test runs on it (each starts on first use).
@@ -121,12 +96,12 @@ def served(request: pytest.FixtureRequest) -> Served:
     if request.param == "2.20-postgres":
         # The same version, so the same deployments and expectations: only the database differs.
         return Served("2.20", request.getfixturevalue("postgres_api_url"))
-    return _served_3x(request.getfixturevalue("prefect3_server"))
+    return Served.on_3x(request.getfixturevalue("prefect3_server"))
 
 
 @pytest.fixture
 def served_3x(prefect3_server: LocalPrefectServer) -> Served:
-    return _served_3x(prefect3_server)
+    return Served.on_3x(prefect3_server)
 
 
 def _state(served: Served, run: str) -> str:

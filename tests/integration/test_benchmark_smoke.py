@@ -24,6 +24,7 @@ from examples.benchmark.agent_logs import line_level
 from examples.benchmark.agent_metrics import PENDING_LATENCY, parse_histogram
 from examples.benchmark.latency import Latency
 from tests.conftest import ROOT
+from tests.integration.helpers import run_ok
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +33,8 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
     api_url: str, tmp_path: Path
 ) -> None:
     report = tmp_path / "benchmark.json"
-    result = subprocess.run(
+    result = _run_benchmark(
         [
-            sys.executable,
-            "-m",
-            "examples.benchmark",
             "--api",
             api_url,
             "--runs",
@@ -53,15 +51,8 @@ def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
             "ceiling,ours",
             "--json",
             str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
+        ]
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
 
     table = result.stdout.splitlines()
     assert any(line.startswith("contender") and "drain runs/s" in line for line in table)
@@ -103,11 +94,8 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
     # Every process the benchmark starts inherits its environment: this mark finds them all
     # (hosts, agents, the Prefect server, PostgreSQL's) and none of anyone else's.
     mark = f"fleet-smoke-{uuid.uuid4().hex}"
-    result = subprocess.run(
+    result = _run_benchmark(
         [
-            sys.executable,
-            "-m",
-            "examples.benchmark",
             "--parts",
             "fleet",
             "--fleet-agents",
@@ -119,15 +107,8 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
             "--json",
             str(report),
         ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, "FLEET_SMOKE_MARK": mark},
+        mark=mark,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
     assert "fleet: the drains" in result.stdout
     assert "fleet: where the CPU went" in result.stdout
 
@@ -151,6 +132,16 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
     assert ours["max_online"] is not None and ours["max_online"] >= 1
     assert ours["cpu"]["seconds"]["server"] > 0 and ours["cpu"]["seconds"]["postgres"] > 0
     assert _processes_marked(mark) == []  # hosts, agents, servers, postgres: all gone
+
+
+def _run_benchmark(args: list[str], *, mark: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m examples.benchmark ARGS`, which must succeed. With `mark`, every process the
+    benchmark starts inherits FLEET_SMOKE_MARK=mark in its environment, for
+    `_processes_marked` to find whatever it left behind."""
+    env = None if mark is None else {**os.environ, "FLEET_SMOKE_MARK": mark}
+    return run_ok(
+        [sys.executable, "-m", "examples.benchmark", *args], timeout=120, cwd=ROOT, env=env
+    )
 
 
 def _processes_marked(mark: str) -> list[int]:
@@ -215,17 +206,7 @@ def test_latency_part_times_ours_with_the_stream_and_without(
         "--latency-gap-span 0.2 --latency-idle-seconds 3 --latency-idle-warmup 0 "
         f"--latency-query-interval 2 --json {report}"
     ).split()
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.benchmark", "--parts", "latency", *options],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-        env={**os.environ, "FLEET_SMOKE_MARK": mark},
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    result = _run_benchmark(["--parts", "latency", *options], mark=mark)
     table = result.stdout.splitlines()
     assert any(line.startswith("contender") and "now->Pending" in line for line in table)
     latency = json.loads(report.read_text())["latency"]

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import shlex
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ import httpx
 import msgspec
 import pytest
 
-from actors.launcher.local_server import LocalPrefectServer
 from tests.conftest import AgentFactory, AgentUnderTest
 from tests.integration.helpers import (
     FLOWS,
@@ -39,7 +37,8 @@ from tests.integration.helpers import (
     state_type,
 )
 from tests.support.fault_proxy import FaultProxy
-from tests.support.prefect_objects import call_api, create_run, set_run_state, wait_for
+from tests.support.prefect_objects import create_run, set_run_state, wait_for
+from tests.support.served import BaseServed
 
 pytestmark = pytest.mark.integration
 
@@ -50,52 +49,30 @@ CONNECTED = "event stream connected"
 UNAVAILABLE = "event stream unavailable"
 
 
-@dataclass
-class Served:
+class Served(BaseServed):
     """A server, a queue of this test's own on it, and how to deploy the marker command."""
 
-    version: str  # "3.x", "2.20-events" or "2.20"
-    api_url: str
-    queue: str = field(default_factory=lambda: f"q-{uuid.uuid4().hex[:10]}")
-
-    def agent_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"api_url": self.api_url, "work_queues": (self.queue,)}
-        if self.version == "3.x":
-            options["work_pool"] = POOL
-        return options
+    pool = POOL
 
     def deploy_marker(self, markers: Path, seconds: str = "300") -> str:
         """A deployment of the queue whose runs start the marker command, sleeping `seconds`."""
         if self.version != "3.x":
             return deploy_marker_command(self.api_url, self.queue, markers, seconds)
-        flow_id = call_api(self.api_url, "POST", "/flows/", {"name": "marker"})["id"]
-        body = {
-            "name": f"marker-{self.queue}",
-            "flow_id": flow_id,
-            "work_pool_name": POOL,
-            "work_queue_name": self.queue,
-            "entrypoint": "hello.py:hello",
-            "path": str(FLOWS),
-            "job_variables": {
-                "env": {"MARKER_DIR": str(markers)},
-                "command": shlex.join([*MARKER_COMMAND, seconds]),
-                "working_dir": str(FLOWS),
-            },
-        }
-        return str(call_api(self.api_url, "POST", "/deployments/", body)["id"])
-
-
-def _served_3x(server: LocalPrefectServer) -> Served:
-    if httpx.get(f"{server.api_url}/work_pools/{POOL}", timeout=30).status_code == 404:
-        call_api(server.api_url, "POST", "/work_pools/", {"name": POOL, "type": "process"})
-    return Served("3.x", server.api_url)
+        return self.deploy_on_pool(
+            "marker",
+            name=f"marker-{self.queue}",
+            entrypoint="hello.py:hello",
+            directory=FLOWS,
+            command=shlex.join([*MARKER_COMMAND, seconds]),
+            env={"MARKER_DIR": str(markers)},
+        )
 
 
 @pytest.fixture(params=["3.x", "2.20-events"])
 def served(request: pytest.FixtureRequest) -> Served:
     """A server that streams events (conftest starts each in the background at collection)."""
     if request.param == "3.x":
-        return _served_3x(request.getfixturevalue("prefect3_server"))
+        return Served.on_3x(request.getfixturevalue("prefect3_server"))
     return Served("2.20-events", request.getfixturevalue("prefect_events_server").api_url)
 
 

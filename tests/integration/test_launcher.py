@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LAUNCHER, ROOT, AgentFactory, LauncherAgent, ThreadAgent
-from tests.integration.helpers import command_starts, deploy_marker_command, process_gone
+from tests.integration.helpers import (
+    command_starts,
+    deploy_marker_command,
+    process_gone,
+    run_ok,
+)
 from tests.support.prefect_objects import create_run, create_runs, read_states, run_state, wait_for
 
 pytestmark = pytest.mark.integration
@@ -89,17 +94,13 @@ def test_demo_starts_its_own_server_runs_the_demo_flow_and_prints_a_summary(
     tmp_path: Path,
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    result = subprocess.run(
+    result = run_ok(
         [sys.executable, str(LAUNCHER), "--demo", "2", "--server-home", str(tmp_path / "home")],
-        capture_output=True,
-        text=True,
         timeout=240,
-        env=env,
         cwd=ROOT,
-        check=False,
+        env=env,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
     assert "2 of 2 demo runs completed" in result.stdout
     assert result.stdout.count("Completed") >= 2
     assert "starting a local Prefect server" in output
@@ -130,17 +131,13 @@ def test_the_installed_command_serves_a_queue_on_gevent_and_logs_like_prefect(
     env["PREFECT_API_KEY"] = key  # the test server ignores it; the log must not show it
     assert COMMAND.is_file(), f"no {COMMAND}: `pip install -e .` installs the command"
 
-    result = subprocess.run(
+    result = run_ok(
         [str(COMMAND), "start", "-q", queue, "--api", api_url, "--run-once"],
-        capture_output=True,
-        text=True,
         timeout=120,
-        env=env,
         cwd=tmp_path,
-        check=False,
+        env=env,
     )
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
     assert read_states(api_url, runs) == dict.fromkeys(runs, "COMPLETED")
     assert all(command_starts(markers)[run] == 1 for run in runs)
     assert "the actors run on gevent greenlets" in output

@@ -14,7 +14,7 @@ import pytest
 from actors.rules.claims import parse_claim
 from tests.conftest import AgentFactory, ThreadAgent
 from tests.integration.helpers import FINAL
-from tests.integration.test_across_servers import POOL, Served, _served_3x
+from tests.integration.test_across_servers import POOL, Served
 from tests.support.prefect_objects import call_api, read_run, run_state, wait_for
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ HEARTBEAT = 1.0
 def served(request: pytest.FixtureRequest, api_url: str) -> Served:
     if request.param == "2.20":
         return Served("2.20", api_url)
-    return _served_3x(request.getfixturevalue("prefect3_server"))
+    return Served.on_3x(request.getfixturevalue("prefect3_server"))
 
 
 def _pool(served: Served) -> str:

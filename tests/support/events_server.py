@@ -10,13 +10,8 @@ collection shows a test that wants it, and that test waits for whatever is left.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import threading
-import time
-from pathlib import Path
-
 from actors.launcher.local_server import LocalPrefectServer
+from tests.support.background_server import BackgroundServer
 
 EVENTS_ENV = {
     "PREFECT_EXPERIMENTAL_EVENTS": "true",
@@ -25,49 +20,12 @@ EVENTS_ENV = {
 }
 
 
-class EventsServer:
-    """Starts the server in a background thread; `wait()` joins and returns it."""
+class EventsServer(BackgroundServer):
+    """The 2.20 server with events on, started in a background thread; `wait()` joins."""
 
-    def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="prefect-events-server-"))
-        self.server: LocalPrefectServer | None = None
-        self.error: BaseException | None = None
-        self.start_seconds = 0.0
-        self._done = threading.Event()
-        self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._start, name="events-server", daemon=True)
+    name = "prefect-events-server"
+    what = "the 2.20 events server"
+    kind = "a 2.20 server with events"
 
-    def start(self) -> None:
-        if not self._thread.is_alive() and not self._done.is_set():
-            self._thread.start()
-
-    def _start(self) -> None:
-        try:
-            if self._cancelled.is_set():
-                return
-            began = time.monotonic()
-            server = LocalPrefectServer(home=self.home / "home", env=EVENTS_ENV)
-            server.start(timeout=180.0)
-            self.server = server
-            self.start_seconds = time.monotonic() - began
-        except BaseException as exc:  # noqa: BLE001 - reported by wait() in the test thread
-            self.error = exc
-        finally:
-            self._done.set()
-
-    def wait(self, timeout: float = 240.0) -> LocalPrefectServer:
-        self.start()
-        if not self._done.wait(timeout):
-            raise RuntimeError(f"the 2.20 events server was not ready after {timeout:.0f}s")
-        if self.error is not None:
-            raise RuntimeError(f"could not start a 2.20 server with events: {self.error}")
-        assert self.server is not None
-        return self.server
-
-    def stop(self) -> None:
-        self._cancelled.set()  # a server not started yet never starts
-        if self._thread.is_alive():
-            self._done.wait(200.0)  # one being started is stopped once up, never left behind
-        if self.server is not None:
-            self.server.stop()
-        shutil.rmtree(self.home, ignore_errors=True)
+    def _make(self) -> LocalPrefectServer:
+        return LocalPrefectServer(home=self.home / "home", env=EVENTS_ENV)

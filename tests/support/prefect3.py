@@ -9,15 +9,13 @@ run meanwhile, and the first 3.x test waits for whatever is left.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 from actors.launcher.local_server import LocalPrefectServer
+from tests.support.background_server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-prefect3"
@@ -68,52 +66,26 @@ def prefect3_version() -> str:
     return answer.stdout.strip()
 
 
-class Prefect3Server:
+class Prefect3Server(BackgroundServer):
     """Makes the environment and starts the server in a background thread; `wait()` joins."""
 
-    def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="prefect3-server-"))
-        self.server: LocalPrefectServer | None = None
-        self.error: BaseException | None = None
-        self.install_seconds = 0.0
-        self.start_seconds = 0.0
-        self._done = threading.Event()
-        self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._prepare, name="prefect3-server", daemon=True)
+    name = "prefect3-server"
+    what = "the Prefect 3 server"
+    kind = "a Prefect 3 server"
+    ready_within = INSTALL_TIMEOUT + 240.0
+    stop_within = 5.0  # at the session's end, not a wait for an install (it can take minutes)
 
-    def start(self) -> None:
-        if not self._thread.is_alive() and not self._done.is_set():
-            self._thread.start()
+    def __init__(self) -> None:
+        super().__init__()
+        self.install_seconds = 0.0
 
     def _prepare(self) -> None:
-        try:
-            self.install_seconds = _ensure_venv(self.home / "install.log")
-            if self._cancelled.is_set():
-                return
-            began = time.monotonic()
-            server = LocalPrefectServer(home=self.home / "home", python=str(PYTHON), env=SERVER_ENV)
-            server.start(timeout=180.0)
-            self.server = server
-            self.start_seconds = time.monotonic() - began
-        except BaseException as exc:  # noqa: BLE001 - reported by wait() in the test thread
-            self.error = exc
-        finally:
-            self._done.set()
+        self.install_seconds = _ensure_venv(self.home / "install.log")
 
-    def wait(self, timeout: float = INSTALL_TIMEOUT + 240.0) -> LocalPrefectServer:
-        self.start()
-        if not self._done.wait(timeout):
-            raise RuntimeError(f"the Prefect 3 server was not ready after {timeout:.0f}s")
-        if self.error is not None:
-            log = self.home / "install.log"
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"could not start a Prefect 3 server: {self.error}\n{tail}")
-        assert self.server is not None
-        return self.server
+    def _make(self) -> LocalPrefectServer:
+        return LocalPrefectServer(home=self.home / "home", python=str(PYTHON), env=SERVER_ENV)
 
-    def stop(self) -> None:
-        self._cancelled.set()  # a server not started yet never starts
-        self._done.wait(5.0)
-        if self.server is not None:
-            self.server.stop()
-        shutil.rmtree(self.home, ignore_errors=True)
+    def _failure(self, error: BaseException) -> str:
+        log = self.home / "install.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        return f"{super()._failure(error)}\n{tail}"

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from actors.rules.share import (
     MAX_WINDOW,
     RECORDED_BY_OTHERS_SECONDS,
+    Contests,
     Share,
     live_peers,
     owner,
@@ -130,3 +131,17 @@ def test_one_peer_records_the_queues_polls_and_the_others_seldom() -> None:
     assert RECORDED_BY_OTHERS_SECONDS < 60.0  # the server marks a queue unpolled for 60 s
     lone = Share("agent-a")
     assert lone.records_polls("etl", now=0.0)
+
+
+def test_a_queue_is_shared_only_from_a_lost_race_until_none_is_lost_for_a_while() -> None:
+    contests = Contests(lasts=120.0)
+    peers = ("a", "b", "c")
+    assert contests.sharers("q", peers, now=0.0) == ((), False)
+    assert contests.lost("q", now=10.0) is True  # the first race lost starts the share
+    assert contests.sharers("q", peers, now=11.0) == (peers, False)
+    assert contests.sharers("other", peers, now=11.0) == ((), False)
+    assert contests.lost("q", now=100.0) is False  # a later one only renews it
+    assert contests.sharers("q", peers, now=219.0) == (peers, False)
+    assert contests.sharers("q", peers, now=220.0) == ((), True)  # lapsed: said once
+    assert contests.sharers("q", peers, now=221.0) == ((), False)
+    assert contests.lost("q", now=300.0) is True
