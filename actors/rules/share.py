@@ -12,12 +12,16 @@ first: a pool's workers need not serve this queue), every agent that sees the sa
 gives each run the same owner, with no word between them, and a peer that joins or leaves
 moves only the runs it owns.
 
-A peer's run is proposed too, once this agent has seen it waiting for `grace` seconds (the
-owner is slow, dead, at its limit, or serves other queues of the pool): that peer is then not
-counted for this queue for a while, so its share goes to the others at once. When the window
-was not full the queue is nearly drained: peers' runs are proposed at once after this agent's
-own (nothing to share, and waiting would only delay them). A lone agent reads and proposes
-exactly as without a share.
+A peer's run is proposed too once it has waited: each run ranks the live peers by the same
+hashing, the owner first, and the peer of rank k proposes it once it has seen it waiting for
+k graces (the owner is slow, dead, at its limit, or serves other queues of the pool). So a run
+left over is taken by one peer, its next in rank, and not by every peer that sees it; and
+every agent's view of who proposes what stays the same (an agent that set a slow peer aside
+on its own would propose that peer's runs at once while the peer and the others still took
+them for the peer's: races for as long as it did). When the window was not full the queue is
+nearly drained: peers' runs are proposed at once after this agent's own (nothing to share,
+and waiting would only delay them). A lone agent reads and proposes exactly as without a
+share.
 
 The share only orders and spaces proposals; the server's acceptance of one Pending per run
 stays the lock, so no run can start twice whatever two agents believe about their peers.
@@ -32,8 +36,7 @@ from datetime import datetime, timedelta
 from messages.wire.prefect import FlowRun, Worker
 
 CONTESTED_SECONDS = 120.0  # a queue is shared this long after another agent took a run first
-GRACE_SECONDS = 5.0  # a peer's run waits this long in our window before we propose it
-LEFT_OUT_SECONDS = 60.0  # a peer that left a run to go overdue is not counted for so long
+GRACE_SECONDS = 5.0  # a peer's run waits this many times our rank for it before we propose it
 MAX_WINDOW = 200  # rows in one read: the server's default page limit
 RECORDED_BY_OTHERS_SECONDS = 40.0  # a peer that is not the queue's recorder records this often
 
@@ -64,6 +67,13 @@ def _score(run_id: str, peer: str) -> int:
 def owner(run_id: str, peers: Sequence[str]) -> str:
     """The peer that owns a run: the highest score of (run id, name) (rendezvous hashing)."""
     return max(peers, key=lambda peer: _score(run_id, peer))
+
+
+def rank(run_id: str, peers: Sequence[str], me: str) -> int:
+    """Where `me` stands for a run among the peers, by the same scores: 0 for its owner, k
+    for the peer that proposes it once it has waited k graces."""
+    mine = _score(run_id, me)
+    return sum(1 for peer in peers if peer != me and _score(run_id, peer) > mine)
 
 
 def window(room: int, sharers: int) -> int:
@@ -118,76 +128,61 @@ class Contests:
 
 
 class Share:
-    """One queue's share for one agent: the live peers, those left out for this queue, and
-    when each peer's run of the window was first seen (monotonic seconds)."""
+    """One queue's share for one agent: the live peers, and when each peer's run of the
+    window was first seen (monotonic seconds)."""
 
-    def __init__(
-        self,
-        me: str,
-        grace: float = GRACE_SECONDS,
-        left_out_for: float = LEFT_OUT_SECONDS,
-    ) -> None:
+    def __init__(self, me: str, grace: float = GRACE_SECONDS) -> None:
         self.me = me
         self.grace = grace
-        self.left_out_for = left_out_for
         self.peers: tuple[str, ...] = (me,)
-        self.left_out: dict[str, float] = {}  # peer -> until when (monotonic)
         self.first_seen: dict[str, float] = {}  # run id -> monotonic time
         self.overdue_taken = 0  # peers' runs proposed after their grace (for the tree)
 
     def peers_are(self, peers: Iterable[str]) -> None:
-        """The live peers as last read; a change of who they are ends every leaving-out."""
-        named = tuple(sorted({self.me, *peers}))
-        if named != self.peers:
-            self.peers = named
-            self.left_out.clear()
+        """The live peers as last read."""
+        self.peers = tuple(sorted({self.me, *peers}))
 
-    def sharers(self, now: float) -> tuple[str, ...]:
-        """The peers counted for this queue now: the live ones not left out."""
-        for peer, until in list(self.left_out.items()):
-            if until <= now:
-                del self.left_out[peer]
-        return tuple(peer for peer in self.peers if peer not in self.left_out)
+    def sharers(self) -> tuple[str, ...]:
+        """The peers the queue is shared with (this agent among them)."""
+        return self.peers
 
-    def records_polls(self, queue_name: str, now: float) -> bool:
+    def records_polls(self, queue_name: str) -> bool:
         """Whether this agent is the queue's recorder: the peer that owns the queue's name."""
-        return owner(queue_name, self.sharers(now)) == self.me
+        return owner(queue_name, self.peers) == self.me
 
-    def window(self, room: int, now: float) -> int:
+    def window(self, room: int) -> int:
         """Rows to read for a page of `room` runs."""
-        return window(room, len(self.sharers(now)))
+        return window(room, len(self.peers))
 
     def pick(self, runs: Sequence[FlowRun], room: int, full: bool, now: float) -> list[FlowRun]:
         """The runs to propose, at most `room`, in the window's order: this agent's own first,
-        then peers' runs it has seen waiting for the grace (or all of them, when the window
-        was not full). A peer whose run was taken so is left out of this queue's share."""
-        sharers = self.sharers(now)
-        if len(sharers) <= 1:
+        then peers' runs it has seen waiting for as many graces as its rank for them (or all
+        of them, when the window was not full)."""
+        if len(self.peers) <= 1:
             self.first_seen.clear()
             return list(runs[:room])
         self.first_seen = {run.id: self.first_seen.get(run.id, now) for run in runs}
         mine: list[FlowRun] = []
-        theirs: list[tuple[FlowRun, str]] = []
+        theirs: list[FlowRun] = []
         for run in runs:
-            holder = owner(run.id, sharers)
-            if holder == self.me:
+            place = rank(run.id, self.peers, self.me)
+            if place == 0:
                 mine.append(run)
-            elif not full or now - self.first_seen[run.id] >= self.grace:
-                theirs.append((run, holder))
+            elif not full or now - self.first_seen[run.id] >= place * self.grace:
+                theirs.append(run)
         taken = theirs[: max(0, room - len(mine))]
         if full:
             self.overdue_taken += len(taken)
-            for _, holder in taken:
-                self.left_out[holder] = now + self.left_out_for
-        return mine[:room] + [run for run, _ in taken]
+        return mine[:room] + taken
 
     def next_overdue(self, now: float) -> float | None:
-        """Seconds until the first of the peers' runs seen waiting reaches its grace (None:
-        none waits, or no peer shares the queue)."""
-        sharers = self.sharers(now)
-        if len(sharers) <= 1:
+        """Seconds until the first of the peers' runs seen waiting is this agent's to propose
+        (None: none waits, or no peer shares the queue)."""
+        if len(self.peers) <= 1:
             return None
-        waiting = [
-            seen for run_id, seen in self.first_seen.items() if owner(run_id, sharers) != self.me
+        due_at = [
+            seen + place * self.grace
+            for run_id, seen in self.first_seen.items()
+            if (place := rank(run_id, self.peers, self.me)) > 0
         ]
-        return max(0.0, min(waiting) + self.grace - now) if waiting else None
+        return max(0.0, min(due_at) - now) if due_at else None

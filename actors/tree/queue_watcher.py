@@ -226,7 +226,7 @@ class QueueWatcher(pykka.ThreadingActor):
             priority=queue.priority,
             cheap_pages=self.filter_answers,
             reply_to=self.actor_ref,
-            sharers=len(self.share.sharers(time.monotonic())),
+            sharers=len(self.share.sharers()),
         )
         if not tell_if_alive(self.dispatcher, ask_room):
             self._set_phase("waiting for the Dispatcher")
@@ -244,7 +244,7 @@ class QueueWatcher(pykka.ThreadingActor):
             return interval
         self._set_phase("polling")
         now = time.monotonic()
-        window = self.share.window(room, now)
+        window = self.share.window(room)
         route, due = self._due_runs(queue, window, self.filter_answers)
         full = len(due) >= window
         runs = self.share.pick(due, room, full, now)
@@ -302,7 +302,7 @@ class QueueWatcher(pykka.ThreadingActor):
             return "get_scheduled_flow_runs", pool_runs
         now = time.monotonic()
         since = None if self.recorded_poll_at is None else now - self.recorded_poll_at
-        recorder = self.share.records_polls(queue.name, now)  # in a fleet, one peer records
+        recorder = self.share.records_polls(queue.name)  # in a fleet, one peer records
         by_filter = poll_by_filter(
             filter_answers=filter_answers,
             since_recorded_poll=since,
@@ -387,7 +387,7 @@ class QueueWatcher(pykka.ThreadingActor):
         detail = {"queue id": self.queue.id} if self.queue is not None else {}
         if self.pool_name is not None:
             detail["work pool"] = self.pool_name
-        sharers = len(self.share.sharers(time.monotonic()))
+        sharers = len(self.share.sharers())
         if sharers > 1 or self.share.overdue_taken:
             detail["shared with"] = f"{sharers - 1} live peer(s)"
             detail["peers' runs taken after their grace"] = str(self.share.overdue_taken)

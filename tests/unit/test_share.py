@@ -9,6 +9,7 @@ from actors.rules.share import (
     Share,
     live_peers,
     owner,
+    rank,
     recorded_poll_interval,
     window,
 )
@@ -19,7 +20,7 @@ FLEET = ("agent-a", "agent-b", "agent-c")
 
 
 def share_of(me: str, peers: tuple[str, ...] = FLEET, grace: float = 5.0) -> Share:
-    share = Share(me, grace=grace, left_out_for=60.0)
+    share = Share(me, grace=grace)
     share.peers_are(peers)
     return share
 
@@ -27,13 +28,13 @@ def share_of(me: str, peers: tuple[str, ...] = FLEET, grace: float = 5.0) -> Sha
 def test_a_lone_agent_reads_and_proposes_exactly_the_head_of_the_queue() -> None:
     share = Share("agent-a")
     share.peers_are(())
-    assert share.window(8, now=0.0) == 8
+    assert share.window(8) == 8
     assert share.pick(RUNS[:8], 8, full=True, now=0.0) == RUNS[:8]
 
 
 def test_agents_that_see_the_same_peers_propose_disjoint_runs_covering_the_window() -> None:
     shares = [share_of(me) for me in FLEET]
-    assert [s.window(8, now=0.0) for s in shares] == [24, 24, 24]
+    assert [s.window(8) for s in shares] == [24, 24, 24]
     picked = [s.pick(RUNS[:24], 24, full=True, now=0.0) for s in shares]
     ids = [{run.id for run in runs} for runs in picked]
     assert ids[0].isdisjoint(ids[1]) and ids[0].isdisjoint(ids[2]) and ids[1].isdisjoint(ids[2])
@@ -58,26 +59,39 @@ def test_a_page_is_at_most_the_room_given_own_runs_first() -> None:
     assert all(owner(run.id, FLEET) == "agent-a" for run in picked)
 
 
-def test_a_peers_run_is_proposed_once_it_has_waited_its_grace_and_that_peer_is_left_out() -> None:
-    share = share_of("agent-a", grace=5.0)
+def test_a_run_left_waiting_is_proposed_by_one_peer_at_a_time_in_rank_order() -> None:
     window_runs = RUNS[:24]
-    first = share.pick(window_runs, 24, full=True, now=100.0)
-    assert all(owner(run.id, FLEET) == "agent-a" for run in first)
-    assert share.next_overdue(now=101.0) == 4.0
-    # The peers took nothing meanwhile: 5 s later their runs are proposed too, after ours.
-    later = share.pick(window_runs, 24, full=True, now=105.0)
-    assert later[: len(first)] == first and {run.id for run in later} == {
-        run.id for run in window_runs
-    }
-    assert share.sharers(now=105.0) == ("agent-a",)  # b and c serve no more of this queue
-    assert share.overdue_taken == 24 - len(first)
-    # Left out for a while, then counted again; a change of the live peers ends it at once.
-    assert share.sharers(now=164.9) == ("agent-a",)
-    assert share.sharers(now=165.0) == FLEET
-    share.pick(window_runs, 24, full=True, now=200.0)
-    share.pick(window_runs, 24, full=True, now=205.0)
-    share.peers_are(("agent-a", "agent-b"))
-    assert share.sharers(now=205.0) == ("agent-a", "agent-b")
+    shares = {me: share_of(me, grace=5.0) for me in FLEET}
+
+    def proposers(now: float) -> dict[str, set[str]]:
+        return {
+            me: {run.id for run in share.pick(window_runs, 24, full=True, now=now)}
+            for me, share in shares.items()
+        }
+
+    at_once = proposers(100.0)
+    for me, ids in at_once.items():  # each proposes its own, and only those
+        assert ids == {run.id for run in window_runs if owner(run.id, FLEET) == me}
+    assert shares["agent-a"].next_overdue(now=101.0) == 4.0
+    # Nobody took anything: after one grace each run is proposed by its owner and by the
+    # peer of rank 1 for it, never by the third.
+    one_grace = proposers(105.0)
+    for run in window_runs:
+        holders = {me for me, ids in one_grace.items() if run.id in ids}
+        assert holders == {me for me in FLEET if rank(run.id, FLEET, me) <= 1}, run.id
+    assert shares["agent-a"].overdue_taken == sum(
+        1 for run in window_runs if rank(run.id, FLEET, "agent-a") == 1
+    )
+    # After two graces, by every peer (three agents: rank 2 is the last).
+    two_graces = proposers(110.0)
+    assert all(ids == {run.id for run in window_runs} for ids in two_graces.values())
+
+
+def test_ranks_order_the_peers_the_same_for_everyone() -> None:
+    for run in RUNS[:50]:
+        places = sorted(rank(run.id, FLEET, me) for me in FLEET)
+        assert places == [0, 1, 2]
+        assert rank(run.id, FLEET, owner(run.id, FLEET)) == 0
 
 
 def test_a_peers_run_seen_for_less_than_its_grace_waits() -> None:
@@ -95,7 +109,6 @@ def test_in_a_window_that_is_not_full_every_run_is_proposed_at_once_own_first() 
     picked = share.pick(tail, 8, full=False, now=0.0)
     own = [run for run in tail if owner(run.id, FLEET) == "agent-a"]
     assert picked[: len(own)] == own[:8] and len(picked) == min(8, len(tail))
-    assert share.sharers(now=0.0) == FLEET  # nobody left out: the queue is nearly drained
 
 
 def test_the_window_grows_with_the_sharers_up_to_a_bound() -> None:
@@ -124,13 +137,13 @@ def test_live_peers_are_the_online_workers_and_this_agent() -> None:
 
 def test_one_peer_records_the_queues_polls_and_the_others_seldom() -> None:
     shares = [share_of(me) for me in FLEET]
-    recorders = [s.me for s in shares if s.records_polls("etl", now=0.0)]
+    recorders = [s.me for s in shares if s.records_polls("etl")]
     assert recorders == [owner("etl", FLEET)]
     assert recorded_poll_interval(15.0, recorder=True) == 15.0
     assert recorded_poll_interval(15.0, recorder=False) == RECORDED_BY_OTHERS_SECONDS
     assert RECORDED_BY_OTHERS_SECONDS < 60.0  # the server marks a queue unpolled for 60 s
     lone = Share("agent-a")
-    assert lone.records_polls("etl", now=0.0)
+    assert lone.records_polls("etl")
 
 
 def test_a_queue_is_shared_only_from_a_lost_race_until_none_is_lost_for_a_while() -> None:
