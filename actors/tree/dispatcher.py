@@ -149,7 +149,7 @@ class Dispatcher(pykka.ThreadingActor):
                 if supervisor is not None:
                     tell_if_alive(supervisor, message)
             case HeldRunIds(reply_to=ref):
-                _reply(ref, HeldRunsAre(tuple(sorted(self.held))))
+                _reply(ref, HeldRunsAre(self._settled_runs()))
             case RegisterWatcher(queue_name=queue, watcher=ref):
                 self._register(queue, ref)
             case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):
@@ -350,6 +350,19 @@ class Dispatcher(pykka.ThreadingActor):
         self._wake_starved()
         if not self.held:
             self.agent.tell(DispatcherIdle())
+
+    def _settled_runs(self) -> tuple[str, ...]:
+        """The held runs whose Pending the server has accepted: those a check after a cut-off
+        may read back. A run whose Pending is still with the server reads Scheduled, with no
+        claim of ours yet; that answer, not a read, says whether it is ours (relinquished on
+        such a read, it would be left Pending with no process once the Pending landed)."""
+        return tuple(
+            sorted(
+                run_id
+                for run_id in self.held
+                if (status := self.status.get(run_id)) is not None and status.past_pending
+            )
+        )
 
     def _supervisor_failed(self, message: SupervisorFailed) -> None:
         """Hand the still-running process to a replacement that watches it by pid."""

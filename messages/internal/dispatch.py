@@ -127,7 +127,7 @@ class HeldRunIds(msgspec.Struct, frozen=True):
 
 
 class HeldRunsAre(msgspec.Struct, frozen=True):
-    """The Dispatcher's answer to `HeldRunIds`."""
+    """The Dispatcher's answer to `HeldRunIds`: the held runs past their Pending."""
 
     flow_run_ids: tuple[str, ...]
 

@@ -26,6 +26,7 @@ import pytest
 from actors import AgentHandle, RunListener, settings_from_env, start_agent
 from actors.runtime.clock import Clock, ClockInterface
 from actors.tree.dispatcher import Dispatcher
+from messages.internal.dispatch import HeldRunIds, HeldRunsAre
 from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
 from messages.user.tree import ActorNode
@@ -644,6 +645,49 @@ def test_a_renewed_lease_wakes_the_watcher_it_left_without_room(
     started_pid(runs_dir, run.id)
     assert "heartbeats get through again: taking runs" in caplog.text
     assert len(fake.proposals(run.id, PENDING)) == 1
+
+
+class _Inbox(pykka.ThreadingActor):
+    """Keeps what it is told, for a test to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told: list[object] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, str) and message == "told":
+            return list(self.told)
+        self.told.append(message)
+        return None
+
+
+@pytest.mark.timeout(30)
+def test_a_run_whose_pending_is_with_the_server_is_not_among_those_checked_after_a_cut_off(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """Read back while its Pending is in flight, the run is Scheduled with no claim of ours: a
+    check after a cut-off would relinquish it, and the Pending that lands then would leave it
+    Pending with no process. Only runs past their Pending are checked."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    gate = fake.hang("set_state", when=lambda call: call.params.get("flow_run_id") == run.id)
+    start()
+    wait_until(lambda: fake.calls("set_state", run_id=run.id), 5, "the run's Pending")
+    (dispatcher,) = pykka.ActorRegistry.get_by_class(Dispatcher)
+    inbox = _Inbox.start()
+    try:
+
+        def answer() -> HeldRunsAre | None:
+            dispatcher.tell(HeldRunIds(inbox))
+            told = [m for m in inbox.ask("told") if isinstance(m, HeldRunsAre)]
+            return told[-1] if told else None
+
+        assert wait_until(answer, 5, "the Dispatcher's answer").flow_run_ids == ()
+        gate.release()
+        started_pid(runs_dir, run.id)
+        wait_until(lambda: (a := answer()) and a.flow_run_ids == (run.id,), 5, "run settled")
+    finally:
+        inbox.stop()
 
 
 # -- l. a pool's other agents share a queue's runs only once they take some of them ------------
