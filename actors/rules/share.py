@@ -135,12 +135,19 @@ class Share:
         self.me = me
         self.grace = grace
         self.peers: tuple[str, ...] = (me,)
-        self.first_seen: dict[str, float] = {}  # run id -> monotonic time
+        # run id -> (monotonic time first seen, this agent's rank for it among the peers)
+        self.first_seen: dict[str, tuple[float, int]] = {}
         self.overdue_taken = 0  # peers' runs proposed after their grace (for the tree)
 
     def peers_are(self, peers: Iterable[str]) -> None:
-        """The live peers as last read."""
-        self.peers = tuple(sorted({self.me, *peers}))
+        """The live peers as last read; a change of who they are changes every rank."""
+        named = tuple(sorted({self.me, *peers}))
+        if named != self.peers:
+            self.peers = named
+            self.first_seen = {
+                run_id: (seen, rank(run_id, named, self.me))
+                for run_id, (seen, _) in self.first_seen.items()
+            }
 
     def sharers(self) -> tuple[str, ...]:
         """The peers the queue is shared with (this agent among them)."""
@@ -161,14 +168,15 @@ class Share:
         if len(self.peers) <= 1:
             self.first_seen.clear()
             return list(runs[:room])
-        self.first_seen = {run.id: self.first_seen.get(run.id, now) for run in runs}
+        known, self.first_seen = self.first_seen, {}
         mine: list[FlowRun] = []
         theirs: list[FlowRun] = []
-        for run in runs:
-            place = rank(run.id, self.peers, self.me)
+        for run in runs:  # a run's rank is hashed once, when it first comes into view
+            seen, place = known.get(run.id) or (now, rank(run.id, self.peers, self.me))
+            self.first_seen[run.id] = (seen, place)
             if place == 0:
                 mine.append(run)
-            elif not full or now - self.first_seen[run.id] >= place * self.grace:
+            elif not full or now - seen >= place * self.grace:
                 theirs.append(run)
         taken = theirs[: max(0, room - len(mine))]
         if full:
@@ -180,9 +188,5 @@ class Share:
         (None: none waits, or no peer shares the queue)."""
         if len(self.peers) <= 1:
             return None
-        due_at = [
-            seen + place * self.grace
-            for run_id, seen in self.first_seen.items()
-            if (place := rank(run_id, self.peers, self.me)) > 0
-        ]
+        due_at = [seen + place * self.grace for seen, place in self.first_seen.values() if place]
         return max(0.0, min(due_at) - now) if due_at else None

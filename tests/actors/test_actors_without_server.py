@@ -581,14 +581,20 @@ def test_cancel_grace_period_runs_on_the_agents_clock(
 # -- k. no run taken while this agent's heartbeats do not get through ----------------------------
 
 
+def heartbeats_fail_while(fake: FakePrefectApi) -> threading.Event:
+    """Every worker heartbeat fails while the returned event is set (the agent cut off)."""
+    cut_off = threading.Event()
+    fake.fail("send_worker_heartbeat", times=10**6, when=lambda call: cut_off.is_set())
+    return cut_off
+
+
 @pytest.mark.timeout(30)
 def test_no_run_is_taken_while_the_heartbeat_lease_is_lapsed(
     fake: FakePrefectApi, start: Start, runs_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     fake.add_queue("default")
-    cut_off = threading.Event()
-    fake.fail("send_worker_heartbeat", times=10**6, when=lambda call: cut_off.is_set())
+    cut_off = heartbeats_fail_while(fake)
     start(clock=Clock(), query_interval=0.2, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
     wait_until(
         lambda: any(c.answered_at and c.error is None for c in fake.calls("send_worker_heartbeat")),
@@ -622,8 +628,7 @@ def test_a_renewed_lease_wakes_the_watcher_it_left_without_room(
     while the lease had lapsed starts within seconds, not at the next poll."""
     caplog.set_level(logging.INFO)
     fake.add_queue("default")
-    cut_off = threading.Event()
-    fake.fail("send_worker_heartbeat", times=10**6, when=lambda call: cut_off.is_set())
+    cut_off = heartbeats_fail_while(fake)
     clock = ManualClock()
     handle = start(clock=clock, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
     wait_until(handle.ctx.lease.ever_renewed, 5, "a heartbeat to get through")
