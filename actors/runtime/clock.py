@@ -50,6 +50,11 @@ class ClockInterface(Protocol):
         """Deliver nothing more."""
         ...
 
+    def monotonic(self) -> float:
+        """The clock's present, in seconds (only differences mean anything): what the agent
+        measures on this clock (the heartbeat lease) moves as its timers do."""
+        ...
+
 
 class Clock:
     """A single thread that runs callbacks at their due time."""
@@ -75,6 +80,9 @@ class Clock:
         """Deliver `message` to `ref` after `delay` seconds, unless cancelled or the actor died."""
 
         return self.call_later(delay, lambda: tell_if_alive(ref, message))
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
     def stop(self) -> None:
         with self._wake:

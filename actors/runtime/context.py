@@ -14,7 +14,6 @@ from actors.edges.api_interface import PrefectApiInterface
 from actors.rules.identity import AgentIdentity
 from actors.runtime.calls import CallPool
 from actors.runtime.clock import ClockInterface
-from actors.runtime.lease import Lease
 from actors.runtime.settings import AgentSettings
 from actors.status.metrics import AgentMetrics
 
@@ -36,7 +35,6 @@ class AgentContext:
     api: PrefectApiInterface
     clock: ClockInterface
     identity: AgentIdentity  # name, instance, host: shown in the tree, carried by claims
-    lease: Lease  # how long it may act for its runs without the server (see its module)
     calls: CallPool = field(default_factory=CallPool)  # server calls made off the inboxes
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     outcome: AgentOutcome = field(default_factory=AgentOutcome)

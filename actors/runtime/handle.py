@@ -20,7 +20,6 @@ from actors.edges.processes import HOSTNAME
 from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
 from actors.runtime.clock import Clock, ClockInterface
 from actors.runtime.context import AgentContext
-from actors.runtime.lease import Lease
 from actors.runtime.refs import ask
 from actors.runtime.settings import AgentSettings
 from actors.tree.agent import Agent
@@ -57,7 +56,6 @@ class AgentHandle:
             api=self.api,
             clock=self.clock,
             identity=identity_for(settings),
-            lease=Lease(settings.lost_agent_seconds, settings.heartbeat_seconds),
             listeners=listeners,
         )
         self.api.on_attempt = self.ctx.metrics.count_api_attempt

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import msgspec
 import pykka
 
 from actors.edges.processes import (
@@ -32,6 +33,7 @@ from actors.edges.processes import (
     process_alive,
 )
 from actors.rules.identity import AgentIdentity
+from actors.rules.lease import Lease
 from actors.rules.reconcile import left_behind
 from actors.rules.recovery import handed_back, latest_claim
 from actors.rules.retry import ONCE, SERVER_CALLS
@@ -48,6 +50,7 @@ from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
 from messages.internal.dispatch import Subscribe, Unsubscribe
 from messages.internal.events import ServedQueue, ServedQueues, StreamHealth
+from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     CallAnswered,
     ChildFailed,
@@ -106,6 +109,10 @@ class Agent(pykka.ThreadingActor):
         self.polled_once: set[str] = set()
         self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the watchers told it
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
+        # The lease outlives a restart of the Heartbeat, which alone writes it; what it says
+        # last is given to every child (re)started that acts on it.
+        self.lease = Lease(settings.lost_agent_seconds, settings.heartbeat_seconds)
+        self.lease_said = LeaseChanged(holds=True, streak_since=None)
         self.calls: Calls | None = None
         self.api = ctx.api.with_retry(SERVER_CALLS)  # its version and what an earlier life left
         self.rematch_api = ctx.api.with_retry(ONCE)  # the next rematch is the retry
@@ -168,6 +175,8 @@ class Agent(pykka.ThreadingActor):
                     self._learn_queue_id(name, node)
                 elif kind == "EventListener":
                     self._stream_health(node.state == "stream")
+            case LeaseChanged():
+                self._lease_changed(message)
             case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):
                 self.listeners.append(ref)
                 if self.dispatcher is not None:
@@ -205,7 +214,9 @@ class Agent(pykka.ThreadingActor):
         return self.calls
 
     def _start_dispatcher(self) -> None:
-        self.dispatcher = Dispatcher.start(self.ctx, self.actor_ref, tuple(self.listeners))
+        self.dispatcher = Dispatcher.start(
+            self.ctx, self.actor_ref, tuple(self.listeners), self.lease_said
+        )
         self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
         self.outcome.dispatcher = self.dispatcher
         self.supervisor.record("Dispatcher", DISPATCHER)
@@ -252,12 +263,16 @@ class Agent(pykka.ThreadingActor):
         self._tell_cancel_watcher()
 
     def _start_heartbeat(self) -> None:
-        self.heartbeat = Heartbeat.start(self.ctx, self.actor_ref)
+        self.heartbeat = Heartbeat.start(self.ctx, self.actor_ref, self.lease)
         self.supervisor.record("Heartbeat", HEARTBEAT)
 
     def _start_recovery(self) -> None:
         self.recovery = Recovery.start(
-            self.ctx, self.actor_ref, self._the_dispatcher(), tuple(sorted(self.watchers))
+            self.ctx,
+            self.actor_ref,
+            self._the_dispatcher(),
+            tuple(sorted(self.watchers)),
+            self.lease_said,
         )
         self.supervisor.record("Recovery", RECOVERY)
 
@@ -276,6 +291,14 @@ class Agent(pykka.ThreadingActor):
         self.supervisor.record("EventListener", EVENTS)
         self.served_told = None
         self._tell_event_listener()
+
+    def _lease_changed(self, said: LeaseChanged) -> None:
+        """Those who act for runs hear what the lease says: the Dispatcher (and through it
+        every RunSupervisor), and Recovery (its streak; the check after a reconnection)."""
+        self.lease_said = msgspec.structs.replace(said, reconnected=False)  # told once
+        for ref in (self.dispatcher, self.recovery):
+            if ref is not None:
+                tell_if_alive(ref, said)
 
     def _tell_cancel_watcher(self) -> None:
         """The CancelWatcher and Recovery look at the runs of the queues served now."""

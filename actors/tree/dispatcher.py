@@ -32,7 +32,6 @@ from actors.rules.admission import admit, free_slots
 from actors.rules.paging import PageTracker
 from actors.rules.share import Contests
 from actors.rules.supervision import TEMPORARY
-from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.run_supervisor import RunSupervisor
@@ -50,6 +49,7 @@ from messages.internal.dispatch import (
     Subscribe,
     Unsubscribe,
 )
+from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     ChildFailed,
     Describe,
@@ -58,7 +58,6 @@ from messages.internal.lifecycle import (
     IdleCheck,
     Interrupt,
     InterruptRuns,
-    LeaseCheck,
     Poll,
     RegisterWatcher,
     Rehome,
@@ -78,7 +77,6 @@ from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
-LEASE_RECHECK_SECONDS = 1.0  # while the lease has lapsed, it is looked at again this often
 RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
 
 
@@ -90,6 +88,7 @@ class Dispatcher(pykka.ThreadingActor):
         ctx: AgentContext,
         agent: pykka.ActorRef[Any],
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
+        lease: LeaseChanged | None = None,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -99,8 +98,9 @@ class Dispatcher(pykka.ThreadingActor):
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
-        self.lease_lapsed = False  # taking no runs: this agent's heartbeats do not get through
-        self.lease_check: Timer | None = None  # while lapsed: the next look at the lease
+        # What the Heartbeat's lease says, as the Agent told it: while it has lapsed this agent
+        # takes no run (its heartbeats do not get through).
+        self.lease = lease if lease is not None else LeaseChanged(holds=True, streak_since=None)
         # Runs of full pages whose Pending has not settled: when to poll for the next page.
         self.pages = PageTracker()
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
@@ -116,18 +116,12 @@ class Dispatcher(pykka.ThreadingActor):
     def on_failure(self, *exc_info: Any) -> None:
         tell_if_alive(self.agent, ChildFailed("Dispatcher", "dispatcher", repr(exc_info[1])))
 
-    def on_stop(self) -> None:
-        if self.lease_check is not None:
-            self.lease_check.cancel()
-
     def on_receive(self, message: Any) -> Any:
         match message:
             case FreeSlots(reply_to=ref):
-                self._note_lease()
                 _reply(ref, Room(self._free_slots(message), self._sharing(message.queue_name)))
-            case LeaseCheck():
-                self.lease_check = None
-                self._note_lease()
+            case LeaseChanged():
+                self._lease_changed(message)
             case Peers(names=names):
                 self.peers = names
             case RunsFound(queue_name=queue, runs=runs, full_page=full, reply_to=ref):
@@ -185,7 +179,7 @@ class Dispatcher(pykka.ThreadingActor):
         on a queue shared with peers, once all of it is taken (`actors/rules/share.py`).
         """
         queue = asked.queue_name
-        if self.lease_lapsed:
+        if not self.lease.holds:
             self.starved.add(queue)
             return 0
         room = free_slots(self.ctx.settings.limit, len(self.held))
@@ -210,28 +204,25 @@ class Dispatcher(pykka.ThreadingActor):
             )
         return peers
 
-    def _note_lease(self) -> None:
+    def _lease_changed(self, lease: LeaseChanged) -> None:
         """Whether this agent may take runs: not while its heartbeats do not get through
-        (its lease lapsed, `actors/runtime/lease.py`). It could not start them (its
+        (its lease lapsed, `actors/rules/lease.py`). It could not start them (its
         RunSupervisors wait for the lease), peers may soon declare it lost and hand back
         whatever it holds, and each run it took would wait Pending here for nothing: left
-        Scheduled, a peer whose heartbeats get through takes it. One line per change; while
-        lapsed it looks again every second, and wakes the watchers it gave no room as soon
-        as the lease holds again."""
-        holds = self.ctx.lease.valid()
-        if holds == self.lease_lapsed:
-            self.lease_lapsed = not holds
-            if holds:
-                log.info("this agent's heartbeats get through again: taking runs")
-                self._wake_starved(by_priority=False)
-            else:
-                log.warning(
-                    "this agent's heartbeats do not get through (its lease lapsed): taking no "
-                    "runs until they do; peers that reach the server take them"
-                )
-        if self.lease_lapsed and self.lease_check is None:
-            self.lease_check = self.ctx.clock.tell_later(
-                LEASE_RECHECK_SECONDS, self.actor_ref, LeaseCheck()
+        Scheduled, a peer whose heartbeats get through takes it. Every RunSupervisor hears it
+        too; the watchers it gave no room are woken as soon as the lease holds again."""
+        was, self.lease = self.lease.holds, lease
+        if lease.holds == was:
+            return
+        for supervisor in self.held.values():
+            tell_if_alive(supervisor, lease)
+        if lease.holds:
+            log.info("this agent's heartbeats get through again: taking runs")
+            self._wake_starved(by_priority=False)
+        else:
+            log.warning(
+                "this agent's heartbeats do not get through (its lease lapsed): taking no "
+                "runs until they do; peers that reach the server take them"
             )
 
     def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:
@@ -291,7 +282,9 @@ class Dispatcher(pykka.ThreadingActor):
     # -- what the supervisors report ---------------------------------------------------------------
 
     def _supervise(self, run_id: str, plan: RunPlan) -> None:
-        self.held[run_id] = RunSupervisor.start(self.ctx, run_id, self.actor_ref, plan)
+        self.held[run_id] = RunSupervisor.start(
+            self.ctx, run_id, self.actor_ref, plan, self.lease.holds
+        )
         self.ctx.metrics.runs_in_flight.set(len(self.held))
 
     def _run_status(self, status: RunStatus) -> None:
@@ -312,6 +305,7 @@ class Dispatcher(pykka.ThreadingActor):
             return False
         log.info("took back flow run %s from its supervisor", status.flow_run_id)
         self.held[status.flow_run_id] = ref
+        tell_if_alive(ref, self.lease)  # it may have missed a change while no one held it
         self.ctx.metrics.runs_in_flight.set(len(self.held))
         return True
 
@@ -458,7 +452,7 @@ class Dispatcher(pykka.ThreadingActor):
             for status in [self.status.get(run_id)]
         )
         held = f"{len(self.held)} run(s) in flight" + (f", limit {limit}" if limit else "")
-        if self.lease_lapsed:
+        if not self.lease.holds:
             held += "; taking no runs (heartbeat lease lapsed)"
         return ActorNode(
             kind="Dispatcher", name="dispatcher", state=held, since=self.since, children=children

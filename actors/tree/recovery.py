@@ -9,9 +9,11 @@ for a full window. The lost peer's runs in this agent's queues, found by the cla
 Pending state carries, are then proposed Crashed, handed back (Scheduled, due now) or
 Cancelled; the server's answer decides which of several peers did it.
 
-After this agent was cut off from the server (its heartbeats failed, then went through
-again), it asks the Dispatcher which runs it holds and reads each on the server: a run a peer
-recovered meanwhile is relinquished at once (its process group killed, nothing reported).
+After this agent was cut off from the server (the Heartbeat's renewal that ends a break says
+so: `LeaseChanged.reconnected`), it asks the Dispatcher which runs it holds and reads each on
+the server: a run a peer recovered meanwhile is relinquished at once (its process group
+killed, nothing reported). It checks again one heartbeat interval later, for a recovery a peer
+had under way when the partition healed, and at every round until a check gets through.
 
 It also tells the Dispatcher who the live peers are (`Peers`: the pool's ONLINE workers,
 from the same worker rows as the round's), from which each watcher tells the runs it owns in
@@ -49,7 +51,15 @@ from actors.rules.share import live_peers
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
-from messages.internal.dispatch import HeldRunIds, HeldRunsAre, Peers, ReadPeers, Relinquish
+from messages.internal.dispatch import (
+    CheckHeldRuns,
+    HeldRunIds,
+    HeldRunsAre,
+    Peers,
+    ReadPeers,
+    Relinquish,
+)
+from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     ChildFailed,
     Describe,
@@ -87,6 +97,7 @@ class Recovery(pykka.ThreadingActor):
         agent: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any],
         queues: tuple[str, ...] = (),
+        lease: LeaseChanged | None = None,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -95,7 +106,10 @@ class Recovery(pykka.ThreadingActor):
         self.agent = agent
         self.dispatcher = dispatcher
         self.queues = queues
-        self.cut_off = False  # heartbeats failed since the last round that saw them go through
+        # Since when this agent's own heartbeats went through unbroken (agent clock), as the
+        # Heartbeat's lease last said; None while they fail.
+        self.streak_since = lease.streak_since if lease is not None else None
+        self.check_due = False  # the held runs are to be checked against the server
         self.declared: set[str] = set()  # peers declared lost (each counted once)
         self.claims: dict[str, tuple[str | None, AgentIdentity | None, State | None]] = {}
         self.next_round: Timer | None = None
@@ -129,6 +143,15 @@ class Recovery(pykka.ThreadingActor):
             case ReadPeers():
                 self.next_peers = None
                 self._read_peers()
+            case LeaseChanged(streak_since=since, reconnected=reconnected):
+                self.streak_since = since
+                if reconnected:
+                    self._check_held_runs()
+                    self.ctx.clock.tell_later(
+                        self.ctx.settings.heartbeat_seconds, self.actor_ref, CheckHeldRuns()
+                    )
+            case CheckHeldRuns():
+                self._check_held_runs()
             case HeldRunsAre(flow_run_ids=ids):
                 self._check_own(ids)
             case WatchedQueues(names=names):
@@ -146,22 +169,19 @@ class Recovery(pykka.ThreadingActor):
     # -- one round ---------------------------------------------------------------------------------
 
     def _round(self) -> None:
-        settings, lease = self.ctx.settings, self.ctx.lease
+        settings = self.ctx.settings
+        if self.check_due:  # the last check did not get through
+            self._check_held_runs()
         pool = self.api.server_profile().heartbeat_pool(settings.work_pool)
         if pool is None:
             self._set_phase("no work pool, no peers to watch")
             return
         workers = self.api.read_workers(pool)  # one read serves the live peers and the lost
         self._note_peers(pool, workers)
-        streak = lease.streak_seconds()
-        if streak is None:
-            self.cut_off = self.cut_off or lease.ever_renewed()
+        if self.streak_since is None:
             self._set_phase("waiting for this agent's own heartbeats")
             return
-        if self.cut_off:
-            self.cut_off = False
-            log.info("this agent reaches the server again: checking that its runs are its own")
-            tell_if_alive(self.dispatcher, HeldRunIds(self.actor_ref))
+        streak = self.ctx.clock.monotonic() - self.streak_since
         lost_after = settings.lost_agent_seconds
         if not may_declare_lost(streak, lost_after):
             self._set_phase(
@@ -282,6 +302,11 @@ class Recovery(pykka.ThreadingActor):
 
     # -- after this agent was cut off ------------------------------------------------------------
 
+    def _check_held_runs(self) -> None:
+        """Ask the Dispatcher for the runs it holds; each is then read on the server."""
+        self.check_due = False
+        tell_if_alive(self.dispatcher, HeldRunIds(self.actor_ref))
+
     def _check_own(self, run_ids: tuple[str, ...]) -> None:
         """Each run held here that the server no longer has as this instance's: relinquished.
 
@@ -319,7 +344,7 @@ class Recovery(pykka.ThreadingActor):
                 len(run_ids) - checked,
                 exc,
             )
-            self.cut_off = True
+            self.check_due = True
 
     def _current_claim(self, run: FlowRun) -> AgentIdentity | None:
         """The claim of the run's latest Pending: its state's own while it is Pending."""

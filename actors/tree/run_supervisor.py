@@ -53,11 +53,11 @@ from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from messages.internal.dispatch import Cancel, Relinquish, RunStatus
+from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import CallAnswered, Interrupt, Rehome, SupervisorFailed
 from messages.internal.run_steps import (
     AdoptRun,
     CancelUnheld,
-    CheckLease,
     CheckProcess,
     GraceExpired,
     InheritProcess,
@@ -98,7 +98,12 @@ class RunSupervisor(pykka.ThreadingActor):
     """One flow run's owner: submission, process, exit, cancellation (temporary child)."""
 
     def __init__(
-        self, ctx: AgentContext, run_id: str, dispatcher: pykka.ActorRef[Any], plan: RunPlan
+        self,
+        ctx: AgentContext,
+        run_id: str,
+        dispatcher: pykka.ActorRef[Any],
+        plan: RunPlan,
+        lease_holds: bool = True,
     ) -> None:
         super().__init__()
         self.ctx = ctx
@@ -123,6 +128,8 @@ class RunSupervisor(pykka.ThreadingActor):
         self.finished = False
         self.pid_recorded = False
         self.waiting_spec: ProcessSpec | None = None  # resolved, waiting for a valid lease
+        self.confirming = False  # after a lapse: reading whether the run is still ours
+        self.lease_holds = lease_holds  # as the Dispatcher tells it (`LeaseChanged`)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -143,8 +150,8 @@ class RunSupervisor(pykka.ThreadingActor):
                 self._on_stop_request(message)
             case Relinquish():
                 self._relinquish(message)
-            case CheckLease():
-                self._check_lease()
+            case LeaseChanged(holds=holds):
+                self._lease_changed(holds)
             case ProposePending():
                 self._propose_pending()
             case StartProcess(spec=spec) if isinstance(spec, ProcessSpec):
@@ -373,7 +380,9 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.stop_request is not None:
             self._end_before_start()
             return
-        if not self.ctx.lease.valid():
+        if self.process is not None or self.finished:
+            return
+        if not self.lease_holds:
             # Cut off from the server for long enough that peers may recover the run: start
             # nothing until the server is back and says the run is still ours.
             if self.waiting_spec is None:
@@ -384,11 +393,11 @@ class RunSupervisor(pykka.ThreadingActor):
                 )
             self.waiting_spec = spec
             self._set_phase("waiting for the server before starting (lease lapsed)")
-            self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
             return
         if self.waiting_spec is not None:
-            self.waiting_spec = None
-            self._confirm_then_start(spec)
+            if not self.confirming:
+                self.confirming = True
+                self._confirm_then_start(spec)
             return
         self._set_phase("starting process")
         try:
@@ -403,7 +412,6 @@ class RunSupervisor(pykka.ThreadingActor):
         )
         self._wait_in_helper(process)
         self._record_pid(process.pid)
-        self.ctx.clock.tell_later(self.ctx.settings.heartbeat_seconds, self.actor_ref, CheckLease())
 
     def _record_pid(self, pid: int) -> None:
         """Tell the server where the run's process lives; cancellation after an agent restart
@@ -428,11 +436,13 @@ class RunSupervisor(pykka.ThreadingActor):
 
         def read(run: FlowRun) -> None:
             state = run.state
+            self.confirming = False
             if (
                 state is not None
                 and state.type == PENDING
                 and (state.state_details.transition_id == ours)
             ):
+                self.waiting_spec = None
                 self._start_process(spec)
                 return
             shown = state.type if state is not None else "unknown"
@@ -444,29 +454,23 @@ class RunSupervisor(pykka.ThreadingActor):
             self._finish("not-submitted", f"no longer ours ({shown})")
 
         def unreadable(exc: Exception) -> None:
-            self.waiting_spec = spec
-            self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
+            self.confirming = False  # asked again in a second, through the inbox
+            self.ctx.clock.tell_later(1.0, self.actor_ref, StartProcess(spec))
 
         self._call(lambda: self.api.read_flow_run(self.run_id), read, unreadable)
 
-    def _check_lease(self) -> None:
-        """Waiting to start: start once the lease is good. Holding a process whose pid the
-        server has not recorded: kill it once the lease lapses, before a peer hands the run
-        back and it starts elsewhere too."""
+    def _lease_changed(self, holds: bool) -> None:
+        """Waiting to start: start once the lease holds again (and the server says the run is
+        still ours). Holding a process whose pid the server has not recorded: kill it as the
+        lease lapses, before a peer hands the run back and it starts elsewhere too."""
+        self.lease_holds = holds
         if self.finished:
             return
-        if self.waiting_spec is not None and self.process is None:
-            spec, self.waiting_spec = self.waiting_spec, None
-            if self.ctx.lease.valid():
-                self._confirm_then_start(spec)
-            else:
-                self.waiting_spec = spec
-                self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
+        if holds:
+            if self.waiting_spec is not None and self.process is None:
+                self._start_process(self.waiting_spec)
             return
         if self.process is None or self.pid_recorded or not isinstance(self.process, RunProcess):
-            return
-        if self.ctx.lease.valid():
-            self.ctx.clock.tell_later(1.0, self.actor_ref, CheckLease())
             return
         self._relinquish(
             Relinquish(

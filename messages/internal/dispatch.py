@@ -119,6 +119,11 @@ class RunStatus(msgspec.Struct, frozen=True):
     supervisor: object = None
 
 
+class CheckHeldRuns(msgspec.Struct, frozen=True):
+    """Scheduled by Recovery to itself one heartbeat interval after this agent reached the
+    server again: check the held runs once more, for a recovery a peer had under way."""
+
+
 class HeldRunIds(msgspec.Struct, frozen=True):
     """Told to the Dispatcher by the Recovery actor after this agent was cut off from the
     server: which runs do you hold? Answered with `HeldRunsAre` to `reply_to`."""

@@ -37,11 +37,6 @@ class HeldRuns(msgspec.Struct, frozen=True):
     waiting for the agent to be idle); the answer is the number of runs it holds."""
 
 
-class LeaseCheck(msgspec.Struct, frozen=True):
-    """Scheduled by the Dispatcher to itself while this agent's lease has lapsed: is it valid
-    again? Then the watchers it gave no room are woken at once, not a query interval later."""
-
-
 class IdleCheck(msgspec.Struct, frozen=True):
     """Told to the Dispatcher by the Agent (run once: every queue was polled once): tell
     `DispatcherIdle` now if no run is held, else when the last one ends."""

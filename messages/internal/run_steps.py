@@ -39,11 +39,6 @@ class ProcessExited(msgspec.Struct, frozen=True):
     returncode: int | None  # negative: killed by that signal; None: not our child, unknown
 
 
-class CheckLease(msgspec.Struct, frozen=True):
-    """Scheduled by a supervisor to itself: while it waits to start a process, or holds one
-    whose pid is not recorded, is this agent's lease (`actors.runtime.lease`) still good?"""
-
-
 class GraceExpired(msgspec.Struct, frozen=True):
     """Scheduled after SIGTERM: if the process group is still alive, SIGKILL it."""
 

@@ -192,9 +192,9 @@ Start = Callable[..., AgentHandle]
 
 @pytest.fixture
 def start(fake: FakePrefectApi, runs_dir: Path) -> Iterator[Start]:
-    """Start an agent against `fake` (queue "default", polls 60 s apart on a ManualClock
-    unless the test says otherwise). Afterwards: every hang released, the agent stopped, any
-    run process left killed, every actor the test started stopped."""
+    """Start an agent against `fake` (queue "default", polls 60 s apart on a ManualClock, a
+    lease of ten minutes, unless the test says otherwise). Afterwards: every hang released,
+    the agent stopped, any run process left killed, every actor the test started stopped."""
     before = {ref.actor_urn for ref in pykka.ActorRegistry.get_all()}
     handles: list[AgentHandle] = []
 
@@ -207,6 +207,10 @@ def start(fake: FakePrefectApi, runs_dir: Path) -> Iterator[Start]:
         options.setdefault("work_queues", ("default",))
         options.setdefault("query_interval", 60.0)
         options.setdefault("cancel_poll_interval", 60.0)
+        # The heartbeat lease is on the clock too: tests that hold every call while they move
+        # it a minute are not about a lapse, unless they say so.
+        options.setdefault("heartbeat_seconds", 60.0)
+        options.setdefault("lost_agent_seconds", 600.0)
         settings = settings_from_env({}, api_url=fake.api_url, **options)
         handle = start_agent(settings, api=fake, listeners=listeners, clock=clock or ManualClock())
         handles.append(handle)
@@ -578,7 +582,7 @@ def test_cancel_grace_period_runs_on_the_agents_clock(
     assert len(fake.proposals(run.id, CANCELLED)) == 1, fake.proposals(run.id)
 
 
-# -- k. no run taken while this agent's heartbeats do not get through ----------------------------
+# -- k. the heartbeat lease: no run taken while it has lapsed; the fence when it renews --------
 
 
 def heartbeats_fail_while(fake: FakePrefectApi) -> threading.Event:
@@ -588,68 +592,156 @@ def heartbeats_fail_while(fake: FakePrefectApi) -> threading.Event:
     return cut_off
 
 
+def cut_off_whole(fake: FakePrefectApi) -> threading.Event:
+    """While the returned event is set, every call a cut-off agent makes on its own fails:
+    heartbeats, Recovery's worker reads and run filters, the watchers' polls."""
+    cut_off = heartbeats_fail_while(fake)
+    for method in ("read_workers", "filter_flow_runs", "read_work_queue_by_name", "get_runs"):
+        fake.fail(method, times=10**6, when=lambda call: cut_off.is_set())
+    return cut_off
+
+
+def heartbeats_answered(fake: FakePrefectApi, ok: bool = True) -> int:
+    return len(
+        [
+            c
+            for c in fake.calls("send_worker_heartbeat")
+            if c.answered_at and (c.error is None) == ok
+        ]
+    )
+
+
+def lease_lapsed(handle: AgentHandle) -> bool:
+    """What the tree shows: the Dispatcher takes no runs while the lease has lapsed."""
+    dispatcher = node(handle.tree(), "Dispatcher")
+    return dispatcher is not None and "lease lapsed" in dispatcher.state
+
+
+def crashed_by_a_peer(fake: FakePrefectApi, run_id: str) -> None:
+    """What a peer that declared this agent lost does to a run it held."""
+    fake.set_run_state(
+        run_id, "CRASHED", message="Crashed: the run was held by a lost agent; a peer agent "
+        "declared it lost."
+    )
+
+
 @pytest.mark.timeout(30)
 def test_no_run_is_taken_while_the_heartbeat_lease_is_lapsed(
-    fake: FakePrefectApi, start: Start, runs_dir: Path, caplog: pytest.LogCaptureFixture
+    fake: FakePrefectApi, start: Start, runs_dir: Path
 ) -> None:
-    caplog.set_level(logging.INFO)
+    """Polls 60 s apart and the lease on a ManualClock: once heartbeats get through again, the
+    run found while the lease had lapsed starts at once, not at the next poll."""
     fake.add_queue("default")
     cut_off = heartbeats_fail_while(fake)
-    start(clock=Clock(), query_interval=0.2, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
-    wait_until(
-        lambda: any(c.answered_at and c.error is None for c in fake.calls("send_worker_heartbeat")),
-        5,
-        "a heartbeat to get through",
-    )
+    clock = ManualClock()
+    handle = start(clock=clock, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
+    wait_until(lambda: heartbeats_answered(fake), 5, "a heartbeat to get through")
     cut_off.set()
-    wait_until(lambda: "taking no runs until they do" in caplog.text, 5, "the lease to lapse")
+    clock.advance(1.0)  # the lease lapses 1.5 - 0.5 s after the first heartbeat was sent
+    wait_until(lambda: lease_lapsed(handle), 5, "the tree to show the lapse")
 
     run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
-    added = time.monotonic()
+    clock.advance(60)  # the watcher's next poll: the Dispatcher gives it no room
     wait_until(
-        lambda: len([c for c in fake.calls("read_work_queue_by_name") if c.at > added]) >= 3,
+        lambda: (w := node(handle.tree(), "QueueWatcher")) and w.state == "waiting for a free slot",
         5,
-        "three polls while cut off",
+        "the watcher to be given no room",
     )
     assert fake.proposals(run.id) == [], "a run was proposed Pending while the lease had lapsed"
     assert fake.state(run.id).type == SCHEDULED
 
     cut_off.clear()
-    started_pid(runs_dir, run.id)
-    assert "heartbeats get through again: taking runs" in caplog.text
-    assert len(fake.proposals(run.id, PENDING)) == 1
-
-
-@pytest.mark.timeout(30)
-def test_a_renewed_lease_wakes_the_watcher_it_left_without_room(
-    fake: FakePrefectApi, start: Start, runs_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Polls 60 s apart (a ManualClock): once heartbeats get through again, the run found
-    while the lease had lapsed starts within seconds, not at the next poll."""
-    caplog.set_level(logging.INFO)
-    fake.add_queue("default")
-    cut_off = heartbeats_fail_while(fake)
-    clock = ManualClock()
-    handle = start(clock=clock, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
-    wait_until(handle.ctx.lease.ever_renewed, 5, "a heartbeat to get through")
-    cut_off.set()
-    wait_until(lambda: not handle.ctx.lease.valid(), 5, "the lease to lapse")
-
-    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
-    clock.advance(60)  # the watcher's next poll finds the run: no room for it
-    wait_until(lambda: "taking no runs until they do" in caplog.text, 5, "the lapse to be seen")
-    assert fake.proposals(run.id) == [], "a run was proposed Pending while the lease had lapsed"
-
-    cut_off.clear()
-    for _ in range(10):  # heartbeats retry within a second; the Dispatcher looks every second
-        clock.advance(1.0)
+    for _ in range(10):  # heartbeats are retried within a second of the agent's clock
+        clock.advance(0.5)
         with contextlib.suppress(AssertionError):
             wait_until(lambda: fake.proposals(run.id, PENDING), 1.0, "the run's Pending")
             break
     assert clock.now < 120, "the run waited for the watcher's next scheduled poll"
     started_pid(runs_dir, run.id)
-    assert "heartbeats get through again: taking runs" in caplog.text
+    assert not lease_lapsed(handle)
     assert len(fake.proposals(run.id, PENDING)) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_run_a_peer_recovered_is_killed_at_the_first_heartbeat_back_whatever_recovery_saw(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """Cut off long enough for a peer to recover its run, every one of its own rounds failing
+    too: the heartbeat that gets through first is the fence, with no round of Recovery's
+    in between (the clock does not move after it)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    cut_off = cut_off_whole(fake)
+    clock = ManualClock()
+    start(clock=clock, heartbeat_seconds=1.0, lost_agent_seconds=3.0)
+    pid = started_pid(runs_dir, run.id)
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the pid recorded")
+    wait_until(lambda: heartbeats_answered(fake), 5, "a heartbeat to get through")
+
+    cut_off.set()
+    for _ in range(12):  # two lost windows; every heartbeat and round fails meanwhile
+        clock.advance(0.5)
+        time.sleep(0.01)  # lets the heartbeat's answer reach its inbox between two advances
+    assert heartbeats_answered(fake, ok=False) >= 2
+    crashed_by_a_peer(fake, run.id)
+    assert group_members(pid), "cut off, the agent cannot know yet"
+
+    cut_off.clear()
+    healed = heartbeats_answered(fake)
+    clock.advance(1.0)  # the next heartbeat is due within one interval
+    wait_until(lambda: heartbeats_answered(fake) > healed, 5, "a heartbeat to get through")
+    wait_until(lambda: not group_members(pid), 5, "the recovered run's process to be killed")
+    assert fake.state(run.id).type == "CRASHED"  # the peer's state stands; nothing reported
+
+
+@pytest.mark.timeout(30)
+def test_a_heartbeat_held_through_a_partition_and_let_through_late_still_fences(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """No heartbeat fails: the network holds one until after the lease lapsed, then lets it
+    through. Its renewal ends a break all the same, and the run a peer recovered is killed."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    clock = ManualClock()
+    start(clock=clock, heartbeat_seconds=1.0, lost_agent_seconds=3.0)
+    pid = started_pid(runs_dir, run.id)
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the pid recorded")
+    wait_until(lambda: heartbeats_answered(fake), 5, "a heartbeat to get through")
+
+    held = fake.hang("send_worker_heartbeat")
+    clock.advance(1.0)  # the next heartbeat is sent, and held
+    wait_until(lambda: fake.blocked("send_worker_heartbeat"), 5, "a heartbeat held")
+    clock.advance(5.0)  # past the lapse; the held heartbeat is still in flight
+    crashed_by_a_peer(fake, run.id)
+    assert group_members(pid)
+
+    held.release()  # the partition heals: the held heartbeat goes through, late
+    wait_until(lambda: not group_members(pid), 5, "the recovered run's process to be killed")
+    assert fake.state(run.id).type == "CRASHED"
+
+
+@pytest.mark.timeout(30)
+def test_a_process_whose_pid_is_not_recorded_is_killed_as_the_lease_lapses(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """A peer will hand back a run whose pid it cannot see: the process must not outlive the
+    lease, and the kill comes at the lapse on the agent's clock, not a poll later."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    cut_off = heartbeats_fail_while(fake)
+    fake.hang("set_infrastructure_pid")
+    clock = ManualClock()
+    start(clock=clock, heartbeat_seconds=1.0, lost_agent_seconds=3.0)
+    pid = started_pid(runs_dir, run.id)
+    wait_until(lambda: heartbeats_answered(fake), 5, "a heartbeat to get through")
+
+    cut_off.set()
+    clock.advance(1.9)  # the lease holds until 2.0 (3 - 1 after the first send)
+    wait_until(lambda: heartbeats_answered(fake, ok=False), 5, "a heartbeat to fail")
+    assert group_members(pid)
+    clock.advance(0.1)
+    wait_until(lambda: not group_members(pid), 5, "the unrecorded process to be killed")
+    assert fake.state(run.id).type == PENDING  # nothing reported: a peer hands it back
 
 
 class _Inbox(pykka.ThreadingActor):

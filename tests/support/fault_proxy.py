@@ -25,6 +25,11 @@ already open:
 - ``delay`` (``seconds=...``): hold each request that long, then forward it. The request still
   reaches the server after a client that timed out gave up, as with a slow real server.
 - ``blackhole``: read requests, never answer.
+- ``hold``: read requests and hold them, unanswered, until the mode changes; then each is dealt
+  with by the new mode (``pass`` forwards it, late, and relays the answer if its client is
+  still there). A partition that buffers and delivers when it heals.
+
+`drop_connections()` resets every open client connection at once (a heal that loses them).
 
 Websockets (the agent's event stream, ``/api/events/out``): an upgrade request is forwarded
 like any other, and once the server answers 101 the connection becomes a tunnel that relays
@@ -69,6 +74,7 @@ MODES = frozenset(
         "http_status",
         "delay",
         "blackhole",
+        "hold",
         "ws_refuse",
         "ws_drop",
         "ws_silent",
@@ -351,6 +357,16 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def drop_connections(self) -> None:
+        """End every open connection now, with RST where the kernel still can (what a heal
+        that loses them does); the threads serving them wake and leave."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+
     def fail_next(self, n: int, status: int = 503, retry_after: float | None = None) -> None:
         """Answer only the next `n` requests with `status`, then behave as the mode says."""
         if n < 0:
@@ -481,6 +497,13 @@ class FaultProxy:
                 if request is None:
                     return
                 action, mode, fail_status, fail_retry_after = self._decide(request)
+                while action == "hold":
+                    if self._stopping.wait(_ACCEPT_POLL):
+                        return
+                    with self._lock:
+                        held = self._mode.name == "hold"
+                    if not held:
+                        action, mode, fail_status, fail_retry_after = self._decide(request)
                 if action in ("reset", "refuse"):
                     abort = True
                     return

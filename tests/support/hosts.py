@@ -336,15 +336,21 @@ class SimulatedHost:
 
     # -- the network ---------------------------------------------------------------------------
 
-    def cut_off(self) -> None:
+    def cut_off(self, hold: bool = False) -> None:
         """The host stops reaching the server: its proxy reads requests and never answers
-        (on open keep-alive connections too, from their next request)."""
-        self._require_proxy().set_mode("blackhole")
+        (on open keep-alive connections too, from their next request). With `hold`, the
+        requests are kept and let through when the host reconnects, as a partition that
+        buffers does: they reach the server late, and a client still waiting gets its answer."""
+        self._require_proxy().set_mode("hold" if hold else "blackhole")
 
-    def reconnect(self) -> None:
+    def reconnect(self, drop_connections: bool = False) -> None:
         """Traffic passes again; connections held in the blackhole end when their client
-        gives up, new ones are forwarded."""
-        self._require_proxy().set_mode("pass")
+        gives up, new ones are forwarded. With `drop_connections`, every connection open
+        through the cut is reset as the traffic comes back."""
+        proxy = self._require_proxy()
+        if drop_connections:
+            proxy.drop_connections()
+        proxy.set_mode("pass")
 
     def _require_proxy(self) -> FaultProxy:
         if self.proxy is None:

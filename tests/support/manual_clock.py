@@ -8,8 +8,9 @@ those seconds, in order of due time (and of scheduling, for equal times), in the
 thread. A timer that a delivery schedules and that falls due within the same advance is
 delivered in that advance too, as if the time had really passed.
 
-Only the timers move: `time.monotonic()` and `time.time()` do not, so what the agent measures
-with them (cache ages, `since` in the tree) still follows the real clock.
+Only the timers and the clock's own `monotonic()` (what the heartbeat lease is measured on)
+move: `time.monotonic()` and `time.time()` do not, so what the agent measures with them (cache
+ages, `since` in the tree) still follows the real clock.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class ManualClock:
             self._stopped = True
             self._heap.clear()
             self._changed.notify_all()
+
+    def monotonic(self) -> float:
+        """The clock's present: the seconds advanced since it was made."""
+        return self.now
 
     # -- what a test does with it ------------------------------------------------------------------
 

@@ -213,6 +213,44 @@ def test_blackhole_mode_never_answers(proxy: FaultProxy) -> None:
     assert proxy.requests_by_path["/void"] == 1
 
 
+def test_hold_mode_lets_held_requests_through_late_when_it_heals(
+    proxy: FaultProxy, client: httpx.Client
+) -> None:
+    proxy.set_mode("hold")
+    answers: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answers.append(client.post("/late", content=b"1")))
+    waiting.start()
+    deadline = time.monotonic() + 5
+    while proxy.requests_by_path["/late"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the polling interval of this wait
+    waiting.join(timeout=0.3)
+    assert waiting.is_alive() and not answers  # held, not answered
+    proxy.set_mode("pass")
+    waiting.join(timeout=5)
+    assert [a.json()["echo"] for a in answers] == ["1"]
+
+
+def test_drop_connections_ends_every_open_connection(proxy: FaultProxy) -> None:
+    proxy.set_mode("blackhole")
+    with httpx.Client(base_url=proxy.url, timeout=5.0) as waiting:
+        failures: list[Exception] = []
+
+        def call() -> None:
+            try:
+                waiting.get("/hang")
+            except httpx.HTTPError as exc:
+                failures.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        deadline = time.monotonic() + 5
+        while proxy.requests_by_path["/hang"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the polling interval of this wait
+        proxy.drop_connections()
+        caller.join(timeout=2)
+        assert not caller.is_alive() and failures, "the held request did not end"
+
+
 def test_requests_by_path_counts_every_request_whatever_the_proxy_did(
     proxy: FaultProxy, client: httpx.Client
 ) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from actors.rules.claims import claim_message
 from actors.rules.identity import AgentIdentity
+from actors.rules.lease import Lease
 from actors.rules.recovery import (
     LostAgent,
     latest_claim,
@@ -15,7 +16,6 @@ from actors.rules.recovery import (
     still_ours,
     transition_id,
 )
-from actors.runtime.lease import Lease
 from messages.wire.prefect import FlowRun, State, Worker
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -46,15 +46,40 @@ def test_a_peer_declares_only_after_a_whole_window_of_its_own_heartbeats() -> No
 
 def test_the_lease_lapses_before_peers_may_act_and_a_gap_restarts_the_streak() -> None:
     lease = Lease(lost_after=10.0, heartbeat_seconds=2.0)
-    assert lease.valid(now=0.0)  # never heartbeated: nothing for a peer to judge by
-    lease.renewed(100.0)
-    lease.renewed(102.0)
-    assert lease.streak_seconds(now=110.0) == 10.0
-    assert lease.valid(now=109.9) and not lease.valid(now=110.0)  # 10 - 2 after the send
-    lease.renewed(120.0)  # a gap of 18 s: not unbroken
-    assert lease.streak_seconds(now=121.0) == 1.0
-    lease.broken()
-    assert lease.streak_seconds(now=122.0) is None
+    assert lease.holds(0.0) and lease.expires_at() is None  # nothing for a peer to judge by
+    lease.renewed(100.0, 100.1)
+    said = lease.renewed(102.0, 102.1)
+    assert said.holds and said.streak_since == 100.0 and not said.reconnected
+    assert lease.expires_at() == 110.0  # 10 - 2 after the send, whatever the answer's delay
+    assert lease.holds(109.9) and not lease.holds(110.0)
+    said = lease.renewed(120.0, 120.1)  # a gap of 18 s: not unbroken
+    assert said.streak_since == 120.0
+    said = lease.broken(122.0)
+    assert said.holds and said.streak_since is None
+
+
+def test_the_first_renewal_after_a_failed_heartbeat_says_reconnected_once() -> None:
+    lease = Lease(lost_after=10.0, heartbeat_seconds=2.0)
+    assert not lease.broken(0.5).reconnected  # failing before any success is no break
+    assert not lease.renewed(1.0, 1.1).reconnected  # the first renewal ever
+    lease.broken(3.5)
+    said = lease.renewed(4.0, 4.1)  # the lease never lapsed, but a peer's view is unknown
+    assert said.reconnected and said.holds
+    assert not lease.renewed(6.0, 6.1).reconnected
+
+
+def test_a_heartbeat_held_through_a_partition_and_answered_after_the_lapse_says_reconnected() -> (
+    None
+):
+    """No heartbeat failed: one was held by the network and let through when it healed."""
+    lease = Lease(lost_after=10.0, heartbeat_seconds=2.0)
+    lease.renewed(0.0, 0.1)
+    said = lease.renewed(2.0, 30.0)  # sent in time, answered long after the lapse at 8.0
+    assert said.reconnected
+    assert not said.holds  # its own send time is too old to act on: the next renewal is needed
+    said = lease.renewed(31.0, 31.1)  # after the lapse that renewal left: a check again
+    assert said.holds and said.reconnected
+    assert not lease.renewed(33.0, 33.1).reconnected
 
 
 def test_a_running_run_is_crashed_a_pending_one_handed_back_a_cancelling_one_cancelled() -> None:
