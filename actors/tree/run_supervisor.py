@@ -367,7 +367,10 @@ class RunSupervisor(pykka.ThreadingActor):
 
     def _resolve(self) -> ProcessSpec:
         """Made in the call pool: it reads only what never changes, the run and the settings."""
-        return resolve_process_spec(self.api, self._flow_run(), self.ctx.settings)
+        settings = self.ctx.settings
+        return resolve_process_spec(
+            self.api, self._flow_run(), api_url=settings.api_url, api_key=settings.api_key
+        )
 
     def _resolve_failed(self, exc: Exception) -> None:
         self._submission_failed(str(exc))
