@@ -18,6 +18,7 @@ import tempfile
 
 from actors.edges.spawn import Child
 from actors.rules.infrastructure import ProcessSpec, SubmissionError
+from actors.rules.infrastructure_pid import format_infrastructure_pid
 
 log = logging.getLogger("prefect_actor_agent.process")
 
@@ -25,16 +26,8 @@ HOSTNAME = socket.gethostname()
 
 
 def infrastructure_pid(pid: int) -> str:
-    """The `hostname:pid` form the server records, as the official agent writes it."""
-    return f"{HOSTNAME}:{pid}"
-
-
-def parse_infrastructure_pid(value: str) -> tuple[str, int]:
-    """Split `hostname:pid`; raises ValueError for anything else."""
-    host, sep, pid = value.rpartition(":")
-    if not sep or not host or not pid.isdigit():
-        raise ValueError(f"infrastructure_pid {value!r} is not of the form hostname:pid")
-    return host, int(pid)
+    """This host's process `pid` in the `hostname:pid` form the server records."""
+    return format_infrastructure_pid(HOSTNAME, pid)
 
 
 class RunProcess:

@@ -41,12 +41,12 @@ from actors.edges.processes import (
     belongs_to_run,
     group_members,
     infrastructure_pid,
-    parse_infrastructure_pid,
 )
 from actors.edges.run_infrastructure import resolve_process_spec
 from actors.rules import run_ending
 from actors.rules.claims import claim_message, worker_labels
 from actors.rules.infrastructure import ProcessSpec, SubmissionError
+from actors.rules.infrastructure_pid import parse_infrastructure_pid
 from actors.rules.proposals import accepted_as, failed, pending, refusal, rescheduled
 from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
