@@ -2,8 +2,9 @@
 
 Each run's process leads a process group of its own (`start_new_session`), so that a
 cancellation reaches everything the flow spawned, children and grandchildren, and so that a
-Ctrl+C in the agent's terminal does not reach the runs. A temporary working directory made for
-a run is removed when the run's process has exited.
+Ctrl+C in the agent's terminal does not reach the runs. `ProcessGroup` is the one place such a
+group is signalled (SIGTERM, a grace period, SIGKILL). A temporary working directory made for a
+run is removed when the run's process has exited.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 
 from actors.edges.spawn import Child
 from actors.rules.infrastructure import ProcessSpec, SubmissionError
+from actors.rules.infrastructure_pid import format_infrastructure_pid
 
 log = logging.getLogger("prefect_actor_agent.process")
 
@@ -25,16 +29,70 @@ HOSTNAME = socket.gethostname()
 
 
 def infrastructure_pid(pid: int) -> str:
-    """The `hostname:pid` form the server records, as the official agent writes it."""
-    return f"{HOSTNAME}:{pid}"
+    """This host's process `pid` in the `hostname:pid` form the server records."""
+    return format_infrastructure_pid(HOSTNAME, pid)
 
 
-def parse_infrastructure_pid(value: str) -> tuple[str, int]:
-    """Split `hostname:pid`; raises ValueError for anything else."""
-    host, sep, pid = value.rpartition(":")
-    if not sep or not host or not pid.isdigit():
-        raise ValueError(f"infrastructure_pid {value!r} is not of the form hostname:pid")
-    return host, int(pid)
+class ProcessGroup:
+    """A process group whose leader this host runs: the one place the agent signals one.
+
+    How a group is stopped: SIGTERM to every member; a grace period; SIGKILL if the leader
+    outlived it; and, once the leader has exited, SIGKILL to whatever it left in its group (a
+    child that ignores SIGTERM, or that its leader did not wait for). An actor waits out the
+    grace on its own clock and calls `grace_over`; `stop` waits here, for a caller that may
+    block. A group with no process left in it is not an error: every step then does nothing.
+    """
+
+    def __init__(self, pgid: int, leader_running: Callable[[], bool]) -> None:
+        self.pgid = pgid  # the leader's pid
+        self._leader_running = leader_running
+
+    def terminate(self) -> bool:
+        """SIGTERM to every member, the start of a stop; False when nothing is left there."""
+        return self._signal(signal.SIGTERM)
+
+    def kill(self) -> bool:
+        """SIGKILL to every member now, with no grace; False when nothing is left there."""
+        return self._signal(signal.SIGKILL)
+
+    def grace_over(self) -> bool:
+        """The grace period after `terminate` has passed: SIGKILL, if the leader still runs.
+        Whether it did (and was killed)."""
+        return self._leader_running() and self.kill()
+
+    def kill_leftovers(self) -> list[int]:
+        """After the leader's exit: SIGKILL to the live members it left; which they were."""
+        left = group_members(self.pgid)
+        if left:
+            self.kill()
+        return left
+
+    def stop(self, grace: float, poll_seconds: float = 0.05) -> None:
+        """The whole stop, waiting here: SIGTERM, up to `grace` seconds for the leader to
+        exit, SIGKILL if it did not (then waiting for it), and SIGKILL to its leftovers."""
+        self.terminate()
+        if not self._wait_leader(grace, poll_seconds):
+            self.kill()
+            self._wait_leader(None, poll_seconds)
+        self.kill_leftovers()
+
+    def _wait_leader(self, timeout: float | None, poll_seconds: float) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._leader_running():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_seconds)
+        return True
+
+    def _signal(self, signum: int) -> bool:
+        try:
+            os.killpg(self.pgid, signum)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            log.warning("not permitted to signal process group %d", self.pgid)
+            return False
+        return True
 
 
 class RunProcess:
@@ -61,6 +119,7 @@ class RunProcess:
                 f"could not start {spec.command[0]!r} in {cwd!r}: {exc.strerror or exc}"
             ) from exc
         self.pid = self._child.pid
+        self.group = ProcessGroup(self.pid, lambda: self._child.running)
 
     def wait(self) -> int | None:
         """Block until the process exits; its exit code (negative: killed by that signal), or
@@ -73,10 +132,6 @@ class RunProcess:
     @property
     def running(self) -> bool:
         return self._child.running
-
-    def signal_group(self, signum: int) -> bool:
-        """Send `signum` to the run's whole process group; False when nothing is left there."""
-        return signal_process_group(self.pid, signum)
 
     def _remove_temp_dir(self) -> None:
         if self._temp_dir is not None:
@@ -92,25 +147,11 @@ class AdoptedProcess:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self.group = ProcessGroup(pid, lambda: process_alive(pid))
 
     @property
     def running(self) -> bool:
         return process_alive(self.pid)
-
-    def signal_group(self, signum: int) -> bool:
-        return signal_process_group(self.pid, signum)
-
-
-def signal_process_group(pgid: int, signum: int) -> bool:
-    """Signal a process group; False when no process is left in it."""
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        log.warning("not permitted to signal process group %d", pgid)
-        return False
-    return True
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -195,6 +236,3 @@ def belongs_to_run(pid: int, flow_run_id: str) -> bool:
     except OSError:
         return False
 
-
-SIGTERM = signal.SIGTERM
-SIGKILL = signal.SIGKILL

@@ -10,14 +10,14 @@ from __future__ import annotations
 from actors.edges.api_interface import PrefectApiInterface
 from actors.edges.prefect_api import NotFoundError
 from actors.rules.infrastructure import ProcessSpec, SubmissionError, process_spec
-from actors.runtime.settings import AgentSettings
 from messages.wire.prefect import BlockDocument, Deployment, FlowRun
 
 
 def resolve_process_spec(
-    api: PrefectApiInterface, flow_run: FlowRun, settings: AgentSettings
+    api: PrefectApiInterface, flow_run: FlowRun, *, api_url: str, api_key: str | None
 ) -> ProcessSpec:
-    """Deployment -> infrastructure block -> overrides -> argv and environment.
+    """Deployment -> infrastructure block -> overrides -> argv and environment; the run's
+    process is told the server's `api_url` and `api_key` (those the agent itself uses).
 
     Raises `SubmissionError` when what the run names no longer exists (the run then fails with
     that reason), `ApiError` or `ApiDecodeError` when the server does not answer well."""
@@ -44,8 +44,8 @@ def resolve_process_spec(
         flow_run,
         deployment,
         block,
-        api_url=settings.api_url,
-        api_key=settings.api_key,
+        api_url=api_url,
+        api_key=api_key,
         job_variables=job_variables,
         pool=pool,
     )

@@ -14,7 +14,6 @@ import contextlib
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from types import TracebackType
 from typing import IO
 
 import httpx
+
+from actors.edges.processes import ProcessGroup
 
 __all__ = ["LocalPrefectServer"]
 
@@ -71,20 +72,6 @@ def _leader_exited(pid: int) -> bool:
     except ChildProcessError:
         return True
     return result is not None
-
-
-def _wait_leader(pid: int, timeout: float | None) -> bool:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not _leader_exited(pid):
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 class LocalPrefectServer:
@@ -244,13 +231,10 @@ class LocalPrefectServer:
             return
         # The leader is left unreaped (a zombie) until the very end, so its
         # pid -- which is also the process group id -- cannot be recycled
-        # while we are still sending signals to that group.
-        _signal_group(proc.pid, signal.SIGTERM)
-        if not _wait_leader(proc.pid, _STOP_GRACE):
-            _signal_group(proc.pid, signal.SIGKILL)
-            _wait_leader(proc.pid, None)
-        # uvicorn runs as a child of the CLI and may outlive it.
-        _signal_group(proc.pid, signal.SIGKILL)
+        # while we are still sending signals to that group. uvicorn runs as
+        # a child of the CLI and may outlive it: the stop kills leftovers.
+        pid = proc.pid
+        ProcessGroup(pid, lambda: not _leader_exited(pid)).stop(_STOP_GRACE)
         proc.wait()
         self._cleanup_process()
 

@@ -14,13 +14,12 @@ a flow's parameter schema, which a caller that has the flow may pass in.
         api.read_states(runs)                             # {run id: "SCHEDULED", ...}
 
 Every call is tried again on a transient answer (a SQLite server answers 503 while another
-writer holds its database) as `RetryPolicy` says; an error answer raises `PrefectAPIError`,
-whose message carries the server's reason.
+writer holds its database), waiting as the agent's one `RetryPolicy` (`actors.rules.retry`)
+says; an error answer raises `PrefectAPIError`, whose message carries the server's reason.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,9 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import httpx
+
+from actors.rules.retry import RetryPolicy
 
 PAGE = 200  # the server's largest page (PREFECT_API_DEFAULT_LIMIT)
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
@@ -45,30 +46,9 @@ KEEPALIVE_EXPIRY = 2.0
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Which answers a call tries again, how often, and how long it waits in between."""
-
-    attempts: int = 12
-    statuses: frozenset[int] = TRANSIENT_STATUSES
-    transport_errors: bool = True  # no answer at all (connection refused or reset, timeout)
-    first_delay: float = 0.05
-    max_delay: float = 2.0
-    growth: Literal["exponential", "linear"] = "exponential"
-    jitter: bool = True  # a uniform draw up to the delay: writers retrying apart
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (0-based)."""
-        if self.growth == "exponential":
-            base = self.first_delay * 2**attempt
-        else:
-            base = self.first_delay * (attempt + 1)
-        base = min(self.max_delay, base)
-        return random.uniform(0, base) if self.jitter else base  # noqa: S311 - jitter only
-
-
-DEFAULT_RETRY = RetryPolicy()
-NO_RETRY = RetryPolicy(attempts=1)
+# 12 tries, the waits growing from 0.05 s to 2 s (at most about 13 s in all, with jitter about
+# half that): a SQLite server's lock held by another writer is over by then.
+DEFAULT_RETRY = RetryPolicy(base_delay=0.05, max_delay=2.0, attempts=12)
 
 
 class PrefectAPIError(httpx.HTTPStatusError):
@@ -108,10 +88,17 @@ class PrefectObjects:
         api_key: str | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy = DEFAULT_RETRY,
+        retry_statuses: frozenset[int] = TRANSIENT_STATUSES,
+        retry_transport_errors: bool = True,
         max_connections: int = 16,
     ) -> None:
+        """`retry`: how often and how long apart a call is tried again, on the answers
+        `retry_statuses` and, with `retry_transport_errors`, on no answer at all (connection
+        refused or reset, timeout)."""
         self.api_url = api_url.rstrip("/")
         self.retry = retry
+        self.retry_statuses = retry_statuses
+        self.retry_transport_errors = retry_transport_errors
         self.retried = 0  # attempts tried again over this client's life (a drain's 503s)
         self._lock = threading.Lock()
         self._schemas: dict[str, BlockSchemaRef] = {}
@@ -153,20 +140,23 @@ class PrefectObjects:
     ) -> Any:
         """One request, tried again as `retry` says; the JSON answer (None when empty)."""
         policy = self.retry
-        for attempt in range(policy.attempts):
-            last = attempt + 1 == policy.attempts
+        failures = 0
+        while True:
             try:
                 response = self.http.request(method, path, json=json, params=params)
             except httpx.TransportError:
-                if last or not policy.transport_errors:
+                failures += 1
+                if not self.retry_transport_errors or policy.gives_up(failures):
                     raise
             else:
-                if last or response.status_code not in policy.statuses:
+                if response.status_code not in self.retry_statuses:
+                    return _answer(method, path, response)
+                failures += 1
+                if policy.gives_up(failures):
                     return _answer(method, path, response)
             with self._lock:
                 self.retried += 1
-            time.sleep(policy.delay(attempt))
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            time.sleep(policy.delay(failures))
 
     def server_version(self) -> str:
         """The server's Prefect version, e.g. `2.20.27`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from actors.edges.processes import parse_infrastructure_pid
+from actors.rules.infrastructure_pid import parse_infrastructure_pid
 from messages.wire.prefect import FlowRun
 
 

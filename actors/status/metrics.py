@@ -7,7 +7,11 @@ thread- and greenlet-safe sinks: actors write to them, only the status endpoint 
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from messages.user.events import RunOutcome
 
 # From a few ms (a run proposed at once on a quiet server) to a server that holds its Pending
 # back for seconds: fine at the low end, where a benchmark reads its median and p95.
@@ -34,16 +38,8 @@ PENDING_LATENCY_BUCKETS = (
 
 EVENT_MODES = ("stream", "polling", "off", "connecting")
 
-OUTCOMES = (
-    "exited",
-    "crashed",
-    "failed",
-    "not-submitted",
-    "deferred",
-    "cancelled",
-    "interrupted",
-    "relinquished",
-)
+# Every outcome a run can end with, each counted from 0: the one list is `RunOutcome`'s.
+OUTCOMES: tuple[RunOutcome, ...] = get_args(RunOutcome)
 
 
 class AgentMetrics:

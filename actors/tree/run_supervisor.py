@@ -34,19 +34,17 @@ import pykka
 from actors.edges.prefect_api import ApiError
 from actors.edges.processes import (
     HOSTNAME,
-    SIGKILL,
-    SIGTERM,
     AdoptedProcess,
+    ProcessGroup,
     RunProcess,
     belongs_to_run,
-    group_members,
     infrastructure_pid,
-    parse_infrastructure_pid,
 )
 from actors.edges.run_infrastructure import resolve_process_spec
 from actors.rules import run_ending
 from actors.rules.claims import claim_message, worker_labels
 from actors.rules.infrastructure import ProcessSpec, SubmissionError
+from actors.rules.infrastructure_pid import parse_infrastructure_pid
 from actors.rules.proposals import accepted_as, failed, pending, refusal, rescheduled
 from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
@@ -87,11 +85,10 @@ REHOME_WAIT_SECONDS = 10.0  # a finished run waits this long for a new Dispatche
 
 class SupervisedProcess(Protocol):
     pid: int
+    group: ProcessGroup  # the group it leads, which a stop signals
 
     @property
     def running(self) -> bool: ...
-
-    def signal_group(self, signum: int) -> bool: ...
 
 
 class RunSupervisor(pykka.ThreadingActor):
@@ -367,7 +364,10 @@ class RunSupervisor(pykka.ThreadingActor):
 
     def _resolve(self) -> ProcessSpec:
         """Made in the call pool: it reads only what never changes, the run and the settings."""
-        return resolve_process_spec(self.api, self._flow_run(), self.ctx.settings)
+        settings = self.ctx.settings
+        return resolve_process_spec(
+            self.api, self._flow_run(), api_url=settings.api_url, api_key=settings.api_key
+        )
 
     def _resolve_failed(self, exc: Exception) -> None:
         self._submission_failed(str(exc))
@@ -498,7 +498,7 @@ class RunSupervisor(pykka.ThreadingActor):
             process.pid,
         )
         self._set_phase(f"killing pid {process.pid}: not ours any more")
-        process.signal_group(SIGKILL)
+        process.group.kill()
 
     def _submission_failed(self, reason: str) -> None:
         log.error("flow run %s: submission failed: %s", self.run_id, reason)
@@ -616,10 +616,10 @@ class RunSupervisor(pykka.ThreadingActor):
             return
         shown = "an unknown code" if code is None else f"code {code}"
         log.info("flow run %s: process %d exited with %s", self.run_id, pid, shown)
-        if self.stop_request is not None and group_members(pid):
-            log.info("flow run %s: killing the processes left in its group", self.run_id)
-            if self.process is not None:
-                self.process.signal_group(SIGKILL)
+        if self.stop_request is not None and self.process is not None:
+            left = self.process.group.kill_leftovers()
+            if left:
+                log.info("flow run %s: killed what its group still held: %s", self.run_id, left)
         ending = run_ending.after_exit(code, self.stop_request)
         if ending.ask_server:
             self._process_ended_unwatched()
@@ -688,17 +688,16 @@ class RunSupervisor(pykka.ThreadingActor):
             process.pid,
             grace,
         )
-        process.signal_group(SIGTERM)
+        process.group.terminate()
         self.ctx.clock.tell_later(grace, self.actor_ref, GraceExpired(process.pid))
 
     def _on_grace_expired(self, pid: int) -> None:
-        if self.process is not None and self.process.running:
+        if self.process is not None and self.process.group.grace_over():
             log.warning(
-                "flow run %s: process group %d outlived the grace period; sending SIGKILL",
+                "flow run %s: process group %d outlived the grace period; sent SIGKILL",
                 self.run_id,
                 pid,
             )
-            self.process.signal_group(SIGKILL)
 
     def _end_before_start(self) -> None:
         """A stop request arrived before the process started: start nothing."""

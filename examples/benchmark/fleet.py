@@ -48,7 +48,8 @@ from typing import Any, Literal
 import httpx
 
 from actors.launcher.local_server import LocalPrefectServer
-from actors.launcher.prefect_objects import RetryPolicy, parse_time
+from actors.launcher.prefect_objects import parse_time
+from actors.rules.retry import RetryPolicy
 from examples.benchmark.agent_logs import count_problems
 from examples.benchmark.ceiling import CEILING_THREADS, FAKE_PID
 from examples.benchmark.contenders import LAUNCHER, ContenderError, clean_env, prefect_cli
@@ -70,7 +71,7 @@ WORKER_SAMPLE_EVERY = 2  # worker rows every 2nd sample
 # Setting up is not measured, so it may wait: a SQLite server just started answers 503
 # ("database is locked") for a minute while its services start, on a busy machine (the 12
 # tries of the default policy, about 15 s, were not enough).
-SETUP_RETRY = RetryPolicy(attempts=80, max_delay=5.0)
+SETUP_RETRY = RetryPolicy(base_delay=0.05, max_delay=5.0, attempts=80)
 PG_SETUP_THREADS = 8  # creating runs: PostgreSQL takes concurrent writers, SQLite does not
 MARKER_WAIT = 15.0  # seconds to wait, once every run has a pid, for markers still missing
 HOST_STOP_GRACE = 20.0

@@ -92,16 +92,24 @@ def read_pid(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def run_command(directory: Path, *, child: bool = False, ignore_sigterm: bool = False) -> list[str]:
+def run_command(
+    directory: Path,
+    *,
+    child: bool = False,
+    ignore_sigterm: bool = False,
+    child_ignores_sigterm: bool = False,
+) -> list[str]:
     """A flow run's process for these tests: `sh` writes its pid to `<run id>.started` and
     runs until `<run id>.stop` exists, then exits 0. With `child`, it first starts a `sleep`
     in its process group and writes that one's pid to `<run id>.child`; with
-    `ignore_sigterm`, it (and so every process it starts) ignores SIGTERM."""
+    `ignore_sigterm`, it (and so every process it starts) ignores SIGTERM; with
+    `child_ignores_sigterm`, only that child does (its leader dies of a SIGTERM)."""
     lines = []
     if ignore_sigterm:
         lines.append("trap '' TERM")
-    if child:
-        lines.append('sleep 600 & echo $! > "$0/$PREFECT__FLOW_RUN_ID.child"')
+    if child or child_ignores_sigterm:
+        sleep = "(trap '' TERM; exec sleep 600)" if child_ignores_sigterm else "sleep 600"
+        lines.append(f'{sleep} & echo $! > "$0/$PREFECT__FLOW_RUN_ID.child"')
     lines += [
         'echo $$ > "$0/$PREFECT__FLOW_RUN_ID.tmp"',
         'mv "$0/$PREFECT__FLOW_RUN_ID.tmp" "$0/$PREFECT__FLOW_RUN_ID.started"',
@@ -326,6 +334,25 @@ def test_cancel_kills_the_process_group_at_once_while_its_pid_report_hangs(
     wait_until(lambda: fake.state(run.id).type == CANCELLED, 10, "the run to be Cancelled")
     reports = fake.proposals(run.id, CANCELLED)
     assert len(reports) == 1, reports
+
+
+@pytest.mark.timeout(30)
+def test_cancel_kills_what_the_run_left_in_its_group_once_its_process_exits(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """The run's process dies of the SIGTERM, its child ignores it: the child is killed as the
+    leader's exit is seen, not left running (the grace period never ends on this clock)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir, child_ignores_sigterm=True)))
+    handle = start(cancel_grace_seconds=30)
+    pid = started_pid(runs_dir, run.id)
+    child = wait_until(lambda: read_pid(runs_dir / f"{run.id}.child"), 5, "the run's child")
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the run's pid to be recorded")
+
+    handle.cancel(run.id)
+    wait_until(lambda: not alive(child), 2.0, "the child left in the run's group to be killed")
+    assert not group_members(pid)
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 10, "the run to be Cancelled")
 
 
 # -- c. the tree while the server hangs ----------------------------------------------------------

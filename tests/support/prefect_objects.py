@@ -23,21 +23,15 @@ from typing import Any, TypeVar
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
-from actors.launcher.prefect_objects import PrefectObjects, RetryPolicy
+from actors.launcher.prefect_objects import PrefectObjects
+from actors.rules.retry import RetryPolicy
 
 T = TypeVar("T")
 
 # A SQLite server answers 503 while its database is locked by other writers (an agent under
-# test draining runs): the test's own set-up waits and tries again, a few times.
-TEST_RETRY = RetryPolicy(
-    attempts=8,
-    statuses=frozenset({503}),
-    transport_errors=False,
-    first_delay=0.2,
-    max_delay=2.0,
-    growth="linear",
-    jitter=False,
-)
+# test draining runs): the test's own set-up waits and tries again, a few times (on 503 only,
+# about 5 s in all).
+TEST_RETRY = RetryPolicy(base_delay=0.2, max_delay=1.0, attempts=8, jitter=False)
 
 __all__ = [
     "call_api",
@@ -72,7 +66,12 @@ def prefect_objects(api_url: str) -> PrefectObjects:
     with _clients_lock:
         client = _clients.get(api_url)
         if client is None:
-            client = PrefectObjects(api_url, retry=TEST_RETRY)
+            client = PrefectObjects(
+                api_url,
+                retry=TEST_RETRY,
+                retry_statuses=frozenset({503}),
+                retry_transport_errors=False,
+            )
             _clients[api_url] = client
         return client
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from actors.rules.infrastructure_pid import format_infrastructure_pid, parse_infrastructure_pid
 from actors.rules.reconcile import left_behind
 from messages.wire.prefect import FlowRun
 
@@ -16,3 +19,10 @@ def test_only_this_hosts_runs_no_live_agent_watches_are_taken_over() -> None:
     ]
     found = left_behind(runs, "here", owned_by_live_agent=lambda pid: pid == 11)
     assert [run.id for run in found] == ["mine"]
+
+
+def test_a_recorded_pid_names_its_host_and_anything_else_is_refused() -> None:
+    assert parse_infrastructure_pid(format_infrastructure_pid("host-1", 42)) == ("host-1", 42)
+    for garbled in ("42", ":42", "host:", "host:4x2", "not a pid"):
+        with pytest.raises(ValueError, match="hostname:pid"):
+            parse_infrastructure_pid(garbled)
