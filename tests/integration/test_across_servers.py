@@ -6,7 +6,7 @@ overrides, served by queue; on 3.x a deployment on a pool of type `process` whos
 variables (env, command, working_dir) say how its runs start, served with `--pool`.
 
 2.20 runs twice: on its default SQLite database (`2.20`) and on a real PostgreSQL server
-(`2.20-postgres`, tests/support/postgres.py), as production servers run.
+(`2.20-postgres`, examples/harness/postgres.py), as production servers run.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from actors.launcher.local_server import LocalPrefectServer
+from examples.harness import prefect3
 from tests.conftest import AgentFactory
 from tests.integration.helpers import FINAL, FLOWS, process_gone
-from tests.support import prefect3
 from tests.support.prefect_objects import (
     call_api,
     create_run,

@@ -1,11 +1,11 @@
 """The event stream (issue 17) against real servers: Prefect 3, and Prefect 2.20 with
-`PREFECT_EXPERIMENTAL_EVENTS` on (tests/support/events_server.py).
+`PREFECT_EXPERIMENTAL_EVENTS` on (examples/harness/events_server.py).
 
 With the query interval at 60 s, a run created after the watcher's first poll can be taken
 within seconds only because the server announced it, and with the cancel poll at 60 s too, a
 prompt kill can only come from the announced Cancelling. The stream's faults (an upgrade
 refused, a socket dropped mid-way, a socket gone silent) come from the fault proxy
-(tests/support/fault_proxy.py): a real server cannot produce them while it still answers REST,
+(examples/harness/fault_proxy.py): a real server cannot produce them while it still answers REST,
 which is exactly the case the agent must survive by polling. A 2.20 server without events is
 the suite's own 2.20 server.
 
@@ -26,6 +26,7 @@ import httpx
 import msgspec
 import pytest
 
+from examples.harness.fault_proxy import FaultProxy
 from tests.conftest import AgentFactory, AgentUnderTest
 from tests.integration.helpers import (
     FLOWS,
@@ -36,7 +37,6 @@ from tests.integration.helpers import (
     process_gone,
     state_type,
 )
-from tests.support.fault_proxy import FaultProxy
 from tests.support.prefect_objects import create_run, set_run_state, wait_for
 from tests.support.served import BaseServed
 

@@ -16,6 +16,7 @@ import pytest
 
 from actors.edges.prefect_api import PrefectApi, RetryPolicy
 from actors.launcher.local_server import LocalPrefectServer
+from examples.harness.fault_proxy import FaultProxy
 from tests.conftest import ROOT, AgentFactory, LauncherAgent, ThreadAgent, launcher_args
 from tests.integration.helpers import (
     FINAL,
@@ -27,7 +28,6 @@ from tests.integration.helpers import (
     process_gone,
     states,
 )
-from tests.support.fault_proxy import FaultProxy
 from tests.support.prefect_objects import (
     create_run,
     create_runs,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from actors.rules.claims import parse_claim
+from examples.harness.hosts import SimulatedHost
 from tests.integration.helpers import command_starts, deploy_marker_command, infrastructure_pid
-from tests.support.hosts import SimulatedHost
 from tests.support.prefect_objects import call_api, create_runs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -16,6 +16,7 @@ import pytest
 
 from actors.rules.claims import claim_message
 from actors.rules.identity import AgentIdentity
+from examples.harness.hosts import SimulatedHost
 from tests.conftest import LAUNCHER, launcher_args
 from tests.integration.helpers import (
     command_markers,
@@ -24,7 +25,6 @@ from tests.integration.helpers import (
     infrastructure_pid,
     process_gone,
 )
-from tests.support.hosts import SimulatedHost
 from tests.support.prefect_objects import (
     call_api,
     create_run,

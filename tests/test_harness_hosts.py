@@ -1,4 +1,4 @@
-"""Simulated hosts (`tests/support/hosts.py`) are what the multi-host tests take them for.
+"""Simulated hosts (`examples/harness/hosts.py`) are what the multi-host tests take them for.
 
 Two agents, each in a host of its own ("host-a", "host-b": own hostname, own pid space, own
 proxy to the session's server), share one queue. Each run starts once, its recorded
@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from examples.harness.hosts import SimulatedHost
 from tests.integration.helpers import (
     command_markers,
     command_starts,
@@ -27,10 +28,9 @@ from tests.integration.helpers import (
     infrastructure_pid,
     process_gone,
 )
-from tests.support.hosts import SimulatedHost
 from tests.support.prefect_objects import create_runs, wait_for
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 RUNS = 6
 PER_HOST = RUNS // 2  # each agent's --limit: both hosts get runs, whoever polls first
