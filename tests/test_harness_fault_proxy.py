@@ -29,7 +29,7 @@ from websockets.sync.server import serve as ws_serve
 from actors.edges.prefect_api import ApiError, PrefectApi, RetryPolicy
 from examples.harness.fault_proxy import FaultProxy
 from messages.wire.prefect import WorkQueue
-from tests.support.prefect_objects import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]  # a proxy and servers on loopback
 

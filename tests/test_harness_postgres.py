@@ -62,9 +62,7 @@ def test_postgres_server_serves_and_leaves_nothing_behind() -> None:
         assert server.start_seconds is not None and server.start_seconds < 20
         assert server.url.startswith("postgresql+asyncpg://smoker:")
         assert server.url.endswith(f"@127.0.0.1:{server.port}/smoke")
-        rows = asyncio.run(
-            _query(server.dsn, "SELECT current_user, current_database(), version()")
-        )
+        rows = asyncio.run(_query(server.dsn, "SELECT current_user, current_database(), version()"))
         assert tuple(rows[0])[:2] == ("smoker", "smoke")
         assert rows[0][2].startswith("PostgreSQL ")
         # The password is checked: the server is reached as Prefect reaches it, over TCP.
