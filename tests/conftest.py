@@ -2,8 +2,17 @@
 
 An agent under test runs either in this process on plain threads (the library mode, as a host
 service embeds it) or as the launcher `examples/agent.py` in its own process under gevent.
-Tests that take `agent_factory` run once in each mode; both are judged only by what a user
-sees: run states on the server, processes, and log lines.
+Tests that take `agent_factory` run once in each mode; both are judged only by what a user, a
+monitor or a host service sees: run states on the server, processes, the agent's metrics and
+live tree (through the handle, or the launcher's status endpoint, which every launcher under
+test serves), the run events a library agent's listener hears, and log lines only where the
+line itself is the behaviour.
+
+Every test that starts a real server, a daemon, PostgreSQL, a simulated host, an agent in a
+process of its own or the benchmark is marked `integration`; `pytest -m "not integration"` is
+the fast lane of the rest. A test that takes a server fixture without the mark is refused at
+collection, and the servers the session starts in the background are started only for the
+tests that were selected.
 """
 
 from __future__ import annotations
@@ -19,13 +28,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import pykka
 import pytest
 
-from actors import AgentHandle, settings_from_env, start_agent
+from actors import AgentHandle, RunListener, settings_from_env, start_agent
 from actors.launcher.local_server import LocalPrefectServer
-from tests.support.events_server import EventsServer
-from tests.support.postgres import PostgresServer
-from tests.support.prefect3 import Prefect3Server
+from examples.harness.agent_status import AgentStatus, free_port
+from examples.harness.events_server import EventsServer
+from examples.harness.postgres import PostgresServer
+from examples.harness.prefect3 import Prefect3Server
+from messages.user.events import RunFinished, RunStarted, RunSubmitted
+from messages.user.tree import ActorNode
 
 pytest_plugins = ["tests.support.exit_guard"]  # the session ends when its tests do
 
@@ -72,12 +85,33 @@ _PREFECT3: Prefect3Server | None = None
 _EVENTS_SERVER: EventsServer | None = None
 
 
+# The fixtures that start a real server (or an agent against one): a test taking any of them
+# must be marked `integration`, or the fast lane would start servers.
+SERVER_FIXTURES = frozenset(
+    {
+        "prefect_server",
+        "api_url",
+        "postgres_server",
+        "postgres_prefect_server",
+        "postgres_api_url",
+        "prefect3_server",
+        "prefect_events_server",
+        "agent_factory",
+        "library_agent",
+        "launcher_agent",
+    }
+)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m`, `-k` and `--deselect` have dropped their tests
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     """A 3.x test is coming: make its environment and server in the background right away,
-    and run the 3.x tests last, so that the 2.20 tests run meanwhile."""
+    and run the 3.x tests last, so that the 2.20 tests run meanwhile. Only the tests selected
+    count: a fast lane that deselects them starts no server."""
     global _PREFECT3  # noqa: PLW0603 - one preparation per session, shared by its fixture
+    _refuse_unmarked_server_tests(items)
     later = [item for item in items if _needs_prefect3(item)]
     _ON_PREFECT3.update(item.nodeid for item in later)
     if later:
@@ -85,6 +119,20 @@ def pytest_collection_modifyitems(
         _PREFECT3 = Prefect3Server()
         _PREFECT3.start()
     _start_events_server(items)
+
+
+def _refuse_unmarked_server_tests(items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests start a real server but are not marked `integration` (so `-m 'not "
+            "integration'` would run them): " + ", ".join(unmarked)
+        )
 
 
 def _start_events_server(items: list[pytest.Item]) -> None:
@@ -158,7 +206,7 @@ def prefect3_server() -> LocalPrefectServer:
 
 @pytest.fixture(scope="session")
 def prefect_events_server() -> LocalPrefectServer:
-    """A Prefect 2.20 server with its event stream on (tests/support/events_server.py)."""
+    """A Prefect 2.20 server with its event stream on (examples/harness/events_server.py)."""
     if _EVENTS_SERVER is None:
         raise RuntimeError("the 2.20 events server was not prepared at collection")
     return _EVENTS_SERVER.wait()
@@ -180,7 +228,31 @@ def markers(tmp_path: Path) -> Path:
 class AgentUnderTest(Protocol):
     def logs(self) -> str: ...
 
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the agent's metrics now (a counter's name ends in `_total`); 0 when
+        the agent has none of that name and labels."""
+        ...
+
+    def tree(self) -> ActorNode: ...
+
     def stop(self) -> int | None: ...
+
+
+class _EventRecorder(RunListener):
+    """A host service's listener: keeps every run event the agent tells it, in order."""
+
+    def __init__(self, events: list[RunSubmitted | RunStarted | RunFinished]) -> None:
+        super().__init__()
+        self.events = events
+
+    def run_submitted(self, event: RunSubmitted) -> None:
+        self.events.append(event)
+
+    def run_started(self, event: RunStarted) -> None:
+        self.events.append(event)
+
+    def run_finished(self, event: RunFinished) -> None:
+        self.events.append(event)
 
 
 class _LogCollector(logging.Handler):
@@ -201,26 +273,57 @@ class _LogCollector(logging.Handler):
 
 
 class ThreadAgent:
-    """The agent as a library: its actor tree in this process, on plain threads."""
+    """The agent as a library: its actor tree in this process, on plain threads, with a
+    listener that hears its run events from the first poll on (as a host service's)."""
 
-    def __init__(self, handle: AgentHandle, collector: _LogCollector) -> None:
+    def __init__(
+        self,
+        handle: AgentHandle,
+        collector: _LogCollector,
+        recorder: pykka.ActorRef[Any],
+        events: list[RunSubmitted | RunStarted | RunFinished],
+    ) -> None:
         self.handle = handle
         self._collector = collector
+        self._recorder = recorder
+        self._events = events
 
     def logs(self) -> str:
         return self._collector.text()
 
+    def metric(self, name: str, **labels: str) -> float:
+        return float(self.handle.metrics.registry.get_sample_value(name, labels) or 0.0)
+
+    def tree(self) -> ActorNode:
+        return self.handle.tree()
+
+    def events(self) -> list[RunSubmitted | RunStarted | RunFinished]:
+        """Every run event heard so far, in order."""
+        return list(self._events)
+
+    def finished(self, run_id: str) -> RunFinished | None:
+        """The run's RunFinished, once heard."""
+        return next(
+            (e for e in self.events() if isinstance(e, RunFinished) and e.flow_run_id == run_id),
+            None,
+        )
+
     def stop(self) -> int | None:
         self.handle.stop()
+        self._recorder.stop()
         logging.getLogger("prefect_actor_agent").removeHandler(self._collector)
         return None
 
 
 class LauncherAgent:
-    """The agent as users run it: `examples/agent.py` under gevent, in its own process."""
+    """The agent as users run it: `examples/agent.py` under gevent, in its own process; its
+    metrics and tree come from its status endpoint, as a monitor reads them."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict[str, str], status_port: int
+    ) -> None:
         self.log_path = log_path
+        self.status = AgentStatus.on_port(status_port)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, str(LAUNCHER), *args],
@@ -233,6 +336,12 @@ class LauncherAgent:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.status.sample(name, **labels) or 0.0
+
+    def tree(self) -> ActorNode:
+        return self.status.tree()
 
     def stop(self) -> int | None:
         if self.process.poll() is None:
@@ -296,12 +405,18 @@ def _agent_factory(mode: str, api_url: str, tmp_path: Path) -> Iterator[AgentFac
             api = options.pop("api", None)
             url = options.pop("api_url", api_url)
             settings = settings_from_env({}, api_url=url, **options)
-            agent = ThreadAgent(start_agent(settings, api), collector)
+            events: list[RunSubmitted | RunStarted | RunFinished] = []
+            recorder = _EventRecorder.start(events)
+            handle = start_agent(settings, api, listeners=(recorder,))
+            agent = ThreadAgent(handle, collector, recorder, events)
         else:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
             log_path = tmp_path / f"agent-{len(started)}.log"
             url = options.pop("api_url", api_url)
-            agent = LauncherAgent(launcher_args(url, options), log_path, env)
+            if options.get("status_port") is None:
+                options["status_port"] = free_port()
+            args = launcher_args(url, options)
+            agent = LauncherAgent(args, log_path, env, options["status_port"])
         started.append(agent)
         return agent
 

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from actors.launcher.local_server import LocalPrefectServer
 from tests.support.prefect_objects import (
     create_run,
@@ -23,6 +25,8 @@ from tests.support.prefect_objects import (
 )
 
 FLOWS = Path(__file__).parent / "flows"
+
+pytestmark = pytest.mark.integration
 
 
 def test_engine_completes_a_run_proposed_pending_by_hand(

@@ -1,9 +1,9 @@
-"""What the benchmark reads in the agents' logs: the official agent's submissions, and how many
-WARNING/ERROR/CRITICAL lines either agent wrote.
+"""What the benchmark reads in the official agent's log: when each run's submission came.
 
 Only the official agent's lines are parsed for times: they are Prefect's own format
-(`HH:MM:SS.mmm | LEVEL   | logger - message`). Ours' figures come from its /metrics, and the
-count of problem lines does not depend on the format of anyone's lines.
+(`HH:MM:SS.mmm | LEVEL   | logger - message`). Ours' figures come from its /metrics; the count
+of either agent's problem lines is the harness's (`examples/harness/agent_logs.py`), whatever
+the format of the lines.
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+from examples.harness.agent_logs import strip_ansi
+
 _OFFICIAL_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \| \w+\s*\| \S+ - (.*)$")
 _OFFICIAL_SUBMIT = re.compile(r"^Submitting flow run '([^']+)'")
-# A level name as a word of its own; the first one in a line's opening characters is the
-# line's level in any usual format ("... WARNING name: ...", "... | WARNING | name - ...",
-# "[WARNING] ..."); a line without one (a traceback's, a flow's print) is not a record.
-_LEVEL = re.compile(r"(?<![\w.-])(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)(?![\w.-])")
-_LEVEL_WITHIN = 64  # characters: past a timestamp, a level and a logger's name comes the message
-PROBLEM_LEVELS = frozenset({"WARNING", "WARN", "ERROR", "CRITICAL"})
 BLOCK_GAP = timedelta(milliseconds=50)  # submissions further apart came from another poll
 
 
@@ -58,7 +53,7 @@ def found_times_official(log: Path, day: date) -> dict[str, datetime]:
     events: list[tuple[datetime, str]] = []
     now = datetime.now(UTC)
     for raw in log.read_text(errors="replace").splitlines():
-        match = _OFFICIAL_LINE.match(_ANSI.sub("", raw).strip())
+        match = _OFFICIAL_LINE.match(strip_ansi(raw).strip())
         submit = _OFFICIAL_SUBMIT.match(match.group(2)) if match else None
         if match is None or submit is None:
             continue
@@ -69,18 +64,3 @@ def found_times_official(log: Path, day: date) -> dict[str, datetime]:
         )
         events.append((stamp, submit.group(1)))
     return _blocks(events)
-
-
-def line_level(line: str) -> str | None:
-    """The level of a log line, whatever its format; None for a line that shows none."""
-    match = _LEVEL.search(_ANSI.sub("", line))
-    return match.group(1) if match is not None and match.start() < _LEVEL_WITHIN else None
-
-
-def count_problems(log: Path) -> int:
-    """WARNING, ERROR and CRITICAL lines in an agent's log (any format that shows a level)."""
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return 0
-    return sum(1 for line in text.splitlines() if line_level(line) in PROBLEM_LEVELS)

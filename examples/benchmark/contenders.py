@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 from examples.benchmark.procs import ROOT, ProcessGuard
+from examples.harness.agent_status import STATUS_HOST, free_port
 
 LAUNCHER = ROOT / "examples" / "agent.py"
 HOSTNAME = socket.gethostname()
-STATUS_HOST = "127.0.0.1"  # ours' status endpoint, where the benchmark reads its /metrics
 ALL_CONTENDERS = ("ceiling", "official-1s", "official", "ours")
 
 Kind = Literal["ceiling", "official", "ours"]
@@ -95,13 +95,6 @@ def clean_env(home: Path) -> dict[str, str]:
     # A fresh home: no profile of the user's can change the official agent's settings.
     env["PREFECT_HOME"] = str(home)
     return env
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now, for ours' status endpoint."""
-    with socket.socket() as sock:
-        sock.bind((STATUS_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def launch(

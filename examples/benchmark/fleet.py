@@ -7,7 +7,7 @@ What runs (each contender on a fresh queue, its N runs created before it starts)
 
   ceiling          no agent: the ceiling's client (Pending + pid per run, 8 threads)
   fleet-ours       K of our agents, each in a simulated host of its own
-                   (`tests/support/hosts.py`: its own hostname and pid space), at defaults
+                   (`examples/harness/hosts.py`: its own hostname and pid space), at defaults
   fleet-official   K official agents (`prefect agent start -q Q`,
                    PREFECT_AGENT_QUERY_INTERVAL=1; on Prefect 3 `prefect worker start --type
                    process`, PREFECT_WORKER_QUERY_SECONDS=1), each in a host of its own too
@@ -50,16 +50,16 @@ import httpx
 from actors.launcher.local_server import LocalPrefectServer
 from actors.launcher.prefect_objects import parse_time
 from actors.rules.retry import RetryPolicy
-from examples.benchmark.agent_logs import count_problems
 from examples.benchmark.ceiling import CEILING_THREADS, FAKE_PID
 from examples.benchmark.contenders import LAUNCHER, ContenderError, clean_env, prefect_cli
 from examples.benchmark.fleet_cpu import CpuSplit, Roots, Snapshot, limit_verdict, snapshot
 from examples.benchmark.fleet_cpu import window_split as cpu_window
 from examples.benchmark.procs import CLOCK_TICKS, rss_kib
 from examples.benchmark.server import BenchServer
-from tests.support import prefect3
-from tests.support.hosts import SimulatedHost
-from tests.support.postgres import PostgresServer, postgres_binaries
+from examples.harness import prefect3
+from examples.harness.agent_logs import count_problems
+from examples.harness.hosts import SimulatedHost
+from examples.harness.postgres import PostgresServer, postgres_binaries
 
 Say = Callable[[str], None]
 Kind = Literal["ceiling", "ours", "official"]

@@ -315,7 +315,7 @@ def footnotes(results: FleetResults) -> list[str]:
     notes.append(
         f"{_versions(results)}; PostgreSQL "
         + ("durable (fsync on)" if s["postgres_durable"] else "with fsync, synchronous_commit "
-           "and full_page_writes off (tests/support/postgres.py's default)")
+           "and full_page_writes off (examples/harness/postgres.py's default)")
         + f"; {os.cpu_count()} CPUs; load average (1 min) {s.get('load_before', '?')} at the "
         f"start, {load_average()} at the end; the part took {results.seconds / 60:.1f} min."
     )  # fmt: skip

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from examples.benchmark.agent_logs import count_problems
-from examples.benchmark.agent_metrics import MetricsUnavailableError, counter_total, read_metrics
 from examples.benchmark.contenders import Contender, launch, local_pids
 from examples.benchmark.procs import CLOCK_TICKS, ProcessGuard, descendants, proc_stat, rss_kib
 from examples.benchmark.progress import wait_for_pids
 from examples.benchmark.server import BenchServer, Pids
+from examples.harness.agent_logs import count_problems
+from examples.harness.agent_status import StatusUnavailableError, counter_total, read_metrics
 
 
 @dataclass
@@ -116,7 +116,7 @@ def footprint_agent(
         if agent.status_url is not None:
             try:
                 text = read_metrics(agent.status_url)
-            except MetricsUnavailableError:
+            except StatusUnavailableError:
                 pass
             else:
                 api_errors = counter_total(text, "prefect_agent_api_errors")

@@ -10,8 +10,9 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime
 
-from examples.benchmark.agent_metrics import Histogram, pending_latency
+from examples.benchmark.agent_metrics import pending_latency
 from examples.benchmark.contenders import Agent
+from examples.harness.agent_status import Histogram
 
 METRICS = "metrics"  # ours: its pending-latency histogram
 LOG = "log"  # the official agent: its "Submitting flow run" lines and the server's states

@@ -32,17 +32,16 @@ import httpx
 from actors.launcher.local_server import LocalPrefectServer
 from examples.benchmark.contenders import (
     LAUNCHER,
-    STATUS_HOST,
     Agent,
     Contender,
     ContenderError,
     clean_env,
-    free_port,
     prefect_cli,
 )
 from examples.benchmark.procs import ProcessGuard
 from examples.benchmark.server import BenchServer
-from tests.support import prefect3
+from examples.harness import prefect3
+from examples.harness.agent_status import STATUS_HOST, free_port
 
 Major = Literal["2", "3"]
 Kind = Literal["ours", "official"]

@@ -11,13 +11,14 @@ from typing import Any
 
 from actors.status.metrics import PENDING_LATENCY_BUCKETS
 from examples.benchmark.agent_metrics import PENDING_LATENCY
-from examples.benchmark.contenders import CONTENDERS, STATUS_HOST
+from examples.benchmark.contenders import CONTENDERS
 from examples.benchmark.drain import DrainResult
 from examples.benchmark.figures import Ratios, Results, drain_rate
 from examples.benchmark.first_poll import FirstPollResult
 from examples.benchmark.footprint import FootprintResult
 from examples.benchmark.latency import NO_DATA
 from examples.benchmark.procs import CLOCK_TICKS, load_average
+from examples.harness.agent_status import STATUS_HOST
 
 HEADERS = [
     "contender",

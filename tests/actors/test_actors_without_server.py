@@ -33,6 +33,7 @@ from messages.user.tree import ActorNode
 from messages.wire.prefect import CANCELLED, PENDING, SCHEDULED
 from tests.support.fake_api import Call, FakePrefectApi
 from tests.support.manual_clock import ManualClock
+from tests.support.waiting import wait_for
 
 T = TypeVar("T")
 
@@ -48,14 +49,7 @@ CANCEL_WATCHER_CALLS = frozenset({"filter_flow_runs"})
 def wait_until(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     """Return the first truthy value of `predicate`, polled every 10 ms; fail after
     `timeout` seconds, saying what did not happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"after {timeout}s still waiting for {what}")
-        time.sleep(0.01)  # the polling interval of this wait, not a synchronisation
+    return wait_for(predicate, timeout, what, interval=0.01)  # type: ignore[return-value]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -612,6 +606,13 @@ def test_cancel_grace_period_runs_on_the_agents_clock(
 # -- k. the heartbeat lease: no run taken while it has lapsed; the fence when it renews --------
 
 
+def lease_lapsed(handle: AgentHandle) -> bool:
+    """The Dispatcher, as the tree shows it, takes no runs: its heartbeat lease lapsed."""
+    dispatcher = node(handle.tree(timeout=5), "Dispatcher")
+    assert dispatcher is not None
+    return dispatcher.state.endswith("taking no runs (heartbeat lease lapsed)")
+
+
 def heartbeats_fail_while(fake: FakePrefectApi) -> threading.Event:
     """Every worker heartbeat fails while the returned event is set (the agent cut off)."""
     cut_off = threading.Event()
@@ -636,12 +637,6 @@ def heartbeats_answered(fake: FakePrefectApi, ok: bool = True) -> int:
             if c.answered_at and (c.error is None) == ok
         ]
     )
-
-
-def lease_lapsed(handle: AgentHandle) -> bool:
-    """What the tree shows: the Dispatcher takes no runs while the lease has lapsed."""
-    dispatcher = node(handle.tree(), "Dispatcher")
-    return dispatcher is not None and "lease lapsed" in dispatcher.state
 
 
 def crashed_by_a_peer(fake: FakePrefectApi, run_id: str) -> None:
@@ -819,16 +814,19 @@ def test_a_run_whose_pending_is_with_the_server_is_not_among_those_checked_after
 
 @pytest.mark.timeout(30)
 def test_other_agents_of_the_pool_delay_nothing_until_one_takes_a_run_of_the_queue(
-    fake: FakePrefectApi, start: Start, caplog: pytest.LogCaptureFixture
+    fake: FakePrefectApi, start: Start
 ) -> None:
     """On 2.x every plain queue's agent is a worker of `default-agent-pool`, and a stopped one
     stays listed ONLINE for a while: an agent alone on its queue must not hold back the runs
     that a share would give those others (five seconds' grace each)."""
-    caplog.set_level(logging.INFO)
     fake.add_queue("default")
     fake.add_worker("default-agent-pool", "actor-agent@elsewhere another-queue")
     start(clock=Clock(), query_interval=0.5)
-    wait_until(lambda: "2 live agent(s) share the pool" in caplog.text, 10, "the peer to be read")
+    wait_until(
+        lambda: any(c.answered_at and not c.error for c in fake.calls("read_workers")),
+        10,
+        "the peer to be read",
+    )
     deployment = fake.add_deployment(["true"])
     runs = [fake.add_run(deployment) for _ in range(40)]
     added = time.monotonic()

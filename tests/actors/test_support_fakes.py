@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 
 import pykka
@@ -16,6 +15,7 @@ from actors.tree.cancel_watcher import cancelling_runs_filter
 from messages.wire.prefect import CANCELLED, CANCELLING, CRASHED, PENDING, RUNNING, SCHEDULED
 from tests.support.fake_api import FakePrefectApi
 from tests.support.manual_clock import ManualClock
+from tests.support.waiting import wait_for
 
 
 def fake_with_run() -> tuple[FakePrefectApi, str]:
@@ -105,9 +105,7 @@ def test_hang_holds_matching_calls_until_released() -> None:
         target=lambda: answers.append(fake.set_state(run_id, pending()).status)
     )
     caller.start()
-    deadline = time.monotonic() + 5
-    while not fake.blocked("set_state") and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_for(lambda: fake.blocked("set_state"), 5, "the Pending to be held", interval=0.005)
     assert [c.method for c in fake.blocked()] == ["set_state"]
     assert fake.read_flow_run(run_id).state is not None  # other calls go on
     assert fake.set_state(run_id, crashed("x"), force=True).status == "ACCEPT"  # not matched

@@ -4,14 +4,15 @@ what a command run to its end printed."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.support.prefect_objects import deploy, read_run, read_states, run_state
+from examples.harness.agent_status import AgentStatus, StatusUnavailableError, find_node, free_port
+from examples.harness.hosts import SimulatedHost
+from tests.support.prefect_objects import call_api, deploy, read_run, read_states, run_state
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 # -S: the command needs only the standard library, and skipping site halves its start-up.
@@ -56,6 +57,11 @@ def state_type(api_url: str, run_id: str) -> str:
 states = read_states  # each run's state type, a page of runs per request
 
 
+def history(api_url: str, run_id: str) -> list[dict[str, Any]]:
+    """Every state the run has had on the server, oldest first."""
+    return list(call_api(api_url, "GET", f"/flow_run_states/?flow_run_id={run_id}"))
+
+
 def all_in(api_url: str, run_ids: list[str], wanted: set[str]) -> bool:
     return set(states(api_url, run_ids).values()) <= wanted
 
@@ -74,13 +80,6 @@ def process_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on now (for a status endpoint under test)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_ok(
     argv: list[str], *, timeout: float, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -92,3 +91,22 @@ def run_ok(
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     return result
+
+
+def run_agent_with_status(host: SimulatedHost, args: list[str]) -> AgentStatus:
+    """Start the host's agent with a status endpoint of its own, where a test reads its
+    metrics and tree (the hosts share the machine's loopback, so each gets its own port)."""
+    port = free_port()
+    host.run_agent([*args, "--status-port", str(port)])
+    return AgentStatus.on_port(port)
+
+
+def has_polled(status: AgentStatus, queue: str) -> bool:
+    """The agent serves `queue`: its watcher has polled the server and is idle till the next
+    poll (False while the agent is still starting, its status endpoint not up yet)."""
+    try:
+        tree = status.tree(timeout=0)
+    except StatusUnavailableError:
+        return False
+    watcher = find_node(tree, "QueueWatcher", queue)
+    return watcher is not None and watcher.state.startswith("idle")

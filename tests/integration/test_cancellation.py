@@ -1,5 +1,6 @@
 """Cancellation: the run's whole process tree is gone and the run is Cancelled, within 5 s at
-default settings. Processes are checked in /proc, never by trusting the agent."""
+default settings. Processes are checked in /proc, never by trusting the agent; what the agent
+made of each run is read from its run events (RunFinished and its outcome) and metrics."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import httpx
 import pytest
 
 from actors.edges.prefect_api import PrefectApi
+from examples.harness.agent_logs import lines_with
 from messages.internal.lifecycle import HeldRuns
+from messages.user.events import RunFinished, RunStarted
 from tests.conftest import AgentFactory, LauncherAgent, ThreadAgent
 from tests.integration.helpers import (
     FINAL,
     FLOWS,
+    command_markers,
     command_starts,
     deploy_marker_command,
+    history,
+    infrastructure_pid,
     process_gone,
 )
 from tests.support.prefect_objects import (
@@ -33,6 +39,8 @@ from tests.support.prefect_objects import (
 )
 
 pytestmark = pytest.mark.integration
+
+FINISHED = "prefect_agent_runs_finished_total"  # by outcome (messages/user/events.py)
 
 CANCEL_FORMS = {
     "cancelling": ("CANCELLING", "Cancelling"),  # Prefect 2.8 and later
@@ -90,10 +98,10 @@ def test_flow_that_ignores_sigterm_is_killed_after_the_grace_period(
     pid = read_marker(markers, run, "pid")["pid"]
 
     ask_to_cancel(api_url, run)
-    wait_for(lambda: "outlived the grace period" in agent.logs(), 15, "the SIGKILL")
-    wait_for(lambda: is_cancelled(api_url, run), 10, "the run to be Cancelled")
+    wait_for(lambda: is_cancelled(api_url, run), 25, "the SIGKILL, then the run Cancelled")
     assert process_gone(pid)
     assert "killed after the grace period" in (run_state(api_url, run)[2] or "")
+    assert agent.metric(FINISHED, outcome="cancelled") == 1
 
 
 def test_cancel_sent_through_the_embedding_api(
@@ -103,15 +111,22 @@ def test_cancel_sent_through_the_embedding_api(
     run = create_run(api_url, deployment)
     agent = library_agent(work_queues=(queue,))
     assert isinstance(agent, ThreadAgent)
-    wait_for(lambda: command_starts(markers)[run] == 1, 30, "the run to start")
-    wait_for(lambda: f"{run} started as pid" in agent.logs(), 10, "its pid to be logged")
-    pid = int(agent.logs().split(f"{run} started as pid ")[1].split(":")[0])
+    started = wait_for(
+        lambda: next((e for e in agent.events() if isinstance(e, RunStarted)), None),
+        30,
+        "the run's process to start",
+    )
+    assert started.flow_run_id == run
+    pid = started.pid
+    assert wait_for(lambda: command_markers(markers, run), 10, "its marker")[0]["pid"] == pid
 
     agent.handle.cancel(run, "the host service decided so")
 
     wait_for(lambda: is_cancelled(api_url, run), 10, "the run to be Cancelled")
     assert process_gone(pid)
     assert "the host service decided so" in (run_state(api_url, run)[2] or "")
+    ended = wait_for(lambda: agent.finished(run), 10, "the run's RunFinished")
+    assert ended.outcome == "cancelled", ended
 
 
 def test_cancel_after_the_agent_was_killed_and_restarted_kills_the_orphaned_process(
@@ -126,18 +141,23 @@ def test_cancel_after_the_agent_was_killed_and_restarted_kills_the_orphaned_proc
     first = launcher_agent(work_queues=(queue,))
     assert isinstance(first, LauncherAgent)
     wait_for(lambda: run_state(api_url, run)[0] == "PENDING", 30, "the run to be taken")
-    wait_for(lambda: f"{run} started as pid" in first.logs(), 30, "its process to start")
-    pid = int(first.logs().split(f"{run} started as pid ")[1].split(":")[0])
+    wait_for(lambda: infrastructure_pid(api_url, run), 30, "its process to start")
+    pid = wait_for(lambda: command_markers(markers, run), 10, "its marker")[0]["pid"]
+    assert infrastructure_pid(api_url, run) == f"{socket.gethostname()}:{pid}"
     first.process.kill()  # the agent dies; the run's process (its own session) lives on
     first.process.wait(timeout=10)
     assert not process_gone(pid)
 
     second = library_agent(work_queues=(queue,))
+    assert isinstance(second, ThreadAgent)
     ask_to_cancel(api_url, run)
 
     wait_for(lambda: is_cancelled(api_url, run), 10, "the orphaned run to be Cancelled")
     assert process_gone(pid)
-    assert f"flow run {run}: found its process {pid}" in second.logs()
+    # The second agent took the run over (a supervisor of its own found the process) and that
+    # supervisor ended it: no other way to Cancelled goes through a RunFinished.
+    ended = wait_for(lambda: second.finished(run), 10, "the second agent's RunFinished")
+    assert ended.outcome == "cancelled", ended
 
 
 @pytest.fixture
@@ -170,14 +190,19 @@ def test_runs_whose_process_cannot_be_ours_are_never_killed(
         ask_to_cancel(api_url, run)
 
     agent = library_agent(work_queues=(queue,))
+    assert isinstance(agent, ThreadAgent)
 
     wait_for(lambda: is_cancelled(api_url, reused), 15, "the reused-pid run to be Cancelled")
     assert unrelated_process.poll() is None, "an unrelated process was killed"
     assert "belongs to another process" in (run_state(api_url, reused)[2] or "")
     wait_for(lambda: is_cancelled(api_url, no_pid), 15, "the pid-less run to be Cancelled")
     assert "could not be found" in (run_state(api_url, no_pid)[2] or "")
-    wait_for(lambda: "far-away-host" in agent.logs(), 15, "a warning naming the other host")
+    left = wait_for(lambda: agent.finished(elsewhere), 15, "the other host's run to be left")
+    assert (left.outcome, left.detail) == ("not-submitted", "process on host far-away-host")
     assert run_state(api_url, elsewhere)[0] == "CANCELLING"
+    # Left Cancelling on the server: the user must be told which host's agent is to end it.
+    notices = lines_with(agent.logs(), "runs on host 'far-away-host', not on this one")
+    assert notices and {level for level, _ in notices} == {"WARNING"}, notices
 
 
 class GatedTransport(httpx.HTTPTransport):
@@ -213,7 +238,9 @@ def test_pending_run_cancelled_before_its_process_starts_never_starts(
 
     wait_for(lambda: is_cancelled(api_url, run), 15, "the pending run to be Cancelled")
     assert command_starts(markers)[run] == 0
-    assert "before its process started; it will not start" in agent.logs()
+    ended = wait_for(lambda: agent.finished(run), 10, "the run's RunFinished")
+    assert ended.outcome == "cancelled", ended
+    assert not any(isinstance(e, RunStarted) for e in agent.events()), agent.events()
 
 
 def test_cancelling_an_already_finished_run_changes_nothing(
@@ -224,11 +251,16 @@ def test_cancelling_an_already_finished_run_changes_nothing(
     agent = library_agent(work_queues=(queue,))
     assert isinstance(agent, ThreadAgent)
     wait_for(lambda: run_state(api_url, run)[0] in FINAL, 60, "the run to finish")
-    wait_for(lambda: f"flow run {run} finished" in agent.logs(), 30, "its process to exit")
+    wait_for(lambda: agent.finished(run), 30, "its process to exit")
+    states_before = len(history(api_url, run))
 
     agent.handle.cancel(run, "too late")
 
-    nothing = f"flow run {run} already ended (COMPLETED); nothing to cancel"
-    wait_for(lambda: nothing in agent.logs(), 10, "the agent to note there is nothing to do")
-    assert agent.logs().count(nothing) == 1
+    def answers() -> list[RunFinished]:
+        return [e for e in agent.events() if isinstance(e, RunFinished) and e.flow_run_id == run]
+
+    wait_for(lambda: len(answers()) == 2, 10, "the agent to find there is nothing to do")
+    assert [(e.outcome, e.detail) for e in answers()][1] == ("not-submitted", "already COMPLETED")
+    assert agent.handle.dispatcher.ask(HeldRuns()) == 0
     assert run_state(api_url, run)[0] == "COMPLETED"
+    assert len(history(api_url, run)) == states_before  # nothing proposed

@@ -1,11 +1,11 @@
 """The event stream (issue 17) against real servers: Prefect 3, and Prefect 2.20 with
-`PREFECT_EXPERIMENTAL_EVENTS` on (tests/support/events_server.py).
+`PREFECT_EXPERIMENTAL_EVENTS` on (examples/harness/events_server.py).
 
 With the query interval at 60 s, a run created after the watcher's first poll can be taken
 within seconds only because the server announced it, and with the cancel poll at 60 s too, a
 prompt kill can only come from the announced Cancelling. The stream's faults (an upgrade
 refused, a socket dropped mid-way, a socket gone silent) come from the fault proxy
-(tests/support/fault_proxy.py): a real server cannot produce them while it still answers REST,
+(examples/harness/fault_proxy.py): a real server cannot produce them while it still answers REST,
 which is exactly the case the agent must survive by polling. A 2.20 server without events is
 the suite's own 2.20 server.
 
@@ -26,17 +26,18 @@ import httpx
 import msgspec
 import pytest
 
+from examples.harness.agent_logs import lines_with
+from examples.harness.agent_status import free_port
+from examples.harness.fault_proxy import FaultProxy
 from tests.conftest import AgentFactory, AgentUnderTest
 from tests.integration.helpers import (
     FLOWS,
     MARKER_COMMAND,
     command_markers,
     deploy_marker_command,
-    free_port,
     process_gone,
     state_type,
 )
-from tests.support.fault_proxy import FaultProxy
 from tests.support.prefect_objects import create_run, set_run_state, wait_for
 from tests.support.served import BaseServed
 
@@ -47,6 +48,7 @@ BOUND = 5.0  # seconds from "run created" to Pending, and from Cancelling to the
 SLOW_POLL = 60.0  # the query and cancel intervals while the stream is expected to do the work
 CONNECTED = "event stream connected"
 UNAVAILABLE = "event stream unavailable"
+CONNECTS = "prefect_actor_agent_event_stream_connects_total"  # sessions opened
 
 
 class Served(BaseServed):
@@ -126,15 +128,24 @@ class Watched:
     def count(self, text: str) -> int:
         return self.agent.logs().count(text)
 
+    def connects(self) -> float:
+        """Event stream sessions the agent opened so far."""
+        return self.agent.metric(CONNECTS)
+
     def wait_mode(self, state: str, logged: str, times: int, timeout: float = 20.0) -> None:
-        """Wait until `logged` was logged `times` times and the EventListener is in `state`."""
+        """Wait until the EventListener is in `state` for the `times`th time: its tree says
+        the mode, and each switch has its one notice in the log (the agent counts sessions
+        opened, not switches to polling: the notice is the only record of those)."""
         wait_for(
             lambda: self.count(logged) >= times and self.listener_state() == state,
             timeout,
             f"{logged!r} logged {times} time(s) and the EventListener {state!r}",
             interval=0.05,
         )
+        # One notice a switch, not one a retry: the user reads it.
         assert self.count(logged) == times, f"{logged!r} logged more than once per switch"
+        if state == "stream":
+            assert self.connects() == times, "a session opened without a switch to the stream"
 
 
 def _start(factory: AgentFactory, **options: Any) -> Watched:
@@ -206,7 +217,9 @@ def test_a_run_created_now_is_taken_and_cancelled_as_the_server_announces_it(
     )
     assert to_pending < BOUND, f"Pending {to_pending:.1f}s after the run was created"
     assert to_kill < BOUND, f"killed {to_kill:.1f}s after Cancelling"
-    assert watched.count(UNAVAILABLE) == 0
+    # It never fell back: still streaming, in the one session it opened.
+    assert watched.listener_state() == "stream"
+    assert watched.connects() == 1
 
 
 # -- the stream cut: polling meanwhile, and back ---------------------------------------------------
@@ -258,6 +271,7 @@ def test_with_the_stream_cut_the_agent_polls_and_returns_to_the_stream(
     watched.wait_mode("polling", UNAVAILABLE, 3)
     proxy.set_mode("pass")
     watched.wait_mode("stream", CONNECTED, 3)
+    # Faults of the network are expected: the user's log gets notices, not tracebacks.
     assert "Traceback" not in watched.agent.logs()
 
 
@@ -274,10 +288,10 @@ def test_a_2_20_server_without_events_is_polled_as_before(
     wait_for(lambda: watched.listener_state() == "polling", 30, "the EventListener polling", 0.1)
     _run_and_cancel(served, deployment, markers, timeout=15)
 
-    assert watched.count(CONNECTED) == 0
-    notices = [line for line in watched.agent.logs().splitlines() if UNAVAILABLE in line]
-    assert len(notices) == 1, notices
-    assert "WARNING" not in notices[0], "a server without events is no fault: INFO, not WARNING"
+    assert watched.connects() == 0
+    # A server without events is no fault: one notice, at INFO, not a warning.
+    notices = lines_with(watched.agent.logs(), UNAVAILABLE)
+    assert [level for level, _ in notices] == ["INFO"], notices
     listener = watched.listener()
     assert listener is not None and listener["detail"]["mode"] == "polling"
     assert watched.status_port is not None

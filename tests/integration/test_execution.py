@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from examples.harness.agent_status import find_node
 from tests.conftest import AgentFactory
 from tests.integration.helpers import (
     FINAL,
@@ -21,6 +22,7 @@ from tests.integration.helpers import (
     command_starts,
     deploy_marker_command,
     infrastructure_pid,
+    process_gone,
     states,
 )
 from tests.support.prefect_objects import (
@@ -34,6 +36,9 @@ from tests.support.prefect_objects import (
 )
 
 pytestmark = pytest.mark.integration
+
+SUBMITTED = "prefect_agent_runs_submitted_total"
+FINISHED = "prefect_agent_runs_finished_total"  # by outcome (messages/user/events.py)
 
 
 def test_runs_complete_with_host_pid_and_override_env(
@@ -58,12 +63,10 @@ def test_runs_complete_with_host_pid_and_override_env(
         started = read_marker(markers, run, "start")
         assert infrastructure_pid(api_url, run) == f"{socket.gethostname()}:{started['pid']}"
         assert read_marker(markers, run, "env")["value"] == "hello from infra_overrides"
-    logs = agent.logs()
-    assert f"submitting flow run {runs[0]}" in logs
-    assert f"flow run {runs[0]} started as pid" in logs
-    first_pid = read_marker(markers, runs[0], "start")["pid"]
-    exited = f"flow run {runs[0]}: process {first_pid} exited with code 0"
-    wait_for(lambda: exited in agent.logs(), 30, "the agent to log the exit")
+    assert agent.metric(SUBMITTED) == 2
+    # Each process's exit (code 0) is seen by the agent, not only reported by the engine.
+    wait_for(lambda: agent.metric(FINISHED, outcome="exited") == 2, 30, "both exits seen")
+    assert all(process_gone(read_marker(markers, run, "start")["pid"]) for run in runs)
 
 
 def test_nonzero_exit_marks_run_crashed_naming_the_code(
@@ -81,7 +84,7 @@ def test_nonzero_exit_marks_run_crashed_naming_the_code(
     assert type_ == "CRASHED"
     assert message is not None
     assert "non-zero status code 3" in message
-    assert f"flow run {run} crashed" in agent.logs()
+    wait_for(lambda: agent.metric(FINISHED, outcome="crashed") == 1, 10, "the crash counted")
 
 
 def test_limit_never_lets_more_runs_at_once_and_the_rest_run_later(
@@ -170,7 +173,7 @@ def test_each_submission_failure_fails_its_run_with_the_reason_and_others_go_on(
         assert message.startswith("Submission failed.")
         assert reason in message
     assert run_state(api_url, good)[0] == "COMPLETED"
-    assert "submission failed" in agent.logs()
+    wait_for(lambda: agent.metric(FINISHED, outcome="failed") == len(failing), 10, "the failures")
 
 
 def test_missing_queue_is_created(library_agent: AgentFactory, api_url: str, queue: str) -> None:
@@ -180,7 +183,16 @@ def test_missing_queue_is_created(library_agent: AgentFactory, api_url: str, que
     assert not queue_exists()
     agent = library_agent(work_queues=(queue,))
     wait_for(queue_exists, 30, f"work queue {queue} to be created")
-    assert f"created work queue '{queue}'" in agent.logs()
+    queue_id = httpx.get(f"{api_url}/work_queues/name/{queue}").json()["id"]
+    # The watcher serves the queue it created.
+    wait_for(
+        lambda: (
+            (w := find_node(agent.tree(), "QueueWatcher", queue)) is not None
+            and w.detail.get("queue id") == queue_id
+        ),
+        10,
+        "the watcher to hold the created queue",
+    )
 
 
 def test_prefetch_submits_a_run_before_its_scheduled_time(

@@ -16,6 +16,10 @@ import pytest
 
 from actors.edges.prefect_api import PrefectApi, RetryPolicy
 from actors.launcher.local_server import LocalPrefectServer
+from examples.harness.agent_logs import lines_with
+from examples.harness.agent_status import find_node, free_port
+from examples.harness.fault_proxy import FaultProxy
+from messages.user.tree import ActorNode
 from tests.conftest import ROOT, AgentFactory, LauncherAgent, ThreadAgent, launcher_args
 from tests.integration.helpers import (
     FINAL,
@@ -23,11 +27,10 @@ from tests.integration.helpers import (
     command_markers,
     command_starts,
     deploy_marker_command,
-    free_port,
+    history,
     process_gone,
     states,
 )
-from tests.support.fault_proxy import FaultProxy
 from tests.support.prefect_objects import (
     create_run,
     create_runs,
@@ -39,6 +42,10 @@ from tests.support.prefect_objects import (
 )
 
 pytestmark = pytest.mark.integration
+
+SUBMITTED = "prefect_agent_runs_submitted_total"
+FINISHED = "prefect_agent_runs_finished_total"  # by outcome (messages/user/events.py)
+API_ERRORS = "prefect_agent_api_errors_total"  # failed attempts, by status ("none": no answer)
 
 
 def test_server_outage_loses_no_exit_and_starts_no_run_twice(
@@ -111,7 +118,10 @@ def test_a_pending_proposal_whose_answer_was_lost_is_recognised_and_the_run_star
     agent = library_agent(work_queues=(queue,), api=api)
     wait_for(lambda: command_starts(markers)[run] == 1, 30, "the run to start")
     assert transport.lost == 1
-    assert f"flow run {run}: the server had already accepted our Pending" in agent.logs()
+    # Its own Pending recognised: one Pending on the server, and the run not given up.
+    assert [s["type"] for s in history(api_url, run)].count("PENDING") == 1, history(api_url, run)
+    assert agent.metric(FINISHED, outcome="not-submitted") == 0
+    assert agent.metric(API_ERRORS, status="none") >= 1  # the lost answer
 
 
 def test_error_bursts_are_ridden_out_and_every_run_starts_once(
@@ -130,19 +140,11 @@ def test_error_bursts_are_ridden_out_and_every_run_starts_once(
             api=PrefectApi(proxy.url + "/api", retry=RetryPolicy(base_delay=0.1)),
         )
         runs = create_runs(api_url, deployment, 10)
-        wait_for(lambda: proxy.requests_seen > 5, 15, "the agent to meet the 503s")
+        wait_for(lambda: agent.metric(API_ERRORS, status="503") > 5, 15, "the agent to meet 503s")
         proxy.set_mode("http_status", status=429, retry_after=1)
-        wait_for(lambda: proxy.requests_seen > 12, 15, "the agent to meet the 429s")
+        wait_for(lambda: agent.metric(API_ERRORS, status="429") >= 3, 15, "and then 429s")
         proxy.set_mode("reset")
-        wait_for(
-            lambda: (
-                "ConnectError" in agent.logs()
-                or "ReadError" in agent.logs()
-                or "RemoteProtocolError" in agent.logs()
-            ),
-            20,
-            "the resets to be seen",
-        )
+        wait_for(lambda: agent.metric(API_ERRORS, status="none") > 0, 20, "the resets to be seen")
         proxy.set_mode("pass")
         wait_for(lambda: set(command_starts(markers)) >= set(runs), 60, "every run to start")
         assert {r: command_starts(markers)[r] for r in runs} == dict.fromkeys(runs, 1)
@@ -169,7 +171,8 @@ def test_three_agents_on_one_queue_start_each_of_150_runs_exactly_once(
     starts = command_starts(markers)
     doubled = {run: starts[run] for run in runs if starts[run] != 1}
     assert doubled == {}
-    assert all("submitting flow run" in agent.logs() for agent in agents)
+    taken = [agent.metric(SUBMITTED) for agent in agents]
+    assert all(taken), f"an agent took no run: {taken}"
 
 
 def test_an_agent_killed_and_restarted_adopts_live_runs_and_reports_lost_ones(
@@ -201,14 +204,18 @@ def test_an_agent_killed_and_restarted_adopts_live_runs_and_reports_lost_ones(
 
     wait_for(lambda: run_state(api_url, lost)[0] == "CRASHED", 30, "the lost run's truth")
     assert "lost it" in (run_state(api_url, lost)[2] or "")
-    wait_for(
-        lambda: f"flow run {alive}: found its process {pid}" in second.logs(),
-        30,
-        "the live run to be adopted",
-    )
+    assert isinstance(second, ThreadAgent)
+
+    def watching() -> ActorNode | None:
+        supervisor = find_node(second.tree(), "RunSupervisor", alive)
+        return supervisor if supervisor is not None and supervisor.detail.get("pid") else None
+
+    adopted = wait_for(watching, 30, "the live run to be adopted")
+    assert adopted.detail["pid"] == str(pid), adopted
     wait_for(lambda: run_state(api_url, alive)[0] in FINAL, 90, "the adopted run to end")
     assert run_state(api_url, alive)[0] == "COMPLETED"
-    wait_for(lambda: f"flow run {alive} finished" in second.logs(), 30, "its supervisor to end")
+    ended = wait_for(lambda: second.finished(alive), 30, "its supervisor to end")
+    assert ended.outcome == "exited", ended  # the engine's own Completed stands
     assert process_gone(pid)
 
 
@@ -240,10 +247,15 @@ def test_a_deployment_deleted_during_submission_fails_only_that_run(
 
     agent = library_agent(work_queues=(queue,), api=api)
 
+    assert isinstance(agent, ThreadAgent)
     wait_for(lambda: command_starts(markers)[fine_run] == 1, 30, "the good run to start")
-    wait_for(lambda: f"flow run {doomed_run} finished" in agent.logs(), 30, "the doomed run")
-    logs = agent.logs()
-    assert f"flow run {doomed_run}: submission failed: deployment {doomed} no longer exists" in logs
+    ended = wait_for(lambda: agent.finished(doomed_run), 30, "the doomed run")
+    assert ended.outcome == "failed", ended
+    assert f"deployment {doomed} no longer exists" in ended.detail, ended
+    # The run went with its deployment: no state on the server can say why it stopped, so the
+    # agent's error line is what a user has.
+    why = f"flow run {doomed_run}: submission failed: deployment {doomed} no longer exists"
+    assert [level for level, _ in lines_with(agent.logs(), why)] == ["ERROR"]
     assert command_starts(markers)[doomed_run] == 0
     assert agent.handle.failure is None
 

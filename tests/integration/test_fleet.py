@@ -1,6 +1,7 @@
 """A fleet: three agents on three simulated hosts share one queue of a PostgreSQL-backed
 Prefect server. Every run starts exactly once, its `infrastructure_pid` names the host whose
-agent ran it, its claim names that agent, and every agent is a worker of the pool."""
+agent ran it (the pid in it is the one the run's process had on that host), its claim names
+that agent, each agent counts the runs it took, and every agent is a worker of the pool."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from typing import Any
 import pytest
 
 from actors.rules.claims import parse_claim
-from tests.integration.helpers import command_starts, deploy_marker_command, infrastructure_pid
-from tests.support.hosts import SimulatedHost
+from examples.harness.hosts import SimulatedHost
+from tests.integration.helpers import (
+    command_markers,
+    command_starts,
+    deploy_marker_command,
+    has_polled,
+    infrastructure_pid,
+    run_agent_with_status,
+)
 from tests.support.prefect_objects import call_api, create_runs, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 HOSTS = ("fleet-a", "fleet-b", "fleet-c")
+FINISHED = "prefect_agent_runs_finished_total"  # by outcome (messages/user/events.py)
 RUNS = 100
 
 
@@ -39,10 +48,10 @@ def test_three_hosts_run_a_hundred_runs_exactly_once_each_naming_its_host(
         SimulatedHost.for_api(HOSTS[2], api_url, log_dir=tmp_path) as c,
     ):
         hosts = {host.name: host for host in (a, b, c)}
-        for host in hosts.values():
-            host.run_agent(["-q", queue, "--query-interval", "1", "--heartbeat-seconds", "2"])
-        for host in hosts.values():
-            wait_for(lambda host=host: "serving " in host.logs(), 60, f"{host.name}'s agent")
+        args = ["-q", queue, "--query-interval", "1", "--heartbeat-seconds", "2"]
+        status = {name: run_agent_with_status(host, args) for name, host in hosts.items()}
+        for name, agent in status.items():
+            wait_for(lambda agent=agent: has_polled(agent, queue), 60, f"{name}'s agent")
 
         runs = create_runs(api_url, deployment, RUNS)
         # The marker command is no engine: a run taken stays Pending, with its pid recorded.
@@ -58,11 +67,22 @@ def test_three_hosts_run_a_hundred_runs_exactly_once_each_naming_its_host(
             claim = str(infrastructure_pid(api_url, run_id))
             host_name, _, pid = claim.rpartition(":")
             assert host_name in hosts, f"{run_id}: {claim!r} names no simulated host"
-            assert f"flow run {run_id} started as pid {pid}:" in hosts[host_name].logs()
+            # The pid recorded is the one the run's process saw itself as, on that host.
+            assert [m["pid"] for m in command_markers(markers, run_id)] == [int(pid)], claim
             holder = _pending_claim(api_url, run_id)
             assert holder is not None and holder.host == host_name, holder
             ran_on[host_name] += 1
         assert sum(ran_on.values()) == RUNS
+
+        def exits() -> dict[str, float]:
+            return {
+                name: agent.sample(FINISHED, outcome="exited") or 0
+                for name, agent in status.items()
+            }
+
+        # Each agent saw the exit of exactly the runs its host ran (a run it lost to a peer is
+        # `not-submitted`, not `exited`).
+        wait_for(lambda: exits() == ran_on, 30, f"the agents to count {ran_on}")
 
         workers = call_api(api_url, "POST", "/work_pools/default-agent-pool/workers/filter", {})
         online = {row["name"] for row in workers if row.get("status") == "ONLINE"}

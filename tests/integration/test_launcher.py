@@ -15,8 +15,10 @@ import pytest
 
 from tests.conftest import LAUNCHER, ROOT, AgentFactory, LauncherAgent, ThreadAgent
 from tests.integration.helpers import (
+    command_markers,
     command_starts,
     deploy_marker_command,
+    infrastructure_pid,
     process_gone,
     run_ok,
 )
@@ -53,7 +55,9 @@ def test_run_once_takes_the_due_runs_waits_for_them_and_exits(
     starts = command_starts(markers)
     assert all(starts[run] == 1 for run in runs)
     assert starts[later] == 0
-    assert "every queue polled and every run taken has ended" in agent.logs()
+    # It waited for them: no run's process outlived the agent.
+    pids = [marker["pid"] for run in runs for marker in command_markers(markers, run)]
+    assert pids and all(process_gone(pid) for pid in pids), pids
 
 
 def test_run_once_as_a_library_finishes(
@@ -76,7 +80,7 @@ def test_sigterm_stops_the_agent_and_leaves_no_run_running_without_a_process(
     agent = launcher_agent(work_queues=(queue,), shutdown_grace_seconds=2)
     assert isinstance(agent, LauncherAgent)
     wait_for(lambda: command_starts(markers)[running] == 1, 60, "the long run to start")
-    wait_for(lambda: "started as pid" in agent.logs(), 10, "the pid to be logged")
+    wait_for(lambda: infrastructure_pid(api_url, running), 10, "the pid to be recorded")
     pid = json.loads(next(markers.glob(f"{running}.*.cmd")).read_text())["pid"]
 
     agent.process.send_signal(signal.SIGTERM)
@@ -87,7 +91,6 @@ def test_sigterm_stops_the_agent_and_leaves_no_run_running_without_a_process(
     assert type_ == "CRASHED"
     assert message is not None
     assert "agent stopped" in message
-    assert "agent stopped" in agent.logs()
 
 
 def test_demo_starts_its_own_server_runs_the_demo_flow_and_prints_a_summary(
@@ -101,6 +104,7 @@ def test_demo_starts_its_own_server_runs_the_demo_flow_and_prints_a_summary(
         env=env,
     )
     output = result.stdout + result.stderr
+    # What the demo prints is its behaviour: a summary, and the server it started.
     assert "2 of 2 demo runs completed" in result.stdout
     assert result.stdout.count("Completed") >= 2
     assert "starting a local Prefect server" in output
@@ -140,6 +144,7 @@ def test_the_installed_command_serves_a_queue_on_gevent_and_logs_like_prefect(
     output = result.stdout + result.stderr
     assert read_states(api_url, runs) == dict.fromkeys(runs, "COMPLETED")
     assert all(command_starts(markers)[run] == 1 for run in runs)
+    # The log is the subject here: its layout (Prefect's), the runtime it names, no key in it.
     assert "the actors run on gevent greenlets" in output
     ours = [line for line in output.splitlines() if "prefect_actor_agent." in line]
     assert any(f"submitting flow run {runs[0]}" in line for line in ours)

@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AgentFactory
+from examples.harness.agent_status import find_node
+from messages.user.tree import ActorNode
+from tests.conftest import AgentFactory, AgentUnderTest
 from tests.integration.helpers import command_markers, deploy_marker_command, state_type
 from tests.support.prefect_objects import (
     create_pool,
@@ -25,6 +27,8 @@ from tests.support.prefect_objects import (
 )
 
 pytestmark = pytest.mark.integration
+
+POLLS = "prefect_agent_poll_latency_seconds_count"
 
 
 def _pool_name() -> str:
@@ -40,6 +44,21 @@ def _pool_deployment(
     )
     move_deployment_to_pool(api_url, deployment, pool, queue)
     return deployment
+
+
+def _watchers(agent: AgentUnderTest) -> list[ActorNode]:
+    return [node for node in agent.tree().children if node.kind == "QueueWatcher"]
+
+
+def _watched(agent: AgentUnderTest) -> dict[str, str | None]:
+    """Each queue the agent watches, with the work pool its watcher names."""
+    return {node.name: node.detail.get("work pool") for node in _watchers(agent)}
+
+
+def _queue_ids(agent: AgentUnderTest) -> dict[str, str | None]:
+    """Each queue the agent watches, with the id of the queue its watcher holds (None before
+    the watcher has read or made it)."""
+    return {node.name: node.detail.get("queue id") for node in _watchers(agent)}
 
 
 def _starts(markers: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
@@ -63,15 +82,20 @@ def test_pool_serves_every_queue_and_creates_named_ones(
 
     every_queue = agent_factory(work_pool=pool)
     wait_for(lambda: len(_starts(markers, runs)) == 2, 60, "a run of each pool queue to start")
-    assert "watching work queue 'default' in work pool" in every_queue.logs()
-    assert "watching work queue 'second' in work pool" in every_queue.logs()
+    assert _watched(every_queue) == {"default": pool, "second": pool}
+    assert all(_queue_ids(every_queue).values()), _queue_ids(every_queue)  # each read its queue
 
     named = agent_factory(work_pool=pool, work_queues=("made-by-agent",))
     made = f"{api_url}/work_pools/{pool}/queues/made-by-agent"
     wait_for(lambda: httpx.get(made).status_code == 200, 30, "the named queue to exist in the pool")
-    # the agent logs it once the server's answer is back, which can be after the queue shows
-    created = f"created work queue 'made-by-agent' in work pool '{pool}'"
-    wait_for(lambda: created in named.logs(), 10, "the agent to log the queue it created")
+    made_id = httpx.get(made).json()["id"]
+    # the watcher holds it once the server's answer is back, which can be after the queue shows
+    wait_for(
+        lambda: _queue_ids(named).get("made-by-agent") == made_id,
+        10,
+        "the agent's watcher to hold the queue it created",
+    )
+    assert _watched(named) == {"made-by-agent": pool}
 
 
 def test_paused_pool_is_not_served_until_it_resumes(
@@ -83,10 +107,15 @@ def test_paused_pool_is_not_served_until_it_resumes(
     pause_pool(api_url, pool, True)
 
     agent = library_agent(work_pool=pool, work_queues=("default",))
-    paused = f"work pool '{pool}' is paused; not taking its runs until it resumes"
-    wait_for(lambda: paused in agent.logs(), 30, "the agent to see the paused pool")
-    still = f"work pool '{pool}' is still paused"
-    wait_for(lambda: still in agent.logs(), 30, "a second poll of the paused pool")
+
+    def paused() -> bool:
+        watcher = find_node(agent.tree(), "QueueWatcher", "default")
+        return watcher is not None and watcher.state == "paused"
+
+    wait_for(paused, 30, "the agent to see the paused pool")
+    polls = agent.metric(POLLS)
+    wait_for(lambda: agent.metric(POLLS) > polls, 30, "a second poll of the paused pool")
+    assert paused()
     assert _starts(markers, runs) == {}
     assert {state_type(api_url, run) for run in runs} == {"SCHEDULED"}
 

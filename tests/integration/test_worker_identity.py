@@ -87,6 +87,7 @@ def test_the_agent_is_a_worker_of_its_pool_and_every_run_it_takes_names_it(
     assert (tree.detail["name"], tree.detail["instance"]) == (name, me.instance)
     assert any(child.kind == "Heartbeat" for child in tree.children)
     assert name in agent.handle.health()[1] and me.instance in agent.handle.health()[1]
+    # The log line is the behaviour: an operator reading a fleet's logs tells agents apart.
     assert f"agent {name!r} (instance {me.instance}" in agent.logs()
 
     # Stopped, it heartbeats no more: the server's own rule will take it OFFLINE.

@@ -15,18 +15,15 @@ from __future__ import annotations
 import atexit
 import json
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
 from actors.launcher.prefect_objects import PrefectObjects
 from actors.rules.retry import RetryPolicy
-
-T = TypeVar("T")
+from tests.support.waiting import wait_for
 
 # A SQLite server answers 503 while its database is locked by other writers (an agent under
 # test draining runs): the test's own set-up waits and tries again, a few times (on 503 only,
@@ -87,24 +84,6 @@ def _close_clients() -> None:
 def call_api(api_url: str, method: str, path: str, body: Any = None) -> Any:
     """A plain REST call for a test's set-up, with the same 503 patience as every helper here."""
     return prefect_objects(api_url).call(method, path, json=body)
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
-    """Poll until ``predicate()`` is truthy and return that value.
-
-    The only way tests wait: a deadline instead of a fixed sleep keeps fast
-    machines fast, and the message says what never happened.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {what}; last value: {value!r}"
-            )
-        time.sleep(interval)
 
 
 def _flow_of(flow_file: Path, flow_func_name: str) -> tuple[str, dict[str, Any]]:

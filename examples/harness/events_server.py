@@ -11,7 +11,7 @@ collection shows a test that wants it, and that test waits for whatever is left.
 from __future__ import annotations
 
 from actors.launcher.local_server import LocalPrefectServer
-from tests.support.background_server import BackgroundServer
+from examples.harness.background_server import BackgroundServer
 
 EVENTS_ENV = {
     "PREFECT_EXPERIMENTAL_EVENTS": "true",

@@ -19,7 +19,7 @@ and every pid would be a live local one. So each simulated host gets
   a pid *inside* that namespace; the same process has another pid on the machine (the one a
   test sees in its own ``/proc``). ``SimulatedHost.machine_pid`` maps one to the other (the
   ``NSpid`` line of ``/proc/<pid>/status``), while the host still lives;
-- a TCP proxy (``tests.support.fault_proxy.FaultProxy``) of its own between it and the Prefect
+- a TCP proxy (``examples.harness.fault_proxy.FaultProxy``) of its own between it and the Prefect
   server, which it reaches only through that proxy (``host.api_url``; its runs inherit that URL
   as ``PREFECT_API_URL`` and use it too), so a test can cut the host off the network
   (``cut_off``, the proxy's ``blackhole`` mode) and connect it again (``reconnect``).
@@ -73,7 +73,7 @@ from types import TracebackType
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from tests.support.fault_proxy import FaultProxy
+from examples.harness.fault_proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 LAUNCHER = ROOT / "examples" / "agent.py"

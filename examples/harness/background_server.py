@@ -2,7 +2,7 @@
 
 A real server takes tens of CPU-seconds to start, so the session starts it at collection and
 the other tests run meanwhile; the first test that needs it waits for whatever is left
-(tests/support/prefect3.py, tests/support/events_server.py).
+(examples/harness/prefect3.py, examples/harness/events_server.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A real Prefect 3 server for the tests, from its own virtual environment.
+"""A real Prefect 3 server for the tests and the benchmark, from its own virtual environment.
 
 Prefect 2 and 3 cannot share one environment, so the 3.x server (and the Prefect 3 engine
 that runs its flows) live in `.venv-prefect3` at the repository's root, made on first use
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from actors.launcher.local_server import LocalPrefectServer
-from tests.support.background_server import BackgroundServer
+from examples.harness.background_server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-prefect3"

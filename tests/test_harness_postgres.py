@@ -1,5 +1,6 @@
-"""The PostgreSQL harness works: a real server that stops without a trace, and a Prefect 2.20
-server whose database really is that PostgreSQL (not a SQLite file beside it)."""
+"""The PostgreSQL harness (`examples/harness/postgres.py`) works: a real server that stops
+without a trace, and a Prefect 2.20 server whose database really is that PostgreSQL (not a
+SQLite file beside it)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import httpx
 import pytest
 
 from actors.launcher.local_server import LocalPrefectServer
-from tests.support.postgres import PostgresServer
+from examples.harness.postgres import PostgresServer
 from tests.support.prefect_objects import create_run, deploy, run_state
 
 FLOWS = Path(__file__).parent / "flows"
+
+pytestmark = pytest.mark.integration
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -59,9 +62,7 @@ def test_postgres_server_serves_and_leaves_nothing_behind() -> None:
         assert server.start_seconds is not None and server.start_seconds < 20
         assert server.url.startswith("postgresql+asyncpg://smoker:")
         assert server.url.endswith(f"@127.0.0.1:{server.port}/smoke")
-        rows = asyncio.run(
-            _query(server.dsn, "SELECT current_user, current_database(), version()")
-        )
+        rows = asyncio.run(_query(server.dsn, "SELECT current_user, current_database(), version()"))
         assert tuple(rows[0])[:2] == ("smoker", "smoke")
         assert rows[0][2].startswith("PostgreSQL ")
         # The password is checked: the server is reached as Prefect reaches it, over TCP.

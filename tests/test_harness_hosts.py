@@ -1,10 +1,10 @@
-"""Simulated hosts (`tests/support/hosts.py`) are what the multi-host tests take them for.
+"""Simulated hosts (`examples/harness/hosts.py`) are what the multi-host tests take them for.
 
 Two agents, each in a host of its own ("host-a", "host-b": own hostname, own pid space, own
 proxy to the session's server), share one queue. Each run starts once, its recorded
 `infrastructure_pid` names the host that ran it, and the pid in it is that host's own number
-for the run's process (the pid the run's process sees, the pid its agent logged), which the
-machine knows under another number. Killing a host leaves none of its processes behind and
+for the run's process (the pid the run's process sees, the pid its agent's tree shows), which
+the machine knows under another number. Killing a host leaves none of its processes behind and
 touches no process of the other host.
 """
 
@@ -14,23 +14,25 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+from examples.harness.agent_status import AgentStatus, find_node
+from examples.harness.hosts import SimulatedHost
 from tests.integration.helpers import (
     command_markers,
     command_starts,
     deploy_marker_command,
+    has_polled,
     infrastructure_pid,
     process_gone,
+    run_agent_with_status,
 )
-from tests.support.hosts import SimulatedHost
 from tests.support.prefect_objects import create_runs, wait_for
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 RUNS = 6
 PER_HOST = RUNS // 2  # each agent's --limit: both hosts get runs, whoever polls first
@@ -46,8 +48,11 @@ def _agent_args(queue: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _serving(host: SimulatedHost) -> Callable[[], bool]:
-    return lambda: "serving " in host.logs()
+def _held(status: AgentStatus) -> dict[str, str]:
+    """The runs the agent holds now, each with the pid its tree shows ("" before the start)."""
+    dispatcher = find_node(status.tree(), "Dispatcher")
+    assert dispatcher is not None
+    return {child.name: child.detail.get("pid", "") for child in dispatcher.children}
 
 
 def _environ(machine_pid: int) -> dict[str, str]:
@@ -68,10 +73,11 @@ def test_two_hosts_share_a_queue_and_one_dies_whole(
         SimulatedHost.for_api("host-b", api_url, log_dir=tmp_path) as host_b,
     ):
         hosts = {"host-a": host_a, "host-b": host_b}
-        for host in hosts.values():
-            host.run_agent(_agent_args(queue))
-        for host in hosts.values():
-            wait_for(_serving(host), 30, f"{host.name}'s agent to start")
+        status = {
+            name: run_agent_with_status(host, _agent_args(queue)) for name, host in hosts.items()
+        }
+        for name, agent in status.items():
+            wait_for(lambda agent=agent: has_polled(agent, queue), 30, f"{name}'s agent to start")
 
         run_ids = create_runs(api_url, deployment, RUNS)
         wait_for(
@@ -94,16 +100,18 @@ def test_two_hosts_share_a_queue_and_one_dies_whole(
 
         machine_pids: dict[str, list[int]] = {name: [] for name in hosts}
         for name, runs in by_host.items():
-            host, other = hosts[name], hosts["host-b" if name == "host-a" else "host-a"]
+            host = hosts[name]
+            held = _held(status[name])
+            other = _held(status["host-b" if name == "host-a" else "host-a"])
             for run_id, host_pid in runs:
                 # The pid the run's process saw itself as (os.getpid() in the marker) is the
-                # host's number, the one its agent logged and recorded; the other agent has
-                # no word of the run starting.
+                # host's number, the one its agent shows and recorded; the other agent does
+                # not hold the run.
                 (marker,) = command_markers(markers, run_id)
                 assert marker["pid"] == host_pid
                 assert marker["env"]["PREFECT_API_URL"] == host.api_url  # through its proxy
-                assert f"flow run {run_id} started as pid {host_pid}:" in host.logs()
-                assert f"flow run {run_id} started as pid" not in other.logs()
+                assert held.get(run_id) == str(host_pid), held
+                assert run_id not in other, other
                 # On the machine the same process has another pid: that one is the run's.
                 machine_pid = host.machine_pid(host_pid)
                 assert machine_pid is not None, f"{claims[run_id]} is no process of {name}"

@@ -1,4 +1,5 @@
-"""The fault-injection proxy does what fault tests will rely on, checked against a stdlib server.
+"""The fault-injection proxy (`examples/harness/fault_proxy.py`) does what fault tests rely on,
+checked against a stdlib server on loopback.
 
 Fault tests against the real Prefect server are only as trustworthy as the proxy in between: a
 proxy that silently corrupted keep-alive framing or failed the wrong request would make the
@@ -26,11 +27,11 @@ from websockets.sync.server import ServerConnection
 from websockets.sync.server import serve as ws_serve
 
 from actors.edges.prefect_api import ApiError, PrefectApi, RetryPolicy
+from examples.harness.fault_proxy import FaultProxy
 from messages.wire.prefect import WorkQueue
-from tests.support.fault_proxy import FaultProxy
-from tests.support.prefect_objects import wait_for
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]  # a proxy and servers on loopback
 
 
 class _Handler(BaseHTTPRequestHandler):

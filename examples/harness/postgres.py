@@ -36,7 +36,7 @@ server settings (`{"max_connections": "300"}`).
 
 Use (the tests' fixtures, `examples/benchmark/`, anything run from the repository's root)::
 
-    from tests.support.postgres import PostgresServer
+    from examples.harness.postgres import PostgresServer
     from actors.launcher.local_server import LocalPrefectServer
 
     with PostgresServer() as pg, LocalPrefectServer(database_url=pg.url) as prefect:
