@@ -24,7 +24,7 @@ from actors.runtime.refs import ask
 from actors.runtime.settings import AgentSettings
 from actors.tree.agent import Agent
 from messages.internal.dispatch import Cancel, Subscribe, Unsubscribe
-from messages.internal.lifecycle import GetTree, HeldRuns, InterruptRuns
+from messages.internal.lifecycle import CountHeldRuns, GetTree, InterruptRuns
 from messages.user.tree import ActorNode
 
 log = logging.getLogger("prefect_actor_agent.agent")
@@ -133,7 +133,7 @@ class AgentHandle:
         """Block until no run is in flight (every process has exited and been reported)."""
         deadline = time.monotonic() + timeout
         # An ask from outside the tree, with a timeout: the Dispatcher answers at once.
-        while ask(self.dispatcher, HeldRuns(), int, timeout=10.0) > 0:
+        while ask(self.dispatcher, CountHeldRuns(), int, timeout=10.0) > 0:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)

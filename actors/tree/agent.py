@@ -5,7 +5,7 @@ the CancelWatcher, the EventListener or the Dispatcher that fails is restarted a
 backoff, and goes on; too many failures in the window and the Agent gives up, stops taking
 runs and reports the failure to whoever holds it (the launcher then exits non-zero). In prefix
 mode it re-reads which queues match every `rematch_interval` and starts and stops watchers to
-follow. It also answers "show me the tree" from what its watchers told it (`WatcherStatus`)
+follow. It also answers "show me the tree" from what its watchers told it (`ChildStatus`)
 and the Dispatcher's answer (never blocked on the server), so `/tree` answers during an outage.
 The queues' ids the watchers tell go on to the EventListener (`ServedQueues`), and its mode
 to the CancelWatcher (`StreamHealth`).
@@ -42,6 +42,7 @@ from actors.rules.supervision import RestartPolicy, Supervisor
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree import cancel_watcher, dispatcher, event_listener, heartbeat, recovery
 from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.event_listener import EventListener
@@ -54,6 +55,7 @@ from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     CallAnswered,
     ChildFailed,
+    ChildStatus,
     Describe,
     DetectServer,
     DispatcherIdle,
@@ -67,19 +69,13 @@ from messages.internal.lifecycle import (
     TakeOver,
     UseDispatcher,
     WatchedQueues,
-    WatcherStatus,
 )
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
 DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the server
-CANCELLATIONS = "cancellations"
-HEARTBEAT = "heartbeat"
-RECOVERY = "recovery"
-EVENTS = "EventListener"
-DISPATCHER = "dispatcher"
 
 
 class Agent(pykka.ThreadingActor):
@@ -169,11 +165,11 @@ class Agent(pykka.ThreadingActor):
         match message:
             case CallAnswered():
                 self._calls().answered(message)
-            case WatcherStatus(kind=kind, name=name, node=node) if isinstance(node, ActorNode):
+            case ChildStatus(kind=kind, name=name, node=node) if isinstance(node, ActorNode):
                 self.child_status[(kind, name)] = node
-                if kind == "QueueWatcher":
+                if kind == ActorKind.QUEUE_WATCHER:
                     self._learn_queue_id(name, node)
-                elif kind == "EventListener":
+                elif kind == ActorKind.EVENT_LISTENER:
                     self._stream_health(node.state == "stream")
             case LeaseChanged():
                 self._lease_changed(message)
@@ -219,7 +215,7 @@ class Agent(pykka.ThreadingActor):
         )
         self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
         self.outcome.dispatcher = self.dispatcher
-        self.supervisor.record("Dispatcher", DISPATCHER)
+        self.supervisor.record(ActorKind.DISPATCHER, dispatcher.NAME)
         for name, watcher in self.watchers.items():
             self.dispatcher.tell(RegisterWatcher(name, watcher))
             tell_if_alive(watcher, UseDispatcher(self.dispatcher))
@@ -258,13 +254,13 @@ class Agent(pykka.ThreadingActor):
             self.ctx, name, dispatcher, self.actor_ref, create_missing, self.ctx.settings.work_pool
         )
         self.watchers[name] = ref
-        self.supervisor.record("QueueWatcher", name)
+        self.supervisor.record(ActorKind.QUEUE_WATCHER, name)
         dispatcher.tell(RegisterWatcher(name, ref))
         self._tell_cancel_watcher()
 
     def _start_heartbeat(self) -> None:
         self.heartbeat = Heartbeat.start(self.ctx, self.actor_ref, self.lease)
-        self.supervisor.record("Heartbeat", HEARTBEAT)
+        self.supervisor.record(ActorKind.HEARTBEAT, heartbeat.NAME)
 
     def _start_recovery(self) -> None:
         self.recovery = Recovery.start(
@@ -274,7 +270,7 @@ class Agent(pykka.ThreadingActor):
             tuple(sorted(self.watchers)),
             self.lease_said,
         )
-        self.supervisor.record("Recovery", RECOVERY)
+        self.supervisor.record(ActorKind.RECOVERY, recovery.NAME)
 
     def _start_cancel_watcher(self) -> None:
         self.cancel_watcher = CancelWatcher.start(
@@ -284,11 +280,11 @@ class Agent(pykka.ThreadingActor):
             tuple(sorted(self.watchers)),
             self.stream_healthy,
         )
-        self.supervisor.record("CancelWatcher", CANCELLATIONS)
+        self.supervisor.record(ActorKind.CANCEL_WATCHER, cancel_watcher.NAME)
 
     def _start_event_listener(self) -> None:
         self.event_listener = EventListener.start(self.ctx, self.actor_ref, self._the_dispatcher())
-        self.supervisor.record("EventListener", EVENTS)
+        self.supervisor.record(ActorKind.EVENT_LISTENER, event_listener.NAME)
         self.served_told = None
         self._tell_event_listener()
 
@@ -337,7 +333,7 @@ class Agent(pykka.ThreadingActor):
 
     def _stop_watcher(self, name: str) -> None:
         ref = self.watchers.pop(name, None)
-        self.supervisor.forget("QueueWatcher", name)
+        self.supervisor.forget(ActorKind.QUEUE_WATCHER, name)
         if self.dispatcher is not None:
             tell_if_alive(self.dispatcher, RegisterWatcher(name, None))
         if ref is not None:
@@ -354,7 +350,7 @@ class Agent(pykka.ThreadingActor):
         self.cancel_watcher = self.recovery = self.event_listener = None
         self.state, self.since = "stopping", time.time()
 
-    def _child_failed(self, kind: str, name: str, error: str) -> None:
+    def _child_failed(self, kind: ActorKind, name: str, error: str) -> None:
         """One-for-one: restart the failed child alone, after its backoff; or escalate."""
         self.ctx.metrics.restarts.labels(kind=kind).inc()
         self._forget_child(kind, name)
@@ -363,33 +359,33 @@ class Agent(pykka.ThreadingActor):
         log.error("%s %r failed (%s); restart %d in %.1fs", kind, name, error, restarts, delay)
         self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
 
-    def _forget_child(self, kind: str, name: str) -> None:
+    def _forget_child(self, kind: ActorKind, name: str) -> None:
         """Drop the ref of a child that failed (it is being stopped by pykka)."""
-        if kind == "QueueWatcher":
+        if kind == ActorKind.QUEUE_WATCHER:
             self.watchers.pop(name, None)
-        elif kind == "CancelWatcher":
+        elif kind == ActorKind.CANCEL_WATCHER:
             self.cancel_watcher = None
-        elif kind == "Heartbeat":
+        elif kind == ActorKind.HEARTBEAT:
             self.heartbeat = None
-        elif kind == "Recovery":
+        elif kind == ActorKind.RECOVERY:
             self.recovery = None
-        elif kind == "EventListener":
+        elif kind == ActorKind.EVENT_LISTENER:
             self.event_listener = None
             self._stream_health(False)  # until a new one is subscribed, cancels come by poll
-        elif kind == "Dispatcher":
+        elif kind == ActorKind.DISPATCHER:
             self.dispatcher = None
 
-    def _restart(self, kind: str, name: str) -> None:
+    def _restart(self, kind: ActorKind, name: str) -> None:
         """Start the child again unless it runs already (or the agent is stopping)."""
         if self.state == "stopping":
             return
-        starters: dict[str, tuple[bool, Callable[[], None]]] = {
-            "Dispatcher": (self.dispatcher is None, self._start_dispatcher),
-            "CancelWatcher": (self.cancel_watcher is None, self._start_cancel_watcher),
-            "Heartbeat": (self.heartbeat is None, self._start_heartbeat),
-            "Recovery": (self.recovery is None, self._start_recovery),
-            "EventListener": (self.event_listener is None, self._start_event_listener),
-            "QueueWatcher": (
+        starters: dict[ActorKind, tuple[bool, Callable[[], None]]] = {
+            ActorKind.DISPATCHER: (self.dispatcher is None, self._start_dispatcher),
+            ActorKind.CANCEL_WATCHER: (self.cancel_watcher is None, self._start_cancel_watcher),
+            ActorKind.HEARTBEAT: (self.heartbeat is None, self._start_heartbeat),
+            ActorKind.RECOVERY: (self.recovery is None, self._start_recovery),
+            ActorKind.EVENT_LISTENER: (self.event_listener is None, self._start_event_listener),
+            ActorKind.QUEUE_WATCHER: (
                 name not in self.watchers,
                 lambda: self._start_watcher(name, name in self.ctx.settings.work_queues),
             ),
@@ -403,16 +399,16 @@ class Agent(pykka.ThreadingActor):
 
     def tree(self) -> ActorNode:
         """The live tree: every child asked at once, a busy one shown as such, not waited on."""
-        children: list[tuple[str, str, pykka.ActorRef[Any] | None]] = [
-            ("QueueWatcher", name, ref) for name, ref in sorted(self.watchers.items())
+        children: list[tuple[ActorKind, str, pykka.ActorRef[Any] | None]] = [
+            (ActorKind.QUEUE_WATCHER, name, ref) for name, ref in sorted(self.watchers.items())
         ]
-        children.append(("CancelWatcher", CANCELLATIONS, self.cancel_watcher))
-        children.append(("EventListener", EVENTS, self.event_listener))
-        children.append(("Heartbeat", HEARTBEAT, self.heartbeat))
-        children.append(("Recovery", RECOVERY, self.recovery))
-        children.append(("Dispatcher", DISPATCHER, self.dispatcher))
+        children.append((ActorKind.CANCEL_WATCHER, cancel_watcher.NAME, self.cancel_watcher))
+        children.append((ActorKind.EVENT_LISTENER, event_listener.NAME, self.event_listener))
+        children.append((ActorKind.HEARTBEAT, heartbeat.NAME, self.heartbeat))
+        children.append((ActorKind.RECOVERY, recovery.NAME, self.recovery))
+        children.append((ActorKind.DISPATCHER, dispatcher.NAME, self.dispatcher))
         asked = [
-            (kind, name, ref, self._ask_dispatcher(ref) if kind == "Dispatcher" else None)
+            (kind, name, ref, self._ask_dispatcher(ref) if kind == ActorKind.DISPATCHER else None)
             for kind, name, ref in children
             if ref is not None or (kind, name) in self.supervisor.children
         ]
@@ -451,7 +447,7 @@ class Agent(pykka.ThreadingActor):
                 )
             )
         return ActorNode(
-            kind="Agent",
+            kind=ActorKind.AGENT,
             name="agent",
             state=self.state,
             since=self.since,

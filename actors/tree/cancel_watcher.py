@@ -27,13 +27,13 @@ from messages.internal.dispatch import Cancel
 from messages.internal.events import StreamHealth
 from messages.internal.lifecycle import (
     ChildFailed,
+    ChildStatus,
     Describe,
     Poll,
     UseDispatcher,
     WatchedQueues,
-    WatcherStatus,
 )
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import (
     CANCELLED,
     CANCELLING,
@@ -45,6 +45,7 @@ from messages.wire.prefect import (
 
 log = logging.getLogger("prefect_actor_agent.cancel_watcher")
 
+NAME = "cancellations"
 RESEND_AFTER_SECONDS = 300.0
 
 
@@ -89,7 +90,7 @@ class CancelWatcher(pykka.ThreadingActor):
             self.next_poll.cancel()
 
     def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed("CancelWatcher", "cancellations", repr(exc_info[1])))
+        tell_if_alive(self.agent, ChildFailed(ActorKind.CANCEL_WATCHER, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -132,8 +133,8 @@ class CancelWatcher(pykka.ThreadingActor):
 
     def _describe(self) -> ActorNode:
         return ActorNode(
-            kind="CancelWatcher",
-            name="cancellations",
+            kind=ActorKind.CANCEL_WATCHER,
+            name=NAME,
             state=self.phase,
             since=self.since,
             detail={
@@ -150,7 +151,7 @@ class CancelWatcher(pykka.ThreadingActor):
 
     def _report_status(self) -> None:
         """The Agent shows the tree from what it is told, never waiting on a poll."""
-        tell_if_alive(self.agent, WatcherStatus("CancelWatcher", "cancellations", self._describe()))
+        tell_if_alive(self.agent, ChildStatus(ActorKind.CANCEL_WATCHER, NAME, self._describe()))
 
     def _poll(self) -> None:
         if not self.queues:

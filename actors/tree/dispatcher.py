@@ -52,9 +52,9 @@ from messages.internal.dispatch import (
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     ChildFailed,
+    CountHeldRuns,
     Describe,
     DispatcherIdle,
-    HeldRuns,
     IdleCheck,
     Interrupt,
     InterruptRuns,
@@ -72,11 +72,12 @@ from messages.internal.run_steps import (
     TakeOverRun,
 )
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
+NAME = "dispatcher"
 RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
 
 
@@ -114,7 +115,7 @@ class Dispatcher(pykka.ThreadingActor):
         self._rebuild_from_live_supervisors()
 
     def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed("Dispatcher", "dispatcher", repr(exc_info[1])))
+        tell_if_alive(self.agent, ChildFailed(ActorKind.DISPATCHER, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -150,7 +151,7 @@ class Dispatcher(pykka.ThreadingActor):
                 self.listeners.append(ref)
             case Unsubscribe(listener=ref):
                 self.listeners = [known for known in self.listeners if known != ref]
-            case HeldRuns():
+            case CountHeldRuns():
                 return len(self.held)
             case IdleCheck():
                 if not self.held:
@@ -366,7 +367,7 @@ class Dispatcher(pykka.ThreadingActor):
             message.error,
             message.pid,
         )
-        self.ctx.metrics.restarts.labels(kind="RunSupervisor").inc()
+        self.ctx.metrics.restarts.labels(kind=ActorKind.RUN_SUPERVISOR).inc()
         self._supervise(message.flow_run_id, InheritProcess(message.pid, message.error))
 
     def _taken(self, run_id: str) -> None:
@@ -441,7 +442,7 @@ class Dispatcher(pykka.ThreadingActor):
         limit = self.ctx.settings.limit
         children = tuple(
             ActorNode(
-                kind="RunSupervisor",
+                kind=ActorKind.RUN_SUPERVISOR,
                 name=run_id,
                 state=status.state if status else "starting",
                 since=status.since if status else self.since,
@@ -455,7 +456,7 @@ class Dispatcher(pykka.ThreadingActor):
         if not self.lease.holds:
             held += "; taking no runs (heartbeat lease lapsed)"
         return ActorNode(
-            kind="Dispatcher", name="dispatcher", state=held, since=self.since, children=children
+            kind=ActorKind.DISPATCHER, name=NAME, state=held, since=self.since, children=children
         )
 
 

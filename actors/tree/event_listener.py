@@ -22,7 +22,7 @@ abandoned session still says is dropped. The inbox never blocks on the socket, e
 `close` (at most a second, when the server does not answer a close). When the served queues
 change, a new session subscribes to the new set; each session that opens wakes every watcher
 once, for what was announced while none was subscribed. The Agent hears the mode through
-`WatcherStatus` and tells the CancelWatcher whether the stream is healthy.
+`ChildStatus` and tells the CancelWatcher whether the stream is healthy.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from messages.internal.events import (
     StreamEvent,
     StreamOpened,
 )
-from messages.internal.lifecycle import ChildFailed, Describe, UseDispatcher, WatcherStatus
-from messages.user.tree import ActorNode
+from messages.internal.lifecycle import ChildFailed, ChildStatus, Describe, UseDispatcher
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.events import Event, FilterMessage
 
 log = logging.getLogger("prefect_actor_agent.events")
@@ -119,7 +119,7 @@ class EventListener(pykka.ThreadingActor):
 
     def on_failure(self, *exc_info: Any) -> None:
         self._end_session()
-        tell_if_alive(self.agent, ChildFailed("EventListener", NAME, repr(exc_info[1])))
+        tell_if_alive(self.agent, ChildFailed(ActorKind.EVENT_LISTENER, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -299,7 +299,7 @@ class EventListener(pykka.ThreadingActor):
     def _report(self) -> None:
         """The Agent shows the tree (and tells the CancelWatcher) from what it is told."""
         self.ctx.metrics.set_event_mode(self.mode, self.reason)
-        tell_if_alive(self.agent, WatcherStatus("EventListener", NAME, self._describe()))
+        tell_if_alive(self.agent, ChildStatus(ActorKind.EVENT_LISTENER, NAME, self._describe()))
 
     def _describe(self) -> ActorNode:
         detail = {"mode": self.mode, "url": self.url}
@@ -308,7 +308,11 @@ class EventListener(pykka.ThreadingActor):
         if self.mode != "off":
             detail["queues"] = str(len(self.served))
         return ActorNode(
-            kind="EventListener", name=NAME, state=self.mode, since=self.since, detail=detail
+            kind=ActorKind.EVENT_LISTENER,
+            name=NAME,
+            state=self.mode,
+            since=self.since,
+            detail=detail,
         )
 
 

@@ -31,8 +31,8 @@ from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from messages.internal.lease import HeartbeatAnswered, LeaseChanged, LeaseExpiry
-from messages.internal.lifecycle import ChildFailed, Describe, Poll, WatcherStatus
-from messages.user.tree import ActorNode
+from messages.internal.lifecycle import ChildFailed, ChildStatus, Describe, Poll
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import ApiDecodeError
 
 log = logging.getLogger("prefect_actor_agent.heartbeat")
@@ -74,7 +74,7 @@ class Heartbeat(pykka.ThreadingActor):
 
     def on_failure(self, *exc_info: Any) -> None:
         self.on_stop()
-        tell_if_alive(self.agent, ChildFailed("Heartbeat", NAME, repr(exc_info[1])))
+        tell_if_alive(self.agent, ChildFailed(ActorKind.HEARTBEAT, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -180,7 +180,7 @@ class Heartbeat(pykka.ThreadingActor):
     def _set_phase(self, phase: str) -> None:
         if phase != self.phase:
             self.phase, self.since = phase, time.time()
-        tell_if_alive(self.agent, WatcherStatus("Heartbeat", NAME, self._describe()))
+        tell_if_alive(self.agent, ChildStatus(ActorKind.HEARTBEAT, NAME, self._describe()))
 
     def _describe(self) -> ActorNode:
         detail = {"worker": self.ctx.identity.name}
@@ -189,5 +189,5 @@ class Heartbeat(pykka.ThreadingActor):
         if not self.lease.holds(self.ctx.clock.monotonic()):
             detail["lease"] = "lapsed: taking no runs, starting nothing"
         return ActorNode(
-            kind="Heartbeat", name=NAME, state=self.phase, since=self.since, detail=detail
+            kind=ActorKind.HEARTBEAT, name=NAME, state=self.phase, since=self.since, detail=detail
         )

@@ -16,7 +16,7 @@ A poll is three messages, never an ask: `Poll` (read the queue, tell the Dispatc
 `FreeSlots`), `Room` (ask the server for that many runs, tell `RunsFound`), `Admitted` (when to
 poll next). A poll the Dispatcher never answers (it failed meanwhile) is followed by the next
 one a query interval later all the same. The watcher tells the Agent its phase
-(`WatcherStatus`), so the tree is shown without waiting on a watcher that is mid-poll.
+(`ChildStatus`), so the tree is shown without waiting on a watcher that is mid-poll.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
 from messages.internal.events import EventWake
 from messages.internal.lifecycle import (
     ChildFailed,
+    ChildStatus,
     Describe,
     Poll,
     PolledOnce,
     UseDispatcher,
-    WatcherStatus,
 )
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 
 FULL_PAGE_RECHECK_SECONDS = 0.25
@@ -97,7 +97,8 @@ class QueueWatcher(pykka.ThreadingActor):
 
     def on_failure(self, *exc_info: Any) -> None:
         error = exc_info[1]
-        tell_if_alive(self.agent, ChildFailed("QueueWatcher", self.queue_name, repr(error)))
+        failed = ChildFailed(ActorKind.QUEUE_WATCHER, self.queue_name, repr(error))
+        tell_if_alive(self.agent, failed)
 
     def on_stop(self) -> None:
         if self.next_poll is not None:
@@ -126,7 +127,7 @@ class QueueWatcher(pykka.ThreadingActor):
         if phase != self.phase:
             self.phase = phase
             self.since = time.time()
-            status = WatcherStatus("QueueWatcher", self.queue_name, self._describe())
+            status = ChildStatus(ActorKind.QUEUE_WATCHER, self.queue_name, self._describe())
             tell_if_alive(self.agent, status)
 
     def _schedule(self, delay: float) -> None:
@@ -392,7 +393,7 @@ class QueueWatcher(pykka.ThreadingActor):
             detail["shared with"] = f"{sharers - 1} live peer(s)"
             detail["peers' runs taken after their grace"] = str(self.share.overdue_taken)
         return ActorNode(
-            kind="QueueWatcher",
+            kind=ActorKind.QUEUE_WATCHER,
             name=self.queue_name,
             state=self.phase,
             since=self.since,

@@ -62,13 +62,13 @@ from messages.internal.dispatch import (
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     ChildFailed,
+    ChildStatus,
     Describe,
     Poll,
     UseDispatcher,
     WatchedQueues,
-    WatcherStatus,
 )
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import (
     CANCELLING,
     PENDING,
@@ -128,7 +128,7 @@ class Recovery(pykka.ThreadingActor):
                 timer.cancel()
 
     def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed("Recovery", NAME, repr(exc_info[1])))
+        tell_if_alive(self.agent, ChildFailed(ActorKind.RECOVERY, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -248,16 +248,16 @@ class Recovery(pykka.ThreadingActor):
         fresh = self.api.read_flow_run(run.id)  # what it is now, just before proposing
         if fresh.state is None or run.state is None or fresh.state.id != run.state.id:
             return
-        recovery = recovery_for(fresh, claim_state, peer, claim.host)
-        if recovery is None:
+        action = recovery_for(fresh, claim_state, peer, claim.host)
+        if action is None:
             return
-        result = self.api.set_state(run.id, recovery.proposal, force=recovery.force)
+        result = self.api.set_state(run.id, action.proposal, force=action.force)
         if result.status != "ACCEPT":
             log.debug("flow run %s: another peer recovered it first (%s)", run.id, result.status)
             return
-        self.ctx.metrics.runs_recovered.labels(kind=recovery.kind).inc()
+        self.ctx.metrics.runs_recovered.labels(kind=action.kind).inc()
         self.last_action = (
-            f"{recovery.kind} flow run {run.id} of lost agent {claim.name!r} "
+            f"{action.kind} flow run {run.id} of lost agent {claim.name!r} "
             f"at {time.strftime('%H:%M:%S')}"
         )
         log.warning(
@@ -266,7 +266,7 @@ class Recovery(pykka.ThreadingActor):
             run.name,
             claim.name,
             claim.host,
-            recovery.kind,
+            action.kind,
             fresh.state.type,
             peer.last_heartbeat.isoformat(timespec="seconds"),
         )
@@ -365,7 +365,7 @@ class Recovery(pykka.ThreadingActor):
     def _set_phase(self, phase: str) -> None:
         if phase != self.phase:
             self.phase, self.since = phase, time.time()
-        tell_if_alive(self.agent, WatcherStatus("Recovery", NAME, self._describe()))
+        tell_if_alive(self.agent, ChildStatus(ActorKind.RECOVERY, NAME, self._describe()))
 
     def _describe(self) -> ActorNode:
         detail = {"lost after": f"{self.ctx.settings.lost_agent_seconds:g}s"}
@@ -374,5 +374,5 @@ class Recovery(pykka.ThreadingActor):
         if self.declared:
             detail["lost peers"] = ", ".join(sorted(self.declared))
         return ActorNode(
-            kind="Recovery", name=NAME, state=self.phase, since=self.since, detail=detail
+            kind=ActorKind.RECOVERY, name=NAME, state=self.phase, since=self.since, detail=detail
         )

@@ -23,7 +23,7 @@ class ServedQueue(msgspec.Struct, frozen=True):
 
 class ServedQueues(msgspec.Struct, frozen=True):
     """Told to the EventListener by the Agent whenever the queues served, their ids (learnt
-    from the watchers' `WatcherStatus`) or their watchers change. A new set of ids is a new
+    from the watchers' `ChildStatus`) or their watchers change. A new set of ids is a new
     subscription."""
 
     queues: tuple[ServedQueue, ...]

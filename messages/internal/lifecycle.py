@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
+from messages.user.tree import ActorKind
+
 
 class Poll(msgspec.Struct, frozen=True):
     """Scheduled by a watcher to itself: time to ask the server again."""
@@ -32,9 +34,10 @@ class PolledOnce(msgspec.Struct, frozen=True):
     queue_name: str
 
 
-class HeldRuns(msgspec.Struct, frozen=True):
+class CountHeldRuns(msgspec.Struct, frozen=True):
     """Asked of the Dispatcher by the AgentHandle (outside the tree, with a timeout: a host
-    waiting for the agent to be idle); the answer is the number of runs it holds."""
+    waiting for the agent to be idle); the answer is the number of runs it holds (`HeldRunIds`
+    is the list, told to Recovery)."""
 
 
 class IdleCheck(msgspec.Struct, frozen=True):
@@ -47,20 +50,20 @@ class DispatcherIdle(msgspec.Struct, frozen=True):
 
 
 class ChildFailed(msgspec.Struct, frozen=True):
-    """Sent by a permanent child (watcher, dispatcher) to its parent from `on_failure`.
+    """Sent by a permanent child of the Agent to it from `on_failure`.
 
     The parent restarts the child with exponential backoff (one-for-one).
     """
 
-    kind: str  # "QueueWatcher", "Dispatcher", ...
-    name: str  # the queue name, or the kind for singletons
+    kind: ActorKind
+    name: str  # the queue name, or the singleton's own name
     error: str  # the exception, as a user would read it
 
 
 class RestartChild(msgspec.Struct, frozen=True):
     """Scheduled by a parent to itself: the backoff for a failed child is over."""
 
-    kind: str
+    kind: ActorKind
     name: str
 
 
@@ -162,10 +165,11 @@ class CallAnswered(msgspec.Struct, frozen=True):
     error: object  # the exception it raised, or None
 
 
-class WatcherStatus(msgspec.Struct, frozen=True):
-    """Sent by a watcher to the Agent whenever its phase changes, so that the Agent answers
-    "show me the tree" from what it was told, never waiting on a watcher that is mid-poll."""
+class ChildStatus(msgspec.Struct, frozen=True):
+    """Sent by a child of the Agent (every one but the Dispatcher, which is asked) to the Agent
+    whenever its node changes, so that the Agent answers "show me the tree" from what it was
+    told, never waiting on a child that is mid-poll."""
 
-    kind: str  # QueueWatcher or CancelWatcher
+    kind: ActorKind
     name: str
-    node: object  # the watcher's ActorNode (messages.user.tree)
+    node: object  # the child's ActorNode (messages.user.tree)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from actors.edges.prefect_api import PrefectApi
-from messages.internal.lifecycle import HeldRuns
+from messages.internal.lifecycle import CountHeldRuns
 from tests.conftest import AgentFactory, LauncherAgent, ThreadAgent
 from tests.integration.helpers import (
     FINAL,
@@ -208,7 +208,7 @@ def test_pending_run_cancelled_before_its_process_starts_never_starts(
     assert run_state(api_url, run)[0] == "PENDING"
 
     agent.handle.cancel(run, "cancelled while pending")
-    agent.handle.dispatcher.ask(HeldRuns())  # the Cancel is in the supervisor's inbox now
+    agent.handle.dispatcher.ask(CountHeldRuns())  # the Cancel is in the supervisor's inbox now
     transport.gate.set()
 
     wait_for(lambda: is_cancelled(api_url, run), 15, "the pending run to be Cancelled")

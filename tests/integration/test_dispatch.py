@@ -13,7 +13,7 @@ import pytest
 
 from actors.edges.prefect_api import PrefectApi
 from messages.internal.dispatch import RunsFound
-from messages.internal.lifecycle import HeldRuns
+from messages.internal.lifecycle import CountHeldRuns
 from messages.wire.prefect import FlowRun
 from tests.conftest import AgentFactory, ThreadAgent
 from tests.integration.helpers import (
@@ -51,7 +51,7 @@ def test_the_same_run_seen_by_two_queues_and_two_polls_starts_once(
     wait_for(lambda: f"flow run {run_id} finished" in agent.logs(), 30, "the run to finish")
     for source in ("another-queue", queue):  # stale sightings after the run ended
         dispatcher.tell(RunsFound(source, (run,)))
-    assert dispatcher.ask(HeldRuns()) == 0  # answered after the stale sightings were handled
+    assert dispatcher.ask(CountHeldRuns()) == 0  # answered after the stale sightings were handled
     assert command_starts(markers)[run_id] == 1
     assert agent.logs().count(f"submitting flow run {run_id}") == 1
 
