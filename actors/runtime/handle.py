@@ -22,7 +22,7 @@ from actors.runtime.clock import Clock, ClockInterface
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import ask
 from actors.runtime.settings import AgentSettings
-from actors.tree.agent import Agent
+from actors.tree.agent import Agent, ChildActors
 from messages.internal.dispatch import Cancel, Subscribe, Unsubscribe
 from messages.internal.lifecycle import CountHeldRuns, GetTree, InterruptRuns
 from messages.user.tree import ActorNode
@@ -41,6 +41,7 @@ class AgentHandle:
         api: PrefectApiInterface | None = None,
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
         clock: ClockInterface | None = None,
+        actors: ChildActors | None = None,
     ) -> None:
         self.settings = settings
         self.api: PrefectApiInterface = api or PrefectApi(
@@ -61,7 +62,7 @@ class AgentHandle:
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
         self.outcome = self.ctx.outcome
         self.started = time.monotonic()
-        self.ref: pykka.ActorRef[Agent] = Agent.start(self.ctx)
+        self.ref: pykka.ActorRef[Agent] = Agent.start(self.ctx, actors)
         self.ref.proxy().state.get(timeout=30)  # answered once on_start has built the tree
         self._stopped = False
 
@@ -194,8 +195,9 @@ def start_agent(
     api: PrefectApiInterface | None = None,
     listeners: tuple[pykka.ActorRef[Any], ...] = (),
     clock: ClockInterface | None = None,
+    actors: ChildActors | None = None,
 ) -> AgentHandle:
     """Start an agent's actor tree inside the calling process; `listeners` (RunListener refs)
     hear every run event from the first poll on. `clock` serves every timer of the agent
-    (default: a real `Clock`)."""
-    return AgentHandle(settings, api, listeners, clock)
+    (default: a real `Clock`); `actors`, the classes of its children (a test's fakes)."""
+    return AgentHandle(settings, api, listeners, clock, actors)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -78,12 +79,22 @@ log = logging.getLogger("prefect_actor_agent.agent")
 DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the server
 
 
+@dataclass(frozen=True)
+class ChildActors:
+    """The classes the Agent starts its children from: the tree's own, unless a test hands it
+    a fake of one (as Mopidy's tests hand its core a dummy audio)."""
+
+    queue_watcher: type[QueueWatcher] = QueueWatcher
+    dispatcher: type[Dispatcher] = Dispatcher
+
+
 class Agent(pykka.ThreadingActor):
     """Root actor: settings, the queues to watch, supervision of its children."""
 
-    def __init__(self, ctx: AgentContext) -> None:
+    def __init__(self, ctx: AgentContext, actors: ChildActors | None = None) -> None:
         super().__init__()
         self.ctx = ctx
+        self.actors = actors if actors is not None else ChildActors()
         self.outcome = ctx.outcome
         settings = ctx.settings
         self.supervisor = Supervisor(
@@ -210,14 +221,14 @@ class Agent(pykka.ThreadingActor):
         return self.calls
 
     def _start_dispatcher(self) -> None:
-        self.dispatcher = Dispatcher.start(
+        self.dispatcher = self.actors.dispatcher.start(
             self.ctx, self.actor_ref, tuple(self.listeners), self.lease_said
         )
         self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
         self.outcome.dispatcher = self.dispatcher
         self.supervisor.record(ActorKind.DISPATCHER, dispatcher.NAME)
         for name, watcher in self.watchers.items():
-            self.dispatcher.tell(RegisterWatcher(name, watcher))
+            tell_if_alive(self.dispatcher, RegisterWatcher(name, watcher))
             tell_if_alive(watcher, UseDispatcher(self.dispatcher))
         for other in (self.cancel_watcher, self.recovery, self.event_listener):
             if other is not None:
@@ -250,12 +261,12 @@ class Agent(pykka.ThreadingActor):
 
     def _start_watcher(self, name: str, create_missing: bool) -> None:
         dispatcher = self._the_dispatcher()
-        ref = QueueWatcher.start(
+        ref = self.actors.queue_watcher.start(
             self.ctx, name, dispatcher, self.actor_ref, create_missing, self.ctx.settings.work_pool
         )
         self.watchers[name] = ref
         self.supervisor.record(ActorKind.QUEUE_WATCHER, name)
-        dispatcher.tell(RegisterWatcher(name, ref))
+        tell_if_alive(dispatcher, RegisterWatcher(name, ref))
         self._tell_cancel_watcher()
 
     def _start_heartbeat(self) -> None:
@@ -399,8 +410,10 @@ class Agent(pykka.ThreadingActor):
 
     def tree(self) -> ActorNode:
         """The live tree: every child asked at once, a busy one shown as such, not waited on."""
+        restarting = {n for k, n in self.supervisor.children if k == ActorKind.QUEUE_WATCHER}
         children: list[tuple[ActorKind, str, pykka.ActorRef[Any] | None]] = [
-            (ActorKind.QUEUE_WATCHER, name, ref) for name, ref in sorted(self.watchers.items())
+            (ActorKind.QUEUE_WATCHER, name, self.watchers.get(name))
+            for name in sorted(set(self.watchers) | restarting)
         ]
         children.append((ActorKind.CANCEL_WATCHER, cancel_watcher.NAME, self.cancel_watcher))
         children.append((ActorKind.EVENT_LISTENER, event_listener.NAME, self.event_listener))

@@ -23,10 +23,10 @@ from actors.rules.retry import ONCE
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import Cancel
 from messages.internal.events import StreamHealth
 from messages.internal.lifecycle import (
-    ChildFailed,
     ChildStatus,
     Describe,
     Poll,
@@ -59,8 +59,10 @@ def cancelling_runs_filter(queues: tuple[str, ...]) -> FlowRunFilter:
     )
 
 
-class CancelWatcher(pykka.ThreadingActor):
+class CancelWatcher(PermanentChild):
     """Polls for cancellation requests (permanent child of the Agent)."""
+
+    KIND = ActorKind.CANCEL_WATCHER
 
     def __init__(
         self,
@@ -70,11 +72,10 @@ class CancelWatcher(pykka.ThreadingActor):
         queues: tuple[str, ...] = (),
         stream_healthy: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(agent, NAME)
         self.ctx = ctx
         self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.dispatcher = dispatcher
-        self.agent = agent
         self.queues = queues
         self.stream_healthy = stream_healthy  # cancellations come by event: poll slowly
         self.sent: dict[str, float] = {}  # run id -> when its Cancel was sent (monotonic)
@@ -82,15 +83,12 @@ class CancelWatcher(pykka.ThreadingActor):
         self.phase = "starting"
         self.since = time.time()
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
         self.actor_ref.tell(Poll())
 
-    def on_stop(self) -> None:
+    def clean_up(self) -> None:
         if self.next_poll is not None:
             self.next_poll.cancel()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed(ActorKind.CANCEL_WATCHER, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:

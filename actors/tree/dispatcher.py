@@ -34,6 +34,7 @@ from actors.rules.share import Contests
 from actors.rules.supervision import TEMPORARY
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from actors.tree.run_supervisor import RunSupervisor
 from messages.internal.dispatch import (
     Admitted,
@@ -51,7 +52,6 @@ from messages.internal.dispatch import (
 )
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
-    ChildFailed,
     CountHeldRuns,
     Describe,
     DispatcherIdle,
@@ -81,8 +81,10 @@ NAME = "dispatcher"
 RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
 
 
-class Dispatcher(pykka.ThreadingActor):
+class Dispatcher(PermanentChild):
     """Limit and de-duplication; parent of every RunSupervisor (permanent child of the Agent)."""
+
+    KIND = ActorKind.DISPATCHER
 
     def __init__(
         self,
@@ -91,9 +93,8 @@ class Dispatcher(pykka.ThreadingActor):
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
         lease: LeaseChanged | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(agent, NAME)
         self.ctx = ctx
-        self.agent = agent
         self.held: dict[str, pykka.ActorRef[Any]] = {}
         self.status: dict[str, RunStatus] = {}
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
@@ -111,11 +112,8 @@ class Dispatcher(pykka.ThreadingActor):
         self.contests = Contests()  # the queues another agent took a run of first
         self.since = time.time()
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
         self._rebuild_from_live_supervisors()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed(ActorKind.DISPATCHER, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:

@@ -48,6 +48,7 @@ from actors.rules.retry import RetryPolicy
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import Cancel
 from messages.internal.events import (
     Connect,
@@ -58,7 +59,7 @@ from messages.internal.events import (
     StreamEvent,
     StreamOpened,
 )
-from messages.internal.lifecycle import ChildFailed, ChildStatus, Describe, UseDispatcher
+from messages.internal.lifecycle import ChildStatus, Describe, UseDispatcher
 from messages.user.tree import ActorKind, ActorNode
 from messages.wire.events import Event, FilterMessage
 
@@ -69,8 +70,10 @@ SETTLE_SECONDS = 0.2  # queues learnt within this long are subscribed to in one 
 RECONNECT_BASE_SECONDS = 1.0
 
 
-class EventListener(pykka.ThreadingActor):
+class EventListener(PermanentChild):
     """Listens to the server's event stream; wakes watchers, cancels held runs."""
+
+    KIND = ActorKind.EVENT_LISTENER
 
     def __init__(
         self,
@@ -78,9 +81,8 @@ class EventListener(pykka.ThreadingActor):
         agent: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any],
     ) -> None:
-        super().__init__()
+        super().__init__(agent, NAME)
         self.ctx = ctx
-        self.agent = agent
         self.dispatcher = dispatcher
         settings = ctx.settings
         self.url = shown_url(events_url(settings.api_url))
@@ -105,7 +107,7 @@ class EventListener(pykka.ThreadingActor):
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
         if self.mode == "off":
             log.info(
                 "event stream off (--events off): polling every %g s",
@@ -113,13 +115,9 @@ class EventListener(pykka.ThreadingActor):
             )
         self._report()
 
-    def on_stop(self) -> None:
+    def clean_up(self) -> None:
         self._cancel_connect()
         self._end_session()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        self._end_session()
-        tell_if_alive(self.agent, ChildFailed(ActorKind.EVENT_LISTENER, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:

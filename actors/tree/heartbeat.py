@@ -30,8 +30,9 @@ from actors.runtime.calls import CallPool
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from messages.internal.lease import HeartbeatAnswered, LeaseChanged, LeaseExpiry
-from messages.internal.lifecycle import ChildFailed, ChildStatus, Describe, Poll
+from messages.internal.lifecycle import ChildStatus, Describe, Poll
 from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import ApiDecodeError
 
@@ -40,15 +41,16 @@ log = logging.getLogger("prefect_actor_agent.heartbeat")
 NAME = "heartbeat"
 
 
-class Heartbeat(pykka.ThreadingActor):
+class Heartbeat(PermanentChild):
     """Sends the worker heartbeat of one agent and tells what its lease allows."""
 
+    KIND = ActorKind.HEARTBEAT
+
     def __init__(self, ctx: AgentContext, agent: pykka.ActorRef[Any], lease: Lease) -> None:
-        super().__init__()
+        super().__init__(agent, NAME)
         self.ctx = ctx
         # The next beat is the retry; a beat that hangs longer than the interval has failed.
         self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
-        self.agent = agent
         self.lease = lease  # the Agent's, handed to each life of this actor in turn
         self.told: LeaseChanged | None = None
         self.failures = 0
@@ -60,21 +62,17 @@ class Heartbeat(pykka.ThreadingActor):
         self.phase = "starting"
         self.since = time.time()
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
         self.caller = CallPool(workers=1, name="heartbeat-call")
         self._schedule_expiry()  # a restarted life goes on with the lease as it was
         self.actor_ref.tell(Poll())
 
-    def on_stop(self) -> None:
+    def clean_up(self) -> None:
         for timer in (self.next_beat, self.expiry):
             if timer is not None:
                 timer.cancel()
         if self.caller is not None:
             self.caller.stop()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        self.on_stop()
-        tell_if_alive(self.agent, ChildFailed(ActorKind.HEARTBEAT, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:

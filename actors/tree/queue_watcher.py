@@ -36,10 +36,10 @@ from actors.rules.share import Share, recorded_poll_interval
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
 from messages.internal.events import EventWake
 from messages.internal.lifecycle import (
-    ChildFailed,
     ChildStatus,
     Describe,
     Poll,
@@ -54,8 +54,10 @@ SHARED_RECHECK_SECONDS = 1.0  # a window of peers' runs is read again at least t
 QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
 
 
-class QueueWatcher(pykka.ThreadingActor):
+class QueueWatcher(PermanentChild):
     """Polls one work queue (permanent child of the Agent)."""
+
+    KIND = ActorKind.QUEUE_WATCHER
 
     def __init__(  # noqa: PLR0917 - pykka passes constructor arguments positionally
         self,
@@ -66,13 +68,12 @@ class QueueWatcher(pykka.ThreadingActor):
         create_missing: bool,
         pool_name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(agent, queue_name)
         self.ctx = ctx
         self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.queue_name = queue_name
         self.pool_name = pool_name
         self.dispatcher = dispatcher
-        self.agent = agent
         self.create_missing = create_missing
         self.log = logging.getLogger(f"prefect_actor_agent.queue_watcher.{queue_name}")
         self.queue: WorkQueue | None = None
@@ -92,15 +93,10 @@ class QueueWatcher(pykka.ThreadingActor):
         self.phase = "starting"
         self.since = time.time()
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
         self.actor_ref.tell(Poll())
 
-    def on_failure(self, *exc_info: Any) -> None:
-        error = exc_info[1]
-        failed = ChildFailed(ActorKind.QUEUE_WATCHER, self.queue_name, repr(error))
-        tell_if_alive(self.agent, failed)
-
-    def on_stop(self) -> None:
+    def clean_up(self) -> None:
         if self.next_poll is not None:
             self.next_poll.cancel()
 

@@ -51,6 +51,7 @@ from actors.rules.share import live_peers
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import (
     CheckHeldRuns,
     HeldRunIds,
@@ -61,7 +62,6 @@ from messages.internal.dispatch import (
 )
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
-    ChildFailed,
     ChildStatus,
     Describe,
     Poll,
@@ -88,8 +88,10 @@ NAME = "recovery"
 PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
 
 
-class Recovery(pykka.ThreadingActor):
+class Recovery(PermanentChild):
     """Recovers lost peers' runs; relinquishes runs recovered from this agent."""
+
+    KIND = ActorKind.RECOVERY
 
     def __init__(
         self,
@@ -99,11 +101,10 @@ class Recovery(pykka.ThreadingActor):
         queues: tuple[str, ...] = (),
         lease: LeaseChanged | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(agent, NAME)
         self.ctx = ctx
         # The next round is the retry; a round must not hang past its interval.
         self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
-        self.agent = agent
         self.dispatcher = dispatcher
         self.queues = queues
         # Since when this agent's own heartbeats went through unbroken (agent clock), as the
@@ -119,16 +120,13 @@ class Recovery(pykka.ThreadingActor):
         self.since = time.time()
         self.last_action = ""
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
         self.actor_ref.tell(Poll())
 
-    def on_stop(self) -> None:
+    def clean_up(self) -> None:
         for timer in (self.next_round, self.next_peers):
             if timer is not None:
                 timer.cancel()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed(ActorKind.RECOVERY, NAME, repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
