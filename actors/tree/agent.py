@@ -286,8 +286,8 @@ class Agent(pykka.ThreadingActor):
     def _start_cancel_watcher(self) -> None:
         self.cancel_watcher = CancelWatcher.start(
             self.ctx,
-            self._the_dispatcher(),
             self.actor_ref,
+            self._the_dispatcher(),
             tuple(sorted(self.watchers)),
             self.stream_healthy,
         )

@@ -50,11 +50,6 @@ class StreamClosed(msgspec.Struct, frozen=True):
     no_events: bool = False  # the server has no event stream at all (2.x without events)
 
 
-class Connect(msgspec.Struct, frozen=True):
-    """Scheduled by the EventListener to itself: open a session (after a backoff, or once the
-    served queues have settled)."""
-
-
 class EventWake(msgspec.Struct, frozen=True):
     """Told to a QueueWatcher by the EventListener: the server announced a run of its queue
     that may be due. The watcher polls now, or once the poll under way is over: however many

@@ -12,7 +12,13 @@ from messages.user.tree import ActorKind
 
 
 class Poll(msgspec.Struct, frozen=True):
-    """Scheduled by a watcher to itself: time to ask the server again."""
+    """Scheduled by a QueueWatcher to itself, or told to it by the Dispatcher when a slot
+    frees or a page is taken: time to ask the server for due runs again."""
+
+
+class Tick(msgspec.Struct, frozen=True):
+    """Scheduled by a periodic child to itself (`actors.tree.periodic`): time for its duty
+    again (a cancellation poll, a heartbeat, a recovery round, an event session)."""
 
 
 class DetectServer(msgspec.Struct, frozen=True):
