@@ -27,16 +27,7 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.edges.processes import (
-    HOSTNAME,
-    find_run_process,
-    owned_by_live_agent,
-    process_alive,
-)
-from actors.rules.identity import AgentIdentity
 from actors.rules.lease import Lease
-from actors.rules.reconcile import left_behind
-from actors.rules.recovery import handed_back, latest_claim
 from actors.rules.retry import ONCE, SERVER_CALLS
 from actors.rules.server_version import ServerProfile, unknown_version_warning
 from actors.rules.supervision import RestartPolicy, Supervisor
@@ -46,6 +37,7 @@ from actors.runtime.refs import tell_if_alive
 from actors.tree import cancel_watcher, dispatcher, event_listener, heartbeat, recovery
 from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
+from actors.tree.earlier_life import EarlierLife
 from actors.tree.event_listener import EventListener
 from actors.tree.heartbeat import Heartbeat
 from actors.tree.queue_watcher import QueueWatcher
@@ -67,12 +59,10 @@ from messages.internal.lifecycle import (
     RegisterWatcher,
     RematchQueues,
     RestartChild,
-    TakeOver,
     UseDispatcher,
     WatchedQueues,
 )
 from messages.user.tree import ActorKind, ActorNode
-from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
@@ -121,6 +111,7 @@ class Agent(pykka.ThreadingActor):
         self.lease = Lease(settings.lost_agent_seconds, settings.heartbeat_seconds)
         self.lease_said = LeaseChanged(holds=True, streak_since=None)
         self.calls: Calls | None = None
+        self.earlier_life: EarlierLife | None = None  # what its earlier life left on this host
         self.api = ctx.api.with_retry(SERVER_CALLS)  # its version and what an earlier life left
         self.rematch_api = ctx.api.with_retry(ONCE)  # the next rematch is the retry
         self.matched_once = False
@@ -129,6 +120,7 @@ class Agent(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self.calls = Calls(self.ctx.calls, self.actor_ref)
+        self.earlier_life = EarlierLife(self.ctx, self.calls, lambda: self.dispatcher)
         settings = self.ctx.settings
         me = self.ctx.identity
         log.info(
@@ -208,7 +200,7 @@ class Agent(pykka.ThreadingActor):
             case GetTree():
                 return self.tree()
             case Reconcile(queue_names=names):
-                self._reconcile(names)
+                self._earlier().reconcile(names)
             case _:
                 log.warning("unexpected message %r", message)
         return None
@@ -219,6 +211,11 @@ class Agent(pykka.ThreadingActor):
         if self.calls is None:
             raise RuntimeError("the Agent has not started")
         return self.calls
+
+    def _earlier(self) -> EarlierLife:
+        if self.earlier_life is None:
+            raise RuntimeError("the Agent has not started")
+        return self.earlier_life
 
     def _start_dispatcher(self) -> None:
         self.dispatcher = self.actors.dispatcher.start(
@@ -478,99 +475,6 @@ class Agent(pykka.ThreadingActor):
         """The Dispatcher's subtree, asked with a deadline: it holds the RunSupervisors' last
         status and never waits on the server, so it answers within the deadline."""
         return ref.ask(Describe(), block=False) if ref is not None else None
-
-    # -- after a crash ----------------------------------------------------------------
-
-    def _reconcile(self, queue_names: tuple[str, ...]) -> None:
-        """Take over what an earlier life of this agent left: runs of these queues, Pending or
-        Running, whose process was started on this host and is not another live agent's; and
-        runs it left Pending with no pid recorded, whose claim names this agent (its process is
-        found by the run's environment, or the run goes back to its queue)."""
-
-        def unreadable(exc: Exception) -> None:
-            log.warning("could not look for runs left by an earlier agent: %s", exc)
-
-        def read() -> tuple[list[FlowRun], list[tuple[FlowRun, State]]]:
-            runs = self.api.runs_in_states(
-                list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
-            )
-            unrecorded = []
-            for run in runs:
-                if run.infrastructure_pid or run.state is None or run.state.type != PENDING:
-                    continue
-                found = latest_claim(self.api.read_flow_run_states(run.id))
-                if found is not None and self._earlier_life(found[1]):
-                    unrecorded.append((run, found[0]))
-            return runs, unrecorded
-
-        self._calls().start(read, self._take_over, unreadable)
-
-    def _earlier_life(self, claim: AgentIdentity) -> bool:
-        """A claim of an instance of this agent on this host whose process is gone (another
-        agent of the same name on this host may be alive: its runs are its own)."""
-        me = self.ctx.identity
-        return (
-            claim.name == me.name
-            and claim.host == me.host
-            and claim.instance != me.instance
-            and claim.pid is not None
-            and not process_alive(claim.pid)
-        )
-
-    def _take_over(self, found: tuple[list[FlowRun], list[tuple[FlowRun, State]]]) -> None:
-        runs, unrecorded = found
-        for run in left_behind(runs, HOSTNAME, owned_by_live_agent):
-            log.info(
-                "flow run %s (%s) was left %s by an earlier agent on this host: taking it over",
-                run.id,
-                run.name,
-                run.state.type if run.state else "?",
-            )
-            tell_if_alive(self._the_dispatcher(), TakeOver(run.id))
-        for run, claim_state in unrecorded:
-            pid = find_run_process(run.id)
-            if pid is not None and not owned_by_live_agent(pid):
-                log.info(
-                    "flow run %s (%s) was left Pending by an earlier life of this agent, its "
-                    "pid unrecorded; its process %d is alive: taking it over",
-                    run.id,
-                    run.name,
-                    pid,
-                )
-                tell_if_alive(self._the_dispatcher(), TakeOver(run.id, pid))
-            elif pid is None:
-                self._hand_back(run, claim_state)
-
-    def _hand_back(self, run: FlowRun, claim_state: State) -> None:
-        """A run an earlier life took (Pending) but never started: back to its queue.
-
-        In the call pool, in this order: no process of the run on this host, then the run
-        still in the same Pending, then the proposal. A process that ended meanwhile reported
-        its final state before it exited, so the read after the search sees it: a Scheduled
-        proposal, which the server would take even over Completed, is never sent then."""
-        proposal = handed_back(
-            run.id,
-            claim_state,
-            "Handed back to its queue by its agent after a restart: the agent's earlier life "
-            "took it but no process of it was started.",
-        )
-
-        def hand_back() -> str:
-            if find_run_process(run.id) is not None:
-                return "its process is alive"
-            now = self.api.read_flow_run(run.id)
-            if now.state is None or now.state.id != claim_state.id:
-                return "it moved on"
-            result = self.api.set_state(run.id, proposal)
-            return "handed back" if result.status == "ACCEPT" else f"refused ({result.status})"
-
-        def done(what: str) -> None:
-            log.info("flow run %s (%s), left Pending unstarted: %s", run.id, run.name, what)
-
-        def failed(exc: Exception) -> None:
-            log.warning("flow run %s: could not hand it back: %s", run.id, exc)
-
-        self._calls().start(hand_back, done, failed)
 
     # -- prefix mode -------------------------------------------------------------------------------
 
