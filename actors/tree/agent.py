@@ -1,25 +1,26 @@
-"""Agent: the root of the tree. It owns the watchers and the Dispatcher and restarts them.
+"""Agent: the root of the tree. It starts its children, restarts them, and shows the tree.
 
-Supervision is one-for-one with restart intensity (see `actors.rules.supervision`): a QueueWatcher,
-the CancelWatcher, the EventListener or the Dispatcher that fails is restarted alone, after a
-backoff, and goes on; too many failures in the window and the Agent gives up, stops taking
-runs and reports the failure to whoever holds it (the launcher then exits non-zero). In prefix
-mode it re-reads which queues match every `rematch_interval` and starts and stops watchers to
-follow. It also answers "show me the tree" from what its watchers told it (`ChildStatus`)
-and the Dispatcher's answer (never blocked on the server), so `/tree` answers during an outage.
-The queues' ids the watchers tell go on to the EventListener (`ServedQueues`), and its mode
-to the CancelWatcher (`StreamHealth`).
+Supervision is one-for-one with restart intensity (see `actors.rules.supervision`): a child that
+fails is restarted alone, after a backoff, and goes on; too many failures in the window and the
+Agent gives up, stops taking runs and reports the failure to whoever holds it (the launcher then
+exits non-zero). Its children are one table (`actors.tree.children`): each row says how a new
+life of the child starts and whom to tell of it. In prefix mode it re-reads which queues match
+every `rematch_interval` and starts and stops watchers to follow.
 
-Its own server calls (the server's version, the runs an earlier life left, the queues that
-match) are made off its inbox (`actors.runtime.calls`); their answers come back as messages,
-so a child's failure or a GetTree never waits behind the server.
+It answers "show me the tree" from what its children told it (`ChildStatus`) and the
+Dispatcher's answer (never blocked on the server), so `/tree` answers during an outage. From
+the same statuses it tells the EventListener the queues served and their ids (`ServedQueues`),
+and the CancelWatcher whether the event stream is healthy (`StreamHealth`).
+
+Its own server calls (the server's version, the queues that match) are made off its inbox
+(`actors.runtime.calls`), as are those of the runs an earlier life left (`EarlierLife`); their
+answers come back as messages, so a child's failure or a GetTree never waits behind the server.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -34,8 +35,8 @@ from actors.rules.supervision import RestartPolicy, Supervisor
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
-from actors.tree import cancel_watcher, dispatcher, event_listener, heartbeat, recovery
 from actors.tree.cancel_watcher import CancelWatcher
+from actors.tree.children import Child, Children
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.earlier_life import EarlierLife
 from actors.tree.event_listener import EventListener
@@ -67,6 +68,10 @@ from messages.user.tree import ActorKind, ActorNode
 log = logging.getLogger("prefect_actor_agent.agent")
 
 DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the server
+WATCHER = ActorKind.QUEUE_WATCHER
+# The children that outlive the intake when the agent stops: the Dispatcher ends the runs in
+# flight, and the Heartbeat keeps the lease (and the worker ONLINE) while it does.
+OUTLIVE_INTAKE = frozenset({ActorKind.DISPATCHER, ActorKind.HEARTBEAT})
 
 
 @dataclass(frozen=True)
@@ -94,25 +99,21 @@ class Agent(pykka.ThreadingActor):
                 backoff_base=settings.restart_backoff_seconds,
             )
         )
-        self.dispatcher: pykka.ActorRef[Any] | None = None
-        self.watchers: dict[str, pykka.ActorRef[Any]] = {}
-        self.cancel_watcher: pykka.ActorRef[Any] | None = None
-        self.heartbeat: pykka.ActorRef[Any] | None = None
-        self.recovery: pykka.ActorRef[Any] | None = None
-        self.event_listener: pykka.ActorRef[Any] | None = None
-        self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watcher told it
-        self.served_told: tuple[ServedQueue, ...] | None = None  # to the EventListener
-        self.stream_healthy = False  # as the EventListener last said; told the CancelWatcher
-        self.polled_once: set[str] = set()
-        self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the watchers told it
+        self.children = Children()
+        self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the children told it
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
+        # What each child that hears of the others was told last (told again on a change).
+        self.watched_told: tuple[str, ...] | None = None  # to the CancelWatcher and Recovery
+        self.served_told: tuple[ServedQueue, ...] | None = None  # to the EventListener
+        self.stream_healthy = False  # told the CancelWatcher
         # The lease outlives a restart of the Heartbeat, which alone writes it; what it says
         # last is given to every child (re)started that acts on it.
         self.lease = Lease(settings.lost_agent_seconds, settings.heartbeat_seconds)
         self.lease_said = LeaseChanged(holds=True, streak_since=None)
+        self.polled_once: set[str] = set()
         self.calls: Calls | None = None
         self.earlier_life: EarlierLife | None = None  # what its earlier life left on this host
-        self.api = ctx.api.with_retry(SERVER_CALLS)  # its version and what an earlier life left
+        self.api = ctx.api.with_retry(SERVER_CALLS)  # its version
         self.rematch_api = ctx.api.with_retry(ONCE)  # the next rematch is the retry
         self.matched_once = False
         self.state = "starting"
@@ -120,7 +121,7 @@ class Agent(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self.calls = Calls(self.ctx.calls, self.actor_ref)
-        self.earlier_life = EarlierLife(self.ctx, self.calls, lambda: self.dispatcher)
+        self.earlier_life = EarlierLife(self.ctx, self.calls, self._dispatcher)
         settings = self.ctx.settings
         me = self.ctx.identity
         log.info(
@@ -132,12 +133,26 @@ class Agent(pykka.ThreadingActor):
             _describe_queues(settings),
         )
         self.actor_ref.tell(DetectServer())
-        self._start_heartbeat()
-        self._start_dispatcher()
+        self._start(Child(ActorKind.HEARTBEAT, Heartbeat.NAME, self._new_heartbeat))
+        self._start(
+            Child(
+                ActorKind.DISPATCHER,
+                Dispatcher.NAME,
+                self._new_dispatcher,
+                started=self._dispatcher_started,
+            )
+        )
         if not settings.run_once:
-            self._start_cancel_watcher()
-            self._start_recovery()
-            self._start_event_listener()
+            self._start(Child(ActorKind.CANCEL_WATCHER, CancelWatcher.NAME, self._new_canceller))
+            self._start(Child(ActorKind.RECOVERY, Recovery.NAME, self._new_recovery))
+            self._start(
+                Child(
+                    ActorKind.EVENT_LISTENER,
+                    EventListener.NAME,
+                    self._new_event_listener,
+                    started=self._event_listener_started,
+                )
+            )
         for name in settings.work_queues:
             self._start_watcher(name, create_missing=True)
         if settings.follows_queues:
@@ -147,10 +162,12 @@ class Agent(pykka.ThreadingActor):
         self.state, self.since = "running", time.time()
 
     def on_stop(self) -> None:
+        """Every child still running stops, in the reverse of their start: the Heartbeat last,
+        so the server's rule takes the worker OFFLINE only once the rest has stopped."""
         self.stop_watchers()
-        if self.heartbeat is not None:  # the last thing: the server's rule takes it OFFLINE
-            self.heartbeat.stop(block=False)
-            self.heartbeat = None
+        for child in reversed(self.children.live()):
+            if child.ref is not None:
+                child.ref.stop(block=False)
 
     def on_failure(
         self,
@@ -170,20 +187,16 @@ class Agent(pykka.ThreadingActor):
                 self._calls().answered(message)
             case ChildStatus(kind=kind, name=name, node=node) if isinstance(node, ActorNode):
                 self.child_status[(kind, name)] = node
-                if kind == ActorKind.QUEUE_WATCHER:
-                    self._learn_queue_id(name, node)
-                elif kind == ActorKind.EVENT_LISTENER:
-                    self._stream_health(node.state == "stream")
+                self._tell_served()
+                self._tell_stream_health()
             case LeaseChanged():
                 self._lease_changed(message)
             case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):
                 self.listeners.append(ref)
-                if self.dispatcher is not None:
-                    tell_if_alive(self.dispatcher, message)
+                self._tell_dispatcher(message)
             case Unsubscribe(listener=ref):
                 self.listeners = [known for known in self.listeners if known != ref]
-                if self.dispatcher is not None:
-                    tell_if_alive(self.dispatcher, message)
+                self._tell_dispatcher(message)
             case DetectServer():
                 self._detect_server()
             case RematchQueues():
@@ -205,8 +218,6 @@ class Agent(pykka.ThreadingActor):
                 log.warning("unexpected message %r", message)
         return None
 
-    # -- children ----------------------------------------------------------------------------------
-
     def _calls(self) -> Calls:
         if self.calls is None:
             raise RuntimeError("the Agent has not started")
@@ -217,24 +228,7 @@ class Agent(pykka.ThreadingActor):
             raise RuntimeError("the Agent has not started")
         return self.earlier_life
 
-    def _start_dispatcher(self) -> None:
-        self.dispatcher = self.actors.dispatcher.start(
-            self.ctx, self.actor_ref, tuple(self.listeners), self.lease_said
-        )
-        self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
-        self.outcome.dispatcher = self.dispatcher
-        self.supervisor.record(ActorKind.DISPATCHER, dispatcher.NAME)
-        for name, watcher in self.watchers.items():
-            tell_if_alive(self.dispatcher, RegisterWatcher(name, watcher))
-            tell_if_alive(watcher, UseDispatcher(self.dispatcher))
-        for other in (self.cancel_watcher, self.recovery, self.event_listener):
-            if other is not None:
-                tell_if_alive(other, UseDispatcher(self.dispatcher))
-
-    def _the_dispatcher(self) -> pykka.ActorRef[Any]:
-        if self.dispatcher is None:
-            raise RuntimeError("the Dispatcher is not running")
-        return self.dispatcher
+    # -- the server --------------------------------------------------------------------------------
 
     def _detect_server(self) -> None:
         """Log which server this is; a server without work pools cannot serve `--pool`."""
@@ -256,179 +250,194 @@ class Agent(pykka.ThreadingActor):
                 "Prefect 2.10); serve its queues with -q instead"
             )
 
-    def _start_watcher(self, name: str, create_missing: bool) -> None:
-        dispatcher = self._the_dispatcher()
-        ref = self.actors.queue_watcher.start(
-            self.ctx, name, dispatcher, self.actor_ref, create_missing, self.ctx.settings.work_pool
+    # -- children: each new life, and whom it concerns ---------------------------------------------
+
+    def _start(self, child: Child) -> None:
+        """Start a new life of a child (the first, or after a failure)."""
+        self.children.add(child)
+        child.ref = child.new_life()
+        self.supervisor.record(child.kind, child.name, child.restart)
+        child.started()
+
+    def _dispatcher(self) -> pykka.ActorRef[Any] | None:
+        return self.children.ref(ActorKind.DISPATCHER, Dispatcher.NAME)
+
+    def _tell_dispatcher(self, message: object) -> None:
+        dispatcher = self._dispatcher()
+        if dispatcher is not None:
+            tell_if_alive(dispatcher, message)
+
+    def _new_heartbeat(self) -> pykka.ActorRef[Any]:
+        return Heartbeat.start(self.ctx, self.actor_ref, self.lease)
+
+    def _new_dispatcher(self) -> pykka.ActorRef[Any]:
+        return self.actors.dispatcher.start(
+            self.ctx, self.actor_ref, tuple(self.listeners), self.lease_said
         )
-        self.watchers[name] = ref
-        self.supervisor.record(ActorKind.QUEUE_WATCHER, name)
-        tell_if_alive(dispatcher, RegisterWatcher(name, ref))
-        self._tell_cancel_watcher()
 
-    def _start_heartbeat(self) -> None:
-        self.heartbeat = Heartbeat.start(self.ctx, self.actor_ref, self.lease)
-        self.supervisor.record(ActorKind.HEARTBEAT, heartbeat.NAME)
+    def _dispatcher_started(self) -> None:
+        """Every watcher registers with the new Dispatcher; every child talks to it now."""
+        dispatcher = self._dispatcher()
+        self.outcome.dispatcher = dispatcher
+        for child in self.children.live():
+            if child.kind == WATCHER:
+                self._tell_dispatcher(RegisterWatcher(child.name, child.ref))
+            if child.ref is not dispatcher and child.ref is not None:
+                tell_if_alive(child.ref, UseDispatcher(dispatcher))
+        self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
 
-    def _start_recovery(self) -> None:
-        self.recovery = Recovery.start(
-            self.ctx,
-            self.actor_ref,
-            self._the_dispatcher(),
-            tuple(sorted(self.watchers)),
-            self.lease_said,
+    def _new_canceller(self) -> pykka.ActorRef[Any]:
+        self.watched_told = self.children.names(WATCHER)
+        return CancelWatcher.start(
+            self.ctx, self.actor_ref, self._dispatcher(), self.watched_told, self.stream_healthy
         )
-        self.supervisor.record(ActorKind.RECOVERY, recovery.NAME)
 
-    def _start_cancel_watcher(self) -> None:
-        self.cancel_watcher = CancelWatcher.start(
-            self.ctx,
-            self.actor_ref,
-            self._the_dispatcher(),
-            tuple(sorted(self.watchers)),
-            self.stream_healthy,
+    def _new_recovery(self) -> pykka.ActorRef[Any]:
+        self.watched_told = self.children.names(WATCHER)
+        return Recovery.start(
+            self.ctx, self.actor_ref, self._dispatcher(), self.watched_told, self.lease_said
         )
-        self.supervisor.record(ActorKind.CANCEL_WATCHER, cancel_watcher.NAME)
 
-    def _start_event_listener(self) -> None:
-        self.event_listener = EventListener.start(self.ctx, self.actor_ref, self._the_dispatcher())
-        self.supervisor.record(ActorKind.EVENT_LISTENER, event_listener.NAME)
+    def _new_event_listener(self) -> pykka.ActorRef[Any]:
+        return EventListener.start(self.ctx, self.actor_ref, self._dispatcher())
+
+    def _event_listener_started(self) -> None:
         self.served_told = None
-        self._tell_event_listener()
+        self._tell_served()
+
+    def _start_watcher(self, name: str, create_missing: bool) -> None:
+        def new_life() -> pykka.ActorRef[Any]:
+            return self.actors.queue_watcher.start(
+                self.ctx,
+                name,
+                self._dispatcher(),
+                self.actor_ref,
+                create_missing,
+                self.ctx.settings.work_pool,
+            )
+
+        def started() -> None:
+            self._tell_dispatcher(RegisterWatcher(name, self.children.ref(WATCHER, name)))
+            self._tell_watched()
+            self._tell_served()
+
+        self._start(Child(WATCHER, name, new_life, started=started))
+
+    def _stop_watcher(self, name: str) -> None:
+        child = self.children.remove(WATCHER, name)
+        self.supervisor.forget(WATCHER, name)
+        self._tell_dispatcher(RegisterWatcher(name, None))
+        if child is not None and child.ref is not None:
+            child.ref.stop(block=False)
+        self._tell_watched()
+        self._tell_served()
+
+    def stop_watchers(self) -> None:
+        """Take no new runs (the first step of stopping): stop every child but those that
+        outlive the intake, in the reverse of their start."""
+        for child in reversed(list(self.children)):
+            if child.kind not in OUTLIVE_INTAKE:
+                self.children.remove(child.kind, child.name)
+                self.supervisor.forget(child.kind, child.name)
+                if child.kind == WATCHER:
+                    self._tell_dispatcher(RegisterWatcher(child.name, None))
+                if child.ref is not None:
+                    child.ref.stop(block=False)
+        self.state, self.since = "stopping", time.time()
+
+    # -- what the children hear of each other ------------------------------------------------------
 
     def _lease_changed(self, said: LeaseChanged) -> None:
         """Those who act for runs hear what the lease says: the Dispatcher (and through it
         every RunSupervisor), and Recovery (its streak; the check after a reconnection)."""
         self.lease_said = msgspec.structs.replace(said, reconnected=False)  # told once
-        for ref in (self.dispatcher, self.recovery):
-            if ref is not None:
-                tell_if_alive(ref, said)
+        self._tell_dispatcher(said)
+        recovery = self.children.ref(ActorKind.RECOVERY, Recovery.NAME)
+        if recovery is not None:
+            tell_if_alive(recovery, said)
 
-    def _tell_cancel_watcher(self) -> None:
+    def _tell_watched(self) -> None:
         """The CancelWatcher and Recovery look at the runs of the queues served now."""
-        for ref in (self.cancel_watcher, self.recovery):
+        names = self.children.names(WATCHER)
+        if names == self.watched_told:
+            return
+        self.watched_told = names
+        for ref in (
+            self.children.ref(ActorKind.CANCEL_WATCHER, CancelWatcher.NAME),
+            self.children.ref(ActorKind.RECOVERY, Recovery.NAME),
+        ):
             if ref is not None:
-                tell_if_alive(ref, WatchedQueues(tuple(sorted(self.watchers))))
-        self._tell_event_listener()
+                tell_if_alive(ref, WatchedQueues(names))
 
-    def _learn_queue_id(self, name: str, node: ActorNode) -> None:
-        """Events name a queue by its id, which its watcher learns when it reads the queue."""
-        queue_id = node.detail.get("queue id")
-        if queue_id and self.queue_ids.get(name) != queue_id:
-            self.queue_ids[name] = queue_id
-            self._tell_event_listener()
-
-    def _tell_event_listener(self) -> None:
-        """The EventListener subscribes to the queues served now whose ids are known (and
-        wakes their watchers): told again whenever that changes."""
-        if self.event_listener is None:
+    def _tell_served(self) -> None:
+        """The EventListener subscribes to the queues served now whose ids are known (events
+        name a queue by its id, which its watcher learns when it reads the queue), and wakes
+        their watchers: told again whenever that changes."""
+        listener = self.children.ref(ActorKind.EVENT_LISTENER, EventListener.NAME)
+        if listener is None:
             return
         served = tuple(
-            ServedQueue(self.queue_ids[name], name, ref)
-            for name, ref in sorted(self.watchers.items())
-            if name in self.queue_ids
+            ServedQueue(queue_id, watcher.name, watcher.ref)
+            for watcher in self.children.of_kind(WATCHER)
+            if watcher.ref is not None
+            and (node := self.child_status.get(watcher.key)) is not None
+            and (queue_id := node.detail.get("queue id"))
         )
         if served != self.served_told:
             self.served_told = served
-            tell_if_alive(self.event_listener, ServedQueues(served))
+            tell_if_alive(listener, ServedQueues(served))
 
-    def _stream_health(self, healthy: bool) -> None:
-        """The CancelWatcher polls slowly while the event stream is healthy."""
+    def _tell_stream_health(self) -> None:
+        """The CancelWatcher polls slowly while the event stream is healthy: while a running
+        EventListener last said its mode is `stream`."""
+        key = (ActorKind.EVENT_LISTENER, EventListener.NAME)
+        node = self.child_status.get(key)
+        healthy = (
+            self.children.ref(*key) is not None and node is not None and node.state == "stream"
+        )
         if healthy != self.stream_healthy:
             self.stream_healthy = healthy
-            if self.cancel_watcher is not None:
-                tell_if_alive(self.cancel_watcher, StreamHealth(healthy))
+            canceller = self.children.ref(ActorKind.CANCEL_WATCHER, CancelWatcher.NAME)
+            if canceller is not None:
+                tell_if_alive(canceller, StreamHealth(healthy))
 
-    def _stop_watcher(self, name: str) -> None:
-        ref = self.watchers.pop(name, None)
-        self.supervisor.forget(ActorKind.QUEUE_WATCHER, name)
-        if self.dispatcher is not None:
-            tell_if_alive(self.dispatcher, RegisterWatcher(name, None))
-        if ref is not None:
-            ref.stop(block=False)
-        self._tell_cancel_watcher()
-
-    def stop_watchers(self) -> None:
-        """Take no new runs (the first step of stopping): stop every watcher."""
-        for name in list(self.watchers):
-            self._stop_watcher(name)
-        for ref in (self.cancel_watcher, self.recovery, self.event_listener):
-            if ref is not None:
-                ref.stop(block=False)
-        self.cancel_watcher = self.recovery = self.event_listener = None
-        self.state, self.since = "stopping", time.time()
+    # -- supervision -------------------------------------------------------------------------------
 
     def _child_failed(self, kind: ActorKind, name: str, error: str) -> None:
         """One-for-one: restart the failed child alone, after its backoff; or escalate."""
         self.ctx.metrics.restarts.labels(kind=kind).inc()
-        self._forget_child(kind, name)
+        child = self.children.get(kind, name)
+        if child is not None:
+            child.ref = None  # pykka is stopping it
+        self._tell_stream_health()  # until a new EventListener is subscribed, cancels come by poll
         delay = self.supervisor.child_failed(kind, name, error, time.monotonic())  # may escalate
         restarts = self.supervisor.record(kind, name).restarts
         log.error("%s %r failed (%s); restart %d in %.1fs", kind, name, error, restarts, delay)
         self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
 
-    def _forget_child(self, kind: ActorKind, name: str) -> None:
-        """Drop the ref of a child that failed (it is being stopped by pykka)."""
-        if kind == ActorKind.QUEUE_WATCHER:
-            self.watchers.pop(name, None)
-        elif kind == ActorKind.CANCEL_WATCHER:
-            self.cancel_watcher = None
-        elif kind == ActorKind.HEARTBEAT:
-            self.heartbeat = None
-        elif kind == ActorKind.RECOVERY:
-            self.recovery = None
-        elif kind == ActorKind.EVENT_LISTENER:
-            self.event_listener = None
-            self._stream_health(False)  # until a new one is subscribed, cancels come by poll
-        elif kind == ActorKind.DISPATCHER:
-            self.dispatcher = None
-
     def _restart(self, kind: ActorKind, name: str) -> None:
-        """Start the child again unless it runs already (or the agent is stopping)."""
-        if self.state == "stopping":
+        """Start the child again unless it runs already, is no longer wanted, or the agent is
+        stopping."""
+        child = self.children.get(kind, name)
+        if self.state == "stopping" or child is None or child.ref is not None:
             return
-        starters: dict[ActorKind, tuple[bool, Callable[[], None]]] = {
-            ActorKind.DISPATCHER: (self.dispatcher is None, self._start_dispatcher),
-            ActorKind.CANCEL_WATCHER: (self.cancel_watcher is None, self._start_cancel_watcher),
-            ActorKind.HEARTBEAT: (self.heartbeat is None, self._start_heartbeat),
-            ActorKind.RECOVERY: (self.recovery is None, self._start_recovery),
-            ActorKind.EVENT_LISTENER: (self.event_listener is None, self._start_event_listener),
-            ActorKind.QUEUE_WATCHER: (
-                name not in self.watchers,
-                lambda: self._start_watcher(name, name in self.ctx.settings.work_queues),
-            ),
-        }
-        missing, start = starters[kind]
-        if missing:
-            log.info("restarting %s %r", kind, name)
-            start()
+        log.info("restarting %s %r", kind, name)
+        self._start(child)
 
     # -- the tree ----------------------------------------------------------------------------------
 
     def tree(self) -> ActorNode:
         """The live tree: every child asked at once, a busy one shown as such, not waited on."""
-        restarting = {n for k, n in self.supervisor.children if k == ActorKind.QUEUE_WATCHER}
-        children: list[tuple[ActorKind, str, pykka.ActorRef[Any] | None]] = [
-            (ActorKind.QUEUE_WATCHER, name, self.watchers.get(name))
-            for name in sorted(set(self.watchers) | restarting)
-        ]
-        children.append((ActorKind.CANCEL_WATCHER, cancel_watcher.NAME, self.cancel_watcher))
-        children.append((ActorKind.EVENT_LISTENER, event_listener.NAME, self.event_listener))
-        children.append((ActorKind.HEARTBEAT, heartbeat.NAME, self.heartbeat))
-        children.append((ActorKind.RECOVERY, recovery.NAME, self.recovery))
-        children.append((ActorKind.DISPATCHER, dispatcher.NAME, self.dispatcher))
-        asked = [
-            (kind, name, ref, self._ask_dispatcher(ref) if kind == ActorKind.DISPATCHER else None)
-            for kind, name, ref in children
-            if ref is not None or (kind, name) in self.supervisor.children
-        ]
+        dispatcher = self._dispatcher()
+        asked = dispatcher.ask(Describe(), block=False) if dispatcher is not None else None
         deadline = time.monotonic() + DESCRIBE_TIMEOUT
         nodes = []
-        for kind, name, ref, future in asked:
-            node = self.child_status.get((kind, name)) if ref is not None else None
-            if future is not None:
+        for child in self.children.in_tree_order():
+            kind, name = child.key
+            node = self.child_status.get(child.key) if child.ref is not None else None
+            if child.kind == ActorKind.DISPATCHER and child.ref is not None and asked is not None:
                 try:
-                    node = future.get(timeout=max(0.0, deadline - time.monotonic()))
+                    node = asked.get(timeout=max(0.0, deadline - time.monotonic()))
                 except pykka.Timeout:
                     node = ActorNode(
                         kind=kind,
@@ -438,22 +447,17 @@ class Agent(pykka.ThreadingActor):
                     )
                 except pykka.ActorDeadError:
                     node = None
-            if node is None and ref is not None:
+            if node is None and child.ref is not None:
                 node = ActorNode(kind=kind, name=name, state="starting", since=self.since)
             if node is None:
                 node = ActorNode(kind=kind, name=name, state="restarting", since=time.time())
             record = self.supervisor.record(kind, name)
             nodes.append(
-                ActorNode(
-                    kind=node.kind,
-                    name=node.name,
-                    state=node.state,
-                    since=node.since,
+                msgspec.structs.replace(
+                    node,
                     restart=record.restart,
                     restarts=record.restarts,
                     last_failure=record.last_failure,
-                    detail=node.detail,
-                    children=node.children,
                 )
             )
         return ActorNode(
@@ -470,11 +474,6 @@ class Agent(pykka.ThreadingActor):
             },
             children=tuple(nodes),
         )
-
-    def _ask_dispatcher(self, ref: pykka.ActorRef[Any] | None) -> Any:
-        """The Dispatcher's subtree, asked with a deadline: it holds the RunSupervisors' last
-        status and never waits on the server, so it answers within the deadline."""
-        return ref.ask(Describe(), block=False) if ref is not None else None
 
     # -- prefix mode -------------------------------------------------------------------------------
 
@@ -509,7 +508,7 @@ class Agent(pykka.ThreadingActor):
         if self.state == "stopping":
             return
         if matched is not None:
-            dynamic = set(self.watchers) - set(settings.work_queues)
+            dynamic = set(self.children.names(WATCHER)) - set(settings.work_queues)
             added = sorted(matched - dynamic - set(settings.work_queues))
             removed = sorted(dynamic - matched)
             if added:
@@ -541,14 +540,15 @@ class Agent(pykka.ThreadingActor):
 
     def _check_run_once_done(self, idle: bool = False) -> None:
         settings = self.ctx.settings
-        if not settings.run_once or self.outcome.finished.is_set() or self.dispatcher is None:
+        dispatcher = self._dispatcher()
+        if not settings.run_once or self.outcome.finished.is_set() or dispatcher is None:
             return
         if settings.follows_queues and not self.matched_once:
             return
-        if not set(self.watchers) <= self.polled_once:
+        if not set(self.children.names(WATCHER)) <= self.polled_once:
             return
         if not idle:
-            tell_if_alive(self.dispatcher, IdleCheck())  # answered with DispatcherIdle
+            tell_if_alive(dispatcher, IdleCheck())  # answered with DispatcherIdle
             return
         log.info("run once: every queue polled and every run taken has ended")
         self.outcome.finished.set()

@@ -38,7 +38,6 @@ from messages.wire.prefect import (
 
 log = logging.getLogger("prefect_actor_agent.cancel_watcher")
 
-NAME = "cancellations"
 RESEND_AFTER_SECONDS = 300.0
 
 
@@ -56,6 +55,7 @@ class CancelWatcher(PeriodicChild):
     """Polls for cancellation requests (permanent child of the Agent)."""
 
     KIND = ActorKind.CANCEL_WATCHER
+    NAME = "cancellations"  # its name in the tree: there is one
 
     def __init__(
         self,
@@ -65,7 +65,7 @@ class CancelWatcher(PeriodicChild):
         queues: tuple[str, ...] = (),
         stream_healthy: bool = False,
     ) -> None:
-        super().__init__(ctx, agent, NAME, dispatcher)
+        super().__init__(ctx, agent, self.NAME, dispatcher)
         self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.queues = queues
         self.stream_healthy = stream_healthy  # cancellations come by event: poll slowly

@@ -77,7 +77,6 @@ from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
-NAME = "dispatcher"
 RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
 
 
@@ -85,6 +84,7 @@ class Dispatcher(PermanentChild):
     """Limit and de-duplication; parent of every RunSupervisor (permanent child of the Agent)."""
 
     KIND = ActorKind.DISPATCHER
+    NAME = "dispatcher"  # its name in the tree: there is one
 
     def __init__(
         self,
@@ -93,7 +93,7 @@ class Dispatcher(PermanentChild):
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
         lease: LeaseChanged | None = None,
     ) -> None:
-        super().__init__(agent, NAME)
+        super().__init__(agent, self.NAME)
         self.ctx = ctx
         self.held: dict[str, pykka.ActorRef[Any]] = {}
         self.status: dict[str, RunStatus] = {}
@@ -454,7 +454,7 @@ class Dispatcher(PermanentChild):
         if not self.lease.holds:
             held += "; taking no runs (heartbeat lease lapsed)"
         return ActorNode(
-            kind=ActorKind.DISPATCHER, name=NAME, state=held, since=self.since, children=children
+            kind=self.KIND, name=self.name, state=held, since=self.since, children=children
         )
 
 

@@ -65,7 +65,6 @@ from messages.wire.events import Event, FilterMessage
 
 log = logging.getLogger("prefect_actor_agent.events")
 
-NAME = "EventListener"
 SETTLE_SECONDS = 0.2  # queues learnt within this long are subscribed to in one session
 RECONNECT_BASE_SECONDS = 1.0
 
@@ -74,6 +73,7 @@ class EventListener(PeriodicChild):
     """Listens to the server's event stream; wakes watchers, cancels held runs."""
 
     KIND = ActorKind.EVENT_LISTENER
+    NAME = "EventListener"  # its name in the tree: there is one
 
     def __init__(
         self,
@@ -81,7 +81,7 @@ class EventListener(PeriodicChild):
         agent: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any] | None,
     ) -> None:
-        super().__init__(ctx, agent, NAME, dispatcher)
+        super().__init__(ctx, agent, self.NAME, dispatcher)
         settings = ctx.settings
         self.url = shown_url(events_url(settings.api_url))
         self.backoff = RetryPolicy(

@@ -38,16 +38,16 @@ from messages.wire.prefect import ApiDecodeError
 
 log = logging.getLogger("prefect_actor_agent.heartbeat")
 
-NAME = "heartbeat"
 
 
 class Heartbeat(PeriodicChild):
     """Sends the worker heartbeat of one agent and tells what its lease allows."""
 
     KIND = ActorKind.HEARTBEAT
+    NAME = "heartbeat"  # its name in the tree: there is one
 
     def __init__(self, ctx: AgentContext, agent: pykka.ActorRef[Any], lease: Lease) -> None:
-        super().__init__(ctx, agent, NAME)
+        super().__init__(ctx, agent, self.NAME)
         # The next beat is the retry; a beat that hangs longer than the interval has failed.
         self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
         self.lease = lease  # the Agent's, handed to each life of this actor in turn

@@ -80,7 +80,6 @@ from messages.wire.prefect import (
 
 log = logging.getLogger("prefect_actor_agent.recovery")
 
-NAME = "recovery"
 PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
 
 
@@ -88,6 +87,7 @@ class Recovery(PeriodicChild):
     """Recovers lost peers' runs; relinquishes runs recovered from this agent."""
 
     KIND = ActorKind.RECOVERY
+    NAME = "recovery"  # its name in the tree: there is one
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class Recovery(PeriodicChild):
         queues: tuple[str, ...] = (),
         lease: LeaseChanged | None = None,
     ) -> None:
-        super().__init__(ctx, agent, NAME, dispatcher)
+        super().__init__(ctx, agent, self.NAME, dispatcher)
         # The next round is the retry; a round must not hang past its interval.
         self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
         self.queues = queues
