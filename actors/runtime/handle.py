@@ -22,9 +22,10 @@ from actors.runtime.clock import Clock, ClockInterface
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import ask
 from actors.runtime.settings import AgentSettings
-from actors.tree.agent import Agent, ChildActors
+from actors.tree.agent import Agent
+from actors.tree.switchboard import ChildActors
 from messages.internal.dispatch import Cancel, Subscribe, Unsubscribe
-from messages.internal.lifecycle import CountHeldRuns, GetTree, InterruptRuns
+from messages.internal.lifecycle import CountHeldRuns, GetDispatcher, GetTree, InterruptRuns
 from messages.user.tree import ActorNode
 
 log = logging.getLogger("prefect_actor_agent.agent")
@@ -68,9 +69,11 @@ class AgentHandle:
 
     @property
     def dispatcher(self) -> pykka.ActorRef[Any]:
-        ref = self.outcome.dispatcher
+        """The Dispatcher now, as the Agent says (ActorDeadError while it is being restarted,
+        or once the agent has stopped)."""
+        ref = self.ref.ask(GetDispatcher(), timeout=10.0)
         if not isinstance(ref, pykka.ActorRef):
-            raise pykka.ActorDeadError("the agent has no Dispatcher (it is not running)")
+            raise pykka.ActorDeadError("the agent has no Dispatcher now (it is being restarted)")
         return ref
 
     @property
@@ -154,7 +157,7 @@ class AgentHandle:
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         deadline = time.monotonic() + timeout
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            self.ref.proxy().stop_watchers().get(timeout=timeout)  # no new runs
+            self.ref.proxy().stop_taking_runs().get(timeout=timeout)  # no new runs
         try:
             dispatcher = self.dispatcher
             supervisors = ask(dispatcher, InterruptRuns(grace), list, timeout)

@@ -15,8 +15,9 @@ pause stops it like its own, and the pool's limit and the queue's priority trave
 A poll is three messages, never an ask: `Poll` (read the queue, tell the Dispatcher
 `FreeSlots`), `Room` (ask the server for that many runs, tell `RunsFound`), `Admitted` (when to
 poll next). A poll the Dispatcher never answers (it failed meanwhile) is followed by the next
-one a query interval later all the same. The watcher tells the Agent its phase
-(`ChildStatus`), so the tree is shown without waiting on a watcher that is mid-poll.
+one a query interval later all the same. The watcher registers with its Dispatcher (again
+with a restarted one: `UseDispatcher`), and tells the Agent its phase (`ChildStatus`), so the
+tree is shown without waiting on a watcher that is mid-poll.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from messages.internal.lifecycle import (
     Describe,
     Poll,
     PolledOnce,
+    RegisterWatcher,
     UseDispatcher,
 )
 from messages.user.tree import ActorKind, ActorNode
@@ -63,7 +65,7 @@ class QueueWatcher(PermanentChild):
         self,
         ctx: AgentContext,
         queue_name: str,
-        dispatcher: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any] | None,
         agent: pykka.ActorRef[Any],
         create_missing: bool,
         pool_name: str | None = None,
@@ -94,6 +96,7 @@ class QueueWatcher(PermanentChild):
         self.since = time.time()
 
     def start_up(self) -> None:
+        self._register()
         self.actor_ref.tell(Poll())
 
     def clean_up(self) -> None:
@@ -115,9 +118,18 @@ class QueueWatcher(PermanentChild):
                 return self._describe()
             case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
                 self.dispatcher = ref
+                self._register()
             case _:
                 self.log.warning("unexpected message %r", message)
         return None
+
+    def _register(self) -> None:
+        """Make itself known to the Dispatcher it works with (a new one after a restart of
+        either), which wakes it when a slot frees or a page is taken."""
+        self._tell_dispatcher(RegisterWatcher(self.queue_name, self.actor_ref))
+
+    def _tell_dispatcher(self, message: object) -> bool:
+        return self.dispatcher is not None and tell_if_alive(self.dispatcher, message)
 
     def _set_phase(self, phase: str) -> None:
         if phase != self.phase:
@@ -225,7 +237,7 @@ class QueueWatcher(PermanentChild):
             reply_to=self.actor_ref,
             sharers=len(self.share.sharers()),
         )
-        if not tell_if_alive(self.dispatcher, ask_room):
+        if not self._tell_dispatcher(ask_room):
             self._set_phase("waiting for the Dispatcher")
             return interval
         return None
@@ -259,7 +271,7 @@ class QueueWatcher(PermanentChild):
             len(runs),
         )
         found = RunsFound(self.queue_name, tuple(runs), full, self.actor_ref)
-        if not tell_if_alive(self.dispatcher, found):
+        if not self._tell_dispatcher(found):
             return interval
         return None
 
@@ -287,7 +299,7 @@ class QueueWatcher(PermanentChild):
         """In a pool, said even when there is nothing: a queue with no runs due (or paused)
         lets the queues of lower priority have the room. Elsewhere nobody needs to hear it."""
         if self.pool_name is not None:
-            tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False, self.actor_ref))
+            self._tell_dispatcher(RunsFound(self.queue_name, (), False, self.actor_ref))
 
     def _due_runs(
         self, queue: WorkQueue, room: int, filter_answers: bool

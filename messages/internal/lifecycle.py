@@ -21,13 +21,12 @@ class Tick(msgspec.Struct, frozen=True):
     again (a cancellation poll, a heartbeat, a recovery round, an event session)."""
 
 
-class DetectServer(msgspec.Struct, frozen=True):
-    """The Agent reads the server's version (logged; `--pool` needs 2.10 or later), again
-    later if the server does not answer yet."""
+class MatchingQueues(msgspec.Struct, frozen=True):
+    """Told by the QueueMatcher to the Agent after each read of the queues that got through
+    (an agent that follows queues: prefixes, or a whole pool): the queues to serve now. The
+    Agent starts a watcher for each new one and stops those of the queues no longer matched."""
 
-
-class RematchQueues(msgspec.Struct, frozen=True):
-    """Scheduled by the Agent to itself in prefix mode: re-read which queues match."""
+    names: tuple[str, ...]
 
 
 class PolledOnce(msgspec.Struct, frozen=True):
@@ -74,7 +73,8 @@ class RestartChild(msgspec.Struct, frozen=True):
 
 
 class RegisterWatcher(msgspec.Struct, frozen=True):
-    """Sent by the Agent to the Dispatcher when a QueueWatcher starts or is replaced.
+    """Sent by a QueueWatcher to its Dispatcher when it starts and when it is handed a new
+    Dispatcher; sent by the Agent, with no watcher, when it stops serving the queue.
 
     A watcher that found no free slot is sent `Poll` as soon as a slot frees up, so a run
     waiting behind the limit starts when the slot frees, not a whole query interval later.
@@ -155,6 +155,12 @@ class TakeOver(msgspec.Struct, frozen=True):
 
 class GetTree(msgspec.Struct, frozen=True):
     """Asked of the Agent; the answer is the root `ActorNode`."""
+
+
+class GetDispatcher(msgspec.Struct, frozen=True):
+    """Asked of the Agent by the AgentHandle (to cancel a run, wait for the runs in flight,
+    end them when stopping); the answer is the Dispatcher's ref now, or None while it is being
+    restarted."""
 
 
 class Describe(msgspec.Struct, frozen=True):

@@ -13,6 +13,7 @@ class ActorKind(StrEnum):
 
     AGENT = "Agent"
     QUEUE_WATCHER = "QueueWatcher"
+    QUEUE_MATCHER = "QueueMatcher"
     CANCEL_WATCHER = "CancelWatcher"
     EVENT_LISTENER = "EventListener"
     HEARTBEAT = "Heartbeat"

@@ -25,9 +25,9 @@ import pytest
 
 from actors import AgentHandle, RunListener, settings_from_env, start_agent
 from actors.runtime.clock import Clock, ClockInterface
-from actors.tree.agent import ChildActors
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.queue_watcher import QueueWatcher
+from actors.tree.switchboard import ChildActors
 from messages.internal.dispatch import HeldRunIds, HeldRunsAre
 from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
