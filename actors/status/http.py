@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from actors.status.text import render_tree
 
 if TYPE_CHECKING:
-    from actors.runtime.handle import AgentHandle
+    from actors.agent_handle import AgentHandle
 
 log = logging.getLogger("prefect_actor_agent.status")
 

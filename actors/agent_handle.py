@@ -1,5 +1,9 @@
 """Starting and stopping one agent: the public handle a launcher or a host service holds.
 
+This is where an agent is assembled, above the tree it starts: the API edge, the clock and the
+context every actor shares (`actors.runtime`), then the Agent (`actors.tree.agent`), which
+starts the rest. Nothing below imports this module.
+
 Nothing here patches anything: inside a host service the actors run on plain threads; the
 launcher calls `gevent.monkey.patch_all()` first and the same actors run as greenlets.
 """
