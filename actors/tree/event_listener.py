@@ -280,7 +280,7 @@ class EventListener(PeriodicChild):
         if (mode, reason) != (self.phase, self.reason):
             self.set_phase(mode)
             self.reason = reason
-            self.ctx.metrics.set_event_mode(mode, reason)
+            self.ctx.metrics.set_event_mode(mode)
 
     def detail(self) -> dict[str, str]:
         detail = {"mode": self.phase, "url": self.url}
