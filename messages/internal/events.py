@@ -57,8 +57,8 @@ class EventWake(msgspec.Struct, frozen=True):
 
 
 class StreamHealth(msgspec.Struct, frozen=True):
-    """Told to the CancelWatcher by the Agent when the event mode changes (and to a restarted
-    CancelWatcher): while the stream is healthy, cancellations come by event and the filter
-    poll is the safety net, at `--stream-cancel-poll-interval`."""
+    """Told to the CancelWatcher by the Agent when the event mode changes (a restarted one is
+    started knowing it): while the stream is healthy, cancellations come by event and the
+    filter poll is the safety net, at `--stream-cancel-poll-interval`."""
 
     healthy: bool

@@ -104,7 +104,8 @@ class Interrupt(msgspec.Struct, frozen=True):
 
 
 class WatchedQueues(msgspec.Struct, frozen=True):
-    """Sent by the Agent to the CancelWatcher whenever the set of served queues changes."""
+    """Sent by the Agent to the CancelWatcher and Recovery whenever the set of served queues
+    changes (a restarted one is started knowing it)."""
 
     names: tuple[str, ...]
 
@@ -122,8 +123,8 @@ class SupervisorFailed(msgspec.Struct, frozen=True):
 
 
 class UseDispatcher(msgspec.Struct, frozen=True):
-    """Sent by the Agent to its watchers (and by a new Dispatcher to the RunSupervisors it
-    found) after the Dispatcher was restarted: talk to this one from now on."""
+    """Sent by the Agent to every other running child after the Dispatcher was restarted:
+    talk to this one from now on (a QueueWatcher registers with it)."""
 
     dispatcher: object  # pykka.ActorRef of the new Dispatcher
 
