@@ -827,6 +827,17 @@ def restarted(handle: AgentHandle, kind: str, restarts: int) -> ActorNode | None
     return shown if shown is not None and shown.restarts == restarts else None
 
 
+def failed_once_at_start(
+    start: Start, clock: ManualClock, actors: ChildActors, kind: str
+) -> tuple[AgentHandle, ActorNode]:
+    """An agent whose child of `kind` (a FaultyStart fake) failed its first start-up, and
+    that child's node once the tree counts the failure."""
+    handle = start(clock=clock, actors=actors)
+    failed = wait_until(lambda: restarted(handle, kind, 1), 5, "the failure counted")
+    assert f"injected fault: the start-up of {kind}" in (failed.last_failure or ""), failed
+    return handle, failed
+
+
 @pytest.mark.timeout(30)
 def test_a_queue_watcher_whose_start_up_fails_is_restarted_and_polls(
     fake: FakePrefectApi, start: Start
@@ -834,9 +845,8 @@ def test_a_queue_watcher_whose_start_up_fails_is_restarted_and_polls(
     fake.add_queue("default")
     watcher = faulty_start(QueueWatcher, times=1)
     clock = ManualClock()
-    handle = start(clock=clock, actors=ChildActors(queue_watcher=watcher))
-    failed = wait_until(lambda: restarted(handle, "QueueWatcher", 1), 5, "the failure counted")
-    assert "injected fault: the start-up of QueueWatcher 'default'" in (failed.last_failure or "")
+    actors = ChildActors(queue_watcher=watcher)
+    handle, failed = failed_once_at_start(start, clock, actors, "QueueWatcher")
     assert failed.state == "restarting", failed
     assert fake.calls("read_work_queue_by_name") == [], "the failed life polled"
 
@@ -855,9 +865,7 @@ def test_a_dispatcher_whose_start_up_fails_is_restarted_and_admits_runs(
     fake.add_queue("default")
     dispatcher = faulty_start(Dispatcher, times=1)
     clock = ManualClock()
-    handle = start(clock=clock, actors=ChildActors(dispatcher=dispatcher))
-    failed = wait_until(lambda: restarted(handle, "Dispatcher", 1), 5, "the failure counted")
-    assert "injected fault: the start-up of Dispatcher" in (failed.last_failure or "")
+    handle, _ = failed_once_at_start(start, clock, ChildActors(dispatcher=dispatcher), "Dispatcher")
 
     run = fake.add_run(fake.add_deployment(["true"]))
     clock.advance(1.0)  # the restart's backoff
