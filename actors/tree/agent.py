@@ -191,7 +191,7 @@ class Agent(pykka.ThreadingActor):
         self._new_life(child)
 
     def _new_life(self, child: Child) -> None:
-        child.ref = child.new_life()
+        child.ref, child.node = child.new_life(), None  # what the last life told is not its own
         self.supervisor.record(child.kind, child.name, child.restart)
         child.started()
         if child.key == DISPATCHER:

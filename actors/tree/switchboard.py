@@ -81,6 +81,7 @@ class Switchboard:
         self.lease_kept = Lease(ctx.settings.lost_agent_seconds, ctx.settings.heartbeat_seconds)
         self.watched: tuple[str, ...] = ()  # told the CancelWatcher and Recovery
         self.served: tuple[ServedQueue, ...] | None = None  # told the EventListener
+        self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watchers told it
         self.stream_healthy = False  # told the CancelWatcher
         self.lease_said = LeaseChanged(holds=True, streak_since=None)  # without `reconnected`
 
@@ -159,12 +160,14 @@ class Switchboard:
             self.watched = watched
             for key in (CANCELS, RECOVERY):
                 self._tell(self.children.ref(*key), WatchedQueues(watched))
+        watchers = self.children.of_kind(WATCHER)
+        for watcher in watchers:  # a queue's id outlives the life of its watcher that told it
+            if watcher.node is not None and (queue_id := watcher.node.detail.get("queue id")):
+                self.queue_ids[watcher.name] = queue_id
         served = tuple(
-            ServedQueue(queue_id, watcher.name, watcher.ref)
-            for watcher in self.children.of_kind(WATCHER)
-            if watcher.ref is not None
-            and watcher.node is not None
-            and (queue_id := watcher.node.detail.get("queue id"))
+            ServedQueue(self.queue_ids[watcher.name], watcher.name, watcher.ref)
+            for watcher in watchers
+            if watcher.ref is not None and watcher.name in self.queue_ids
         )
         listener = self.children.get(*EVENTS)
         if listener is not None and listener.ref is not None and served != self.served:
