@@ -73,7 +73,7 @@ class EventListener(PeriodicChild):
     """Listens to the server's event stream; wakes watchers, cancels held runs."""
 
     KIND = ActorKind.EVENT_LISTENER
-    NAME = "EventListener"  # its name in the tree: there is one
+    NAME = ActorKind.EVENT_LISTENER.value  # its name in the tree: its kind's (there is one)
 
     def __init__(
         self,
