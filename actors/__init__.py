@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors.runtime.handle import AgentHandle, start_agent
+    from actors.agent_handle import AgentHandle, start_agent
     from actors.runtime.listener import RunListener
     from actors.runtime.settings import AgentSettings, SettingsError, settings_from_env
     from actors.status.http import StatusServer
@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 _HOMES = {
-    "AgentHandle": "actors.runtime.handle",
-    "start_agent": "actors.runtime.handle",
+    "AgentHandle": "actors.agent_handle",
+    "start_agent": "actors.agent_handle",
     "RunListener": "actors.runtime.listener",
     "AgentSettings": "actors.runtime.settings",
     "SettingsError": "actors.runtime.settings",

@@ -34,10 +34,10 @@ import gevent
 import pykka
 from gevent import monkey
 
+from actors.agent_handle import AgentHandle, start_agent
 from actors.launcher import demo
 from actors.launcher import logs as log_setup
 from actors.launcher.local_server import LocalPrefectServer
-from actors.runtime.handle import AgentHandle, start_agent
 from actors.runtime.settings import AgentSettings, SettingsError, settings_from_env
 from actors.status.http import StatusServer
 from actors.status.text import render_tree

@@ -49,7 +49,10 @@ class LostAgent:
 
 
 @dataclass(frozen=True)
-class Recovery:
+class RecoveryAction:
+    """What a peer proposes for one run of a lost agent: which kind of recovery, the state
+    proposed, and whether it is forced."""
+
     kind: RecoveryKind
     proposal: StateProposal
     force: bool = False
@@ -85,7 +88,9 @@ def latest_claim(states: Iterable[State]) -> tuple[State, AgentIdentity] | None:
     return found
 
 
-def recovery_for(run: FlowRun, claim_state: State, lost: LostAgent, host: str) -> Recovery | None:
+def recovery_for(
+    run: FlowRun, claim_state: State, lost: LostAgent, host: str
+) -> RecoveryAction | None:
     """What to propose for a run that a lost agent held (None: nothing, it has moved on)."""
     state = run.state
     if state is None:
@@ -101,16 +106,16 @@ def recovery_for(run: FlowRun, claim_state: State, lost: LostAgent, host: str) -
             f"Cancelled by a peer agent: the run's process was on a lost host ({who}) and "
             "could not be reached."
         )
-        return Recovery("cancelled", _proposal(CANCELLED, "Cancelled", message, tid))
+        return RecoveryAction("cancelled", _proposal(CANCELLED, "Cancelled", message, tid))
     if state.type == RUNNING or (state.type == PENDING and run.infrastructure_pid):
         message = f"Crashed: the run was held by {who}; a peer agent declared it lost."
-        return Recovery("crashed", _proposal(CRASHED, "Crashed", message, tid))
+        return RecoveryAction("crashed", _proposal(CRASHED, "Crashed", message, tid))
     if state.type == PENDING:
         message = (
             f"Handed back to its queue by a peer agent: it was taken by {who}, a lost agent, "
             "and no process of it is known to have started."
         )
-        return Recovery("handed-back", handed_back(run.id, claim_state, message))
+        return RecoveryAction("handed-back", handed_back(run.id, claim_state, message))
     return None
 
 

@@ -1,13 +1,16 @@
 """Supervision, in the words of Erlang/OTP, in one place.
 
 - Strategy: one-for-one. A child that fails is restarted alone; its siblings go on.
-- Restart types: the Agent's children (QueueWatchers, the CancelWatcher, the Dispatcher) are
-  *permanent*: always restarted. RunSupervisors are *temporary*: never restarted, because a
+- Restart types: the Agent's children (its watchers, the Dispatcher, the Heartbeat, Recovery,
+  the EventListener, the QueueMatcher) are *permanent*: always restarted, whether they fail in
+  their start-up or later (`actors.tree.permanent`). RunSupervisors are *temporary*: never
+  restarted, because a
   run cannot be submitted twice; when one fails, the Dispatcher hands its still-running
   process to a replacement that watches it by pid (see `RunSupervisor`).
 - Restart intensity: at most `max_restarts` restarts within `window_seconds`, across all of a
-  supervisor's children. One more and the supervisor gives up and escalates: the Agent fails,
-  and the launcher exits non-zero with the reason in the log, as a crashed service should.
+  supervisor's children. One more and the supervisor gives up and escalates: the Agent takes
+  no more runs and tells its holder, and the launcher exits non-zero with the reason in the
+  log, as a crashed service should.
 - Backoff: a child's restart waits `base * 2^(n-1)` seconds (capped), n = its recent failures:
   the agent's one retry policy (`actors.rules.retry`), without jitter.
 

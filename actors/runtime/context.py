@@ -26,7 +26,6 @@ class AgentOutcome:
     finished: threading.Event = field(default_factory=threading.Event)  # run-once: all done
     failed: threading.Event = field(default_factory=threading.Event)  # gave up (escalated)
     failure: str | None = None
-    dispatcher: Any = None  # the current Dispatcher's ref, kept for a stop after a failure
 
 
 @dataclass(frozen=True)

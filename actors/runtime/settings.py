@@ -120,6 +120,30 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         """Whether the set of watched queues is re-read: a prefix, or a whole pool."""
         return bool(self.queue_prefixes) or (self.work_pool is not None and not self.work_queues)
 
+    def followed(self) -> str:
+        """The queues followed by re-reading, in words: "work pool 'p'", "queues matching
+        'a'*", "queues matching 'a'* in work pool 'p'"."""
+        where = f"work pool {self.work_pool!r}" if self.work_pool is not None else ""
+        if self.queue_prefixes:
+            matching = f"queues matching {_prefixes(self.queue_prefixes)}"
+            return f"{matching} in {where}" if where else matching
+        return where
+
+    def describe_queues(self) -> str:
+        """What the agent serves, in words, for the line it logs as it starts."""
+        parts = [f"queue {name!r}" for name in self.work_queues]
+        if self.follows_queues:
+            whole = not self.queue_prefixes
+            parts.append(f"every queue of {self.followed()}" if whole else self.followed())
+        elif self.work_pool is not None:
+            parts = [f"{part} of work pool {self.work_pool!r}" for part in parts]
+        limit = f", limit {self.limit}" if self.limit is not None else ""
+        return ", ".join(parts) + limit
+
+
+def _prefixes(prefixes: tuple[str, ...]) -> str:
+    return ", ".join(f"{p!r}*" for p in prefixes)
+
 
 def _float_from(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)

@@ -3,7 +3,8 @@
     GET /tree               the tree as JSON
     GET /tree?format=text   the tree as indented text
     GET /healthz            200 while the Prefect server answers; 503 with the reason otherwise;
-                            a second line says the event mode (`events: stream`, ...)
+                            a second line says the event mode (`events: stream`, ...), as the
+                            EventListener's node in the tree says it
     GET /metrics            Prometheus text format
 
 It binds 127.0.0.1 unless told otherwise: the tree names runs and queues, and nothing here
@@ -23,10 +24,10 @@ import msgspec
 import pykka
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from actors.status.text import render_tree
+from actors.status.text import events_line, render_tree
 
 if TYPE_CHECKING:
-    from actors.runtime.handle import AgentHandle
+    from actors.agent_handle import AgentHandle
 
 log = logging.getLogger("prefect_actor_agent.status")
 
@@ -70,7 +71,7 @@ def _handler_for(agent: AgentHandle) -> type[BaseHTTPRequestHandler]:
                         self._send(200, msgspec.json.encode(tree), "application/json")
                 elif url.path == "/healthz":
                     ok, reason = agent.health()
-                    body = f"{reason}\n{agent.metrics.event_mode_line()}\n"
+                    body = f"{reason}\n{events_line(agent.tree(timeout=5.0))}\n"
                     self._send(200 if ok else 503, body.encode(), "text/plain")
                 elif url.path == "/metrics":
                     self._send(200, agent.metrics.exposition(), CONTENT_TYPE_LATEST)

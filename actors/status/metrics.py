@@ -122,8 +122,6 @@ class AgentMetrics:
             ["mode"],
             registry=self.registry,
         )
-        # The mode and why, as /healthz shows it; written by the EventListener only.
-        self.event_mode: tuple[str, str] = ("off", "")
         self.set_event_mode("off")
         for kind in ("crashed", "handed-back", "cancelled"):
             self.runs_recovered.labels(kind=kind)
@@ -132,16 +130,10 @@ class AgentMetrics:
         for outcome in OUTCOMES:
             self.runs_finished.labels(outcome=outcome)
 
-    def set_event_mode(self, mode: str, reason: str = "") -> None:
-        """The EventListener's mode (and, when polling, why), for /metrics and /healthz."""
-        self.event_mode = (mode, reason)
+    def set_event_mode(self, mode: str) -> None:
+        """The EventListener's mode, for /metrics (/healthz reads it off the tree)."""
         for known in EVENT_MODES:
             self.event_mode_gauge.labels(mode=known).set(1 if known == mode else 0)
-
-    def event_mode_line(self) -> str:
-        """The /healthz line: `events: stream`, `events: polling (<reason>)`, `events: off`."""
-        mode, reason = self.event_mode
-        return f"events: {mode} ({reason})" if mode == "polling" and reason else f"events: {mode}"
 
     def count_api_attempt(self, _method: str, _path: str, status: int | None) -> None:
         if status is None or status >= 400:

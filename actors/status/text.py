@@ -1,10 +1,11 @@
-"""The actor tree as an indented text a person reads at a glance (SIGUSR1, /tree?format=text)."""
+"""The actor tree as text a person reads at a glance: indented (SIGUSR1, /tree?format=text), and
+the event stream's line of /healthz."""
 
 from __future__ import annotations
 
 import time
 
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 
 
 def _age(since: float, now: float) -> str:
@@ -42,3 +43,14 @@ def render_tree(root: ActorNode, now: float | None = None) -> str:
 
     walk(root, "")
     return "\n".join(lines)
+
+
+def events_line(tree: ActorNode) -> str:
+    """The /healthz line of the event stream, read off the EventListener's node in the tree:
+    `events: stream`, `events: polling (<reason>)`, `events: off`, or the state of a listener
+    being (re)started. An agent with no EventListener (one that runs once) has events off."""
+    listener = next((n for n in tree.children if n.kind == ActorKind.EVENT_LISTENER), None)
+    if listener is None:
+        return "events: off"
+    mode, reason = listener.state, listener.detail.get("reason", "")
+    return f"events: {mode} ({reason})" if mode == "polling" and reason else f"events: {mode}"

@@ -1,94 +1,73 @@
-"""Agent: the root of the tree. It owns the watchers and the Dispatcher and restarts them.
+"""Agent: the root of the tree. It starts its children, restarts them, and shows the tree.
 
-Supervision is one-for-one with restart intensity (see `actors.rules.supervision`): a QueueWatcher,
-the CancelWatcher, the EventListener or the Dispatcher that fails is restarted alone, after a
-backoff, and goes on; too many failures in the window and the Agent gives up, stops taking
-runs and reports the failure to whoever holds it (the launcher then exits non-zero). In prefix
-mode it re-reads which queues match every `rematch_interval` and starts and stops watchers to
-follow. It also answers "show me the tree" from what its watchers told it (`WatcherStatus`)
-and the Dispatcher's answer (never blocked on the server), so `/tree` answers during an outage.
-The queues' ids the watchers tell go on to the EventListener (`ServedQueues`), and its mode
-to the CancelWatcher (`StreamHealth`).
+Supervision is one-for-one with restart intensity (see `actors.rules.supervision`): a child that
+fails is restarted alone, after a backoff. Too many failures in the window, or a failure of its
+own, and the Agent gives up: it stops taking runs and tells its holder why (`AgentOutcome`; the
+launcher then exits non-zero), and stays, so that the holder can still end the runs in flight
+through it and stop it in order.
 
-Its own server calls (the server's version, the runs an earlier life left, the queues that
-match) are made off its inbox (`actors.runtime.calls`); their answers come back as messages,
-so a child's failure or a GetTree never waits behind the server.
+Its children are one table (`actors.tree.children`), which start, restart, stop and the tree
+read; which children an agent has, how each starts and what they hear of each other is the
+Switchboard's (`actors.tree.switchboard`), told whenever a child says something new of itself
+(`ChildStatus`). An agent that follows queues (prefixes, or a whole pool) has a QueueMatcher
+tell it which match now, and starts and stops watchers to follow.
+
+It answers "show me the tree" from what its children told it and the Dispatcher's answer
+(never blocked on the server), so `/tree` answers during an outage. Its own server call (the
+server's version) is made off its inbox (`actors.runtime.calls`), as are those for the runs an
+earlier life left (`EarlierLife`): a child's failure or a GetTree never waits behind the server.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
-import msgspec
 import pykka
 
-from actors.edges.processes import (
-    HOSTNAME,
-    find_run_process,
-    owned_by_live_agent,
-    process_alive,
-)
-from actors.rules.identity import AgentIdentity
-from actors.rules.lease import Lease
-from actors.rules.reconcile import left_behind
-from actors.rules.recovery import handed_back, latest_claim
-from actors.rules.retry import ONCE, SERVER_CALLS
+from actors.rules.retry import SERVER_CALLS
 from actors.rules.server_version import ServerProfile, unknown_version_warning
-from actors.rules.supervision import RestartPolicy, Supervisor
+from actors.rules.supervision import RestartIntensityExceededError, RestartPolicy, Supervisor
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
-from actors.runtime.refs import tell_if_alive
-from actors.tree.cancel_watcher import CancelWatcher
-from actors.tree.dispatcher import Dispatcher
-from actors.tree.event_listener import EventListener
-from actors.tree.heartbeat import Heartbeat
-from actors.tree.queue_watcher import QueueWatcher
-from actors.tree.recovery import Recovery
+from actors.runtime.refs import ask, tell_if_alive
+from actors.tree.children import Child, Children
+from actors.tree.earlier_life import EarlierLife
+from actors.tree.switchboard import DISPATCHER, WATCHER, ChildActors, Switchboard
 from messages.internal.dispatch import Subscribe, Unsubscribe
-from messages.internal.events import ServedQueue, ServedQueues, StreamHealth
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     CallAnswered,
     ChildFailed,
+    ChildStatus,
     Describe,
-    DetectServer,
     DispatcherIdle,
+    GetDispatcher,
     GetTree,
     IdleCheck,
+    MatchingQueues,
     PolledOnce,
     Reconcile,
     RegisterWatcher,
-    RematchQueues,
     RestartChild,
-    TakeOver,
-    UseDispatcher,
-    WatchedQueues,
-    WatcherStatus,
 )
-from messages.user.tree import ActorNode
-from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
+from messages.user.tree import ActorKind, ActorNode
 
 log = logging.getLogger("prefect_actor_agent.agent")
 
 DESCRIBE_TIMEOUT = 0.5  # the Dispatcher answers at once: it never waits on the server
-CANCELLATIONS = "cancellations"
-HEARTBEAT = "heartbeat"
-RECOVERY = "recovery"
-EVENTS = "EventListener"
-DISPATCHER = "dispatcher"
+# The children that outlive the intake when the agent stops: the Dispatcher ends the runs in
+# flight, and the Heartbeat keeps the lease (and the worker ONLINE) while it does.
+OUTLIVE_INTAKE = frozenset({ActorKind.DISPATCHER, ActorKind.HEARTBEAT})
 
 
 class Agent(pykka.ThreadingActor):
     """Root actor: settings, the queues to watch, supervision of its children."""
 
-    def __init__(self, ctx: AgentContext) -> None:
+    def __init__(self, ctx: AgentContext, actors: ChildActors | None = None) -> None:
         super().__init__()
         self.ctx = ctx
-        self.outcome = ctx.outcome
         settings = ctx.settings
         self.supervisor = Supervisor(
             RestartPolicy(
@@ -97,98 +76,72 @@ class Agent(pykka.ThreadingActor):
                 backoff_base=settings.restart_backoff_seconds,
             )
         )
-        self.dispatcher: pykka.ActorRef[Any] | None = None
-        self.watchers: dict[str, pykka.ActorRef[Any]] = {}
-        self.cancel_watcher: pykka.ActorRef[Any] | None = None
-        self.heartbeat: pykka.ActorRef[Any] | None = None
-        self.recovery: pykka.ActorRef[Any] | None = None
-        self.event_listener: pykka.ActorRef[Any] | None = None
-        self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watcher told it
-        self.served_told: tuple[ServedQueue, ...] | None = None  # to the EventListener
-        self.stream_healthy = False  # as the EventListener last said; told the CancelWatcher
+        self.children = Children()
+        self.board = Switchboard(ctx, self.actor_ref, self.children, actors)
         self.polled_once: set[str] = set()
-        self.child_status: dict[tuple[str, str], ActorNode] = {}  # as the watchers told it
-        self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
-        # The lease outlives a restart of the Heartbeat, which alone writes it; what it says
-        # last is given to every child (re)started that acts on it.
-        self.lease = Lease(settings.lost_agent_seconds, settings.heartbeat_seconds)
-        self.lease_said = LeaseChanged(holds=True, streak_since=None)
-        self.calls: Calls | None = None
-        self.api = ctx.api.with_retry(SERVER_CALLS)  # its version and what an earlier life left
-        self.rematch_api = ctx.api.with_retry(ONCE)  # the next rematch is the retry
         self.matched_once = False
+        self.calls = Calls(ctx.calls, self.actor_ref)
+        self.earlier_life = EarlierLife(ctx, self.calls, self.board.dispatcher)
         self.state = "starting"
         self.since = time.time()
 
     def on_start(self) -> None:
-        self.calls = Calls(self.ctx.calls, self.actor_ref)
-        settings = self.ctx.settings
-        me = self.ctx.identity
+        settings, me = self.ctx.settings, self.ctx.identity
         log.info(
             "agent %r (instance %s, host %s) starting against %s: %s",
             me.name,
             me.instance,
             me.host,
             settings.api_url,
-            _describe_queues(settings),
+            settings.describe_queues(),
         )
-        self.actor_ref.tell(DetectServer())
-        self._start_heartbeat()
-        self._start_dispatcher()
-        if not settings.run_once:
-            self._start_cancel_watcher()
-            self._start_recovery()
-            self._start_event_listener()
+        api = self.ctx.api.with_retry(SERVER_CALLS)
+        self.calls.start(api.server_profile, self._server_detected, self._no_version)
+        for child in self.board.first_children():
+            self._start(child)
         for name in settings.work_queues:
-            self._start_watcher(name, create_missing=True)
-        if settings.follows_queues:
-            self.actor_ref.tell(RematchQueues())
+            self._start(self.board.watcher(name, create_missing=True))
         if settings.work_queues:
             self.actor_ref.tell(Reconcile(settings.work_queues))
         self.state, self.since = "running", time.time()
 
     def on_stop(self) -> None:
-        self.stop_watchers()
-        if self.heartbeat is not None:  # the last thing: the server's rule takes it OFFLINE
-            self.heartbeat.stop(block=False)
-            self.heartbeat = None
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """The root gives up: no new runs are taken; the holder of the agent is told why."""
-        self.stop_watchers()
-        self.outcome.failure = f"{exception_value}"
-        log.critical("agent giving up: %s", exception_value)
-        self.outcome.failed.set()
+        """Every child still running stops, in the reverse of their start: the Heartbeat last,
+        so the server's rule takes the worker OFFLINE only once the rest has stopped."""
+        self.stop_taking_runs()
+        for ref in reversed(self.children.live()):
+            ref.stop(block=False)
 
     def on_receive(self, message: Any) -> Any:
         match message:
+            case GetTree():
+                return self.tree()
+            case GetDispatcher():
+                return self.board.dispatcher()
+        try:
+            self._told(message)
+        except RestartIntensityExceededError as exc:
+            self._give_up(str(exc))
+        except Exception as exc:
+            log.exception("the Agent failed on %r", message)
+            self._give_up(str(exc))
+        return None
+
+    def _told(self, message: Any) -> None:
+        match message:
             case CallAnswered():
-                self._calls().answered(message)
-            case WatcherStatus(kind=kind, name=name, node=node) if isinstance(node, ActorNode):
-                self.child_status[(kind, name)] = node
-                if kind == "QueueWatcher":
-                    self._learn_queue_id(name, node)
-                elif kind == "EventListener":
-                    self._stream_health(node.state == "stream")
+                self.calls.answered(message)
+            case ChildStatus(kind=kind, name=name, node=node) if isinstance(node, ActorNode):
+                child = self.children.get(kind, name)
+                if child is not None:
+                    child.node = node
+                    self.board.update()
             case LeaseChanged():
-                self._lease_changed(message)
-            case Subscribe(listener=ref) if isinstance(ref, pykka.ActorRef):
-                self.listeners.append(ref)
-                if self.dispatcher is not None:
-                    tell_if_alive(self.dispatcher, message)
-            case Unsubscribe(listener=ref):
-                self.listeners = [known for known in self.listeners if known != ref]
-                if self.dispatcher is not None:
-                    tell_if_alive(self.dispatcher, message)
-            case DetectServer():
-                self._detect_server()
-            case RematchQueues():
-                self._rematch()
+                self.board.lease(message)
+            case Subscribe() | Unsubscribe():
+                self.board.subscribe(message)
+            case MatchingQueues(names=names):
+                self._matched(set(names))
             case PolledOnce(queue_name=name):
                 self.polled_once.add(name)
                 self._check_run_once_done()
@@ -198,48 +151,26 @@ class Agent(pykka.ThreadingActor):
                 self._child_failed(kind, name, error)
             case RestartChild(kind=kind, name=name):
                 self._restart(kind, name)
-            case GetTree():
-                return self.tree()
             case Reconcile(queue_names=names):
-                self._reconcile(names)
+                self.earlier_life.reconcile(names)
             case _:
                 log.warning("unexpected message %r", message)
-        return None
 
-    # -- children ----------------------------------------------------------------------------------
-
-    def _calls(self) -> Calls:
-        if self.calls is None:
-            raise RuntimeError("the Agent has not started")
-        return self.calls
-
-    def _start_dispatcher(self) -> None:
-        self.dispatcher = Dispatcher.start(
-            self.ctx, self.actor_ref, tuple(self.listeners), self.lease_said
-        )
-        self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
-        self.outcome.dispatcher = self.dispatcher
-        self.supervisor.record("Dispatcher", DISPATCHER)
-        for name, watcher in self.watchers.items():
-            self.dispatcher.tell(RegisterWatcher(name, watcher))
-            tell_if_alive(watcher, UseDispatcher(self.dispatcher))
-        for other in (self.cancel_watcher, self.recovery, self.event_listener):
-            if other is not None:
-                tell_if_alive(other, UseDispatcher(self.dispatcher))
-
-    def _the_dispatcher(self) -> pykka.ActorRef[Any]:
-        if self.dispatcher is None:
-            raise RuntimeError("the Dispatcher is not running")
-        return self.dispatcher
-
-    def _detect_server(self) -> None:
-        """Log which server this is; a server without work pools cannot serve `--pool`."""
-        self._calls().start(self.api.server_profile, self._server_detected, self._no_version)
+    def _give_up(self, reason: str) -> None:
+        """Escalate to the holder of the agent: no new runs are taken; it is told why."""
+        if self.ctx.outcome.failed.is_set():
+            return
+        self.stop_taking_runs()
+        self.ctx.outcome.failure = reason
+        log.critical("agent giving up: %s", reason)
+        self.state = "gave up"
+        self.ctx.outcome.failed.set()
 
     def _no_version(self, exc: Exception) -> None:
         log.warning("could not read the server's version: %s", exc)
 
     def _server_detected(self, profile: ServerProfile) -> None:
+        """Log which server this is; a server without work pools cannot serve `--pool`."""
         warning = unknown_version_warning(profile)
         if warning is not None:
             log.warning("%s", warning)
@@ -247,422 +178,127 @@ class Agent(pykka.ThreadingActor):
             log.info("serving %s", profile.describe())
         pool = self.ctx.settings.work_pool
         if pool is not None and not profile.has_work_pools:
-            raise RuntimeError(
+            self._give_up(
                 f"--pool {pool!r}: {profile.describe()} has no work pools (they came with "
                 "Prefect 2.10); serve its queues with -q instead"
             )
 
-    def _start_watcher(self, name: str, create_missing: bool) -> None:
-        dispatcher = self._the_dispatcher()
-        ref = QueueWatcher.start(
-            self.ctx, name, dispatcher, self.actor_ref, create_missing, self.ctx.settings.work_pool
-        )
-        self.watchers[name] = ref
-        self.supervisor.record("QueueWatcher", name)
-        dispatcher.tell(RegisterWatcher(name, ref))
-        self._tell_cancel_watcher()
+    # -- children: each new life, and whom it concerns ---------------------------------------------
 
-    def _start_heartbeat(self) -> None:
-        self.heartbeat = Heartbeat.start(self.ctx, self.actor_ref, self.lease)
-        self.supervisor.record("Heartbeat", HEARTBEAT)
+    def _start(self, child: Child) -> None:
+        """Add a child to the table and start its first life."""
+        self.children.add(child)
+        self._new_life(child)
 
-    def _start_recovery(self) -> None:
-        self.recovery = Recovery.start(
-            self.ctx,
-            self.actor_ref,
-            self._the_dispatcher(),
-            tuple(sorted(self.watchers)),
-            self.lease_said,
-        )
-        self.supervisor.record("Recovery", RECOVERY)
+    def _new_life(self, child: Child) -> None:
+        child.ref, child.node = child.new_life(), None  # what the last life told is not its own
+        self.supervisor.record(child.kind, child.name, child.restart)
+        child.started()
+        if child.key == DISPATCHER:
+            self._check_run_once_done()  # a run-once IdleCheck told to a failed one is asked again
 
-    def _start_cancel_watcher(self) -> None:
-        self.cancel_watcher = CancelWatcher.start(
-            self.ctx,
-            self._the_dispatcher(),
-            self.actor_ref,
-            tuple(sorted(self.watchers)),
-            self.stream_healthy,
-        )
-        self.supervisor.record("CancelWatcher", CANCELLATIONS)
+    def _drop(self, child: Child) -> None:
+        """A child no longer wanted: out of the table and the tree, and stopped."""
+        self.children.remove(child.kind, child.name)
+        self.supervisor.forget(child.kind, child.name)
+        if child.kind == WATCHER:
+            self.board.tell_dispatcher(RegisterWatcher(child.name, None))  # not served now
+        if child.ref is not None:
+            child.ref.stop(block=False)
 
-    def _start_event_listener(self) -> None:
-        self.event_listener = EventListener.start(self.ctx, self.actor_ref, self._the_dispatcher())
-        self.supervisor.record("EventListener", EVENTS)
-        self.served_told = None
-        self._tell_event_listener()
-
-    def _lease_changed(self, said: LeaseChanged) -> None:
-        """Those who act for runs hear what the lease says: the Dispatcher (and through it
-        every RunSupervisor), and Recovery (its streak; the check after a reconnection)."""
-        self.lease_said = msgspec.structs.replace(said, reconnected=False)  # told once
-        for ref in (self.dispatcher, self.recovery):
-            if ref is not None:
-                tell_if_alive(ref, said)
-
-    def _tell_cancel_watcher(self) -> None:
-        """The CancelWatcher and Recovery look at the runs of the queues served now."""
-        for ref in (self.cancel_watcher, self.recovery):
-            if ref is not None:
-                tell_if_alive(ref, WatchedQueues(tuple(sorted(self.watchers))))
-        self._tell_event_listener()
-
-    def _learn_queue_id(self, name: str, node: ActorNode) -> None:
-        """Events name a queue by its id, which its watcher learns when it reads the queue."""
-        queue_id = node.detail.get("queue id")
-        if queue_id and self.queue_ids.get(name) != queue_id:
-            self.queue_ids[name] = queue_id
-            self._tell_event_listener()
-
-    def _tell_event_listener(self) -> None:
-        """The EventListener subscribes to the queues served now whose ids are known (and
-        wakes their watchers): told again whenever that changes."""
-        if self.event_listener is None:
-            return
-        served = tuple(
-            ServedQueue(self.queue_ids[name], name, ref)
-            for name, ref in sorted(self.watchers.items())
-            if name in self.queue_ids
-        )
-        if served != self.served_told:
-            self.served_told = served
-            tell_if_alive(self.event_listener, ServedQueues(served))
-
-    def _stream_health(self, healthy: bool) -> None:
-        """The CancelWatcher polls slowly while the event stream is healthy."""
-        if healthy != self.stream_healthy:
-            self.stream_healthy = healthy
-            if self.cancel_watcher is not None:
-                tell_if_alive(self.cancel_watcher, StreamHealth(healthy))
-
-    def _stop_watcher(self, name: str) -> None:
-        ref = self.watchers.pop(name, None)
-        self.supervisor.forget("QueueWatcher", name)
-        if self.dispatcher is not None:
-            tell_if_alive(self.dispatcher, RegisterWatcher(name, None))
-        if ref is not None:
-            ref.stop(block=False)
-        self._tell_cancel_watcher()
-
-    def stop_watchers(self) -> None:
-        """Take no new runs (the first step of stopping): stop every watcher."""
-        for name in list(self.watchers):
-            self._stop_watcher(name)
-        for ref in (self.cancel_watcher, self.recovery, self.event_listener):
-            if ref is not None:
-                ref.stop(block=False)
-        self.cancel_watcher = self.recovery = self.event_listener = None
+    def stop_taking_runs(self) -> None:
+        """Take no new runs (the first step of stopping): stop every child but those that
+        outlive the intake, in the reverse of their start."""
+        for child in reversed(list(self.children)):
+            if child.kind not in OUTLIVE_INTAKE:
+                self._drop(child)
         self.state, self.since = "stopping", time.time()
 
-    def _child_failed(self, kind: str, name: str, error: str) -> None:
+    # -- supervision -------------------------------------------------------------------------------
+
+    def _child_failed(self, kind: ActorKind, name: str, error: str) -> None:
         """One-for-one: restart the failed child alone, after its backoff; or escalate."""
         self.ctx.metrics.restarts.labels(kind=kind).inc()
-        self._forget_child(kind, name)
+        child = self.children.get(kind, name)
+        if child is None:
+            return  # dropped meanwhile: no longer wanted
+        child.ref = None  # pykka is stopping it; its row waits for the restart
+        self.board.update()  # without an EventListener, cancellations come by poll
         delay = self.supervisor.child_failed(kind, name, error, time.monotonic())  # may escalate
         restarts = self.supervisor.record(kind, name).restarts
         log.error("%s %r failed (%s); restart %d in %.1fs", kind, name, error, restarts, delay)
         self.ctx.clock.tell_later(delay, self.actor_ref, RestartChild(kind, name))
 
-    def _forget_child(self, kind: str, name: str) -> None:
-        """Drop the ref of a child that failed (it is being stopped by pykka)."""
-        if kind == "QueueWatcher":
-            self.watchers.pop(name, None)
-        elif kind == "CancelWatcher":
-            self.cancel_watcher = None
-        elif kind == "Heartbeat":
-            self.heartbeat = None
-        elif kind == "Recovery":
-            self.recovery = None
-        elif kind == "EventListener":
-            self.event_listener = None
-            self._stream_health(False)  # until a new one is subscribed, cancels come by poll
-        elif kind == "Dispatcher":
-            self.dispatcher = None
-
-    def _restart(self, kind: str, name: str) -> None:
-        """Start the child again unless it runs already (or the agent is stopping)."""
-        if self.state == "stopping":
-            return
-        starters: dict[str, tuple[bool, Callable[[], None]]] = {
-            "Dispatcher": (self.dispatcher is None, self._start_dispatcher),
-            "CancelWatcher": (self.cancel_watcher is None, self._start_cancel_watcher),
-            "Heartbeat": (self.heartbeat is None, self._start_heartbeat),
-            "Recovery": (self.recovery is None, self._start_recovery),
-            "EventListener": (self.event_listener is None, self._start_event_listener),
-            "QueueWatcher": (
-                name not in self.watchers,
-                lambda: self._start_watcher(name, name in self.ctx.settings.work_queues),
-            ),
-        }
-        missing, start = starters[kind]
-        if missing:
+    def _restart(self, kind: ActorKind, name: str) -> None:
+        """Start the child again unless it runs already, is no longer wanted, or the agent
+        takes no more runs."""
+        child = self.children.get(kind, name)
+        if self.state == "running" and child is not None and child.ref is None:
             log.info("restarting %s %r", kind, name)
-            start()
-
-    # -- the tree ----------------------------------------------------------------------------------
+            self._new_life(child)
 
     def tree(self) -> ActorNode:
-        """The live tree: every child asked at once, a busy one shown as such, not waited on."""
-        children: list[tuple[str, str, pykka.ActorRef[Any] | None]] = [
-            ("QueueWatcher", name, ref) for name, ref in sorted(self.watchers.items())
-        ]
-        children.append(("CancelWatcher", CANCELLATIONS, self.cancel_watcher))
-        children.append(("EventListener", EVENTS, self.event_listener))
-        children.append(("Heartbeat", HEARTBEAT, self.heartbeat))
-        children.append(("Recovery", RECOVERY, self.recovery))
-        children.append(("Dispatcher", DISPATCHER, self.dispatcher))
-        asked = [
-            (kind, name, ref, self._ask_dispatcher(ref) if kind == "Dispatcher" else None)
-            for kind, name, ref in children
-            if ref is not None or (kind, name) in self.supervisor.children
-        ]
-        deadline = time.monotonic() + DESCRIBE_TIMEOUT
-        nodes = []
-        for kind, name, ref, future in asked:
-            node = self.child_status.get((kind, name)) if ref is not None else None
-            if future is not None:
-                try:
-                    node = future.get(timeout=max(0.0, deadline - time.monotonic()))
-                except pykka.Timeout:
-                    node = ActorNode(
-                        kind=kind,
-                        name=name,
-                        state="busy (no answer within 0.5s)",
-                        since=time.time(),
-                    )
-                except pykka.ActorDeadError:
-                    node = None
-            if node is None and ref is not None:
-                node = ActorNode(kind=kind, name=name, state="starting", since=self.since)
-            if node is None:
-                node = ActorNode(kind=kind, name=name, state="restarting", since=time.time())
-            record = self.supervisor.record(kind, name)
-            nodes.append(
-                ActorNode(
-                    kind=node.kind,
-                    name=node.name,
-                    state=node.state,
-                    since=node.since,
-                    restart=record.restart,
-                    restarts=record.restarts,
-                    last_failure=record.last_failure,
-                    detail=node.detail,
-                    children=node.children,
-                )
-            )
+        """The live tree: the Dispatcher asked (it never waits on the server, so a busy one is
+        shown as such, not waited on), the others as they last told it."""
+        answers: dict[tuple[ActorKind, str], ActorNode] = {}
+        dispatcher = self.board.dispatcher()
+        try:
+            if dispatcher is not None:
+                answers[DISPATCHER] = ask(dispatcher, Describe(), ActorNode, DESCRIBE_TIMEOUT)
+        except pykka.Timeout:
+            kind, name, busy = *DISPATCHER, "busy (no answer within 0.5s)"
+            answers[DISPATCHER] = ActorNode(kind=kind, name=name, state=busy, since=time.time())
+        except pykka.ActorDeadError:
+            pass  # it failed: shown as starting until the Agent hears of it
+        me = self.ctx.identity
         return ActorNode(
-            kind="Agent",
+            kind=ActorKind.AGENT,
             name="agent",
             state=self.state,
             since=self.since,
             restarts=self.supervisor.total_restarts(),
             detail={
                 "api": self.ctx.settings.api_url,
-                "name": self.ctx.identity.name,
-                "instance": self.ctx.identity.instance,
-                "host": self.ctx.identity.host,
+                "name": me.name,
+                "instance": me.instance,
+                "host": me.host,
             },
-            children=tuple(nodes),
+            children=self.children.shown(self.supervisor, answers, self.since),
         )
 
-    def _ask_dispatcher(self, ref: pykka.ActorRef[Any] | None) -> Any:
-        """The Dispatcher's subtree, asked with a deadline: it holds the RunSupervisors' last
-        status and never waits on the server, so it answers within the deadline."""
-        return ref.ask(Describe(), block=False) if ref is not None else None
+    # -- following queues, running once ------------------------------------------------------------
 
-    # -- after a crash ----------------------------------------------------------------
-
-    def _reconcile(self, queue_names: tuple[str, ...]) -> None:
-        """Take over what an earlier life of this agent left: runs of these queues, Pending or
-        Running, whose process was started on this host and is not another live agent's; and
-        runs it left Pending with no pid recorded, whose claim names this agent (its process is
-        found by the run's environment, or the run goes back to its queue)."""
-
-        def unreadable(exc: Exception) -> None:
-            log.warning("could not look for runs left by an earlier agent: %s", exc)
-
-        def read() -> tuple[list[FlowRun], list[tuple[FlowRun, State]]]:
-            runs = self.api.runs_in_states(
-                list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
-            )
-            unrecorded = []
-            for run in runs:
-                if run.infrastructure_pid or run.state is None or run.state.type != PENDING:
-                    continue
-                found = latest_claim(self.api.read_flow_run_states(run.id))
-                if found is not None and self._earlier_life(found[1]):
-                    unrecorded.append((run, found[0]))
-            return runs, unrecorded
-
-        self._calls().start(read, self._take_over, unreadable)
-
-    def _earlier_life(self, claim: AgentIdentity) -> bool:
-        """A claim of an instance of this agent on this host whose process is gone (another
-        agent of the same name on this host may be alive: its runs are its own)."""
-        me = self.ctx.identity
-        return (
-            claim.name == me.name
-            and claim.host == me.host
-            and claim.instance != me.instance
-            and claim.pid is not None
-            and not process_alive(claim.pid)
-        )
-
-    def _take_over(self, found: tuple[list[FlowRun], list[tuple[FlowRun, State]]]) -> None:
-        runs, unrecorded = found
-        for run in left_behind(runs, HOSTNAME, owned_by_live_agent):
-            log.info(
-                "flow run %s (%s) was left %s by an earlier agent on this host: taking it over",
-                run.id,
-                run.name,
-                run.state.type if run.state else "?",
-            )
-            tell_if_alive(self._the_dispatcher(), TakeOver(run.id))
-        for run, claim_state in unrecorded:
-            pid = find_run_process(run.id)
-            if pid is not None and not owned_by_live_agent(pid):
-                log.info(
-                    "flow run %s (%s) was left Pending by an earlier life of this agent, its "
-                    "pid unrecorded; its process %d is alive: taking it over",
-                    run.id,
-                    run.name,
-                    pid,
-                )
-                tell_if_alive(self._the_dispatcher(), TakeOver(run.id, pid))
-            elif pid is None:
-                self._hand_back(run, claim_state)
-
-    def _hand_back(self, run: FlowRun, claim_state: State) -> None:
-        """A run an earlier life took (Pending) but never started: back to its queue.
-
-        In the call pool, in this order: no process of the run on this host, then the run
-        still in the same Pending, then the proposal. A process that ended meanwhile reported
-        its final state before it exited, so the read after the search sees it: a Scheduled
-        proposal, which the server would take even over Completed, is never sent then."""
-        proposal = handed_back(
-            run.id,
-            claim_state,
-            "Handed back to its queue by its agent after a restart: the agent's earlier life "
-            "took it but no process of it was started.",
-        )
-
-        def hand_back() -> str:
-            if find_run_process(run.id) is not None:
-                return "its process is alive"
-            now = self.api.read_flow_run(run.id)
-            if now.state is None or now.state.id != claim_state.id:
-                return "it moved on"
-            result = self.api.set_state(run.id, proposal)
-            return "handed back" if result.status == "ACCEPT" else f"refused ({result.status})"
-
-        def done(what: str) -> None:
-            log.info("flow run %s (%s), left Pending unstarted: %s", run.id, run.name, what)
-
-        def failed(exc: Exception) -> None:
-            log.warning("flow run %s: could not hand it back: %s", run.id, exc)
-
-        self._calls().start(hand_back, done, failed)
-
-    # -- prefix mode -------------------------------------------------------------------------------
-
-    def _matching_queues(self) -> set[str]:
-        """The queues to watch now: those of the pool (matching the prefixes, if any), or every
-        queue matching the prefixes."""
-        settings = self.ctx.settings
-        if settings.work_pool is None:
-            matching = self.rematch_api.match_work_queues(settings.queue_prefixes)
-            return {queue.name for queue in matching}
-        names = {queue.name for queue in self.rematch_api.pool_queues(settings.work_pool)}
-        if settings.queue_prefixes:
-            names = {n for n in names if n.startswith(settings.queue_prefixes)}
-        return names
-
-    def _rematch(self) -> None:
-        if self.state == "stopping":
+    def _matched(self, matched: set[str]) -> None:
+        """Start and stop watchers to follow the queues that match now (QueueMatcher)."""
+        if self.state != "running":
             return
-        self._calls().start(
-            self._matching_queues,
-            self._rematched,
-            self._rematch_failed,
-        )
-
-    def _rematch_failed(self, exc: Exception) -> None:
-        log.warning("could not read the work queues of %s: %s", _followed(self.ctx.settings), exc)
-        self._rematched(None)
-
-    def _rematched(self, matched: set[str] | None) -> None:
-        """Start and stop watchers to follow the queues that match now (None: unknown)."""
-        settings = self.ctx.settings
-        if self.state == "stopping":
-            return
-        if matched is not None:
-            dynamic = set(self.watchers) - set(settings.work_queues)
-            added = sorted(matched - dynamic - set(settings.work_queues))
-            removed = sorted(dynamic - matched)
-            if added:
-                log.info("matched new work queues: %s", ", ".join(added))
-            if removed:
-                log.info("work queues no longer matched: %s", ", ".join(removed))
+        fixed = set(self.ctx.settings.work_queues)
+        dynamic = set(self.children.names(WATCHER)) - fixed
+        added, removed = sorted(matched - dynamic - fixed), sorted(dynamic - matched)
+        if added:
+            log.info("matched new work queues: %s", ", ".join(added))
             for name in added:
-                self._start_watcher(name, create_missing=False)
-            if added:
-                self.actor_ref.tell(Reconcile(tuple(added)))
-            for name in removed:
-                self._stop_watcher(name)
-            if not self.matched_once and not matched:
-                if settings.queue_prefixes:
-                    pool = settings.work_pool
-                    where = f" in work pool {pool!r}" if pool is not None else ""
-                    log.info(
-                        "no work queue matches %s%s yet", _prefixes(settings.queue_prefixes), where
-                    )
-                else:
-                    log.info("%s has no queues yet", _followed(settings))
-            self.matched_once = True
-        if settings.run_once:
-            self._check_run_once_done()
-        else:
-            self.ctx.clock.tell_later(settings.rematch_interval, self.actor_ref, RematchQueues())
-
-    # -- run once ----------------------------------------------------------------------------------
+                self._start(self.board.watcher(name, create_missing=False))
+            self.actor_ref.tell(Reconcile(tuple(added)))
+        if removed:
+            log.info("work queues no longer matched: %s", ", ".join(removed))
+            for child in self.children.of_kind(WATCHER):
+                if child.name in removed:
+                    self._drop(child)
+            self.board.update()
+        self.matched_once = True
+        self._check_run_once_done()
 
     def _check_run_once_done(self, idle: bool = False) -> None:
-        settings = self.ctx.settings
-        if not settings.run_once or self.outcome.finished.is_set() or self.dispatcher is None:
+        settings, outcome, dispatcher = self.ctx.settings, self.ctx.outcome, self.board.dispatcher()
+        if not settings.run_once or outcome.finished.is_set() or dispatcher is None:
             return
         if settings.follows_queues and not self.matched_once:
             return
-        if not set(self.watchers) <= self.polled_once:
+        if not set(self.children.names(WATCHER)) <= self.polled_once:
             return
         if not idle:
-            tell_if_alive(self.dispatcher, IdleCheck())  # answered with DispatcherIdle
+            tell_if_alive(dispatcher, IdleCheck())  # answered with DispatcherIdle
             return
         log.info("run once: every queue polled and every run taken has ended")
-        self.outcome.finished.set()
-
-
-def _prefixes(prefixes: tuple[str, ...]) -> str:
-    return ", ".join(f"{p!r}*" for p in prefixes)
-
-
-def _followed(settings: Any) -> str:
-    """The queues followed by re-reading, in words: 'work pool 'p'', 'queues matching 'a'*'."""
-    where = f"work pool {settings.work_pool!r}" if settings.work_pool is not None else ""
-    if settings.queue_prefixes:
-        matching = f"queues matching {_prefixes(settings.queue_prefixes)}"
-        return f"{matching} in {where}" if where else matching
-    return where
-
-
-def _describe_queues(settings: Any) -> str:
-    parts = [f"queue {name!r}" for name in settings.work_queues]
-    if settings.follows_queues:
-        parts.append(
-            _followed(settings)
-            if settings.queue_prefixes
-            else f"every queue of {_followed(settings)}"
-        )
-    elif settings.work_pool is not None:
-        parts = [f"{part} of work pool {settings.work_pool!r}" for part in parts]
-    limit = f", limit {settings.limit}" if settings.limit is not None else ""
-    return ", ".join(parts) + limit
+        outcome.finished.set()

@@ -7,7 +7,8 @@ a run it no longer holds. A run is not sent again for a while, so a slow kill is
 
 While the server's event stream is healthy (the Agent says so, `StreamHealth`), cancellations
 come by event and this poll is the safety net, every `--stream-cancel-poll-interval`; when the
-stream is lost it polls at once, then every `--cancel-poll-interval`.
+stream is lost it polls at once, then every `--cancel-poll-interval`. Its poll is the tick of
+a periodic child (`actors.tree.periodic`), which waits on the server in its own inbox.
 """
 
 from __future__ import annotations
@@ -20,20 +21,12 @@ import pykka
 
 from actors.edges.prefect_api import ApiError
 from actors.rules.retry import ONCE
-from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
-from actors.runtime.refs import tell_if_alive
+from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import Cancel
 from messages.internal.events import StreamHealth
-from messages.internal.lifecycle import (
-    ChildFailed,
-    Describe,
-    Poll,
-    UseDispatcher,
-    WatchedQueues,
-    WatcherStatus,
-)
-from messages.user.tree import ActorNode
+from messages.internal.lifecycle import WatchedQueues
+from messages.user.tree import ActorKind
 from messages.wire.prefect import (
     CANCELLED,
     CANCELLING,
@@ -58,60 +51,41 @@ def cancelling_runs_filter(queues: tuple[str, ...]) -> FlowRunFilter:
     )
 
 
-class CancelWatcher(pykka.ThreadingActor):
+class CancelWatcher(PeriodicChild):
     """Polls for cancellation requests (permanent child of the Agent)."""
+
+    KIND = ActorKind.CANCEL_WATCHER
+    NAME = "cancellations"  # its name in the tree: there is one
 
     def __init__(
         self,
         ctx: AgentContext,
-        dispatcher: pykka.ActorRef[Any],
         agent: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any] | None,
         queues: tuple[str, ...] = (),
         stream_healthy: bool = False,
     ) -> None:
-        super().__init__()
-        self.ctx = ctx
+        super().__init__(ctx, agent, self.NAME, dispatcher)
         self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
-        self.dispatcher = dispatcher
-        self.agent = agent
         self.queues = queues
         self.stream_healthy = stream_healthy  # cancellations come by event: poll slowly
         self.sent: dict[str, float] = {}  # run id -> when its Cancel was sent (monotonic)
-        self.next_poll: Timer | None = None
-        self.phase = "starting"
-        self.since = time.time()
 
-    def on_start(self) -> None:
-        self.actor_ref.tell(Poll())
+    def tick(self) -> float:
+        self._poll()
+        return self._interval()
 
-    def on_stop(self) -> None:
-        if self.next_poll is not None:
-            self.next_poll.cancel()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed("CancelWatcher", "cancellations", repr(exc_info[1])))
-
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: object) -> bool:
         match message:
             case WatchedQueues(names=names):
                 self.queues = names
                 if names and self.phase == "no queues yet":
-                    self._set_phase("polling")
-                self._report_status()
-            case Describe():
-                return self._describe()
-            case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
-                self.dispatcher = ref
-            case Poll():
-                self._poll()
-                self.next_poll = self.ctx.clock.tell_later(
-                    self._interval(), self.actor_ref, Poll()
-                )
+                    self.set_phase("polling")
             case StreamHealth(healthy=healthy):
                 self._stream_health(healthy)
             case _:
-                log.warning("unexpected message %r", message)
-        return None
+                return False
+        return True
 
     def _interval(self) -> float:
         settings = self.ctx.settings
@@ -125,36 +99,18 @@ class CancelWatcher(pykka.ThreadingActor):
             return
         self.stream_healthy = healthy
         if not healthy:
-            if self.next_poll is not None:
-                self.next_poll.cancel()
-            self.actor_ref.tell(Poll())
-        self._report_status()
+            self.tick_now()
 
-    def _describe(self) -> ActorNode:
-        return ActorNode(
-            kind="CancelWatcher",
-            name="cancellations",
-            state=self.phase,
-            since=self.since,
-            detail={
-                "queues": ", ".join(self.queues),
-                "every": f"{self._interval():g}s"
-                + (" (the event stream is healthy)" if self.stream_healthy else ""),
-            },
-        )
-
-    def _set_phase(self, phase: str) -> None:
-        if phase != self.phase:
-            self.phase, self.since = phase, time.time()
-            self._report_status()
-
-    def _report_status(self) -> None:
-        """The Agent shows the tree from what it is told, never waiting on a poll."""
-        tell_if_alive(self.agent, WatcherStatus("CancelWatcher", "cancellations", self._describe()))
+    def detail(self) -> dict[str, str]:
+        return {
+            "queues": ", ".join(self.queues),
+            "every": f"{self._interval():g}s"
+            + (" (the event stream is healthy)" if self.stream_healthy else ""),
+        }
 
     def _poll(self) -> None:
         if not self.queues:
-            self._set_phase("no queues yet")
+            self.set_phase("no queues yet")
             return
         try:
             runs = self.api.filter_flow_runs(
@@ -162,9 +118,9 @@ class CancelWatcher(pykka.ThreadingActor):
             )
         except (ApiError, ApiDecodeError) as exc:
             log.warning("could not look for runs to cancel: %s", exc)
-            self._set_phase(f"error: {exc}")
+            self.set_phase(f"error: {exc}")
             return
-        self._set_phase("polling")
+        self.set_phase("polling")
         now = time.monotonic()
         self.sent = {
             run_id: at for run_id, at in self.sent.items() if now - at < RESEND_AFTER_SECONDS
@@ -174,4 +130,4 @@ class CancelWatcher(pykka.ThreadingActor):
                 continue
             self.sent[run.id] = now
             log.info("flow run %s (%s) is to be cancelled", run.id, run.name)
-            tell_if_alive(self.dispatcher, Cancel(run.id, "cancellation requested on the server"))
+            self.tell_dispatcher(Cancel(run.id, "cancellation requested on the server"))

@@ -34,6 +34,7 @@ from actors.rules.share import Contests
 from actors.rules.supervision import TEMPORARY
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from actors.tree.run_supervisor import RunSupervisor
 from messages.internal.dispatch import (
     Admitted,
@@ -51,10 +52,9 @@ from messages.internal.dispatch import (
 )
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
-    ChildFailed,
+    CountHeldRuns,
     Describe,
     DispatcherIdle,
-    HeldRuns,
     IdleCheck,
     Interrupt,
     InterruptRuns,
@@ -72,7 +72,7 @@ from messages.internal.run_steps import (
     TakeOverRun,
 )
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
@@ -80,8 +80,11 @@ log = logging.getLogger("prefect_actor_agent.dispatcher")
 RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
 
 
-class Dispatcher(pykka.ThreadingActor):
+class Dispatcher(PermanentChild):
     """Limit and de-duplication; parent of every RunSupervisor (permanent child of the Agent)."""
+
+    KIND = ActorKind.DISPATCHER
+    NAME = "dispatcher"  # its name in the tree: there is one
 
     def __init__(
         self,
@@ -90,9 +93,8 @@ class Dispatcher(pykka.ThreadingActor):
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
         lease: LeaseChanged | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(agent, self.NAME)
         self.ctx = ctx
-        self.agent = agent
         self.held: dict[str, pykka.ActorRef[Any]] = {}
         self.status: dict[str, RunStatus] = {}
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
@@ -110,11 +112,8 @@ class Dispatcher(pykka.ThreadingActor):
         self.contests = Contests()  # the queues another agent took a run of first
         self.since = time.time()
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
         self._rebuild_from_live_supervisors()
-
-    def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed("Dispatcher", "dispatcher", repr(exc_info[1])))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -150,7 +149,7 @@ class Dispatcher(pykka.ThreadingActor):
                 self.listeners.append(ref)
             case Unsubscribe(listener=ref):
                 self.listeners = [known for known in self.listeners if known != ref]
-            case HeldRuns():
+            case CountHeldRuns():
                 return len(self.held)
             case IdleCheck():
                 if not self.held:
@@ -366,7 +365,7 @@ class Dispatcher(pykka.ThreadingActor):
             message.error,
             message.pid,
         )
-        self.ctx.metrics.restarts.labels(kind="RunSupervisor").inc()
+        self.ctx.metrics.restarts.labels(kind=ActorKind.RUN_SUPERVISOR).inc()
         self._supervise(message.flow_run_id, InheritProcess(message.pid, message.error))
 
     def _taken(self, run_id: str) -> None:
@@ -441,7 +440,7 @@ class Dispatcher(pykka.ThreadingActor):
         limit = self.ctx.settings.limit
         children = tuple(
             ActorNode(
-                kind="RunSupervisor",
+                kind=ActorKind.RUN_SUPERVISOR,
                 name=run_id,
                 state=status.state if status else "starting",
                 since=status.since if status else self.since,
@@ -455,7 +454,7 @@ class Dispatcher(pykka.ThreadingActor):
         if not self.lease.holds:
             held += "; taking no runs (heartbeat lease lapsed)"
         return ActorNode(
-            kind="Dispatcher", name="dispatcher", state=held, since=self.since, children=children
+            kind=self.KIND, name=self.name, state=held, since=self.since, children=children
         )
 
 

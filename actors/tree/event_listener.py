@@ -22,7 +22,10 @@ abandoned session still says is dropped. The inbox never blocks on the socket, e
 `close` (at most a second, when the server does not answer a close). When the served queues
 change, a new session subscribes to the new set; each session that opens wakes every watcher
 once, for what was announced while none was subscribed. The Agent hears the mode through
-`WatcherStatus` and tells the CancelWatcher whether the stream is healthy.
+`ChildStatus` and tells the CancelWatcher whether the stream is healthy.
+
+It is a periodic child (`actors.tree.periodic`) whose tick opens a session: the first once the
+served queues have settled, each later one after its backoff. Its mode is its phase.
 """
 
 from __future__ import annotations
@@ -45,12 +48,11 @@ from actors.rules.event_filter import (
     subscription,
 )
 from actors.rules.retry import RetryPolicy
-from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import Cancel
 from messages.internal.events import (
-    Connect,
     EventWake,
     ServedQueue,
     ServedQueues,
@@ -58,30 +60,28 @@ from messages.internal.events import (
     StreamEvent,
     StreamOpened,
 )
-from messages.internal.lifecycle import ChildFailed, Describe, UseDispatcher, WatcherStatus
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind
 from messages.wire.events import Event, FilterMessage
 
 log = logging.getLogger("prefect_actor_agent.events")
 
-NAME = "EventListener"
 SETTLE_SECONDS = 0.2  # queues learnt within this long are subscribed to in one session
 RECONNECT_BASE_SECONDS = 1.0
 
 
-class EventListener(pykka.ThreadingActor):
+class EventListener(PeriodicChild):
     """Listens to the server's event stream; wakes watchers, cancels held runs."""
+
+    KIND = ActorKind.EVENT_LISTENER
+    NAME = ActorKind.EVENT_LISTENER.value  # its name in the tree: its kind's (there is one)
 
     def __init__(
         self,
         ctx: AgentContext,
         agent: pykka.ActorRef[Any],
-        dispatcher: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any] | None,
     ) -> None:
-        super().__init__()
-        self.ctx = ctx
-        self.agent = agent
-        self.dispatcher = dispatcher
+        super().__init__(ctx, agent, self.NAME, dispatcher)
         settings = ctx.settings
         self.url = shown_url(events_url(settings.api_url))
         self.backoff = RetryPolicy(
@@ -96,32 +96,31 @@ class EventListener(pykka.ThreadingActor):
         self.failures = 0  # sessions in a row that did not open, or ended soon after opening
         self.opened_at: float | None = None  # monotonic time the current session opened
         self.no_events = False  # the server said it has no event stream
-        self.next_connect: Timer | None = None
-        self.connect_due: float | None = None  # monotonic time of next_connect
+        self.connect_due: float | None = None  # monotonic time of the next session's tick
         self.recent = RecentEvents()
-        self.mode = "off" if settings.events == "off" else "connecting"
+        self.phase = "off" if settings.events == "off" else "connecting"  # its mode
         self.reason = ""
-        self.since = time.time()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def on_start(self) -> None:
-        if self.mode == "off":
+    def begin(self) -> None:
+        """No session until the Agent tells which queues are served (`ServedQueues`)."""
+        self.ctx.metrics.set_event_mode(self.phase)
+        if self.phase == "off":
             log.info(
                 "event stream off (--events off): polling every %g s",
                 self.ctx.settings.query_interval,
             )
-        self._report()
 
-    def on_stop(self) -> None:
-        self._cancel_connect()
+    def clean_up(self) -> None:
+        super().clean_up()
+        self.connect_due = None
         self._end_session()
 
-    def on_failure(self, *exc_info: Any) -> None:
-        self._end_session()
-        tell_if_alive(self.agent, ChildFailed("EventListener", NAME, repr(exc_info[1])))
+    def tick(self) -> None:
+        self._connect()  # the next session is scheduled when this one ends
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: object) -> bool:
         match message:
             case StreamEvent(session=session, event=event) if session == self.session:
                 self._event(event)
@@ -135,49 +134,35 @@ class EventListener(pykka.ThreadingActor):
                 pass  # from a session given up since (resubscribed or stopped)
             case ServedQueues(queues=queues):
                 self._served(queues)
-            case Connect():
-                self._connect()
-            case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
-                self.dispatcher = ref
-            case Describe():
-                return self._describe()
             case _:
-                log.warning("unexpected message %r", message)
-        return None
+                return False
+        return True
 
     # -- sessions ----------------------------------------------------------------------------------
 
     def _served(self, queues: tuple[ServedQueue, ...]) -> None:
         self.served = {queue.queue_id: queue for queue in queues}
-        if self.mode == "off":
+        if self.phase == "off":
             return
         ids = frozenset(self.served)
         if self.stream is not None:
             if ids != self.subscribed:
                 self._connect_in(SETTLE_SECONDS)  # subscribe again, to the new set
-        elif ids and self.next_connect is None:
+        elif ids and self.next_tick is None:
             self._connect_in(SETTLE_SECONDS)  # the first session (or the first since no queue)
-        self._report()
 
     def _connect_in(self, delay: float) -> None:
         """Open a session `delay` seconds from now, unless one is due sooner already."""
         due = time.monotonic() + delay
-        if self.next_connect is not None and self.connect_due is not None:
-            if self.connect_due <= due:
-                return
-            self.next_connect.cancel()
+        if self.next_tick is not None and self.connect_due is not None and self.connect_due <= due:
+            return
         self.connect_due = due
-        self.next_connect = self.ctx.clock.tell_later(delay, self.actor_ref, Connect())
-
-    def _cancel_connect(self) -> None:
-        if self.next_connect is not None:
-            self.next_connect.cancel()
-        self.next_connect = self.connect_due = None
+        self.schedule(delay)
 
     def _connect(self) -> None:
-        self.next_connect = self.connect_due = None
+        self.connect_due = None
         ids = frozenset(self.served)
-        if self.mode == "off" or not ids:
+        if self.phase == "off" or not ids:
             return  # no queue id known yet: the next ServedQueues brings one
         if self.stream is not None:
             if ids == self.subscribed:
@@ -222,7 +207,7 @@ class EventListener(pykka.ThreadingActor):
         self.no_events = False
         self.opened_at = time.monotonic()
         self.ctx.metrics.event_connects.inc()
-        if self.mode != "stream":
+        if self.phase != "stream":
             log.info(
                 "event stream connected (%s): runs and cancellations are picked up as the "
                 "server announces them",
@@ -246,7 +231,7 @@ class EventListener(pykka.ThreadingActor):
             if no_events
             else self.backoff.delay(self.failures)
         )
-        if self.mode != "polling":
+        if self.phase != "polling":
             log.log(
                 logging.INFO if no_events else logging.WARNING,
                 "event stream unavailable (%s): polling every %g s and retrying the stream",
@@ -273,7 +258,7 @@ class EventListener(pykka.ThreadingActor):
             case CancelRun(flow_run_id=run_id):
                 log.info("flow run %s is to be cancelled (announced by the event stream)", run_id)
                 cancel = Cancel(run_id, "cancellation requested on the server", held_only=True)
-                tell_if_alive(self.dispatcher, cancel)
+                self.tell_dispatcher(cancel)
             case Ignore(reason=why):
                 log.debug("event %s ignored: %s", event.event, why)
 
@@ -290,26 +275,20 @@ class EventListener(pykka.ThreadingActor):
     # -- status ------------------------------------------------------------------------------------
 
     def _set_mode(self, mode: str, reason: str) -> None:
-        if (mode, reason) != (self.mode, self.reason):
-            if mode != self.mode:
-                self.since = time.time()
-            self.mode, self.reason = mode, reason
-            self._report()
+        """The mode is the node's state, the reason its detail: the Agent hears both, and tells
+        the CancelWatcher whether the stream is healthy."""
+        if (mode, reason) != (self.phase, self.reason):
+            self.set_phase(mode)
+            self.reason = reason
+            self.ctx.metrics.set_event_mode(mode)
 
-    def _report(self) -> None:
-        """The Agent shows the tree (and tells the CancelWatcher) from what it is told."""
-        self.ctx.metrics.set_event_mode(self.mode, self.reason)
-        tell_if_alive(self.agent, WatcherStatus("EventListener", NAME, self._describe()))
-
-    def _describe(self) -> ActorNode:
-        detail = {"mode": self.mode, "url": self.url}
+    def detail(self) -> dict[str, str]:
+        detail = {"mode": self.phase, "url": self.url}
         if self.reason:
             detail["reason"] = self.reason
-        if self.mode != "off":
+        if self.phase != "off":
             detail["queues"] = str(len(self.served))
-        return ActorNode(
-            kind="EventListener", name=NAME, state=self.mode, since=self.since, detail=detail
-        )
+        return detail
 
 
 def _run_session(

@@ -12,7 +12,8 @@ lease says is told to the Agent (`LeaseChanged`), which passes it on: the Dispat
 run while it has lapsed, RunSupervisors start nothing, and Recovery checks the held runs when
 a renewal ends a break. The lapse itself is a timer on the agent's clock, so the call is made
 off the inbox on a worker of its own: a heartbeat the server holds through a partition never
-delays the lapse, and never waits behind the other actors' calls.
+delays the lapse, and never waits behind the other actors' calls. The beat is the tick of a
+periodic child (`actors.tree.periodic`); the next is scheduled when the answer comes.
 """
 
 from __future__ import annotations
@@ -30,70 +31,60 @@ from actors.runtime.calls import CallPool
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.periodic import PeriodicChild
 from messages.internal.lease import HeartbeatAnswered, LeaseChanged, LeaseExpiry
-from messages.internal.lifecycle import ChildFailed, Describe, Poll, WatcherStatus
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind
 from messages.wire.prefect import ApiDecodeError
 
 log = logging.getLogger("prefect_actor_agent.heartbeat")
 
-NAME = "heartbeat"
 
 
-class Heartbeat(pykka.ThreadingActor):
+class Heartbeat(PeriodicChild):
     """Sends the worker heartbeat of one agent and tells what its lease allows."""
 
+    KIND = ActorKind.HEARTBEAT
+    NAME = "heartbeat"  # its name in the tree: there is one
+
     def __init__(self, ctx: AgentContext, agent: pykka.ActorRef[Any], lease: Lease) -> None:
-        super().__init__()
-        self.ctx = ctx
+        super().__init__(ctx, agent, self.NAME)
         # The next beat is the retry; a beat that hangs longer than the interval has failed.
         self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
-        self.agent = agent
         self.lease = lease  # the Agent's, handed to each life of this actor in turn
         self.told: LeaseChanged | None = None
         self.failures = 0
         self.pool: str | None = None
         self.last_sent: float | None = None  # Unix time of the last accepted heartbeat
-        self.next_beat: Timer | None = None
         self.expiry: Timer | None = None
         self.caller: CallPool | None = None
-        self.phase = "starting"
-        self.since = time.time()
 
-    def on_start(self) -> None:
+    def begin(self) -> None:
         self.caller = CallPool(workers=1, name="heartbeat-call")
         self._schedule_expiry()  # a restarted life goes on with the lease as it was
-        self.actor_ref.tell(Poll())
+        super().begin()
 
-    def on_stop(self) -> None:
-        for timer in (self.next_beat, self.expiry):
-            if timer is not None:
-                timer.cancel()
+    def clean_up(self) -> None:
+        super().clean_up()
+        if self.expiry is not None:
+            self.expiry.cancel()
         if self.caller is not None:
             self.caller.stop()
 
-    def on_failure(self, *exc_info: Any) -> None:
-        self.on_stop()
-        tell_if_alive(self.agent, ChildFailed("Heartbeat", NAME, repr(exc_info[1])))
+    def tick(self) -> None:
+        self._send()  # the next beat is scheduled when this one is answered
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: object) -> bool:
         match message:
-            case Poll():
-                self.next_beat = None
-                self._send()
             case HeartbeatAnswered():
-                delay = self._answered(message)
-                self.next_beat = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
+                self.schedule(self._answered(message))
             case LeaseExpiry(renewed_at=renewed_at) if renewed_at == self.lease.last_sent:
                 self.expiry = None
                 self._tell(self.lease.view(self.ctx.clock.monotonic()))
             case LeaseExpiry():
                 pass  # outdated by a later renewal
-            case Describe():
-                return self._describe()
             case _:
-                log.warning("unexpected message %r", message)
-        return None
+                return False
+        return True
 
     def _interval(self) -> float:
         return self.ctx.settings.heartbeat_seconds
@@ -135,11 +126,11 @@ class Heartbeat(pykka.ThreadingActor):
                 answer.error,
                 delay,
             )
-            self._set_phase(f"heartbeat failed {self.failures} time(s) in a row: {answer.error}")
+            self.set_phase(f"heartbeat failed {self.failures} time(s) in a row: {answer.error}")
             return delay
         pool = answer.pool
         if pool is None:
-            self._set_phase("no work pool to heartbeat on this server")
+            self.set_phase("no work pool to heartbeat on this server")
             return interval
         if self.pool != pool or self.failures:
             log.info("heartbeating work pool %r as worker %r every %.0fs", pool, name, interval)
@@ -147,7 +138,7 @@ class Heartbeat(pykka.ThreadingActor):
         self._schedule_expiry()
         self.pool, self.failures, self.last_sent = pool, 0, time.time()
         self.ctx.metrics.heartbeats.labels(result="sent").inc()
-        self._set_phase(f"heartbeating work pool {pool!r} every {interval:g}s")
+        self.set_phase(f"heartbeating work pool {pool!r} every {interval:g}s")
         return interval
 
     # -- the lease ---------------------------------------------------------------------------------
@@ -177,17 +168,10 @@ class Heartbeat(pykka.ThreadingActor):
 
     # -- the tree ----------------------------------------------------------------------------------
 
-    def _set_phase(self, phase: str) -> None:
-        if phase != self.phase:
-            self.phase, self.since = phase, time.time()
-        tell_if_alive(self.agent, WatcherStatus("Heartbeat", NAME, self._describe()))
-
-    def _describe(self) -> ActorNode:
+    def detail(self) -> dict[str, str]:
         detail = {"worker": self.ctx.identity.name}
         if self.last_sent is not None:
             detail["last heartbeat"] = time.strftime("%H:%M:%S", time.localtime(self.last_sent))
         if not self.lease.holds(self.ctx.clock.monotonic()):
             detail["lease"] = "lapsed: taking no runs, starting nothing"
-        return ActorNode(
-            kind="Heartbeat", name=NAME, state=self.phase, since=self.since, detail=detail
-        )
+        return detail

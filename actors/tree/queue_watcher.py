@@ -15,8 +15,9 @@ pause stops it like its own, and the pool's limit and the queue's priority trave
 A poll is three messages, never an ask: `Poll` (read the queue, tell the Dispatcher
 `FreeSlots`), `Room` (ask the server for that many runs, tell `RunsFound`), `Admitted` (when to
 poll next). A poll the Dispatcher never answers (it failed meanwhile) is followed by the next
-one a query interval later all the same. The watcher tells the Agent its phase
-(`WatcherStatus`), so the tree is shown without waiting on a watcher that is mid-poll.
+one a query interval later all the same. The watcher registers with its Dispatcher (again
+with a restarted one: `UseDispatcher`), and tells the Agent its phase (`ChildStatus`), so the
+tree is shown without waiting on a watcher that is mid-poll.
 """
 
 from __future__ import annotations
@@ -36,17 +37,18 @@ from actors.rules.share import Share, recorded_poll_interval
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
 from messages.internal.events import EventWake
 from messages.internal.lifecycle import (
-    ChildFailed,
+    ChildStatus,
     Describe,
     Poll,
     PolledOnce,
+    RegisterWatcher,
     UseDispatcher,
-    WatcherStatus,
 )
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind, ActorNode
 from messages.wire.prefect import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 
 FULL_PAGE_RECHECK_SECONDS = 0.25
@@ -54,25 +56,26 @@ SHARED_RECHECK_SECONDS = 1.0  # a window of peers' runs is read again at least t
 QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
 
 
-class QueueWatcher(pykka.ThreadingActor):
+class QueueWatcher(PermanentChild):
     """Polls one work queue (permanent child of the Agent)."""
+
+    KIND = ActorKind.QUEUE_WATCHER
 
     def __init__(  # noqa: PLR0917 - pykka passes constructor arguments positionally
         self,
         ctx: AgentContext,
         queue_name: str,
-        dispatcher: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any] | None,
         agent: pykka.ActorRef[Any],
         create_missing: bool,
         pool_name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(agent, queue_name)
         self.ctx = ctx
         self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.queue_name = queue_name
         self.pool_name = pool_name
         self.dispatcher = dispatcher
-        self.agent = agent
         self.create_missing = create_missing
         self.log = logging.getLogger(f"prefect_actor_agent.queue_watcher.{queue_name}")
         self.queue: WorkQueue | None = None
@@ -92,14 +95,11 @@ class QueueWatcher(pykka.ThreadingActor):
         self.phase = "starting"
         self.since = time.time()
 
-    def on_start(self) -> None:
+    def start_up(self) -> None:
+        self._register()
         self.actor_ref.tell(Poll())
 
-    def on_failure(self, *exc_info: Any) -> None:
-        error = exc_info[1]
-        tell_if_alive(self.agent, ChildFailed("QueueWatcher", self.queue_name, repr(error)))
-
-    def on_stop(self) -> None:
+    def clean_up(self) -> None:
         if self.next_poll is not None:
             self.next_poll.cancel()
 
@@ -118,15 +118,24 @@ class QueueWatcher(pykka.ThreadingActor):
                 return self._describe()
             case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
                 self.dispatcher = ref
+                self._register()
             case _:
                 self.log.warning("unexpected message %r", message)
         return None
+
+    def _register(self) -> None:
+        """Make itself known to the Dispatcher it works with (a new one after a restart of
+        either), which wakes it when a slot frees or a page is taken."""
+        self._tell_dispatcher(RegisterWatcher(self.queue_name, self.actor_ref))
+
+    def _tell_dispatcher(self, message: object) -> bool:
+        return self.dispatcher is not None and tell_if_alive(self.dispatcher, message)
 
     def _set_phase(self, phase: str) -> None:
         if phase != self.phase:
             self.phase = phase
             self.since = time.time()
-            status = WatcherStatus("QueueWatcher", self.queue_name, self._describe())
+            status = ChildStatus(ActorKind.QUEUE_WATCHER, self.queue_name, self._describe())
             tell_if_alive(self.agent, status)
 
     def _schedule(self, delay: float) -> None:
@@ -228,7 +237,7 @@ class QueueWatcher(pykka.ThreadingActor):
             reply_to=self.actor_ref,
             sharers=len(self.share.sharers()),
         )
-        if not tell_if_alive(self.dispatcher, ask_room):
+        if not self._tell_dispatcher(ask_room):
             self._set_phase("waiting for the Dispatcher")
             return interval
         return None
@@ -262,7 +271,7 @@ class QueueWatcher(pykka.ThreadingActor):
             len(runs),
         )
         found = RunsFound(self.queue_name, tuple(runs), full, self.actor_ref)
-        if not tell_if_alive(self.dispatcher, found):
+        if not self._tell_dispatcher(found):
             return interval
         return None
 
@@ -290,7 +299,7 @@ class QueueWatcher(pykka.ThreadingActor):
         """In a pool, said even when there is nothing: a queue with no runs due (or paused)
         lets the queues of lower priority have the room. Elsewhere nobody needs to hear it."""
         if self.pool_name is not None:
-            tell_if_alive(self.dispatcher, RunsFound(self.queue_name, (), False, self.actor_ref))
+            self._tell_dispatcher(RunsFound(self.queue_name, (), False, self.actor_ref))
 
     def _due_runs(
         self, queue: WorkQueue, room: int, filter_answers: bool
@@ -392,7 +401,7 @@ class QueueWatcher(pykka.ThreadingActor):
             detail["shared with"] = f"{sharers - 1} live peer(s)"
             detail["peers' runs taken after their grace"] = str(self.share.overdue_taken)
         return ActorNode(
-            kind="QueueWatcher",
+            kind=ActorKind.QUEUE_WATCHER,
             name=self.queue_name,
             state=self.phase,
             since=self.since,

@@ -21,8 +21,9 @@ a fleet from those a peer owns (`actors.rules.share`). It reads them at start, a
 seconds after every change (a fleet starting shows up within seconds, not a heartbeat
 interval later), else every round.
 
-Like a watcher, it waits on the server in its own inbox (polling is its only job) and tells
-the Agent its phase, so nobody waits on it.
+Its round is the tick of a periodic child (`actors.tree.periodic`): like a watcher, it waits on
+the server in its own inbox (polling is its only job) and tells the Agent its phase, so nobody
+waits on it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from actors.rules.retry import ONCE
 from actors.rules.share import live_peers
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
-from actors.runtime.refs import tell_if_alive
+from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import (
     CheckHeldRuns,
     HeldRunIds,
@@ -61,14 +62,9 @@ from messages.internal.dispatch import (
 )
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
-    ChildFailed,
-    Describe,
-    Poll,
-    UseDispatcher,
     WatchedQueues,
-    WatcherStatus,
 )
-from messages.user.tree import ActorNode
+from messages.user.tree import ActorKind
 from messages.wire.prefect import (
     CANCELLING,
     PENDING,
@@ -84,27 +80,26 @@ from messages.wire.prefect import (
 
 log = logging.getLogger("prefect_actor_agent.recovery")
 
-NAME = "recovery"
 PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
 
 
-class Recovery(pykka.ThreadingActor):
+class Recovery(PeriodicChild):
     """Recovers lost peers' runs; relinquishes runs recovered from this agent."""
+
+    KIND = ActorKind.RECOVERY
+    NAME = "recovery"  # its name in the tree: there is one
 
     def __init__(
         self,
         ctx: AgentContext,
         agent: pykka.ActorRef[Any],
-        dispatcher: pykka.ActorRef[Any],
+        dispatcher: pykka.ActorRef[Any] | None,
         queues: tuple[str, ...] = (),
         lease: LeaseChanged | None = None,
     ) -> None:
-        super().__init__()
-        self.ctx = ctx
+        super().__init__(ctx, agent, self.NAME, dispatcher)
         # The next round is the retry; a round must not hang past its interval.
         self.api = ctx.api.with_retry(ONCE).with_timeout(ctx.settings.heartbeat_seconds)
-        self.agent = agent
-        self.dispatcher = dispatcher
         self.queues = queues
         # Since when this agent's own heartbeats went through unbroken (agent clock), as the
         # Heartbeat's lease last said; None while they fail.
@@ -112,34 +107,25 @@ class Recovery(pykka.ThreadingActor):
         self.check_due = False  # the held runs are to be checked against the server
         self.declared: set[str] = set()  # peers declared lost (each counted once)
         self.claims: dict[str, tuple[str | None, AgentIdentity | None, State | None]] = {}
-        self.next_round: Timer | None = None
         self.peers: tuple[str, ...] | None = None  # the live peers as last read
         self.next_peers: Timer | None = None
-        self.phase = "starting"
-        self.since = time.time()
         self.last_action = ""
 
-    def on_start(self) -> None:
-        self.actor_ref.tell(Poll())
+    def clean_up(self) -> None:
+        super().clean_up()
+        if self.next_peers is not None:
+            self.next_peers.cancel()
 
-    def on_stop(self) -> None:
-        for timer in (self.next_round, self.next_peers):
-            if timer is not None:
-                timer.cancel()
+    def tick(self) -> float:
+        try:
+            self._round()
+        except (ApiError, ApiDecodeError) as exc:
+            self.set_phase(f"error: {exc}")
+        # A little jitter, so that two peers seldom act in the same instant.
+        return self.ctx.settings.heartbeat_seconds * random.uniform(0.8, 1.0)  # noqa: S311
 
-    def on_failure(self, *exc_info: Any) -> None:
-        tell_if_alive(self.agent, ChildFailed("Recovery", NAME, repr(exc_info[1])))
-
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: object) -> bool:
         match message:
-            case Poll():
-                try:
-                    self._round()
-                except (ApiError, ApiDecodeError) as exc:
-                    self._set_phase(f"error: {exc}")
-                # A little jitter, so that two peers seldom act in the same instant.
-                delay = self.ctx.settings.heartbeat_seconds * random.uniform(0.8, 1.0)  # noqa: S311
-                self.next_round = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
             case ReadPeers():
                 self.next_peers = None
                 self._read_peers()
@@ -156,15 +142,13 @@ class Recovery(pykka.ThreadingActor):
                 self._check_own(ids)
             case WatchedQueues(names=names):
                 self.queues = names
-            case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
-                self.dispatcher = ref
-                if self.peers is not None:
-                    tell_if_alive(ref, Peers(self.peers))
-            case Describe():
-                return self._describe()
             case _:
-                log.warning("unexpected message %r", message)
-        return None
+                return False
+        return True
+
+    def dispatcher_changed(self) -> None:
+        if self.peers is not None:
+            self.tell_dispatcher(Peers(self.peers))
 
     # -- one round ---------------------------------------------------------------------------------
 
@@ -174,17 +158,17 @@ class Recovery(pykka.ThreadingActor):
             self._check_held_runs()
         pool = self.api.server_profile().heartbeat_pool(settings.work_pool)
         if pool is None:
-            self._set_phase("no work pool, no peers to watch")
+            self.set_phase("no work pool, no peers to watch")
             return
         workers = self.api.read_workers(pool)  # one read serves the live peers and the lost
         self._note_peers(pool, workers)
         if self.streak_since is None:
-            self._set_phase("waiting for this agent's own heartbeats")
+            self.set_phase("waiting for this agent's own heartbeats")
             return
         streak = self.ctx.clock.monotonic() - self.streak_since
         lost_after = settings.lost_agent_seconds
         if not may_declare_lost(streak, lost_after):
-            self._set_phase(
+            self.set_phase(
                 f"own heartbeats unbroken for {streak:.0f}s of the {lost_after:g}s needed "
                 "to declare a peer lost"
             )
@@ -204,7 +188,7 @@ class Recovery(pykka.ThreadingActor):
         self.declared &= set(lost)  # a peer that came back may be lost again later
         if lost and self.queues:
             self._recover(lost)
-        self._set_phase(
+        self.set_phase(
             f"watching {pool!r}: " + (f"{len(lost)} lost peer(s)" if lost else "no lost peer")
         )
 
@@ -248,16 +232,16 @@ class Recovery(pykka.ThreadingActor):
         fresh = self.api.read_flow_run(run.id)  # what it is now, just before proposing
         if fresh.state is None or run.state is None or fresh.state.id != run.state.id:
             return
-        recovery = recovery_for(fresh, claim_state, peer, claim.host)
-        if recovery is None:
+        action = recovery_for(fresh, claim_state, peer, claim.host)
+        if action is None:
             return
-        result = self.api.set_state(run.id, recovery.proposal, force=recovery.force)
+        result = self.api.set_state(run.id, action.proposal, force=action.force)
         if result.status != "ACCEPT":
             log.debug("flow run %s: another peer recovered it first (%s)", run.id, result.status)
             return
-        self.ctx.metrics.runs_recovered.labels(kind=recovery.kind).inc()
+        self.ctx.metrics.runs_recovered.labels(kind=action.kind).inc()
         self.last_action = (
-            f"{recovery.kind} flow run {run.id} of lost agent {claim.name!r} "
+            f"{action.kind} flow run {run.id} of lost agent {claim.name!r} "
             f"at {time.strftime('%H:%M:%S')}"
         )
         log.warning(
@@ -266,7 +250,7 @@ class Recovery(pykka.ThreadingActor):
             run.name,
             claim.name,
             claim.host,
-            recovery.kind,
+            action.kind,
             fresh.state.type,
             peer.last_heartbeat.isoformat(timespec="seconds"),
         )
@@ -294,7 +278,7 @@ class Recovery(pykka.ThreadingActor):
         if self.peers is not None or len(peers) > 1:
             log.info("%d live agent(s) share the pool %r: %s", len(peers), pool, ", ".join(peers))
         self.peers = peers
-        tell_if_alive(self.dispatcher, Peers(peers))
+        self.tell_dispatcher(Peers(peers))
         if self.next_peers is None:
             self.next_peers = self.ctx.clock.tell_later(
                 PEERS_SETTLE_SECONDS, self.actor_ref, ReadPeers()
@@ -305,7 +289,7 @@ class Recovery(pykka.ThreadingActor):
     def _check_held_runs(self) -> None:
         """Ask the Dispatcher for the runs it holds; each is then read on the server."""
         self.check_due = False
-        tell_if_alive(self.dispatcher, HeldRunIds(self.actor_ref))
+        self.tell_dispatcher(HeldRunIds(self.actor_ref))
 
     def _check_own(self, run_ids: tuple[str, ...]) -> None:
         """Each run held here that the server no longer has as this instance's: relinquished.
@@ -358,21 +342,14 @@ class Recovery(pykka.ThreadingActor):
 
     def _relinquish(self, run_id: str, reason: str) -> None:
         self.last_action = f"relinquished flow run {run_id} at {time.strftime('%H:%M:%S')}"
-        tell_if_alive(self.dispatcher, Relinquish(run_id, reason))
+        self.tell_dispatcher(Relinquish(run_id, reason))
 
     # -- the tree ----------------------------------------------------------------------------------
 
-    def _set_phase(self, phase: str) -> None:
-        if phase != self.phase:
-            self.phase, self.since = phase, time.time()
-        tell_if_alive(self.agent, WatcherStatus("Recovery", NAME, self._describe()))
-
-    def _describe(self) -> ActorNode:
+    def detail(self) -> dict[str, str]:
         detail = {"lost after": f"{self.ctx.settings.lost_agent_seconds:g}s"}
         if self.last_action:
             detail["last recovery"] = self.last_action
         if self.declared:
             detail["lost peers"] = ", ".join(sorted(self.declared))
-        return ActorNode(
-            kind="Recovery", name=NAME, state=self.phase, since=self.since, detail=detail
-        )
+        return detail

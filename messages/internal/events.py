@@ -23,7 +23,7 @@ class ServedQueue(msgspec.Struct, frozen=True):
 
 class ServedQueues(msgspec.Struct, frozen=True):
     """Told to the EventListener by the Agent whenever the queues served, their ids (learnt
-    from the watchers' `WatcherStatus`) or their watchers change. A new set of ids is a new
+    from the watchers' `ChildStatus`) or their watchers change. A new set of ids is a new
     subscription."""
 
     queues: tuple[ServedQueue, ...]
@@ -50,11 +50,6 @@ class StreamClosed(msgspec.Struct, frozen=True):
     no_events: bool = False  # the server has no event stream at all (2.x without events)
 
 
-class Connect(msgspec.Struct, frozen=True):
-    """Scheduled by the EventListener to itself: open a session (after a backoff, or once the
-    served queues have settled)."""
-
-
 class EventWake(msgspec.Struct, frozen=True):
     """Told to a QueueWatcher by the EventListener: the server announced a run of its queue
     that may be due. The watcher polls now, or once the poll under way is over: however many
@@ -62,8 +57,8 @@ class EventWake(msgspec.Struct, frozen=True):
 
 
 class StreamHealth(msgspec.Struct, frozen=True):
-    """Told to the CancelWatcher by the Agent when the event mode changes (and to a restarted
-    CancelWatcher): while the stream is healthy, cancellations come by event and the filter
-    poll is the safety net, at `--stream-cancel-poll-interval`."""
+    """Told to the CancelWatcher by the Agent when the event mode changes (a restarted one is
+    started knowing it): while the stream is healthy, cancellations come by event and the
+    filter poll is the safety net, at `--stream-cancel-poll-interval`."""
 
     healthy: bool

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import msgspec
 
+from messages.user.tree import ActorKind
+
 
 class Poll(msgspec.Struct, frozen=True):
-    """Scheduled by a watcher to itself: time to ask the server again."""
+    """Scheduled by a QueueWatcher to itself, or told to it by the Dispatcher when a slot
+    frees or a page is taken: time to ask the server for due runs again."""
 
 
-class DetectServer(msgspec.Struct, frozen=True):
-    """The Agent reads the server's version (logged; `--pool` needs 2.10 or later), again
-    later if the server does not answer yet."""
+class Tick(msgspec.Struct, frozen=True):
+    """Scheduled by a periodic child to itself (`actors.tree.periodic`): time for its duty
+    again (a cancellation poll, a heartbeat, a recovery round, an event session)."""
 
 
-class RematchQueues(msgspec.Struct, frozen=True):
-    """Scheduled by the Agent to itself in prefix mode: re-read which queues match."""
+class MatchingQueues(msgspec.Struct, frozen=True):
+    """Told by the QueueMatcher to the Agent after each read of the queues that got through
+    (an agent that follows queues: prefixes, or a whole pool): the queues to serve now. The
+    Agent starts a watcher for each new one and stops those of the queues no longer matched."""
+
+    names: tuple[str, ...]
 
 
 class PolledOnce(msgspec.Struct, frozen=True):
@@ -32,9 +39,10 @@ class PolledOnce(msgspec.Struct, frozen=True):
     queue_name: str
 
 
-class HeldRuns(msgspec.Struct, frozen=True):
+class CountHeldRuns(msgspec.Struct, frozen=True):
     """Asked of the Dispatcher by the AgentHandle (outside the tree, with a timeout: a host
-    waiting for the agent to be idle); the answer is the number of runs it holds."""
+    waiting for the agent to be idle); the answer is the number of runs it holds (`HeldRunIds`
+    is the list, told to Recovery)."""
 
 
 class IdleCheck(msgspec.Struct, frozen=True):
@@ -47,25 +55,26 @@ class DispatcherIdle(msgspec.Struct, frozen=True):
 
 
 class ChildFailed(msgspec.Struct, frozen=True):
-    """Sent by a permanent child (watcher, dispatcher) to its parent from `on_failure`.
+    """Sent by a permanent child of the Agent to it from `on_failure`.
 
     The parent restarts the child with exponential backoff (one-for-one).
     """
 
-    kind: str  # "QueueWatcher", "Dispatcher", ...
-    name: str  # the queue name, or the kind for singletons
+    kind: ActorKind
+    name: str  # the queue name, or the singleton's own name
     error: str  # the exception, as a user would read it
 
 
 class RestartChild(msgspec.Struct, frozen=True):
     """Scheduled by a parent to itself: the backoff for a failed child is over."""
 
-    kind: str
+    kind: ActorKind
     name: str
 
 
 class RegisterWatcher(msgspec.Struct, frozen=True):
-    """Sent by the Agent to the Dispatcher when a QueueWatcher starts or is replaced.
+    """Sent by a QueueWatcher to its Dispatcher when it starts and when it is handed a new
+    Dispatcher; sent by the Agent, with no watcher, when it stops serving the queue.
 
     A watcher that found no free slot is sent `Poll` as soon as a slot frees up, so a run
     waiting behind the limit starts when the slot frees, not a whole query interval later.
@@ -95,7 +104,8 @@ class Interrupt(msgspec.Struct, frozen=True):
 
 
 class WatchedQueues(msgspec.Struct, frozen=True):
-    """Sent by the Agent to the CancelWatcher whenever the set of served queues changes."""
+    """Sent by the Agent to the CancelWatcher and Recovery whenever the set of served queues
+    changes (a restarted one is started knowing it)."""
 
     names: tuple[str, ...]
 
@@ -113,8 +123,8 @@ class SupervisorFailed(msgspec.Struct, frozen=True):
 
 
 class UseDispatcher(msgspec.Struct, frozen=True):
-    """Sent by the Agent to its watchers (and by a new Dispatcher to the RunSupervisors it
-    found) after the Dispatcher was restarted: talk to this one from now on."""
+    """Sent by the Agent to every other running child after the Dispatcher was restarted:
+    talk to this one from now on (a QueueWatcher registers with it)."""
 
     dispatcher: object  # pykka.ActorRef of the new Dispatcher
 
@@ -148,6 +158,12 @@ class GetTree(msgspec.Struct, frozen=True):
     """Asked of the Agent; the answer is the root `ActorNode`."""
 
 
+class GetDispatcher(msgspec.Struct, frozen=True):
+    """Asked of the Agent by the AgentHandle (to cancel a run, wait for the runs in flight,
+    end them when stopping); the answer is the Dispatcher's ref now, or None while it is being
+    restarted."""
+
+
 class Describe(msgspec.Struct, frozen=True):
     """Asked of a child by its supervisor; the answer is the child's `ActorNode`."""
 
@@ -162,10 +178,11 @@ class CallAnswered(msgspec.Struct, frozen=True):
     error: object  # the exception it raised, or None
 
 
-class WatcherStatus(msgspec.Struct, frozen=True):
-    """Sent by a watcher to the Agent whenever its phase changes, so that the Agent answers
-    "show me the tree" from what it was told, never waiting on a watcher that is mid-poll."""
+class ChildStatus(msgspec.Struct, frozen=True):
+    """Sent by a child of the Agent (every one but the Dispatcher, which is asked) to the Agent
+    whenever its node changes, so that the Agent answers "show me the tree" from what it was
+    told, never waiting on a child that is mid-poll."""
 
-    kind: str  # QueueWatcher or CancelWatcher
+    kind: ActorKind
     name: str
-    node: object  # the watcher's ActorNode (messages.user.tree)
+    node: object  # the child's ActorNode (messages.user.tree)

@@ -26,12 +26,15 @@ import pytest
 from actors import AgentHandle, RunListener, settings_from_env, start_agent
 from actors.runtime.clock import Clock, ClockInterface
 from actors.tree.dispatcher import Dispatcher
+from actors.tree.queue_watcher import QueueWatcher
+from actors.tree.switchboard import ChildActors
 from messages.internal.dispatch import HeldRunIds, HeldRunsAre
 from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
 from messages.user.tree import ActorNode
 from messages.wire.prefect import CANCELLED, PENDING, SCHEDULED
 from tests.support.fake_api import Call, FakePrefectApi
+from tests.support.faulty_start import faulty_start
 from tests.support.manual_clock import ManualClock
 from tests.support.waiting import wait_for
 
@@ -204,6 +207,7 @@ def start(fake: FakePrefectApi, runs_dir: Path) -> Iterator[Start]:
         *,
         clock: ClockInterface | None = None,
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
+        actors: ChildActors | None = None,
         **options: Any,
     ) -> AgentHandle:
         options.setdefault("work_queues", ("default",))
@@ -214,7 +218,9 @@ def start(fake: FakePrefectApi, runs_dir: Path) -> Iterator[Start]:
         options.setdefault("heartbeat_seconds", 60.0)
         options.setdefault("lost_agent_seconds", 600.0)
         settings = settings_from_env({}, api_url=fake.api_url, **options)
-        handle = start_agent(settings, api=fake, listeners=listeners, clock=clock or ManualClock())
+        handle = start_agent(
+            settings, api=fake, listeners=listeners, clock=clock or ManualClock(), actors=actors
+        )
         handles.append(handle)
         return handle
 
@@ -835,3 +841,83 @@ def test_other_agents_of_the_pool_delay_nothing_until_one_takes_a_run_of_the_que
     )
     last = max(fake.proposals(run.id, PENDING)[0].at for run in runs)
     assert last - added < 3.0, f"the last Pending came {last - added:.1f}s after the runs"
+
+
+# -- m. a child whose start-up fails is restarted like any other that fails ---------------------
+
+
+def restarted(handle: AgentHandle, kind: str, restarts: int) -> ActorNode | None:
+    """The child's node once the tree counts `restarts` restarts of it."""
+    shown = node(handle.tree(), kind)
+    return shown if shown is not None and shown.restarts == restarts else None
+
+
+def failed_once_at_start(
+    start: Start, clock: ManualClock, actors: ChildActors, kind: str
+) -> tuple[AgentHandle, ActorNode]:
+    """An agent whose child of `kind` (a FaultyStart fake) failed its first start-up, and
+    that child's node once the tree counts the failure."""
+    handle = start(clock=clock, actors=actors)
+    failed = wait_until(lambda: restarted(handle, kind, 1), 5, "the failure counted")
+    assert f"injected fault: the start-up of {kind}" in (failed.last_failure or ""), failed
+    return handle, failed
+
+
+@pytest.mark.timeout(30)
+def test_a_queue_watcher_whose_start_up_fails_is_restarted_and_polls(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    fake.add_queue("default")
+    watcher = faulty_start(QueueWatcher, times=1)
+    clock = ManualClock()
+    actors = ChildActors(queue_watcher=watcher)
+    handle, failed = failed_once_at_start(start, clock, actors, "QueueWatcher")
+    assert failed.state == "restarting", failed
+    assert fake.calls("read_work_queue_by_name") == [], "the failed life polled"
+
+    run = fake.add_run(fake.add_deployment(["true"]))
+    clock.advance(1.0)  # the restart's backoff
+    wait_until(lambda: fake.proposals(run.id, PENDING), 5, "the restarted watcher to take the run")
+    shown = restarted(handle, "QueueWatcher", 1)
+    assert shown is not None and shown.state.startswith("idle, last poll found 1 run(s)"), shown
+    assert watcher.faults.raised == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_dispatcher_whose_start_up_fails_is_restarted_and_admits_runs(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    fake.add_queue("default")
+    dispatcher = faulty_start(Dispatcher, times=1)
+    clock = ManualClock()
+    handle, _ = failed_once_at_start(start, clock, ChildActors(dispatcher=dispatcher), "Dispatcher")
+
+    run = fake.add_run(fake.add_deployment(["true"]))
+    clock.advance(1.0)  # the restart's backoff
+    wait_until(
+        lambda: (d := restarted(handle, "Dispatcher", 1)) and d.state == "0 run(s) in flight",
+        5,
+        "the restarted Dispatcher to answer in the tree",
+    )
+    clock.advance(60)  # the watcher's next poll: its first found no Dispatcher to answer it
+    wait_until(lambda: fake.proposals(run.id, PENDING), 5, "the run to be admitted")
+    assert len(fake.proposals(run.id, PENDING)) == 1
+    assert dispatcher.faults.raised == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_child_whose_start_up_always_fails_makes_the_agent_give_up_within_the_intensity(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    fake.add_queue("default")
+    clock = ManualClock()
+    watcher = faulty_start(QueueWatcher, times=10**6)
+    handle = start(clock=clock, actors=ChildActors(queue_watcher=watcher), max_restarts=2)
+
+    def gave_up() -> str | None:
+        clock.advance(1.0)  # every restart's backoff comes due in time
+        return handle.failure
+
+    failure = wait_until(gave_up, 10, "the agent to give up")
+    assert "3 failures within 60s (at most 2 restarts allowed)" in failure, failure
+    assert watcher.faults.raised == 3

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pykka
 import pytest
@@ -35,8 +36,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from actors import AgentHandle, settings_from_env, start_agent
+from actors import AgentHandle, StatusServer, settings_from_env, start_agent
 from actors.runtime.clock import Clock
+from actors.status.text import events_line
 from actors.tree.event_listener import EventListener
 from actors.tree.queue_watcher import QueueWatcher
 from messages.internal.lifecycle import Describe
@@ -485,18 +487,25 @@ def test_the_api_key_goes_in_the_auth_message_and_never_in_the_log(
 
 @pytest.mark.timeout(40)
 def test_a_dropped_stream_falls_back_to_polling_and_returns_with_one_log_line_each_way(
-    fake: FakePrefectApi, stream: StandInStream, start: Start, caplog: pytest.LogCaptureFixture
+    fake: FakePrefectApi,
+    stream: StandInStream,
+    start: Start,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     default = fake.add_queue("default")
     handle = start(fake, cancel_poll_interval=50.0)
+    status = StatusServer(handle).start()
+    request.addfinalizer(status.stop)
     connected(handle, stream, default.id)
     wait_until(lambda: cancel_pace(handle) == "60s (the event stream is healthy)", 5, "slow")
+    assert healthz_events(status) == "events: stream"
 
     stream.refusing = True  # the reconnections fail for a while
     cancel_polls = len(fake.calls("filter_flow_runs"))
     stream.drop()
     wait_until(lambda: mode(handle) == "polling", 5, "the fall back to polling")
-    assert handle.metrics.event_mode_line().startswith("events: polling (")
+    assert healthz_events(status).startswith("events: polling (")
     wait_until(lambda: cancel_pace(handle) == "50s", 5, "the cancel poll's polling pace")
     wait_until(
         lambda: len(fake.calls("filter_flow_runs")) > cancel_polls, 5, "a cancel poll at once"
@@ -504,7 +513,7 @@ def test_a_dropped_stream_falls_back_to_polling_and_returns_with_one_log_line_ea
     wait_until(lambda: stream.refused >= 1, 5, "a reconnection to be refused")
     stream.refusing = False
     wait_until(lambda: mode(handle) == "stream", 10, "the stream to come back")
-    assert handle.metrics.event_mode_line() == "events: stream"
+    assert healthz_events(status) == "events: stream"
     assert counted(handle, "event_stream_connects") == 2  # at start, and on return
 
     # One notice each way for the user, however many reconnections failed between.
@@ -514,6 +523,12 @@ def test_a_dropped_stream_falls_back_to_polling_and_returns_with_one_log_line_ea
     run = fake.add_run(fake.add_deployment(["true"]), queue="default")
     stream.send(flow_run_event(run.id, default.id, "Scheduled", "SCHEDULED"))
     wait_until(lambda: fake.proposals(run.id, PENDING), 5, "the run's Pending proposal")
+
+
+def healthz_events(status: StatusServer) -> str:
+    """The events line of /healthz (its second), as a monitor reads it."""
+    body = httpx.get(f"http://{status.host}:{status.port}/healthz", timeout=5).text
+    return body.splitlines()[1]
 
 
 def cancel_pace(handle: AgentHandle) -> str | None:
@@ -572,7 +587,7 @@ def test_events_off_never_opens_the_stream(start: Start) -> None:
         wait_until(lambda: mode(auto_agent) == "stream", 5, "the other agent's stream to open")
         assert off.handshakes == 0, "an agent with --events off opened the event stream"
         assert mode(off_agent) == "off"
-        assert off_agent.metrics.event_mode_line() == "events: off"
+        assert events_line(off_agent.tree()) == "events: off"
     finally:
         off.stop()
         auto.stop()

@@ -16,7 +16,7 @@ import pytest
 
 from actors.edges.prefect_api import PrefectApi
 from examples.harness.agent_logs import lines_with
-from messages.internal.lifecycle import HeldRuns
+from messages.internal.lifecycle import CountHeldRuns
 from messages.user.events import RunFinished, RunStarted
 from tests.conftest import AgentFactory, LauncherAgent, ThreadAgent
 from tests.integration.helpers import (
@@ -233,7 +233,7 @@ def test_pending_run_cancelled_before_its_process_starts_never_starts(
     assert run_state(api_url, run)[0] == "PENDING"
 
     agent.handle.cancel(run, "cancelled while pending")
-    agent.handle.dispatcher.ask(HeldRuns())  # the Cancel is in the supervisor's inbox now
+    agent.handle.dispatcher.ask(CountHeldRuns())  # the Cancel is in the supervisor's inbox now
     transport.gate.set()
 
     wait_for(lambda: is_cancelled(api_url, run), 15, "the pending run to be Cancelled")
@@ -261,6 +261,6 @@ def test_cancelling_an_already_finished_run_changes_nothing(
 
     wait_for(lambda: len(answers()) == 2, 10, "the agent to find there is nothing to do")
     assert [(e.outcome, e.detail) for e in answers()][1] == ("not-submitted", "already COMPLETED")
-    assert agent.handle.dispatcher.ask(HeldRuns()) == 0
+    assert agent.handle.dispatcher.ask(CountHeldRuns()) == 0
     assert run_state(api_url, run)[0] == "COMPLETED"
     assert len(history(api_url, run)) == states_before  # nothing proposed

@@ -16,7 +16,7 @@ import pytest
 from actors.edges.prefect_api import PrefectApi
 from examples.harness.agent_status import find_node
 from messages.internal.dispatch import RunsFound
-from messages.internal.lifecycle import HeldRuns
+from messages.internal.lifecycle import CountHeldRuns
 from messages.user.events import RunSubmitted
 from messages.wire.prefect import FlowRun
 from tests.conftest import AgentFactory, ThreadAgent
@@ -83,7 +83,7 @@ def test_the_same_run_seen_by_two_queues_and_two_polls_starts_once(
     wait_for(lambda: agent.finished(run_id), 30, "the run to finish")
     for source in ("another-queue", queue):  # stale sightings after the run ended
         dispatcher.tell(RunsFound(source, (run,)))
-    assert dispatcher.ask(HeldRuns()) == 0  # answered after the stale sightings were handled
+    assert dispatcher.ask(CountHeldRuns()) == 0  # answered after the stale sightings were handled
     assert command_starts(markers)[run_id] == 1
     submitted = [e for e in agent.events() if isinstance(e, RunSubmitted)]
     assert [e.flow_run_id for e in submitted] == [run_id]

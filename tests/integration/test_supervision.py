@@ -17,7 +17,7 @@ from actors.launcher.local_server import LocalPrefectServer
 from examples.harness.agent_logs import lines_with
 from examples.harness.agent_status import find_node, free_port, sample_value
 from messages.internal.dispatch import RunsFound
-from messages.internal.lifecycle import HeldRuns
+from messages.internal.lifecycle import CountHeldRuns
 from tests.conftest import ROOT, AgentFactory, LauncherAgent, ThreadAgent, launcher_args
 from tests.integration.helpers import (
     command_starts,
@@ -73,7 +73,7 @@ def test_a_run_supervisor_that_fails_mid_run_frees_its_slot_and_orphans_nothing(
     assert "injected fault" in message
     # The slot was freed: the second run (limit 1) runs too.
     wait_for(lambda: command_starts(markers)[second] == 1, 30, "the second run to start")
-    wait_for(lambda: agent.handle.dispatcher.ask(HeldRuns()) == 0, 30, "every slot free")
+    wait_for(lambda: agent.handle.dispatcher.ask(CountHeldRuns()) == 0, 30, "every slot free")
 
 
 def test_restart_intensity_exceeded_makes_the_launcher_exit_non_zero(

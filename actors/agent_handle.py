@@ -1,5 +1,9 @@
 """Starting and stopping one agent: the public handle a launcher or a host service holds.
 
+This is where an agent is assembled, above the tree it starts: the API edge, the clock and the
+context every actor shares (`actors.runtime`), then the Agent (`actors.tree.agent`), which
+starts the rest. Nothing below imports this module.
+
 Nothing here patches anything: inside a host service the actors run on plain threads; the
 launcher calls `gevent.monkey.patch_all()` first and the same actors run as greenlets.
 """
@@ -23,8 +27,9 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import ask
 from actors.runtime.settings import AgentSettings
 from actors.tree.agent import Agent
+from actors.tree.switchboard import ChildActors
 from messages.internal.dispatch import Cancel, Subscribe, Unsubscribe
-from messages.internal.lifecycle import GetTree, HeldRuns, InterruptRuns
+from messages.internal.lifecycle import CountHeldRuns, GetDispatcher, GetTree, InterruptRuns
 from messages.user.tree import ActorNode
 
 log = logging.getLogger("prefect_actor_agent.agent")
@@ -41,6 +46,7 @@ class AgentHandle:
         api: PrefectApiInterface | None = None,
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
         clock: ClockInterface | None = None,
+        actors: ChildActors | None = None,
     ) -> None:
         self.settings = settings
         self.api: PrefectApiInterface = api or PrefectApi(
@@ -61,15 +67,17 @@ class AgentHandle:
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
         self.outcome = self.ctx.outcome
         self.started = time.monotonic()
-        self.ref: pykka.ActorRef[Agent] = Agent.start(self.ctx)
+        self.ref: pykka.ActorRef[Agent] = Agent.start(self.ctx, actors)
         self.ref.proxy().state.get(timeout=30)  # answered once on_start has built the tree
         self._stopped = False
 
     @property
     def dispatcher(self) -> pykka.ActorRef[Any]:
-        ref = self.outcome.dispatcher
+        """The Dispatcher now, as the Agent says (ActorDeadError while it is being restarted,
+        or once the agent has stopped)."""
+        ref = self.ref.ask(GetDispatcher(), timeout=10.0)
         if not isinstance(ref, pykka.ActorRef):
-            raise pykka.ActorDeadError("the agent has no Dispatcher (it is not running)")
+            raise pykka.ActorDeadError("the agent has no Dispatcher now (it is being restarted)")
         return ref
 
     @property
@@ -133,7 +141,7 @@ class AgentHandle:
         """Block until no run is in flight (every process has exited and been reported)."""
         deadline = time.monotonic() + timeout
         # An ask from outside the tree, with a timeout: the Dispatcher answers at once.
-        while ask(self.dispatcher, HeldRuns(), int, timeout=10.0) > 0:
+        while ask(self.dispatcher, CountHeldRuns(), int, timeout=10.0) > 0:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.2)
@@ -153,7 +161,7 @@ class AgentHandle:
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         deadline = time.monotonic() + timeout
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            self.ref.proxy().stop_watchers().get(timeout=timeout)  # no new runs
+            self.ref.proxy().stop_taking_runs().get(timeout=timeout)  # no new runs
         try:
             dispatcher = self.dispatcher
             supervisors = ask(dispatcher, InterruptRuns(grace), list, timeout)
@@ -194,8 +202,9 @@ def start_agent(
     api: PrefectApiInterface | None = None,
     listeners: tuple[pykka.ActorRef[Any], ...] = (),
     clock: ClockInterface | None = None,
+    actors: ChildActors | None = None,
 ) -> AgentHandle:
     """Start an agent's actor tree inside the calling process; `listeners` (RunListener refs)
     hear every run event from the first poll on. `clock` serves every timer of the agent
-    (default: a real `Clock`)."""
-    return AgentHandle(settings, api, listeners, clock)
+    (default: a real `Clock`); `actors`, the classes of its children (a test's fakes)."""
+    return AgentHandle(settings, api, listeners, clock, actors)

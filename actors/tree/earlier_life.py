@@ -1,0 +1,170 @@
+"""What an earlier life of this agent left on this host: taken over, or handed back.
+
+An agent that was killed leaves runs behind: Pending or Running runs of its queues whose process
+it started on this host, and runs it had taken (Pending, its claim in the state) but never
+recorded a pid for. At start, and for every queue matched later, the Agent has them looked for
+here (`Reconcile`):
+
+- a run whose recorded process is on this host and is no other live agent's is taken over: the
+  Dispatcher supervises it by that pid to its end, or reports it Crashed if it is gone
+  (`TakeOver`);
+- a run left Pending with no pid recorded, whose claim names an earlier instance of this agent
+  on this host (whose process is gone), is taken over if a process of the run is found by its
+  environment, and otherwise goes back to its queue, Scheduled, by the same proposal a peer
+  recovering it would make (`actors.rules.recovery.handed_back`).
+
+Peers recover a lost agent's runs (`Recovery`); this is an agent's own, after a restart. It is
+a controller of the Agent, not an actor: its server calls and its reading of /proc are made off
+the Agent's inbox (`actors.runtime.calls`), and only what they found comes back to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.edges.processes import (
+    HOSTNAME,
+    find_run_process,
+    owned_by_live_agent,
+    process_alive,
+)
+from actors.rules.identity import AgentIdentity
+from actors.rules.reconcile import left_behind
+from actors.rules.recovery import handed_back, latest_claim
+from actors.rules.retry import SERVER_CALLS
+from actors.runtime.calls import Calls
+from actors.runtime.context import AgentContext
+from actors.runtime.refs import tell_if_alive
+from messages.internal.lifecycle import TakeOver
+from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
+
+log = logging.getLogger("prefect_actor_agent.agent")
+
+
+@dataclass
+class LeftBehind:
+    """What one look found: runs whose recorded process is on this host and nobody's, and
+    runs an earlier life left Pending with no pid recorded, each with the Pending that took
+    it and its process on this host (None: there is none)."""
+
+    recorded: list[FlowRun] = field(default_factory=list)
+    unrecorded: list[tuple[FlowRun, State, int | None]] = field(default_factory=list)
+
+
+class EarlierLife:
+    """Looks for what an earlier life of this agent left, for the Agent (in its call pool)."""
+
+    def __init__(
+        self,
+        ctx: AgentContext,
+        calls: Calls,
+        dispatcher: Callable[[], pykka.ActorRef[Any] | None],
+    ) -> None:
+        self.ctx = ctx
+        self.api = ctx.api.with_retry(SERVER_CALLS)
+        self.calls = calls
+        self.dispatcher = dispatcher  # the Agent's Dispatcher now (None while it restarts)
+
+    def reconcile(self, queue_names: tuple[str, ...]) -> None:
+        """Look for the runs of these queues an earlier life left; take over or hand back."""
+
+        def unreadable(exc: Exception) -> None:
+            log.warning("could not look for runs left by an earlier agent: %s", exc)
+
+        self.calls.start(lambda: self._look(queue_names), self._found, unreadable)
+
+    def _look(self, queue_names: tuple[str, ...]) -> LeftBehind:
+        """In the call pool: the server's runs of these queues, then this host's processes."""
+        runs = self.api.runs_in_states(
+            list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
+        )
+        found = LeftBehind(recorded=left_behind(runs, HOSTNAME, owned_by_live_agent))
+        for run in runs:
+            if run.infrastructure_pid or run.state is None or run.state.type != PENDING:
+                continue
+            claimed = latest_claim(self.api.read_flow_run_states(run.id))
+            if claimed is None or not self._earlier_life(claimed[1]):
+                continue
+            pid = find_run_process(run.id)
+            if pid is None or not owned_by_live_agent(pid):
+                found.unrecorded.append((run, claimed[0], pid))
+        return found
+
+    def _earlier_life(self, claim: AgentIdentity) -> bool:
+        """A claim of an instance of this agent on this host whose process is gone (another
+        agent of the same name on this host may be alive: its runs are its own)."""
+        me = self.ctx.identity
+        return (
+            claim.name == me.name
+            and claim.host == me.host
+            and claim.instance != me.instance
+            and claim.pid is not None
+            and not process_alive(claim.pid)
+        )
+
+    def _found(self, found: LeftBehind) -> None:
+        for run in found.recorded:
+            log.info(
+                "flow run %s (%s) was left %s by an earlier agent on this host: taking it over",
+                run.id,
+                run.name,
+                run.state.type if run.state else "?",
+            )
+            self._take_over(TakeOver(run.id))
+        for run, claim_state, pid in found.unrecorded:
+            if pid is None:
+                self._hand_back(run, claim_state)
+            else:
+                log.info(
+                    "flow run %s (%s) was left Pending by an earlier life of this agent, its "
+                    "pid unrecorded; its process %d is alive: taking it over",
+                    run.id,
+                    run.name,
+                    pid,
+                )
+                self._take_over(TakeOver(run.id, pid))
+
+    def _take_over(self, take_over: TakeOver) -> None:
+        dispatcher = self.dispatcher()
+        if dispatcher is None or not tell_if_alive(dispatcher, take_over):
+            log.warning(
+                "flow run %s: not taken over (the Dispatcher is being restarted); the next "
+                "start of this agent looks for it again",
+                take_over.flow_run_id,
+            )
+
+    def _hand_back(self, run: FlowRun, claim_state: State) -> None:
+        """A run an earlier life took (Pending) but never started: back to its queue.
+
+        In the call pool, in this order: no process of the run on this host, then the run
+        still in the same Pending, then the proposal. A process that ended meanwhile reported
+        its final state before it exited, so the read after the search sees it: a Scheduled
+        proposal, which the server would take even over Completed, is never sent then."""
+        proposal = handed_back(
+            run.id,
+            claim_state,
+            "Handed back to its queue by its agent after a restart: the agent's earlier life "
+            "took it but no process of it was started.",
+        )
+
+        def hand_back() -> str:
+            if find_run_process(run.id) is not None:
+                return "its process is alive"
+            now = self.api.read_flow_run(run.id)
+            if now.state is None or now.state.id != claim_state.id:
+                return "it moved on"
+            result = self.api.set_state(run.id, proposal)
+            return "handed back" if result.status == "ACCEPT" else f"refused ({result.status})"
+
+        def done(what: str) -> None:
+            log.info("flow run %s (%s), left Pending unstarted: %s", run.id, run.name, what)
+
+        def failed(exc: Exception) -> None:
+            log.warning("flow run %s: could not hand it back: %s", run.id, exc)
+
+        self.calls.start(hand_back, done, failed)
