@@ -27,7 +27,7 @@ from tests.support.events_server import EventsServer
 from tests.support.postgres import PostgresServer
 from tests.support.prefect3 import Prefect3Server
 
-pytest_plugins = ["tests.support.exit_guard"]  # the session ends when its tests do
+pytest_plugins = ["tests.support.exit_guard", "tests.support.docker_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "examples" / "agent.py"

@@ -1,0 +1,1 @@
+"""The real parts the tests and the benchmark start."""
