@@ -68,7 +68,7 @@ import docker.errors
 
 from examples.harness.debian_packages import UnavailableError, ensure_program
 
-__all__ = ["DEFAULT_SOCKET", "DockerDaemon", "UnavailableError", "cache_dir"]
+__all__ = ["DEFAULT_SOCKET", "DockerDaemon", "UnavailableError", "cache_dir", "process_alive"]
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # dockerd 20.10 speaks the Engine API 1.41; the docker CLI on the machine may be far newer
@@ -79,6 +79,8 @@ STOP_GRACE = 20.0
 SHUTDOWN_TIMEOUT = 5  # dockerd's own deadline for the containers it stops on SIGTERM
 SLOTS = 4
 LABEL = "prefect-actor-agent.harness"
+RUN_DIR_PARENT = "/tmp"
+RUN_DIR_PREFIX = "paa-dockerd-"
 SUBREAPER = Path(__file__).resolve().with_name("subreaper.py")
 _LOG_TAIL_CHARS = 4000
 
@@ -158,7 +160,8 @@ def _naming(needle: str) -> set[int]:
     return chosen
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: on these machines PID 1 reaps late)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -171,7 +174,7 @@ def _kill_all(pids: set[int], timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -221,6 +224,19 @@ def _sweep_orphans(data_root: Path) -> list[str]:
             _unmount_under(Path(exec_root))
     _unmount_under(data_root)
     return swept
+
+
+def _remove_stale_run_dirs() -> None:
+    """Remove the run directories of sessions that died without stopping their daemon (the
+    subreaper stopped it, but nothing undid dockerd's mounts there or removed the files)."""
+    for path in Path(RUN_DIR_PARENT).glob(f"{RUN_DIR_PREFIX}*"):
+        owner = path.name.removeprefix(RUN_DIR_PREFIX).split("-")[0]
+        if not owner.isdigit() or process_alive(int(owner)):  # a zombie owner is gone too
+            continue
+        if _naming(str(path)):  # its daemon still runs: the data root's sweep is for that
+            continue
+        if not _unmount_under(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # -- the daemon ---------------------------------------------------------------------------
@@ -312,8 +328,12 @@ class DockerDaemon:
         self.install_seconds = time.monotonic() - installed
         self.data_root = self._take_data_root()
         self.swept = _sweep_orphans(self.data_root)
-        # /tmp, not $TMPDIR: the socket's path must stay short.
-        self.run_dir = Path(tempfile.mkdtemp(prefix="paa-dockerd-", dir="/tmp"))
+        _remove_stale_run_dirs()
+        # /tmp, not $TMPDIR: the socket's path must stay short. Named after this process, so
+        # that a later session knows the directory is stale once this process is gone.
+        self.run_dir = Path(
+            tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=RUN_DIR_PARENT)
+        )
         socket_path = self.run_dir / "docker.sock"
         config = self.run_dir / "daemon.json"
         config.write_text("{}\n")

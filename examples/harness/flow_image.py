@@ -46,7 +46,7 @@ import docker
 import docker.errors
 
 from examples.harness.debian_packages import UnavailableError, ensure_program
-from examples.harness.docker_daemon import cache_dir
+from examples.harness.docker_daemon import cache_dir, process_alive
 
 __all__ = [
     "FLOW_IMAGE",
@@ -137,7 +137,7 @@ def _remove_stale_builds(parent: Path) -> None:
     after its builder's pid), so a stopped session costs no disk for long."""
     for entry in parent.glob("*-rootfs-*"):
         pid = entry.name.split("-")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not process_alive(int(pid)):
             with contextlib.suppress(RuntimeError):
                 _remove_root(entry)
 
