@@ -40,7 +40,7 @@ from examples.harness.prefect3 import Prefect3Server
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
 from messages.user.tree import ActorNode
 
-pytest_plugins = ["tests.support.exit_guard"]  # the session ends when its tests do
+pytest_plugins = ["tests.support.exit_guard", "tests.support.docker_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "examples" / "agent.py"

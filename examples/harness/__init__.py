@@ -8,7 +8,13 @@ would (its status endpoint, its log).
 - `hosts`: simulated hosts (a hostname and pid space of their own, through `unshare`);
 - `fault_proxy`: a loopback HTTP proxy that injects faults between an agent and a server;
 - `agent_status`: an agent's status endpoint (`/metrics`, `/tree`) and a free port for it;
-- `agent_logs`: the level of a log line whatever its format, and an agent log's problem lines.
+- `agent_logs`: the level of a log line whatever its format, and an agent log's problem lines;
+- `docker_daemon`, `subreaper`: a Docker daemon (the machine's, or a private `dockerd` installed
+  and started as root), its containers' shims reaped;
+- `flow_image`: flow images built from Debian and PyPI (no image registry is reachable here),
+  kept by the daemon across sessions;
+- `registry`: a private image registry on loopback with basic auth;
+- `debian_packages`: a program installed by apt when it is missing.
 
 This is the one module the two share: `tests/` imports it, `examples/benchmark/` imports it,
 and neither imports the other (the tests run the benchmark through its command line). The
