@@ -1,5 +1,5 @@
 """Which runs an earlier life of this agent left behind on this host: the pure half of the
-Agent's `Reconcile` (the /proc look-up that tells a live agent's process is passed in)."""
+Agent's `FindEarlierLifeRuns` (the /proc look-up that tells a live agent's process is passed in)."""
 
 from __future__ import annotations
 

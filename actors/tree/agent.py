@@ -43,12 +43,12 @@ from messages.internal.lifecycle import (
     ChildStatus,
     Describe,
     DispatcherIdle,
+    FindEarlierLifeRuns,
     GetDispatcher,
     GetTree,
     IdleCheck,
     MatchingQueues,
     PolledOnce,
-    Reconcile,
     RegisterWatcher,
     RestartChild,
 )
@@ -102,7 +102,7 @@ class Agent(pykka.ThreadingActor):
         for name in settings.work_queues:
             self._start(self.board.watcher(name, create_missing=True))
         if settings.work_queues:
-            self.actor_ref.tell(Reconcile(settings.work_queues))
+            self.actor_ref.tell(FindEarlierLifeRuns(settings.work_queues))
         self.state, self.since = "running", time.time()
 
     def on_stop(self) -> None:
@@ -151,7 +151,7 @@ class Agent(pykka.ThreadingActor):
                 self._child_failed(kind, name, error)
             case RestartChild(kind=kind, name=name):
                 self._restart(kind, name)
-            case Reconcile(queue_names=names):
+            case FindEarlierLifeRuns(queue_names=names):
                 self.earlier_life.reconcile(names)
             case _:
                 log.warning("unexpected message %r", message)
@@ -279,7 +279,7 @@ class Agent(pykka.ThreadingActor):
             log.info("matched new work queues: %s", ", ".join(added))
             for name in added:
                 self._start(self.board.watcher(name, create_missing=False))
-            self.actor_ref.tell(Reconcile(tuple(added)))
+            self.actor_ref.tell(FindEarlierLifeRuns(tuple(added)))
         if removed:
             log.info("work queues no longer matched: %s", ", ".join(removed))
             for child in self.children.of_kind(WATCHER):

@@ -61,15 +61,15 @@ from messages.internal.lifecycle import (
     Poll,
     RegisterWatcher,
     Rehome,
+    SuperviseLeftRun,
     SupervisorFailed,
-    TakeOver,
 )
 from messages.internal.run_steps import (
     CancelUnheld,
-    InheritProcess,
+    LeftByEarlierLife,
+    LeftByFailedSupervisor,
     RunPlan,
     SubmitRun,
-    TakeOverRun,
 )
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
 from messages.user.tree import ActorKind, ActorNode
@@ -133,8 +133,8 @@ class Dispatcher(PermanentChild):
                 self._finished(message)
             case SupervisorFailed():
                 self._supervisor_failed(message)
-            case TakeOver(flow_run_id=run_id, pid=pid) if run_id not in self.held:
-                self._supervise(run_id, TakeOverRun(pid))
+            case SuperviseLeftRun(flow_run_id=run_id, pid=pid) if run_id not in self.held:
+                self._supervise(run_id, LeftByEarlierLife(pid))
             case Cancel(flow_run_id=run_id):
                 self._cancel(message, run_id)
             case Relinquish(flow_run_id=run_id):
@@ -366,7 +366,7 @@ class Dispatcher(PermanentChild):
             message.pid,
         )
         self.ctx.metrics.restarts.labels(kind=ActorKind.RUN_SUPERVISOR).inc()
-        self._supervise(message.flow_run_id, InheritProcess(message.pid, message.error))
+        self._supervise(message.flow_run_id, LeftByFailedSupervisor(message.pid, message.error))
 
     def _taken(self, run_id: str) -> None:
         """A run's Pending is settled; a draining queue may be due its next page."""

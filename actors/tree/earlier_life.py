@@ -3,11 +3,11 @@
 An agent that was killed leaves runs behind: Pending or Running runs of its queues whose process
 it started on this host, and runs it had taken (Pending, its claim in the state) but never
 recorded a pid for. At start, and for every queue matched later, the Agent has them looked for
-here (`Reconcile`):
+here (`FindEarlierLifeRuns`):
 
 - a run whose recorded process is on this host and is no other live agent's is taken over: the
   Dispatcher supervises it by that pid to its end, or reports it Crashed if it is gone
-  (`TakeOver`);
+  (`SuperviseLeftRun`);
 - a run left Pending with no pid recorded, whose claim names an earlier instance of this agent
   on this host (whose process is gone), is taken over if a process of the run is found by its
   environment, and otherwise goes back to its queue, Scheduled, by the same proposal a peer
@@ -40,7 +40,7 @@ from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
-from messages.internal.lifecycle import TakeOver
+from messages.internal.lifecycle import SuperviseLeftRun
 from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
 
 log = logging.getLogger("prefect_actor_agent.agent")
@@ -115,7 +115,7 @@ class EarlierLife:
                 run.name,
                 run.state.type if run.state else "?",
             )
-            self._take_over(TakeOver(run.id))
+            self._take_over(SuperviseLeftRun(run.id))
         for run, claim_state, pid in found.unrecorded:
             if pid is None:
                 self._hand_back(run, claim_state)
@@ -127,9 +127,9 @@ class EarlierLife:
                     run.name,
                     pid,
                 )
-                self._take_over(TakeOver(run.id, pid))
+                self._take_over(SuperviseLeftRun(run.id, pid))
 
-    def _take_over(self, take_over: TakeOver) -> None:
+    def _take_over(self, take_over: SuperviseLeftRun) -> None:
         dispatcher = self.dispatcher()
         if dispatcher is None or not tell_if_alive(dispatcher, take_over):
             log.warning(

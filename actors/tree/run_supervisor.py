@@ -5,8 +5,8 @@ How it comes to exist is its plan (`messages.internal.run_steps.RunPlan`):
     SubmitRun        a poll found the run: propose Pending (the server's answer is the lock
                      between agents), resolve the infrastructure, start the process, report
                      the pid, wait for the exit.
-    TakeOverRun      an earlier life of this agent left the run on this host: find its
-    InheritProcess   process by pid (or take the one a failed supervisor hands over) and
+    LeftByEarlierLife      an earlier life of this agent left the run on this host: find its
+    LeftByFailedSupervisor   process by pid (or take the one a failed supervisor hands over) and
     CancelUnheld     watch it to its end; or, for a Cancel of a run not held, kill it.
 
 Every server call is made off the inbox (`actors.runtime.calls`) and answers as a message, so
@@ -54,17 +54,17 @@ from messages.internal.dispatch import Cancel, Relinquish, RunStatus
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import CallAnswered, Interrupt, Rehome, SupervisorFailed
 from messages.internal.run_steps import (
-    AdoptRun,
     CancelUnheld,
     CheckProcess,
+    FindProcess,
     GraceExpired,
-    InheritProcess,
+    LeftByEarlierLife,
+    LeftByFailedSupervisor,
     ProcessExited,
     ProposePending,
     RunPlan,
     StartProcess,
     SubmitRun,
-    TakeOverRun,
 )
 from messages.user.events import RunFinished, RunOutcome
 from messages.wire.prefect import (
@@ -137,7 +137,7 @@ class RunSupervisor(pykka.ThreadingActor):
             self.actor_ref.tell(ProposePending())
         else:
             self._set_phase("looking for its process")
-            self.actor_ref.tell(AdoptRun())
+            self.actor_ref.tell(FindProcess())
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -153,7 +153,7 @@ class RunSupervisor(pykka.ThreadingActor):
                 self._propose_pending()
             case StartProcess(spec=spec) if isinstance(spec, ProcessSpec):
                 self._start_process(spec)
-            case AdoptRun():
+            case FindProcess():
                 self._adopt()
             case CheckProcess():
                 self._check_adopted()
@@ -532,7 +532,7 @@ class RunSupervisor(pykka.ThreadingActor):
             self._finish("not-submitted", f"already {state}")
             return
         plan = self.plan
-        handed = plan.pid if isinstance(plan, InheritProcess | TakeOverRun) else None
+        handed = plan.pid if isinstance(plan, LeftByFailedSupervisor | LeftByEarlierLife) else None
         pid = self._handed_pid(run, handed) if handed is not None else self._verified_pid(run)
         if pid is None:
             return
@@ -588,7 +588,7 @@ class RunSupervisor(pykka.ThreadingActor):
         return pid
 
     def _unreachable(self, why: str) -> None:
-        if isinstance(self.plan, TakeOverRun) and self.stop_request is None:
+        if isinstance(self.plan, LeftByEarlierLife) and self.stop_request is None:
             self._process_ended_unwatched()  # gone while no agent watched: tell the truth
             return
         ending = run_ending.unreachable_process(why, self.stop_request)
@@ -650,9 +650,9 @@ class RunSupervisor(pykka.ThreadingActor):
         self._report(ending)
 
     def _cause_of_unknown_exit(self) -> str:
-        if isinstance(self.plan, InheritProcess):
+        if isinstance(self.plan, LeftByFailedSupervisor):
             return f"its supervisor in the agent had failed ({self.plan.failure})"
-        if isinstance(self.plan, TakeOverRun):
+        if isinstance(self.plan, LeftByEarlierLife):
             return "the agent that started it had stopped unexpectedly and lost it"
         if isinstance(self.process, RunProcess):
             return "something else in the agent's process collected its exit status"

@@ -139,15 +139,15 @@ class Rehome(msgspec.Struct, frozen=True):
     agent_id: int
 
 
-class Reconcile(msgspec.Struct, frozen=True):
+class FindEarlierLifeRuns(msgspec.Struct, frozen=True):
     """Scheduled by the Agent to itself at start (and for newly matched queues): find runs of
     these queues that an earlier life of this agent left Pending or Running on this host."""
 
     queue_names: tuple[str, ...]
 
 
-class TakeOver(msgspec.Struct, frozen=True):
-    """Sent by the Agent to the Dispatcher for a run found by `Reconcile`: supervise it by its
+class SuperviseLeftRun(msgspec.Struct, frozen=True):
+    """Sent to the Dispatcher for a run found by `FindEarlierLifeRuns`: supervise it by its
     recorded pid to its end, or report it Crashed if its process is gone."""
 
     flow_run_id: str

@@ -23,7 +23,7 @@ class StartProcess(msgspec.Struct, frozen=True):
     spec: object  # the ProcessSpec (actors.rules.infrastructure) to start
 
 
-class AdoptRun(msgspec.Struct, frozen=True):
+class FindProcess(msgspec.Struct, frozen=True):
     """First step of a supervisor for a run this agent does not hold (it restarted since):
     read the run and find its process by the recorded `hostname:pid`."""
 
@@ -54,15 +54,15 @@ class SubmitRun(msgspec.Struct, frozen=True):
     flow_run: FlowRun
 
 
-class TakeOverRun(msgspec.Struct, frozen=True):
+class LeftByEarlierLife(msgspec.Struct, frozen=True):
     """A run an earlier life of this agent left Pending or Running on this host (found at
-    start by `Reconcile`): find its process by the recorded pid and watch it to its end, or
-    report it Crashed when its process is gone."""
+    start by `FindEarlierLifeRuns`): find its process by the recorded pid and watch it to its
+    end, or report it Crashed when its process is gone."""
 
     pid: int | None = None  # found on this host by its environment (no pid was recorded)
 
 
-class InheritProcess(msgspec.Struct, frozen=True):
+class LeftByFailedSupervisor(msgspec.Struct, frozen=True):
     """A run whose supervisor failed (a bug) while its process ran: watch that process by pid."""
 
     pid: int
@@ -76,4 +76,4 @@ class CancelUnheld(msgspec.Struct, frozen=True):
     cancel: Cancel
 
 
-RunPlan = SubmitRun | TakeOverRun | InheritProcess | CancelUnheld
+RunPlan = SubmitRun | LeftByEarlierLife | LeftByFailedSupervisor | CancelUnheld
