@@ -31,7 +31,7 @@ class Lease:
         self.lost_after = lost_after
         self.heartbeat_seconds = heartbeat_seconds
         self.last_sent: float | None = None  # send time of the last heartbeat that went through
-        self.streak_since: float | None = None  # since when heartbeats went through unbroken
+        self.streak_since: float | None = None  # since when heartbeats were answered unbroken
         self.broken_since_renewal = False  # a heartbeat failed since the last one went through
 
     def expires_at(self) -> float | None:
@@ -51,9 +51,13 @@ class Lease:
         reconnected = expires is not None and (
             self.broken_since_renewal or answered_at >= expires
         )
-        gap = None if self.last_sent is None else sent_at - self.last_sent
-        if self.streak_since is None or gap is None or gap > 2 * self.heartbeat_seconds:
-            self.streak_since = sent_at
+        # Unbroken means answered within three intervals of the last send that went through (a
+        # beat is sent an interval after the last answer, and each waits at most an interval):
+        # a heartbeat the network held longer starts the streak afresh, from when the server
+        # was known to answer again.
+        gap = None if self.last_sent is None else answered_at - self.last_sent
+        if self.streak_since is None or gap is None or gap > 3 * self.heartbeat_seconds:
+            self.streak_since = answered_at
         self.last_sent = sent_at
         self.broken_since_renewal = False
         return self.view(answered_at, reconnected)

@@ -20,7 +20,7 @@ class LeaseChanged(msgspec.Struct, frozen=True):
     lost meanwhile; Recovery then checks every run held here against the server."""
 
     holds: bool  # the agent may act for its runs
-    streak_since: float | None  # agent-clock time since heartbeats went through unbroken
+    streak_since: float | None  # agent-clock time since heartbeats were answered unbroken
     reconnected: bool = False  # a renewal that ends a break: check the held runs
 
 

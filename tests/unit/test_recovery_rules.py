@@ -49,11 +49,11 @@ def test_the_lease_lapses_before_peers_may_act_and_a_gap_restarts_the_streak() -
     assert lease.holds(0.0) and lease.expires_at() is None  # nothing for a peer to judge by
     lease.renewed(100.0, 100.1)
     said = lease.renewed(102.0, 102.1)
-    assert said.holds and said.streak_since == 100.0 and not said.reconnected
+    assert said.holds and said.streak_since == 100.1 and not said.reconnected
     assert lease.expires_at() == 110.0  # 10 - 2 after the send, whatever the answer's delay
     assert lease.holds(109.9) and not lease.holds(110.0)
-    said = lease.renewed(120.0, 120.1)  # a gap of 18 s: not unbroken
-    assert said.streak_since == 120.0
+    said = lease.renewed(120.0, 120.1)  # answered 18 s after the last send: not unbroken
+    assert said.streak_since == 120.1
     said = lease.broken(122.0)
     assert said.holds and said.streak_since is None
 
@@ -76,6 +76,7 @@ def test_a_heartbeat_held_through_a_partition_and_answered_after_the_lapse_says_
     lease.renewed(0.0, 0.1)
     said = lease.renewed(2.0, 30.0)  # sent in time, answered long after the lapse at 8.0
     assert said.reconnected
+    assert said.streak_since == 30.0  # unbroken only from when the server answered again
     assert not said.holds  # its own send time is too old to act on: the next renewal is needed
     said = lease.renewed(31.0, 31.1)  # after the lapse that renewal left: a check again
     assert said.holds and said.reconnected
