@@ -26,6 +26,11 @@ import msgspec
 from messages.wire.prefect import BlockDocument, Deployment, FlowRun, ProcessBlock, WorkPool
 
 SUPPORTED_TYPES = ("process",)
+# Pools whose runs this agent may take: process pools (3.x, and 2.x's), and 2.x agent pools,
+# whose runs name their infrastructure in a block (checked run by run, `process_block`). A pool
+# of any other type names infrastructure this agent cannot run (Docker, Kubernetes, ...): its
+# runs are left to the workers of that type, as Prefect's own workers serve only their type.
+SERVED_POOL_TYPES = ("process", "prefect-agent")
 _PROCESS_FIELDS = frozenset(
     {"type", "command", "env", "working_dir", "stream_output", "name", "labels", "block_type_slug"}
 )
@@ -102,6 +107,17 @@ def process_block(block: BlockDocument | None, overrides: Mapping[str, Any]) -> 
 
 
 JOB_VARIABLES = ("env", "command", "working_dir", "stream_output")
+
+
+def pool_refusal(pool: WorkPool) -> str | None:
+    """Why this agent takes no run of `pool` (None: it serves it). A pool with no type (a
+    server older than pool types) is served: its runs' blocks are checked one by one."""
+    if not pool.type or pool.type in SERVED_POOL_TYPES:
+        return None
+    return (
+        f"work pool {pool.name!r} is of type {pool.type!r}, which this agent cannot run "
+        f"(it serves pools of type {', '.join(repr(t) for t in SERVED_POOL_TYPES)})"
+    )
 
 
 def template_defaults(pool: WorkPool | None) -> dict[str, Any]:

@@ -54,3 +54,17 @@ def events_line(tree: ActorNode) -> str:
         return "events: off"
     mode, reason = listener.state, listener.detail.get("reason", "")
     return f"events: {mode} ({reason})" if mode == "polling" and reason else f"events: {mode}"
+
+
+def pools_line(tree: ActorNode) -> str | None:
+    """The /healthz line of the work pool served: `work pool 'p' (process): served`, or
+    `... refused: <why>` for a pool of a type this agent cannot run. None: no pool."""
+    for node in tree.children:
+        pool = node.detail.get("work pool")
+        if node.kind != ActorKind.QUEUE_WATCHER or pool is None:
+            continue
+        kind = node.detail.get("work pool type")
+        named = f"work pool {pool!r}" + (f" ({kind})" if kind else "")
+        refused = node.detail.get("refused")
+        return f"{named}: refused: {refused}" if refused else f"{named}: served"
+    return None

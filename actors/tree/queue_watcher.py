@@ -31,6 +31,7 @@ from typing import Any
 import pykka
 
 from actors.edges.prefect_api import ApiError
+from actors.rules.infrastructure import pool_refusal
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.rules.share import Share, recorded_poll_interval
@@ -84,6 +85,7 @@ class QueueWatcher(PermanentChild):
         self.pool: WorkPool | None = None  # as read by the poll under way
         self.filter_answers = False  # whether this poll's pages may come by the flow-run filter
         self.pool_missing = False
+        self.refused: str | None = None  # why the pool's runs are not taken (its type)
         self.failures = 0
         self.share = Share(ctx.identity.name)  # which runs of the window are ours to propose
         self.polls = 0
@@ -207,6 +209,11 @@ class QueueWatcher(PermanentChild):
         if self.pool_name is not None:
             pool = self._read_pool(self.pool_name)
             if pool is None:
+                return interval
+            refusal = pool_refusal(pool)
+            if refusal is not None:
+                self.pool = pool
+                self._refuse(refusal)
                 return interval
         queue = self._read_queue()
         if queue is None:
@@ -340,6 +347,15 @@ class QueueWatcher(PermanentChild):
             return f"work queue {self.queue_name!r}"
         return ""
 
+    def _refuse(self, refusal: str) -> None:
+        """A pool of a type this agent cannot run: none of its runs is taken, ever (a run must
+        never execute on infrastructure other than the one its deployment names)."""
+        if self.refused is None:
+            self.log.warning("%s: not taking the runs of its queue %r", refusal, self.queue_name)
+        self.refused = refusal
+        self._nothing_due()
+        self._set_phase("refused: this agent cannot run the work pool's type")
+
     def _read_pool(self, name: str) -> WorkPool | None:
         pool = self.api.read_work_pool(name)
         if pool is None:
@@ -396,6 +412,10 @@ class QueueWatcher(PermanentChild):
         detail = {"queue id": self.queue.id} if self.queue is not None else {}
         if self.pool_name is not None:
             detail["work pool"] = self.pool_name
+        if self.pool is not None and self.pool.type:
+            detail["work pool type"] = self.pool.type
+        if self.refused is not None:
+            detail["refused"] = self.refused
         sharers = len(self.share.sharers())
         if sharers > 1 or self.share.overdue_taken:
             detail["shared with"] = f"{sharers - 1} live peer(s)"

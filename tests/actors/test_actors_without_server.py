@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pykka
 import pytest
 
-from actors import AgentHandle, RunListener, settings_from_env, start_agent
+from actors import AgentHandle, RunListener, StatusServer, settings_from_env, start_agent
 from actors.runtime.clock import Clock, ClockInterface
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.queue_watcher import QueueWatcher
@@ -921,3 +922,50 @@ def test_a_child_whose_start_up_always_fails_makes_the_agent_give_up_within_the_
     failure = wait_until(gave_up, 10, "the agent to give up")
     assert "3 failures within 60s (at most 2 restarts allowed)" in failure, failure
     assert watcher.faults.raised == 3
+
+
+# -- m. a pool of a type this agent cannot run ------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_pool_of_a_type_the_agent_cannot_run_is_refused_and_none_of_its_runs_taken(
+    fake: FakePrefectApi, start: Start, runs_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    """A Prefect 3 pool of type docker names containers: its runs must never start as local
+    processes. The agent says so in its tree and /healthz, and takes none of them."""
+    fake.add_pool("containers", type_="docker")
+    fake.add_queue("default", pool="containers")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="containers")
+    clock = ManualClock()
+    handle = start(clock=clock, work_pool="containers")
+    status = StatusServer(handle).start()
+    request.addfinalizer(status.stop)
+    watcher = wait_until(
+        lambda: (w := node(handle.tree(), "QueueWatcher", "default")) and w.state.startswith(
+            "refused"
+        ) and w,
+        5,
+        "the watcher to refuse the pool",
+    )
+    assert "of type 'docker'" in watcher.detail["refused"]
+    clock.advance(60)  # polls come round: still nothing taken
+    wait_until(lambda: fake.calls("read_work_pool")[1:], 5, "the pool read again")
+    assert fake.proposals(run.id) == []
+    assert fake.state(run.id).type == SCHEDULED
+    body = httpx.get(f"http://{status.host}:{status.port}/healthz", timeout=5).text
+    assert "work pool 'containers' (docker): refused: " in body, body
+
+
+@pytest.mark.timeout(30)
+def test_a_process_pool_is_served_and_says_so(
+    fake: FakePrefectApi, start: Start, runs_dir: Path, request: pytest.FixtureRequest
+) -> None:
+    fake.add_pool("local", type_="process")
+    fake.add_queue("default", pool="local")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="local")
+    handle = start(work_pool="local")
+    status = StatusServer(handle).start()
+    request.addfinalizer(status.stop)
+    started_pid(runs_dir, run.id)
+    body = httpx.get(f"http://{status.host}:{status.port}/healthz", timeout=5).text
+    assert "work pool 'local' (process): served" in body, body
