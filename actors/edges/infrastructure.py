@@ -104,7 +104,14 @@ class RunJob(Protocol):
 
 
 class Infrastructure(Protocol):
-    """One kind of infrastructure."""
+    """One kind of infrastructure.
+
+    A kind may also have (read with defaults by `actors.edges.kinds`, so none is required):
+    `block_types` and `pool_types`, the 2.x block types and the pool types it runs (default:
+    `(kind,)`; the Process kind: "process"; a Docker kind: "docker-container" and "docker");
+    and `watched(infrastructure_pid) -> bool`, whether a live agent still watches that run's
+    infrastructure, so an earlier life's search leaves it alone (default: no).
+    """
 
     kind: str  # "process", "docker"
 
