@@ -631,7 +631,7 @@ class RunSupervisor(pykka.ThreadingActor):
             return
         if job is None:
             if handed:  # it ended before the handover completed
-                self._process_ended_unwatched()
+                self._ended_unwatched()
             else:
                 self._unreachable(
                     f"its infrastructure {pid} is gone (that pid is free or belongs to "
@@ -651,7 +651,7 @@ class RunSupervisor(pykka.ThreadingActor):
 
     def _unreachable(self, why: str) -> None:
         if isinstance(self.plan, LeftByEarlierLife) and self.stop_request is None:
-            self._process_ended_unwatched()  # gone while no agent watched: tell the truth
+            self._ended_unwatched()  # gone while no agent watched: tell the truth
             return
         ending = run_ending.unreachable_process(why, self.stop_request)
         log.warning(
@@ -676,14 +676,14 @@ class RunSupervisor(pykka.ThreadingActor):
             log.info("flow run %s: after its end, %s", self.run_id, done)
         ending = run_ending.after_exit(code, self.stop_request, ended.cause)
         if ending.ask_server:
-            self._process_ended_unwatched()
+            self._ended_unwatched()
             return
         if ending.outcome == "crashed" and ending.report is not None:
             log.warning("flow run %s crashed: %s", self.run_id, ending.report.message)
         self._report(ending)
 
-    def _process_ended_unwatched(self) -> None:
-        """A process watched by pid ended: its exit code is unknowable, so the server's state
+    def _ended_unwatched(self) -> None:
+        """Infrastructure watched by pid ended: its exit code is unknowable, so the server's state
         decides (see `run_ending.unknown_exit`)."""
         self.reporting = True
         cause = self._cause_of_unknown_exit()
@@ -722,7 +722,7 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.job is None or self.pid is None:
             # Not started yet: the next step sees the request and starts nothing.
             log.info(
-                "flow run %s: %s before its process started; it will not start",
+                "flow run %s: %s before its infrastructure started; it will not start",
                 self.run_id,
                 _what(request),
             )
