@@ -105,8 +105,8 @@ def recovery_for(
     )
     if cancelling:
         message = (
-            f"Cancelled by a peer agent: the run's infrastructure was held by a lost agent "
-            f"({who}) and could not be reached."
+            f"Cancelled by a peer agent: the run's infrastructure was on a lost host ({who}) "
+            "and could not be reached."
         )
         return RecoveryAction("cancelled", _proposal(CANCELLED, "Cancelled", message, tid))
     started = bool(run.infrastructure_pid)  # recorded: its infrastructure started, whatever kind
