@@ -19,7 +19,9 @@ from typing import Any
 import pykka
 
 from actors.edges.api_interface import PrefectApiInterface
+from actors.edges.infrastructure import Infrastructure
 from actors.edges.prefect_api import PrefectApi
+from actors.edges.process_kind import Process
 from actors.edges.processes import HOSTNAME
 from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
 from actors.runtime.clock import Clock, ClockInterface
@@ -47,6 +49,8 @@ class AgentHandle:
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
         clock: ClockInterface | None = None,
         actors: ChildActors | None = None,
+        *,
+        infrastructures: tuple[Infrastructure, ...] | None = None,
     ) -> None:
         self.settings = settings
         self.api: PrefectApiInterface = api or PrefectApi(
@@ -63,6 +67,7 @@ class AgentHandle:
             clock=self.clock,
             identity=identity_for(settings),
             listeners=listeners,
+            infrastructures=(Process(),) if infrastructures is None else infrastructures,
         )
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
         self.outcome = self.ctx.outcome
@@ -187,6 +192,7 @@ class AgentHandle:
             self.clock.stop()
             self.api.close()
             self.ctx.calls.stop()
+            self.ctx.infra_calls.stop()
 
 
 def identity_for(settings: AgentSettings) -> AgentIdentity:
@@ -203,8 +209,13 @@ def start_agent(
     listeners: tuple[pykka.ActorRef[Any], ...] = (),
     clock: ClockInterface | None = None,
     actors: ChildActors | None = None,
+    *,
+    infrastructures: tuple[Infrastructure, ...] | None = None,
 ) -> AgentHandle:
     """Start an agent's actor tree inside the calling process; `listeners` (RunListener refs)
     hear every run event from the first poll on. `clock` serves every timer of the agent
-    (default: a real `Clock`); `actors`, the classes of its children (a test's fakes)."""
-    return AgentHandle(settings, api, listeners, clock, actors)
+    (default: a real `Clock`); `actors`, the classes of its children (a test's fakes);
+    `infrastructures`, the kinds runs are started on (default: the Process kind)."""
+    return AgentHandle(
+        settings, api, listeners, clock, actors, infrastructures=infrastructures
+    )

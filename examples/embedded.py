@@ -45,7 +45,7 @@ class HostService(RunListener):
         )
 
     def run_started(self, event: RunStarted) -> None:
-        print(f"event: RunStarted {event.flow_run_id} pid {event.pid}", flush=True)
+        print(f"event: RunStarted {event.flow_run_id} pid {event.infrastructure_pid}", flush=True)
 
     def run_finished(self, event: RunFinished) -> None:
         print(

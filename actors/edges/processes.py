@@ -1,36 +1,25 @@
-"""The agent's other edge: flow run processes on this host.
+"""Processes on this host, read from /proc and signalled by group: what the Process kind of
+infrastructure (`actors.edges.process_kind`) is made of.
 
 Each run's process leads a process group of its own (`start_new_session`), so that a
 cancellation reaches everything the flow spawned, children and grandchildren, and so that a
 Ctrl+C in the agent's terminal does not reach the runs. `ProcessGroup` is the one place such a
 group is signalled (SIGTERM, a grace period, SIGKILL). A temporary working directory made for a
-run is removed when the run's process has exited.
+run is removed when the run's process has exited (by the Process kind).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
-
-from actors.edges.spawn import Child
-from actors.rules.infrastructure import ProcessSpec, SubmissionError
-from actors.rules.infrastructure_pid import format_infrastructure_pid
 
 log = logging.getLogger("prefect_actor_agent.process")
 
 HOSTNAME = socket.gethostname()
-
-
-def infrastructure_pid(pid: int) -> str:
-    """This host's process `pid` in the `hostname:pid` form the server records."""
-    return format_infrastructure_pid(HOSTNAME, pid)
 
 
 class ProcessGroup:
@@ -93,65 +82,6 @@ class ProcessGroup:
             log.warning("not permitted to signal process group %d", self.pgid)
             return False
         return True
-
-
-class RunProcess:
-    """One started flow run process; `wait` blocks, so call it from a helper, never an inbox."""
-
-    def __init__(self, spec: ProcessSpec) -> None:
-        self._temp_dir = None if spec.working_dir else tempfile.mkdtemp(suffix="-prefect-run")
-        cwd = spec.working_dir or self._temp_dir
-        output = None if spec.stream_output else subprocess.DEVNULL
-        try:
-            self._child = Child(
-                list(spec.command),
-                env=spec.env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            self._remove_temp_dir()
-            raise SubmissionError(
-                f"could not start {spec.command[0]!r} in {cwd!r}: {exc.strerror or exc}"
-            ) from exc
-        self.pid = self._child.pid
-        self.group = ProcessGroup(self.pid, lambda: self._child.running)
-
-    def wait(self) -> int | None:
-        """Block until the process exits; its exit code (negative: killed by that signal), or
-        None when the code was lost (see `actors.edges.spawn`)."""
-        try:
-            return self._child.wait()
-        finally:
-            self._remove_temp_dir()
-
-    @property
-    def running(self) -> bool:
-        return self._child.running
-
-    def _remove_temp_dir(self) -> None:
-        if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
-            self._temp_dir = None
-
-
-class AdoptedProcess:
-    """A run's process this agent did not start (it was restarted since): watched by its pid.
-
-    Its exit code cannot be known (only a parent can wait for it); `running` polls /proc.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.group = ProcessGroup(pid, lambda: process_alive(pid))
-
-    @property
-    def running(self) -> bool:
-        return process_alive(self.pid)
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -1,6 +1,6 @@
-"""What a run's process needs from the server: its deployment, the deployment's infrastructure
-block (or, on Prefect 3, the pool's job template), read through the API edge and turned into a
-`ProcessSpec` by the pure rules of `actors.rules.infrastructure`.
+"""What a run's infrastructure is made from, read from the server: its deployment, the
+deployment's infrastructure block (or, on Prefect 3, the work pool and its job template), as a
+`RunSource` that the run's kind (`actors.edges.kinds`) turns into a spec (`prepare`).
 
 It blocks on the server, so the RunSupervisor calls it from the call pool, never its inbox.
 """
@@ -8,16 +8,22 @@ It blocks on the server, so the RunSupervisor calls it from the call pool, never
 from __future__ import annotations
 
 from actors.edges.api_interface import PrefectApiInterface
+from actors.edges.infrastructure import RunSource
 from actors.edges.prefect_api import NotFoundError
-from actors.rules.infrastructure import ProcessSpec, SubmissionError, process_spec
+from actors.rules.infrastructure import SubmissionError
 from messages.wire.prefect import BlockDocument, Deployment, FlowRun
 
 
-def resolve_process_spec(
-    api: PrefectApiInterface, flow_run: FlowRun, *, api_url: str, api_key: str | None
-) -> ProcessSpec:
-    """Deployment -> infrastructure block -> overrides -> argv and environment; the run's
-    process is told the server's `api_url` and `api_key` (those the agent itself uses).
+def read_run_source(
+    api: PrefectApiInterface,
+    flow_run: FlowRun,
+    *,
+    api_url: str,
+    api_key: str | None,
+    worker_name: str,
+) -> RunSource:
+    """The run's deployment, its block (2.x) or its pool (3.x); the run's infrastructure is
+    told the server's `api_url` and `api_key` (those the agent itself uses).
 
     Raises `SubmissionError` when what the run names no longer exists (the run then fails with
     that reason), `ApiError` or `ApiDecodeError` when the server does not answer well."""
@@ -40,12 +46,13 @@ def resolve_process_spec(
     pool = None
     if job_variables and deployment is not None and deployment.work_pool_name:
         pool = api.read_work_pool(deployment.work_pool_name)
-    return process_spec(
-        flow_run,
-        deployment,
-        block,
+    return RunSource(
+        flow_run=flow_run,
+        deployment=deployment,
+        block=block,
+        pool=pool,
+        job_variables=job_variables,
         api_url=api_url,
         api_key=api_key,
-        job_variables=job_variables,
-        pool=pool,
+        worker_name=worker_name,
     )

@@ -1,4 +1,5 @@
-"""What a flow run process's exit code means, in words a user can act on."""
+"""What a flow run's exit code means, in words a user can act on (and the cause, when the
+infrastructure's kind knows it: a container's OOM kill)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ _MEANINGS: dict[int, str] = {
 }
 
 
-def describe_exit(returncode: int) -> str:
-    """The Crashed message for a non-zero exit: the code, and what it usually means."""
+def describe_exit(returncode: int, cause: str | None = None) -> str:
+    """The Crashed message for a non-zero exit: the code, the cause when it is known, and what
+    the code usually means."""
     meaning = _MEANINGS.get(returncode)
     if meaning is None and returncode < 0:
         try:
@@ -33,4 +35,6 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         meaning = f"the process was ended by {name}"
     text = f"Flow run infrastructure exited with non-zero status code {returncode}"
+    if cause:
+        return f"{text}: {cause}; {meaning}." if meaning else f"{text}: {cause}."
     return f"{text}: {meaning}." if meaning else f"{text}."

@@ -5,10 +5,11 @@ Two sources, by server: on Prefect 2 a deployment names a Process infrastructure
 blocks, and the process pool's job variables (env, command, working_dir) come in layers: the
 pool's template defaults, the deployment's `job_variables`, the run's own `job_variables`.
 
-All of this is pure: the RunSupervisor fetches the deployment and the block, then asks these
-functions what to run. Every way the inputs can be wrong raises `SubmissionError` with a
-message that names the problem, so the run is Failed with a reason a user can fix and the
-agent carries on with every other run.
+All of this is pure: the RunSupervisor fetches the deployment and the block, then the Process
+kind of infrastructure (`actors.edges.process_kind`) asks these functions what to run. Every
+way the inputs can be wrong raises `SubmissionError` with a message that names the problem,
+so the run is Failed with a reason a user can fix and the agent carries on with every other
+run.
 """
 
 from __future__ import annotations
@@ -25,12 +26,6 @@ import msgspec
 
 from messages.wire.prefect import BlockDocument, Deployment, FlowRun, ProcessBlock, WorkPool
 
-SUPPORTED_TYPES = ("process",)
-# Pools whose runs this agent may take: process pools (3.x, and 2.x's), and 2.x agent pools,
-# whose runs name their infrastructure in a block (checked run by run, `process_block`). A pool
-# of any other type names infrastructure this agent cannot run (Docker, Kubernetes, ...): its
-# runs are left to the workers of that type, as Prefect's own workers serve only their type.
-SERVED_POOL_TYPES = ("process", "prefect-agent")
 _PROCESS_FIELDS = frozenset(
     {"type", "command", "env", "working_dir", "stream_output", "name", "labels", "block_type_slug"}
 )
@@ -93,11 +88,10 @@ def process_block(block: BlockDocument | None, overrides: Mapping[str, Any]) -> 
     """The Process fields for a run: the block's (or the defaults), with overrides applied."""
     data: dict[str, Any] = dict(block.data) if block is not None else {"type": "process"}
     kind = str(data.get("type") or (block.block_type.slug if block and block.block_type else ""))
-    if kind not in SUPPORTED_TYPES:
+    if kind != "process":  # the kind was chosen by type (`actors.edges.kinds`): a bug
         name = f" {block.name!r}" if block is not None and block.name else ""
         raise SubmissionError(
-            f"infrastructure block{name} is of type {kind!r}, which this agent cannot run "
-            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+            f"infrastructure block{name} is of type {kind!r}, which the Process kind cannot run"
         )
     merged = apply_overrides(data, overrides)
     try:
@@ -107,17 +101,6 @@ def process_block(block: BlockDocument | None, overrides: Mapping[str, Any]) -> 
 
 
 JOB_VARIABLES = ("env", "command", "working_dir", "stream_output")
-
-
-def pool_refusal(pool: WorkPool) -> str | None:
-    """Why this agent takes no run of `pool` (None: it serves it). A pool with no type (a
-    server older than pool types) is served: its runs' blocks are checked one by one."""
-    if not pool.type or pool.type in SERVED_POOL_TYPES:
-        return None
-    return (
-        f"work pool {pool.name!r} is of type {pool.type!r}, which this agent cannot run "
-        f"(it serves pools of type {', '.join(repr(t) for t in SERVED_POOL_TYPES)})"
-    )
 
 
 def template_defaults(pool: WorkPool | None) -> dict[str, Any]:

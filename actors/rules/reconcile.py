@@ -1,27 +1,24 @@
-"""Which runs an earlier life of this agent left behind on this host: the pure half of the
-Agent's `FindEarlierLifeRuns` (the /proc look-up that tells a live agent's process is passed in)."""
+"""Which runs an earlier life of this agent left behind within its reach: the pure half of
+the Agent's `FindEarlierLifeRuns` (whether a pid is within reach, and whether a live agent
+still watches it, are the infrastructure kinds' to say: passed in)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from actors.rules.infrastructure_pid import parse_infrastructure_pid
 from messages.wire.prefect import FlowRun
 
 
 def left_behind(
-    runs: Iterable[FlowRun], hostname: str, owned_by_live_agent: Callable[[int], bool]
+    runs: Iterable[FlowRun], here: Callable[[str], bool], watched: Callable[[str], bool]
 ) -> list[FlowRun]:
-    """Runs whose recorded process is on `hostname` and is no live agent's child: nobody
-    watches them. A run with no pid or another host's is left alone here."""
-    found = []
-    for run in runs:
-        if not run.infrastructure_pid:
-            continue
-        try:
-            host, pid = parse_infrastructure_pid(run.infrastructure_pid)
-        except ValueError:
-            continue
-        if host == hostname and not owned_by_live_agent(pid):
-            found.append(run)
-    return found
+    """Runs whose recorded infrastructure is `here` (within this agent's reach: this host's
+    process, this daemon's container) and that no live agent watches: nobody does. A run with
+    no pid, or one out of reach, is left alone here."""
+    return [
+        run
+        for run in runs
+        if run.infrastructure_pid
+        and here(run.infrastructure_pid)
+        and not watched(run.infrastructure_pid)
+    ]

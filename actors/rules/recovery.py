@@ -7,11 +7,13 @@ nothing is recovered until the survivors have heartbeated for a full window agai
 time every live agent has heartbeated as well.
 
 A lost agent's runs are recovered through ordinary state proposals, so the server's answer is
-the lock between peers that act at once: a run that had a process is proposed Crashed, and a
-Cancelling one Cancelled (final states: the server takes one and refuses the rest); a Pending
-run whose process is not known to have started goes back to its queue, Scheduled and due now,
-with a transition id derived from the run's Pending state, so that the same hand-back sent by
-two peers is recognised by the server as one.
+the lock between peers that act at once: a run whose infrastructure (a process, a container)
+started is proposed Crashed, and a Cancelling one Cancelled (final states: the server takes one
+and refuses the rest); a Pending run whose infrastructure is not known to have started (no
+infrastructure pid recorded) goes back to its queue, Scheduled and due now, with a transition
+id derived from the run's Pending state, so that the same hand-back sent by two peers is
+recognised by the server as one. (A kind that records its pid before the start, a container,
+is taken as started once recorded: Crashed, never run twice.)
 """
 
 from __future__ import annotations
@@ -103,17 +105,18 @@ def recovery_for(
     )
     if cancelling:
         message = (
-            f"Cancelled by a peer agent: the run's process was on a lost host ({who}) and "
-            "could not be reached."
+            f"Cancelled by a peer agent: the run's infrastructure was on a lost host ({who}) "
+            "and could not be reached."
         )
         return RecoveryAction("cancelled", _proposal(CANCELLED, "Cancelled", message, tid))
-    if state.type == RUNNING or (state.type == PENDING and run.infrastructure_pid):
+    started = bool(run.infrastructure_pid)  # recorded: its infrastructure started, whatever kind
+    if state.type == RUNNING or (state.type == PENDING and started):
         message = f"Crashed: the run was held by {who}; a peer agent declared it lost."
         return RecoveryAction("crashed", _proposal(CRASHED, "Crashed", message, tid))
     if state.type == PENDING:
         message = (
             f"Handed back to its queue by a peer agent: it was taken by {who}, a lost agent, "
-            "and no process of it is known to have started."
+            "and no infrastructure of it is known to have started."
         )
         return RecoveryAction("handed-back", handed_back(run.id, claim_state, message))
     return None

@@ -31,8 +31,11 @@ class Ending:
     ask_server: bool = False
 
 
-def after_exit(code: int | None, stop: Cancel | Interrupt | Relinquish | None) -> Ending:
-    """The run's process exited with `code` (None: unknown, it was watched by pid)."""
+def after_exit(
+    code: int | None, stop: Cancel | Interrupt | Relinquish | None, cause: str | None = None
+) -> Ending:
+    """The run's infrastructure ended with `code` (None: unknown, it was watched by pid), and
+    a `cause` its kind knows (an OOM kill) or None."""
     shown = "an unknown code" if code is None else f"code {code}"
     if isinstance(stop, Relinquish):
         return Ending("relinquished", f"{stop.reason}; exit {shown}")
@@ -57,7 +60,7 @@ def after_exit(code: int | None, stop: Cancel | Interrupt | Relinquish | None) -
         return Ending("exited", "exit code 0")
     if code is None:
         return Ending("crashed", "exit code unknown", ask_server=True)
-    return Ending("crashed", f"exit code {code}", crashed(describe_exit(code)))
+    return Ending("crashed", f"exit code {code}", crashed(describe_exit(code, cause)))
 
 
 def before_start(stop: Cancel | Interrupt | Relinquish) -> Ending:

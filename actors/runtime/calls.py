@@ -82,8 +82,10 @@ class Calls:
         then: Callable[[T], None],
         failed: Callable[[Exception], None],
         urgent: bool = False,
+        pool: CallPool | None = None,
     ) -> None:
-        """Make `call` in the pool; `then(value)` or `failed(error)` runs later in the inbox."""
+        """Make `call` in the pool (or in `pool`: infrastructure calls have their own);
+        `then(value)` or `failed(error)` runs later in the inbox."""
         token = next(self._tokens)
         self._waiting[token] = (then, failed)
         ref = self._ref
@@ -95,7 +97,7 @@ class Calls:
                 answer = CallAnswered(token, None, exc)
             tell_if_alive(ref, answer)
 
-        self._pool.submit(job, urgent)
+        (pool or self._pool).submit(job, urgent)
 
     def answered(self, message: CallAnswered) -> None:
         """Run the continuation of the call that `message` answers (in the actor's inbox)."""

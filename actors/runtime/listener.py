@@ -24,7 +24,7 @@ class RunListener(pykka.ThreadingActor):
         """A run was admitted; its supervisor is proposing Pending."""
 
     def run_started(self, event: RunStarted) -> None:
-        """The run's process started with `event.pid`."""
+        """The run's infrastructure started, at `event.infrastructure_pid`."""
 
     def run_finished(self, event: RunFinished) -> None:
         """The run ended for this agent; `event.outcome` says how."""

@@ -358,9 +358,9 @@ class Dispatcher(PermanentChild):
         )
 
     def _supervisor_failed(self, message: SupervisorFailed) -> None:
-        """Hand the still-running process to a replacement that watches it by pid."""
+        """Hand the still-running infrastructure to a replacement that watches it by pid."""
         log.error(
-            "the supervisor of flow run %s failed (%s); a replacement watches its process %d",
+            "the supervisor of flow run %s failed (%s); a replacement watches %s",
             message.flow_run_id,
             message.error,
             message.pid,
@@ -445,7 +445,7 @@ class Dispatcher(PermanentChild):
                 state=status.state if status else "starting",
                 since=status.since if status else self.since,
                 restart=TEMPORARY,
-                detail={"pid": str(status.pid)} if status and status.pid else {},
+                detail={"pid": status.pid} if status and status.pid else {},
             )
             for run_id in sorted(self.held)
             for status in [self.status.get(run_id)]

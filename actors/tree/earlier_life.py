@@ -1,21 +1,22 @@
-"""What an earlier life of this agent left on this host: taken over, or handed back.
+"""What an earlier life of this agent left within its reach: taken over, or handed back.
 
-An agent that was killed leaves runs behind: Pending or Running runs of its queues whose process
-it started on this host, and runs it had taken (Pending, its claim in the state) but never
-recorded a pid for. At start, and for every queue matched later, the Agent has them looked for
-here (`FindEarlierLifeRuns`):
+An agent that was killed leaves runs behind: Pending or Running runs of its queues whose
+infrastructure it started (a process on this host, a container of its daemon), and runs it
+had taken (Pending, its claim in the state) but never recorded a pid for. At start, and for
+every queue matched later, the Agent has them looked for here (`FindEarlierLifeRuns`):
 
-- a run whose recorded process is on this host and is no other live agent's is taken over: the
-  Dispatcher supervises it by that pid to its end, or reports it Crashed if it is gone
-  (`SuperviseLeftRun`);
+- a run whose recorded infrastructure is within reach (the kind's `reach`) and no other live
+  agent's is taken over: the Dispatcher supervises it by that pid to its end, or reports it
+  Crashed if it is gone (`SuperviseLeftRun`);
 - a run left Pending with no pid recorded, whose claim names an earlier instance of this agent
-  on this host (whose process is gone), is taken over if a process of the run is found by its
-  environment, and otherwise goes back to its queue, Scheduled, by the same proposal a peer
-  recovering it would make (`actors.rules.recovery.handed_back`).
+  on this host (whose process is gone), is taken over if its infrastructure is found by the
+  run's id (the kinds' `find`), and otherwise goes back to its queue, Scheduled, by the same
+  proposal a peer recovering it would make (`actors.rules.recovery.handed_back`).
 
 Peers recover a lost agent's runs (`Recovery`); this is an agent's own, after a restart. It is
-a controller of the Agent, not an actor: its server calls and its reading of /proc are made off
-the Agent's inbox (`actors.runtime.calls`), and only what they found comes back to it.
+a controller of the Agent, not an actor: its server calls and its looks at the infrastructure
+are made off the Agent's inbox (`actors.runtime.calls`), and only what they found comes back
+to it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,8 @@ from typing import Any
 
 import pykka
 
-from actors.edges.processes import (
-    HOSTNAME,
-    find_run_process,
-    owned_by_live_agent,
-    process_alive,
-)
+from actors.edges.kinds import find_unrecorded, reach, watched
+from actors.edges.processes import process_alive
 from actors.rules.identity import AgentIdentity
 from actors.rules.reconcile import left_behind
 from actors.rules.recovery import handed_back, latest_claim
@@ -48,12 +45,12 @@ log = logging.getLogger("prefect_actor_agent.agent")
 
 @dataclass
 class LeftBehind:
-    """What one look found: runs whose recorded process is on this host and nobody's, and
-    runs an earlier life left Pending with no pid recorded, each with the Pending that took
-    it and its process on this host (None: there is none)."""
+    """What one look found: runs whose recorded infrastructure is within reach and nobody's,
+    and runs an earlier life left Pending with no pid recorded, each with the Pending that
+    took it and the pid of its infrastructure found by the run's id (None: there is none)."""
 
     recorded: list[FlowRun] = field(default_factory=list)
-    unrecorded: list[tuple[FlowRun, State, int | None]] = field(default_factory=list)
+    unrecorded: list[tuple[FlowRun, State, str | None]] = field(default_factory=list)
 
 
 class EarlierLife:
@@ -79,19 +76,27 @@ class EarlierLife:
         self.calls.start(lambda: self._look(queue_names), self._found, unreadable)
 
     def _look(self, queue_names: tuple[str, ...]) -> LeftBehind:
-        """In the call pool: the server's runs of these queues, then this host's processes."""
+        """In the call pool: the server's runs of these queues, then their infrastructure."""
         runs = self.api.runs_in_states(
             list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
         )
-        found = LeftBehind(recorded=left_behind(runs, HOSTNAME, owned_by_live_agent))
+        kinds = self.ctx.infrastructures
+        found = LeftBehind(
+            recorded=left_behind(
+                runs,
+                here=lambda pid: reach(pid, kinds) == "here",
+                watched=lambda pid: watched(pid, kinds),
+            )
+        )
         for run in runs:
             if run.infrastructure_pid or run.state is None or run.state.type != PENDING:
                 continue
             claimed = latest_claim(self.api.read_flow_run_states(run.id))
             if claimed is None or not self._earlier_life(claimed[1]):
                 continue
-            pid = find_run_process(run.id)
-            if pid is None or not owned_by_live_agent(pid):
+            job = find_unrecorded(run.id, kinds)
+            pid = job.infrastructure_pid if job is not None else None
+            if pid is None or not watched(pid, kinds):
                 found.unrecorded.append((run, claimed[0], pid))
         return found
 
@@ -122,7 +127,7 @@ class EarlierLife:
             else:
                 log.info(
                     "flow run %s (%s) was left Pending by an earlier life of this agent, its "
-                    "pid unrecorded; its process %d is alive: taking it over",
+                    "pid unrecorded; its infrastructure %s is alive: taking it over",
                     run.id,
                     run.name,
                     pid,
@@ -141,7 +146,7 @@ class EarlierLife:
     def _hand_back(self, run: FlowRun, claim_state: State) -> None:
         """A run an earlier life took (Pending) but never started: back to its queue.
 
-        In the call pool, in this order: no process of the run on this host, then the run
+        In the call pool, in this order: no infrastructure of the run found, then the run
         still in the same Pending, then the proposal. A process that ended meanwhile reported
         its final state before it exited, so the read after the search sees it: a Scheduled
         proposal, which the server would take even over Completed, is never sent then."""
@@ -153,8 +158,8 @@ class EarlierLife:
         )
 
         def hand_back() -> str:
-            if find_run_process(run.id) is not None:
-                return "its process is alive"
+            if find_unrecorded(run.id, self.ctx.infrastructures) is not None:
+                return "its infrastructure is alive"
             now = self.api.read_flow_run(run.id)
             if now.state is None or now.state.id != claim_state.id:
                 return "it moved on"

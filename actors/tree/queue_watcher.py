@@ -30,8 +30,8 @@ from typing import Any
 
 import pykka
 
+from actors.edges.kinds import pool_refusal
 from actors.edges.prefect_api import ApiError
-from actors.rules.infrastructure import pool_refusal
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.rules.share import Share, recorded_poll_interval
@@ -210,7 +210,7 @@ class QueueWatcher(PermanentChild):
             pool = self._read_pool(self.pool_name)
             if pool is None:
                 return interval
-            refusal = pool_refusal(pool)
+            refusal = pool_refusal(pool, self.ctx.infrastructures)
             if refusal is not None:
                 self.pool = pool
                 self._refuse(refusal)

@@ -3,16 +3,24 @@
 How it comes to exist is its plan (`messages.internal.run_steps.RunPlan`):
 
     SubmitRun        a poll found the run: propose Pending (the server's answer is the lock
-                     between agents), resolve the infrastructure, start the process, report
-                     the pid, wait for the exit.
-    LeftByEarlierLife      an earlier life of this agent left the run on this host: find its
-    LeftByFailedSupervisor   process by pid (or take the one a failed supervisor hands over) and
-    CancelUnheld     watch it to its end; or, for a Cancel of a run not held, kill it.
+                     between agents), resolve the infrastructure, create it, record its pid
+                     and start it (or start it, then record the pid, for a kind that learns
+                     it only by starting), wait for the end.
+    LeftByEarlierLife      an earlier life of this agent left the run within its reach: find
+    LeftByFailedSupervisor   its infrastructure by pid (or take the one a failed supervisor
+    CancelUnheld     hands over) and watch it to its end; or, for a Cancel of a run not held,
+                     stop it.
 
-Every server call is made off the inbox (`actors.runtime.calls`) and answers as a message, so
-a Cancel or an Interrupt is handled at once, whatever the server does: a run cancelled while
-its Pending is with the server never starts, and a running one is killed while the server
-hangs (its Cancelled report goes when the server answers). How a run ended and what the
+The run's infrastructure is driven through the seam (`actors.edges.infrastructure`): the
+supervisor never asks which kind it holds (a process, a container); the kind is chosen from
+the run's block or pool (`actors.edges.kinds`), and its pid is the string the kind records.
+
+Every server call is made off the inbox (`actors.runtime.calls`) and answers as a message, and
+so is every infrastructure call that may block (in a pool of its own, never behind a hung
+server); the wait for the end is a helper's. So a Cancel or an Interrupt is handled at once,
+whatever the server does: a run cancelled while its Pending is with the server never starts,
+and a running one is stopped while the server hangs (its Cancelled report goes when the
+server answers). How a run ended and what the
 server is told is decided by `actors.rules.run_ending`.
 
 Who may stop a run: the Dispatcher, with Cancel (the server or a host service asked) or
@@ -27,24 +35,17 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import pykka
 
+from actors.edges.infrastructure import Infrastructure, RunJob
+from actors.edges.kinds import kind_for, kind_of_pid
 from actors.edges.prefect_api import ApiError
-from actors.edges.processes import (
-    HOSTNAME,
-    AdoptedProcess,
-    ProcessGroup,
-    RunProcess,
-    belongs_to_run,
-    infrastructure_pid,
-)
-from actors.edges.run_infrastructure import resolve_process_spec
+from actors.edges.run_infrastructure import read_run_source
 from actors.rules import run_ending
 from actors.rules.claims import claim_message, worker_labels
-from actors.rules.infrastructure import ProcessSpec, SubmissionError
-from actors.rules.infrastructure_pid import parse_infrastructure_pid
+from actors.rules.infrastructure import SubmissionError
 from actors.rules.proposals import accepted_as, failed, pending, refusal, rescheduled
 from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
@@ -55,15 +56,14 @@ from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import CallAnswered, Interrupt, Rehome, SupervisorFailed
 from messages.internal.run_steps import (
     CancelUnheld,
-    CheckProcess,
-    FindProcess,
+    FindInfrastructure,
     GraceExpired,
+    InfrastructureEnded,
     LeftByEarlierLife,
     LeftByFailedSupervisor,
-    ProcessExited,
+    Prepared,
     ProposePending,
     RunPlan,
-    StartProcess,
     SubmitRun,
 )
 from messages.user.events import RunFinished, RunOutcome
@@ -79,20 +79,11 @@ log = logging.getLogger("prefect_actor_agent.run_supervisor")
 
 T = TypeVar("T")
 MAX_WAIT_SECONDS = 30.0
-ADOPTED_CHECK_SECONDS = 0.25
 REHOME_WAIT_SECONDS = 10.0  # a finished run waits this long for a new Dispatcher to tell
 
 
-class SupervisedProcess(Protocol):
-    pid: int
-    group: ProcessGroup  # the group it leads, which a stop signals
-
-    @property
-    def running(self) -> bool: ...
-
-
 class RunSupervisor(pykka.ThreadingActor):
-    """One flow run's owner: submission, process, exit, cancellation (temporary child)."""
+    """One flow run's owner: submission, infrastructure, end, cancellation (temporary child)."""
 
     def __init__(
         self,
@@ -114,7 +105,11 @@ class RunSupervisor(pykka.ThreadingActor):
         self.since = time.time()
         self.started = time.monotonic()
         self.admitted_at = time.time()
-        self.process: SupervisedProcess | None = None
+        self.kinds = ctx.infrastructures
+        self.job: RunJob | None = None  # the run's infrastructure, once created or found
+        self.pid: str | None = None  # its infrastructure pid, once it runs
+        self.creating = False  # `create` or `start` is under way
+        self.started_here = False  # this supervisor started it (and waits for its end)
         # Why the run is ending early; a Cancel for a run not held is known from the start.
         self.stop_request: Cancel | Interrupt | Relinquish | None = (
             plan.cancel if isinstance(plan, CancelUnheld) else None
@@ -124,7 +119,7 @@ class RunSupervisor(pykka.ThreadingActor):
         self.reporting = False
         self.finished = False
         self.pid_recorded = False
-        self.waiting_spec: ProcessSpec | None = None  # resolved, waiting for a valid lease
+        self.waiting: Prepared | None = None  # resolved, waiting for a valid lease
         self.confirming = False  # after a lapse: reading whether the run is still ours
         self.lease_holds = lease_holds  # as the Dispatcher tells it (`LeaseChanged`)
 
@@ -136,8 +131,8 @@ class RunSupervisor(pykka.ThreadingActor):
             self._set_phase("admitted")
             self.actor_ref.tell(ProposePending())
         else:
-            self._set_phase("looking for its process")
-            self.actor_ref.tell(FindProcess())
+            self._set_phase("looking for its infrastructure")
+            self.actor_ref.tell(FindInfrastructure())
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -151,16 +146,14 @@ class RunSupervisor(pykka.ThreadingActor):
                 self._lease_changed(holds)
             case ProposePending():
                 self._propose_pending()
-            case StartProcess(spec=spec) if isinstance(spec, ProcessSpec):
-                self._start_process(spec)
-            case FindProcess():
+            case Prepared():
+                self._create(message)
+            case FindInfrastructure():
                 self._adopt()
-            case CheckProcess():
-                self._check_adopted()
-            case ProcessExited(pid=pid, returncode=code):
-                self._on_exit(pid, code)
-            case GraceExpired(pid=pid):
-                self._on_grace_expired(pid)
+            case InfrastructureEnded():
+                self._on_exit(message)
+            case GraceExpired():
+                self._on_grace_expired()
             case Rehome(dispatcher=ref, agent_id=agent_id) if isinstance(ref, pykka.ActorRef):
                 self._rehome(ref, agent_id)
             case _:
@@ -173,21 +166,21 @@ class RunSupervisor(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """A bug in this supervisor must neither orphan the process nor leak the slot.
+        """A bug in this supervisor must neither orphan the infrastructure nor leak the slot.
 
-        A running process is handed to a replacement supervisor (through the Dispatcher) that
-        watches it by pid; a run not started yet is failed with the reason.
+        Running infrastructure is handed to a replacement supervisor (through the Dispatcher)
+        that watches it by pid; a run not started yet is failed with the reason.
         """
         reason = f"{exception_type.__name__ if exception_type else 'error'}: {exception_value}"
         log.error("flow run %s: its supervisor failed: %s", self.run_id, reason)
         if self.finished:
             return
         self.finished = True
-        process = self.process
-        if process is not None and process.running:
-            self._tell_dispatcher(SupervisorFailed(self.run_id, process.pid, reason))
+        job, pid = self.job, self.pid
+        if job is not None and pid is not None and job.running:
+            self._tell_dispatcher(SupervisorFailed(self.run_id, pid, reason))
             return
-        if process is None and isinstance(self.plan, SubmitRun):
+        if pid is None and isinstance(self.plan, SubmitRun):
             proposal = failed(f"the agent failed while submitting it ({reason})")
             try:  # the actor is gone: this one report is made here, with the edge's retries
                 self.ctx.api.set_state(self.run_id, proposal)
@@ -209,10 +202,19 @@ class RunSupervisor(pykka.ThreadingActor):
     ) -> None:
         self._calls().start(call, then, _only_server_errors(failed), urgent)
 
+    def _infra(
+        self,
+        call: Callable[[], T],
+        then: Callable[[T], None],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        """An infrastructure call that may block (a daemon's HTTP), made in the agent's pool
+        for those; whatever it raises is the continuation's to handle."""
+        self._calls().start(call, then, failed, pool=self.ctx.infra_calls)
+
     def _status(self) -> RunStatus:
-        pid = self.process.pid if self.process is not None else None
         return RunStatus(
-            self.run_id, self.phase, self.since, pid, self.past_pending, self.actor_ref
+            self.run_id, self.phase, self.since, self.pid, self.past_pending, self.actor_ref
         )
 
     def _set_phase(self, phase: str) -> None:
@@ -362,75 +364,129 @@ class RunSupervisor(pykka.ThreadingActor):
         )
         return True
 
-    def _resolve(self) -> ProcessSpec:
-        """Made in the call pool: it reads only what never changes, the run and the settings."""
+    def _resolve(self) -> Prepared:
+        """Made in the call pool: the server's reads, then the kind and its pure `prepare`."""
         settings = self.ctx.settings
-        return resolve_process_spec(
-            self.api, self._flow_run(), api_url=settings.api_url, api_key=settings.api_key
+        source = read_run_source(
+            self.api,
+            self._flow_run(),
+            api_url=settings.api_url,
+            api_key=settings.api_key,
+            worker_name=self.ctx.identity.name,
         )
+        kind = kind_for(source, self.kinds)
+        return Prepared(kind, kind.prepare(source))
 
     def _resolve_failed(self, exc: Exception) -> None:
         self._submission_failed(str(exc))
 
-    def _resolved(self, spec: ProcessSpec) -> None:
-        # Started through the inbox, so that a Cancel that came during resolution goes first.
-        self.actor_ref.tell(StartProcess(spec))
+    def _resolved(self, prepared: Prepared) -> None:
+        # Created through the inbox, so that a Cancel that came during resolution goes first.
+        self.actor_ref.tell(prepared)
 
-    def _start_process(self, spec: ProcessSpec) -> None:
+    def _create(self, prepared: Prepared) -> None:
         if self.stop_request is not None:
             self._end_before_start()
             return
-        if self.process is not None or self.finished:
+        if self.job is not None or self.creating or self.finished:
             return
         if not self.lease_holds:
             # Cut off from the server for long enough that peers may recover the run: start
             # nothing until the server is back and says the run is still ours.
-            if self.waiting_spec is None:
+            if self.waiting is None:
                 log.warning(
                     "flow run %s: not starting it while this agent cannot reach the server "
                     "(its heartbeat lease lapsed); a peer may recover it",
                     self.run_id,
                 )
-            self.waiting_spec = spec
+            self.waiting = prepared
             self._set_phase("waiting for the server before starting (lease lapsed)")
             return
-        if self.waiting_spec is not None:
+        if self.waiting is not None:
             if not self.confirming:
                 self.confirming = True
-                self._confirm_then_start(spec)
+                self._confirm_then_start(prepared)
             return
-        self._set_phase("starting process")
-        try:
-            process = RunProcess(spec)
-        except SubmissionError as exc:
-            self._submission_failed(str(exc))
-            return
-        self.process = process
-        self._set_phase(f"running pid {process.pid}")
-        log.info(
-            "flow run %s started as pid %d: %s", self.run_id, process.pid, " ".join(spec.command)
-        )
-        self._wait_in_helper(process)
-        self._record_pid(process.pid)
+        kind = prepared.kind
+        if not isinstance(kind, _KindLike):
+            raise TypeError(f"not a kind of infrastructure: {kind!r}")
+        self.creating = True
+        self._set_phase(f"creating its {kind.kind}")
+        spec = prepared.spec
+        self._infra(lambda: kind.create(spec), self._created, self._start_failed)
 
-    def _record_pid(self, pid: int) -> None:
-        """Tell the server where the run's process lives; cancellation after an agent restart
-        depends on it. Retried until the server answers; the agent can cancel it meanwhile."""
-        where = infrastructure_pid(pid)
+    def _created(self, job: RunJob) -> None:
+        self.job = job
+        if self.stop_request is not None:
+            self._discard(job)
+            return
+        pid = job.infrastructure_pid
+        if pid is None:  # known only once it runs (a process): start, then record
+            self._start_job(job)
+            return
+        # Known before the start (a container): recorded first, so no window is left in
+        # which the run's infrastructure runs and the server cannot say where.
+        self._set_phase(f"recording {pid}")
+        self._record_pid(pid, lambda: self._start_job(job))
+
+    def _start_job(self, job: RunJob) -> None:
+        if self.finished:
+            return
+        if self.stop_request is not None:
+            self._discard(job)
+            return
+        self._set_phase("starting")
+        self._infra(job.start, lambda _: self._started(job), self._start_failed)
+
+    def _start_failed(self, exc: Exception) -> None:
+        self.creating = False
+        if self.job is not None:
+            job, self.job = self.job, None
+            self._infra(job.after_exit, _ignore, _ignore)  # what was created is removed
+        self._submission_failed(str(exc))
+
+    def _discard(self, job: RunJob) -> None:
+        """Created but not started, and a stop came: remove what was made, start nothing."""
+        self.creating = False
+        self.job = None
+        self._infra(job.after_exit, _ignore, _ignore)
+        self._end_before_start()
+
+    def _started(self, job: RunJob) -> None:
+        self.creating = False
+        self.started_here = True
+        self.pid = pid = job.infrastructure_pid
+        self._set_phase(f"running {job.label}")
+        log.info("flow run %s started as %s (infrastructure pid %s)", self.run_id, job.label, pid)
+        self._wait_in_helper(job)
+        if pid is not None and not self.pid_recorded:
+            self._record_pid(pid)
+        if self.stop_request is not None:  # it came while the start was under way
+            request, self.stop_request = self.stop_request, None
+            self._stop_now(request)
+
+    def _record_pid(self, pid: str, then: Callable[[], None] | None = None) -> None:
+        """Tell the server where the run's infrastructure lives; cancellation after an agent
+        restart depends on it. Retried until the server answers; the agent can cancel it
+        meanwhile. `then` runs once the server answered, either way."""
 
         def not_recorded(exc: Exception) -> None:
             log.warning(
-                "flow run %s: could not record infrastructure_pid %s: %s", self.run_id, where, exc
+                "flow run %s: could not record infrastructure_pid %s: %s", self.run_id, pid, exc
             )
+            if then is not None:
+                then()
 
         def recorded(_: object) -> None:
             self.pid_recorded = True
+            if then is not None:
+                then()
 
         self._call(
-            lambda: self.api.set_infrastructure_pid(self.run_id, where), recorded, not_recorded
+            lambda: self.api.set_infrastructure_pid(self.run_id, pid), recorded, not_recorded
         )
 
-    def _confirm_then_start(self, spec: ProcessSpec) -> None:
+    def _confirm_then_start(self, prepared: Prepared) -> None:
         """After a lapsed lease: start only if the server still holds our Pending."""
         ours = self.pending_proposal.state_details.transition_id if self.pending_proposal else None
 
@@ -442,8 +498,8 @@ class RunSupervisor(pykka.ThreadingActor):
                 and state.type == PENDING
                 and (state.state_details.transition_id == ours)
             ):
-                self.waiting_spec = None
-                self._start_process(spec)
+                self.waiting = None
+                self._create(prepared)
                 return
             shown = state.type if state is not None else "unknown"
             log.warning(
@@ -455,22 +511,22 @@ class RunSupervisor(pykka.ThreadingActor):
 
         def unreadable(exc: Exception) -> None:
             self.confirming = False  # asked again in a second, through the inbox
-            self.ctx.clock.tell_later(1.0, self.actor_ref, StartProcess(spec))
+            self.ctx.clock.tell_later(1.0, self.actor_ref, prepared)
 
         self._call(lambda: self.api.read_flow_run(self.run_id), read, unreadable)
 
     def _lease_changed(self, holds: bool) -> None:
         """Waiting to start: start once the lease holds again (and the server says the run is
-        still ours). Holding a process whose pid the server has not recorded: kill it as the
-        lease lapses, before a peer hands the run back and it starts elsewhere too."""
+        still ours). Holding infrastructure whose pid the server has not recorded: kill it as
+        the lease lapses, before a peer hands the run back and it starts elsewhere too."""
         self.lease_holds = holds
         if self.finished:
             return
         if holds:
-            if self.waiting_spec is not None and self.process is None:
-                self._start_process(self.waiting_spec)
+            if self.waiting is not None and self.job is None:
+                self._create(self.waiting)
             return
-        if self.process is None or self.pid_recorded or not isinstance(self.process, RunProcess):
+        if self.pid is None or self.pid_recorded or not self.started_here:
             return
         self._relinquish(
             Relinquish(
@@ -485,42 +541,50 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.finished:
             return
         self.stop_request = request
-        process = self.process
-        if process is None:
+        job = self.job
+        if job is None or self.pid is None:
             log.warning("flow run %s: %s; it will not start", self.run_id, request.reason)
+            if self.creating:  # what is being made is removed as it comes back
+                self._set_phase("stopping before start")
+                return
             self._calls().forget()
             self._report(run_ending.before_start(request))
             return
-        log.warning(
-            "flow run %s: %s; killing its process group %d",
-            self.run_id,
-            request.reason,
-            process.pid,
-        )
-        self._set_phase(f"killing pid {process.pid}: not ours any more")
-        process.group.kill()
+        log.warning("flow run %s: %s; killing %s", self.run_id, request.reason, job.label)
+        self._set_phase(f"killing {job.label}: not ours any more")
+        self._infra(job.kill, _ignore, self._stop_failed)
 
     def _submission_failed(self, reason: str) -> None:
         log.error("flow run %s: submission failed: %s", self.run_id, reason)
         self._report(run_ending.Ending("failed", reason, failed(reason)))
 
-    def _wait_in_helper(self, process: RunProcess) -> None:
-        """Wait for the exit in a helper (a greenlet under gevent) and report it as a message."""
+    def _wait_in_helper(self, job: RunJob) -> None:
+        """Wait for the end in a helper (a greenlet under gevent), clean up after it, and
+        report both as one message."""
         ref = self.actor_ref
+        run_id = self.run_id
 
         def wait() -> None:
-            tell_if_alive(ref, ProcessExited(process.pid, process.wait()))
+            status = job.wait()
+            try:
+                cleaned = tuple(job.after_exit())
+            except Exception as exc:  # noqa: BLE001 - the end is reported whatever the clean-up
+                log.warning("flow run %s: cleaning up after its end failed: %s", run_id, exc)
+                cleaned = ()
+            tell_if_alive(ref, InfrastructureEnded(status.code, status.cause, cleaned))
 
-        threading.Thread(target=wait, name=f"wait-{process.pid}", daemon=True).start()
+        threading.Thread(target=wait, name=f"wait-{run_id}", daemon=True).start()
 
     # -- a run this agent does not hold ------------------------------------------------------------
 
     def _adopt(self) -> None:
-        """Find the process of a run this supervisor did not start: read the run first."""
-        self._set_phase("looking for the run's process")
+        """Find the infrastructure of a run this supervisor did not start: read the run first."""
+        self._set_phase("looking for the run's infrastructure")
 
         def unreadable(exc: Exception) -> None:
-            log.error("flow run %s: cannot read it to find its process: %s", self.run_id, exc)
+            log.error(
+                "flow run %s: cannot read it to find its infrastructure: %s", self.run_id, exc
+            )
             self._finish("not-submitted", str(exc))
 
         self._call(lambda: self.api.read_flow_run(self.run_id), self._adopt_read, unreadable)
@@ -533,63 +597,61 @@ class RunSupervisor(pykka.ThreadingActor):
             return
         plan = self.plan
         handed = plan.pid if isinstance(plan, LeftByFailedSupervisor | LeftByEarlierLife) else None
-        pid = self._handed_pid(run, handed) if handed is not None else self._verified_pid(run)
-        if pid is None:
+        pid = handed or run.infrastructure_pid
+        if not pid:
+            self._unreachable(
+                "no infrastructure pid was recorded for it, so its infrastructure could not be "
+                "found and cancellation cannot be guaranteed"
+            )
             return
-        self.process = AdoptedProcess(pid)
-        self._set_phase(f"running pid {pid} (watched by pid)")
-        log.info("flow run %s: found its process %d on this host", self.run_id, pid)
-        self.ctx.clock.tell_later(ADOPTED_CHECK_SECONDS, self.actor_ref, CheckProcess())
+        kind = kind_of_pid(pid, self.kinds)
+        if kind is None:
+            self._unreachable(f"infrastructure_pid {pid!r} is of no kind this agent runs")
+            return
+        if kind.reach(pid) == "elsewhere":
+            log.warning(
+                "flow run %s runs at %s, out of this agent's reach (another host or daemon): "
+                "leaving it to an agent there",
+                self.run_id,
+                pid,
+            )
+            self._finish("not-submitted", f"out of reach: {pid}")
+            return
+
+        def found(job: RunJob | None) -> None:
+            self._found(run, pid, job, handed is not None)
+
+        def unfindable(exc: Exception) -> None:
+            self._unreachable(f"its infrastructure {pid} could not be looked for ({exc})")
+
+        self._infra(lambda: kind.find(self.run_id, pid), found, unfindable)
+
+    def _found(self, run: FlowRun, pid: str, job: RunJob | None, handed: bool) -> None:
+        if self.finished:
+            return
+        if job is None:
+            if handed:  # it ended before the handover completed
+                self._ended_unwatched()
+            else:
+                self._unreachable(
+                    f"its infrastructure {pid} is gone (that pid is free or belongs to "
+                    "another process, which was left alone)"
+                )
+            return
+        self.job = job
+        self.pid = job.infrastructure_pid or pid
+        if run.infrastructure_pid != self.pid:
+            self._record_pid(self.pid)
+        self._set_phase(f"running {job.label} (watched by pid)")
+        log.info("flow run %s: found its infrastructure %s", self.run_id, self.pid)
+        self._wait_in_helper(job)
         if self.stop_request is not None:
             request, self.stop_request = self.stop_request, None
-            if isinstance(request, Relinquish):
-                self._relinquish(request)
-            else:
-                self._on_stop_request(request)
-
-    def _handed_pid(self, run: FlowRun, pid: int) -> int | None:
-        """A pid handed over (by a failed supervisor, or found on this host by the run's
-        environment), recorded on the server if it was not."""
-        if not belongs_to_run(pid, self.run_id):
-            self._process_ended_unwatched()  # it ended before the handover completed
-            return None
-        if run.infrastructure_pid != infrastructure_pid(pid):
-            self._record_pid(pid)
-        return pid
-
-    def _verified_pid(self, run: FlowRun) -> int | None:
-        """The run's pid on this host, or None after dealing with a run that has none."""
-        if not run.infrastructure_pid:
-            self._unreachable(
-                "no infrastructure pid was recorded for it, so its process could not be found "
-                "and cancellation cannot be guaranteed"
-            )
-            return None
-        try:
-            host, pid = parse_infrastructure_pid(run.infrastructure_pid)
-        except ValueError as exc:
-            self._unreachable(str(exc))
-            return None
-        if host != HOSTNAME:
-            log.warning(
-                "flow run %s runs on host %r, not on this one (%r): leaving it to an agent there",
-                self.run_id,
-                host,
-                HOSTNAME,
-            )
-            self._finish("not-submitted", f"process on host {host}")
-            return None
-        if not belongs_to_run(pid, self.run_id):
-            self._unreachable(
-                f"its process {pid} is gone (that pid is free or belongs to another process, "
-                "which was left alone)"
-            )
-            return None
-        return pid
+            self._stop_now(request)
 
     def _unreachable(self, why: str) -> None:
         if isinstance(self.plan, LeftByEarlierLife) and self.stop_request is None:
-            self._process_ended_unwatched()  # gone while no agent watched: tell the truth
+            self._ended_unwatched()  # gone while no agent watched: tell the truth
             return
         ending = run_ending.unreachable_process(why, self.stop_request)
         log.warning(
@@ -600,36 +662,28 @@ class RunSupervisor(pykka.ThreadingActor):
         )
         self._report(ending)
 
-    def _check_adopted(self) -> None:
-        process = self.process
-        if process is None or self.finished:
-            return
-        if process.running:
-            self.ctx.clock.tell_later(ADOPTED_CHECK_SECONDS, self.actor_ref, CheckProcess())
-        else:
-            self.actor_ref.tell(ProcessExited(process.pid, None))
-
     # -- the end of a run --------------------------------------------------------------------------
 
-    def _on_exit(self, pid: int, code: int | None) -> None:
+    def _on_exit(self, ended: InfrastructureEnded) -> None:
         if self.finished or self.reporting:
             return
+        code = ended.code
         shown = "an unknown code" if code is None else f"code {code}"
-        log.info("flow run %s: process %d exited with %s", self.run_id, pid, shown)
-        if self.stop_request is not None and self.process is not None:
-            left = self.process.group.kill_leftovers()
-            if left:
-                log.info("flow run %s: killed what its group still held: %s", self.run_id, left)
-        ending = run_ending.after_exit(code, self.stop_request)
+        what = self.job.label if self.job is not None else "its infrastructure"
+        cause = f" ({ended.cause})" if ended.cause else ""
+        log.info("flow run %s: %s exited with %s%s", self.run_id, what, shown, cause)
+        for done in ended.cleaned:
+            log.info("flow run %s: after its end, %s", self.run_id, done)
+        ending = run_ending.after_exit(code, self.stop_request, ended.cause)
         if ending.ask_server:
-            self._process_ended_unwatched()
+            self._ended_unwatched()
             return
         if ending.outcome == "crashed" and ending.report is not None:
             log.warning("flow run %s crashed: %s", self.run_id, ending.report.message)
         self._report(ending)
 
-    def _process_ended_unwatched(self) -> None:
-        """A process watched by pid ended: its exit code is unknowable, so the server's state
+    def _ended_unwatched(self) -> None:
+        """Infrastructure watched by pid ended: its exit code is unknowable, so the server's state
         decides (see `run_ending.unknown_exit`)."""
         self.reporting = True
         cause = self._cause_of_unknown_exit()
@@ -654,53 +708,72 @@ class RunSupervisor(pykka.ThreadingActor):
             return f"its supervisor in the agent had failed ({self.plan.failure})"
         if isinstance(self.plan, LeftByEarlierLife):
             return "the agent that started it had stopped unexpectedly and lost it"
-        if isinstance(self.process, RunProcess):
+        if self.started_here:
             return "something else in the agent's process collected its exit status"
         return "the agent was not watching it"
 
     def _on_stop_request(self, request: Cancel | Interrupt) -> None:
         if self.finished:
             return
-        if self.stop_request is not None and self.process is not None:
+        if self.stop_request is not None and self.job is not None:
             log.debug("flow run %s: already stopping (%s)", self.run_id, self.phase)
             return
         self.stop_request = request
-        process = self.process
-        if process is None:
+        if self.job is None or self.pid is None:
             # Not started yet: the next step sees the request and starts nothing.
             log.info(
-                "flow run %s: %s before its process started; it will not start",
+                "flow run %s: %s before its infrastructure started; it will not start",
                 self.run_id,
                 _what(request),
             )
             self._set_phase("stopping before start")
+            return
+        self._stop_now(request)
+
+    def _stop_now(self, request: Cancel | Interrupt | Relinquish) -> None:
+        """Stop the running infrastructure: `terminate`, the grace on the agent's clock, then
+        `grace_over`; a run not ours any more is killed at once."""
+        self.stop_request = request
+        job = self.job
+        if job is None:
+            return
+        if isinstance(request, Relinquish):
+            self._relinquish(request)
             return
         grace = (
             request.grace_seconds
             if isinstance(request, Interrupt)
             else self.ctx.settings.cancel_grace_seconds
         )
-        self._set_phase(f"stopping pid {process.pid}")
+        self._set_phase(f"stopping {job.label}")
         log.info(
-            "flow run %s: %s; SIGTERM to process group %d (SIGKILL after %.0fs)",
+            "flow run %s: %s; terminating %s (killed after %.0fs)",
             self.run_id,
             _what(request),
-            process.pid,
+            job.label,
             grace,
         )
-        process.group.terminate()
-        self.ctx.clock.tell_later(grace, self.actor_ref, GraceExpired(process.pid))
+        self._infra(job.terminate, _ignore, self._stop_failed)
+        self.ctx.clock.tell_later(grace, self.actor_ref, GraceExpired())
 
-    def _on_grace_expired(self, pid: int) -> None:
-        if self.process is not None and self.process.group.grace_over():
-            log.warning(
-                "flow run %s: process group %d outlived the grace period; sent SIGKILL",
-                self.run_id,
-                pid,
-            )
+    def _on_grace_expired(self) -> None:
+        job = self.job
+        if job is None or self.finished:
+            return
+
+        def killed(outlived: bool) -> None:
+            if outlived:
+                log.warning(
+                    "flow run %s: %s outlived the grace period; killed it", self.run_id, job.label
+                )
+
+        self._infra(job.grace_over, killed, self._stop_failed)
+
+    def _stop_failed(self, exc: Exception) -> None:
+        log.error("flow run %s: could not stop its infrastructure: %s", self.run_id, exc)
 
     def _end_before_start(self) -> None:
-        """A stop request arrived before the process started: start nothing."""
+        """A stop request arrived before the infrastructure started: start nothing."""
         if self.stop_request is not None and not self.reporting:
             self._report(run_ending.before_start(self.stop_request))
 
@@ -740,7 +813,7 @@ class RunSupervisor(pykka.ThreadingActor):
 def _only_server_errors(failed: Callable[[Exception], None]) -> Callable[[Exception], None]:
     """What the server (or the run's own definition) said is the continuation's to handle;
     any other exception is a bug, raised in the inbox so that the supervisor fails and
-    `on_failure` hands the run on (its process to a replacement, or the run Failed)."""
+    `on_failure` hands the run on (its infrastructure to a replacement, or the run Failed)."""
 
     def handle(exc: Exception) -> None:
         if not isinstance(exc, ApiError | ApiDecodeError | SubmissionError):
@@ -752,6 +825,11 @@ def _only_server_errors(failed: Callable[[Exception], None]) -> Callable[[Except
 
 def _ignore(_: object) -> None:
     return None
+
+
+@runtime_checkable
+class _KindLike(Infrastructure, Protocol):
+    """What `Prepared.kind` must be (a message holds it as an object)."""
 
 
 def _what(request: Cancel | Interrupt) -> str:

@@ -112,7 +112,7 @@ class RunStatus(msgspec.Struct, frozen=True):
     flow_run_id: str
     state: str
     since: float
-    pid: int | None = None
+    pid: str | None = None  # the run's infrastructure pid, once known
     past_pending: bool = False  # the Pending proposal is settled (taken, or not ours)
     # The supervisor's pykka.ActorRef: a Dispatcher restarted since it admitted the run takes
     # the run back when it hears from its supervisor, so the run counts against the limit.

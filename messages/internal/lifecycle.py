@@ -111,14 +111,14 @@ class WatchedQueues(msgspec.Struct, frozen=True):
 
 
 class SupervisorFailed(msgspec.Struct, frozen=True):
-    """Sent by a RunSupervisor that failed (a bug) while its run's process was running.
+    """Sent by a RunSupervisor that failed (a bug) while its run's infrastructure was running.
 
-    The Dispatcher starts a replacement supervisor that watches the process by its pid, so the
+    The Dispatcher starts a replacement supervisor that watches it by its pid, so the
     run is neither orphaned nor killed, and its state tells the truth when it ends.
     """
 
     flow_run_id: str
-    pid: int
+    pid: str  # the run's infrastructure pid
     error: str
 
 
@@ -148,10 +148,10 @@ class FindEarlierLifeRuns(msgspec.Struct, frozen=True):
 
 class SuperviseLeftRun(msgspec.Struct, frozen=True):
     """Sent to the Dispatcher for a run found by `FindEarlierLifeRuns`: supervise it by its
-    recorded pid to its end, or report it Crashed if its process is gone."""
+    recorded infrastructure pid to its end, or report it Crashed if it is gone."""
 
     flow_run_id: str
-    pid: int | None = None  # found on this host by its environment when none was recorded
+    pid: str | None = None  # found by the run's id when none was recorded
 
 
 class GetTree(msgspec.Struct, frozen=True):

@@ -31,10 +31,11 @@ class RunSubmitted(msgspec.Struct, frozen=True):
 
 
 class RunStarted(msgspec.Struct, frozen=True):
-    """The run's process started; `pid` is its process (and process group) id."""
+    """The run's infrastructure started; `infrastructure_pid` is where it runs, as recorded
+    on the server (`host:pid` for a process, the leader of its process group)."""
 
     flow_run_id: str
-    pid: int
+    infrastructure_pid: str
 
 
 class RunFinished(msgspec.Struct, frozen=True):

@@ -25,6 +25,7 @@ import pykka
 import pytest
 
 from actors import AgentHandle, RunListener, StatusServer, settings_from_env, start_agent
+from actors.edges.infrastructure import ExitStatus
 from actors.runtime.clock import Clock, ClockInterface
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.queue_watcher import QueueWatcher
@@ -33,8 +34,9 @@ from messages.internal.dispatch import HeldRunIds, HeldRunsAre
 from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
 from messages.user.tree import ActorNode
-from messages.wire.prefect import CANCELLED, PENDING, SCHEDULED
+from messages.wire.prefect import CANCELLED, CRASHED, PENDING, SCHEDULED
 from tests.support.fake_api import Call, FakePrefectApi
+from tests.support.fake_infrastructure import FakeInfrastructure
 from tests.support.faulty_start import faulty_start
 from tests.support.manual_clock import ManualClock
 from tests.support.waiting import wait_for
@@ -209,6 +211,7 @@ def start(fake: FakePrefectApi, runs_dir: Path) -> Iterator[Start]:
         clock: ClockInterface | None = None,
         listeners: tuple[pykka.ActorRef[Any], ...] = (),
         actors: ChildActors | None = None,
+        infrastructures: tuple[Any, ...] | None = None,
         **options: Any,
     ) -> AgentHandle:
         options.setdefault("work_queues", ("default",))
@@ -220,7 +223,12 @@ def start(fake: FakePrefectApi, runs_dir: Path) -> Iterator[Start]:
         options.setdefault("lost_agent_seconds", 600.0)
         settings = settings_from_env({}, api_url=fake.api_url, **options)
         handle = start_agent(
-            settings, api=fake, listeners=listeners, clock=clock or ManualClock(), actors=actors
+            settings,
+            api=fake,
+            listeners=listeners,
+            clock=clock or ManualClock(),
+            actors=actors,
+            infrastructures=infrastructures,
         )
         handles.append(handle)
         return handle
@@ -969,3 +977,91 @@ def test_a_process_pool_is_served_and_says_so(
     started_pid(runs_dir, run.id)
     body = httpx.get(f"http://{status.host}:{status.port}/healthz", timeout=5).text
     assert "work pool 'local' (process): served" in body, body
+
+
+# -- m. the infrastructure seam: a kind the supervisor drives without knowing it ------------------
+
+
+def fake_deployment(fake: FakePrefectApi) -> Any:
+    return fake.add_deployment(None, block_data={"type": "fake"})
+
+
+@pytest.mark.timeout(30)
+def test_a_kind_that_knows_its_pid_before_the_start_has_it_recorded_first(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """No window in which the run's infrastructure runs and the server cannot say where."""
+    fake.add_queue("default")
+    run = fake.add_run(fake_deployment(fake))
+    kind = FakeInfrastructure(pid_before_start=True)
+    events: list[object] = []
+    start(infrastructures=(kind,), listeners=(Recorder.start(events),))
+    job = kind.job(run.id)
+    wait_until(lambda: job.started_at, 5, "the fake job to start")
+    recorded = [c for c in fake.calls("set_infrastructure_pid", run_id=run.id) if c.answered]
+    assert recorded and recorded[0].params["infrastructure_pid"] == f"fake:{run.id}"
+    assert recorded[0].answered_at is not None and job.started_at is not None
+    assert recorded[0].answered_at <= job.started_at, "started before its pid was recorded"
+    started = wait_until(
+        lambda: next((e for e in list(events) if isinstance(e, RunStarted)), None),
+        5,
+        "the RunStarted event",
+    )
+    assert started.infrastructure_pid == f"fake:{run.id}"
+
+    job.end(ExitStatus(0))
+    wait_until(lambda: exited(events, run.id), 5, "the run to end")
+    assert job.events == ["create", "start", "after_exit"]
+    assert len(fake.calls("set_infrastructure_pid", run_id=run.id)) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_cancel_terminates_then_kills_after_the_grace_on_the_agents_clock(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    fake.add_queue("default")
+    run = fake.add_run(fake_deployment(fake))
+    kind = FakeInfrastructure(pid_before_start=False, obeys_terminate=False)
+    clock = ManualClock()
+    handle = start(clock=clock, infrastructures=(kind,), cancel_grace_seconds=30)
+    job = kind.job(run.id)
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the pid recorded after the start")
+
+    handle.cancel(run.id)
+    clock.wait_for_timer(lambda timer: isinstance(timer.message, GraceExpired), timeout=5)
+    wait_until(lambda: "terminate" in job.events, 5, "the terminate")
+    clock.advance(29)
+    assert job.running, "killed before its grace period had passed"
+    clock.advance(1)
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 5, "the run to be Cancelled")
+    assert job.events == ["create", "start", "terminate", "grace_over", "after_exit"]
+    assert "killed after the grace period" in (fake.state(run.id).message or "")
+
+
+@pytest.mark.timeout(30)
+def test_the_cause_of_a_non_zero_exit_reaches_the_crashed_message(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    fake.add_queue("default")
+    run = fake.add_run(fake_deployment(fake))
+    kind = FakeInfrastructure()
+    start(infrastructures=(kind,))
+    job = kind.job(run.id)
+    wait_until(lambda: job.started_at, 5, "the fake job to start")
+    job.end(ExitStatus(137, "out of memory (mem_limit 64m)"))
+    wait_until(lambda: fake.state(run.id).type == CRASHED, 5, "the run to be Crashed")
+    message = fake.state(run.id).message or ""
+    assert "non-zero status code 137: out of memory (mem_limit 64m)" in message, message
+
+
+@pytest.mark.timeout(30)
+def test_a_block_of_a_kind_the_agent_does_not_hold_fails_its_run_with_the_reason(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """The kinds come from the agent: a fake-only agent refuses a Process block, by type."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(["true"]))
+    start(infrastructures=(FakeInfrastructure(),))
+    wait_until(lambda: fake.state(run.id).type == "FAILED", 5, "the run to fail")
+    message = fake.state(run.id).message or ""
+    assert "of type 'process', which this agent cannot run (supported: fake)" in message, message

@@ -117,7 +117,9 @@ def test_cancel_sent_through_the_embedding_api(
         "the run's process to start",
     )
     assert started.flow_run_id == run
-    pid = started.pid
+    host, _, shown = started.infrastructure_pid.rpartition(":")
+    pid = int(shown)
+    assert host == socket.gethostname()
     assert wait_for(lambda: command_markers(markers, run), 10, "its marker")[0]["pid"] == pid
 
     agent.handle.cancel(run, "the host service decided so")
@@ -198,10 +200,10 @@ def test_runs_whose_process_cannot_be_ours_are_never_killed(
     wait_for(lambda: is_cancelled(api_url, no_pid), 15, "the pid-less run to be Cancelled")
     assert "could not be found" in (run_state(api_url, no_pid)[2] or "")
     left = wait_for(lambda: agent.finished(elsewhere), 15, "the other host's run to be left")
-    assert (left.outcome, left.detail) == ("not-submitted", "process on host far-away-host")
+    assert (left.outcome, left.detail) == ("not-submitted", "out of reach: far-away-host:4242")
     assert run_state(api_url, elsewhere)[0] == "CANCELLING"
     # Left Cancelling on the server: the user must be told which host's agent is to end it.
-    notices = lines_with(agent.logs(), "runs on host 'far-away-host', not on this one")
+    notices = lines_with(agent.logs(), "runs at far-away-host:4242, out of this agent's reach")
     assert notices and {level for level, _ in notices} == {"WARNING"}, notices
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -211,7 +212,7 @@ def test_an_agent_killed_and_restarted_adopts_live_runs_and_reports_lost_ones(
         return supervisor if supervisor is not None and supervisor.detail.get("pid") else None
 
     adopted = wait_for(watching, 30, "the live run to be adopted")
-    assert adopted.detail["pid"] == str(pid), adopted
+    assert adopted.detail["pid"] == f"{socket.gethostname()}:{pid}", adopted
     wait_for(lambda: run_state(api_url, alive)[0] in FINAL, 90, "the adopted run to end")
     assert run_state(api_url, alive)[0] == "COMPLETED"
     ended = wait_for(lambda: second.finished(alive), 30, "its supervisor to end")

@@ -119,6 +119,7 @@ def test_a_host_killed_whole_has_its_runs_recovered_once_by_its_peers(
             _serving(peer, status, queue)
         theirs = create_runs(api, deployment, 2)
         wait_for(lambda: {_host_of(api, r) for r in theirs} <= {"peer-b", "peer-c"}, 30, "b, c")
+        wait_for(lambda: all(command_markers(markers, r) for r in theirs), 10, "their markers")
         peer_pids = [
             host.machine_pid(command_markers(markers, run)[0]["pid"])
             for run in theirs
@@ -231,7 +232,9 @@ def test_a_host_cut_off_kills_what_its_peer_recovered_at_every_kind_of_heal(
             run = create_run(api, deployment)
             wait_for(lambda: _host_of(api, run) == "cut-a", 30, "the run on cut-a")  # noqa: B023
             set_run_state(api, run, "RUNNING", "Running")
-            machine_pid = a.machine_pid(command_markers(markers, run)[0]["pid"])
+            # The pid is recorded as the process starts; its marker is written a moment later.
+            marker = wait_for(lambda: command_markers(markers, run), 10, "its marker")  # noqa: B023
+            machine_pid = a.machine_pid(marker[0]["pid"])
             assert machine_pid is not None
 
             a.cut_off(hold=hold == "hold")
