@@ -49,7 +49,8 @@ def _agent_args(queue: str) -> list[str]:
 
 
 def _held(status: AgentStatus) -> dict[str, str]:
-    """The runs the agent holds now, each with the pid its tree shows ("" before the start)."""
+    """The runs the agent holds now, each with the infrastructure pid its tree shows
+    (`host:pid`; "" before the start)."""
     dispatcher = find_node(status.tree(), "Dispatcher")
     assert dispatcher is not None
     return {child.name: child.detail.get("pid", "") for child in dispatcher.children}
@@ -110,7 +111,7 @@ def test_two_hosts_share_a_queue_and_one_dies_whole(
                 (marker,) = command_markers(markers, run_id)
                 assert marker["pid"] == host_pid
                 assert marker["env"]["PREFECT_API_URL"] == host.api_url  # through its proxy
-                assert held.get(run_id) == str(host_pid), held
+                assert held.get(run_id) == f"{name}:{host_pid}", held
                 assert run_id not in other, other
                 # On the machine the same process has another pid: that one is the run's.
                 machine_pid = host.machine_pid(host_pid)
