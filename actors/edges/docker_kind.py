@@ -30,12 +30,12 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import docker
 import docker.errors
 
-from actors.edges.infrastructure import ExitStatus, Reach, RunSource
+from actors.edges.infrastructure import ExitStatus, Infrastructure, Reach, RunJob, RunSource
 from actors.rules.docker_spec import (
     AUTO_REMOVE_LABEL,
     FLOW_RUN_LABEL,
@@ -52,6 +52,9 @@ log = logging.getLogger("prefect_actor_agent.docker")
 
 NAME_CONFLICT_RETRIES = 100
 LOG_DRAIN_SECONDS = 5.0
+# Each running container holds a connection while it is waited for, and one more while its
+# output is streamed: a pool as small as docker-py's default (10) would drop and reopen them.
+MAX_POOL_SIZE = 64
 
 
 def agent_prefect_version() -> str | None:
@@ -122,7 +125,11 @@ class DockerKind:
                 return self._info
             where = self._environ.get("DOCKER_HOST") or "the default Docker socket"
             try:
-                client = docker.from_env(environment=self._environ, timeout=self._timeout)
+                client = docker.from_env(
+                    environment=self._environ,
+                    timeout=self._timeout,
+                    max_pool_size=MAX_POOL_SIZE,
+                )
                 where = client.api.base_url
                 info = client.info()
             except docker.errors.DockerException as exc:
@@ -502,3 +509,9 @@ def _short(exc: BaseException) -> str:
     if isinstance(exc, docker.errors.APIError) and exc.explanation:
         return str(exc.explanation)
     return str(exc).strip() or type(exc).__name__
+
+
+if TYPE_CHECKING:  # the seam's Protocols, checked by mypy
+
+    def _conforms(kind: DockerKind, job: ContainerJob) -> tuple[Infrastructure, RunJob]:
+        return kind, job

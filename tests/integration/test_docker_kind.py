@@ -233,18 +233,25 @@ def test_auto_remove_waits_for_the_exit_code(
 
 
 def test_stream_output_copies_the_containers_output(
-    plain_image: ImageBuild, kind: DockerKind
+    docker_daemon: DockerDaemon, plain_image: ImageBuild, kind: DockerKind
 ) -> None:
+    """Also: a run longer than the client's timeout is waited for (and streamed) to its end."""
     out = io.StringIO()
-    kind._output = out
+    patient = DockerKind(docker_daemon.environ, timeout=1, output=out)
     source = block_source(
-        kind, run(), image=plain_image.tag, command=["sh", "-c", "echo one; echo two >&2"]
+        kind,
+        run(),
+        image=plain_image.tag,
+        command=["sh", "-c", "echo one; sleep 3; echo two >&2"],
     )
-    _, job = create(kind, source)
-    job.start()
-    assert job.wait().code == 0
-    job.after_exit()
-    assert sorted(out.getvalue().splitlines()) == ["one", "two"]
+    try:
+        _, job = create(patient, source)
+        job.start()
+        assert job.wait().code == 0
+        job.after_exit()
+    finally:
+        patient.close()
+    assert out.getvalue().splitlines() == ["one", "two"]
 
 
 def test_a_taken_name_gets_a_number(plain_image: ImageBuild, kind: DockerKind) -> None:
