@@ -406,9 +406,15 @@ class ContainerJob:
         return bool(state and state.get("Running"))
 
     def start(self) -> None:
+        """Start it; a container that cannot start is removed and the error says why."""
+        api = self._api()
         try:
-            self._api().start(self.container_id)
+            api.start(self.container_id)
         except docker.errors.APIError as exc:
+            # A container that cannot start (a missing executable, a bad bind path) would stay
+            # "created" for ever: nothing of it is worth keeping, its pid then names nothing.
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_container(self.container_id, force=True)
             raise SubmissionError(f"{self.label} could not start: {_short(exc)}") from None
         self._started = True
         if self._stream_output:

@@ -254,6 +254,18 @@ def test_stream_output_copies_the_containers_output(
     assert out.getvalue().splitlines() == ["one", "two"]
 
 
+def test_a_container_that_cannot_start_is_removed(
+    docker_daemon: DockerDaemon, plain_image: ImageBuild, kind: DockerKind
+) -> None:
+    source = block_source(kind, run(), image=plain_image.tag, command=["/no/such/program"])
+    _, job = create(kind, source)
+    with pytest.raises(SubmissionError, match=r"could not start: .*no/such/program"):
+        job.start()
+    with pytest.raises(docker.errors.NotFound):
+        inspect(docker_daemon, job.container_id)
+    assert kind.find(source.flow_run.id, job.infrastructure_pid) is None
+
+
 def test_a_taken_name_gets_a_number(plain_image: ImageBuild, kind: DockerKind) -> None:
     flow_run = run("same name")
     source = block_source(kind, flow_run, image=plain_image.tag, command=["true"])
