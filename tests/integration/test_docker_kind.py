@@ -286,6 +286,27 @@ def test_never_with_a_missing_image(kind: DockerKind) -> None:
         kind.create(spec)
 
 
+def test_if_possible_falls_back_to_the_local_image(
+    plain_image: ImageBuild, registry: Registry, kind: DockerKind
+) -> None:
+    """The plain image is only local: its pull fails (no registry has it), IfPossible runs it;
+    an image that is neither pullable nor local fails with both reasons."""
+    local = pool_source(
+        kind, run(), image=plain_image.tag, image_pull_policy="IfPossible", command="true"
+    )
+    _, job = create(kind, local)
+    job.start()
+    assert job.wait().code == 0
+    absent = pool_source(
+        kind,
+        run(),
+        image=f"{registry.host}/absent:{uuid.uuid4().hex[:8]}",
+        image_pull_policy="IfPossible",
+    )
+    with pytest.raises(SubmissionError, match=r"failed: .*and the image is not present"):
+        kind.create(kind.prepare(absent))
+
+
 def test_pull_from_a_private_registry(
     docker_daemon: DockerDaemon, plain_image: ImageBuild, registry: Registry, kind: DockerKind
 ) -> None:
