@@ -89,9 +89,12 @@ class DockerUnavailableError(SubmissionError):
 
 
 class DockerKind:
-    """The Docker kind: one daemon, the one `docker.from_env()` finds."""
+    """The Docker kind: one daemon, the one `docker.from_env()` finds; 2.x DockerContainer
+    blocks and 3.x docker pools."""
 
     kind = "docker"
+    block_types = ("docker-container",)
+    pool_types = ("docker",)
 
     def __init__(
         self,
@@ -178,9 +181,21 @@ class DockerKind:
         )
 
     def create(self, spec: object) -> ContainerJob:
-        """Pull as the policy says, then create the container (not started)."""
+        """Pull as the policy says, then create the container (not started). Whatever the
+        daemon answers wrong is a `SubmissionError` with its short message (the run is
+        Failed with it), not docker-py's request dump."""
         if not isinstance(spec, DockerSpec):
             raise TypeError(f"the Docker kind creates from a DockerSpec, not {spec!r}")
+        try:
+            return self._create_job(spec)
+        except SubmissionError:
+            raise
+        except (docker.errors.DockerException, OSError) as exc:
+            raise SubmissionError(
+                f"container for image {spec.image!r} could not be created: {_short(exc)}"
+            ) from None
+
+    def _create_job(self, spec: DockerSpec) -> ContainerJob:
         daemon = self.daemon()
         api = self.client().api
         self._pull(api, spec)
@@ -410,10 +425,10 @@ class ContainerJob:
         api = self._api()
         try:
             api.start(self.container_id)
-        except docker.errors.APIError as exc:
+        except (docker.errors.DockerException, OSError) as exc:
             # A container that cannot start (a missing executable, a bad bind path) would stay
             # "created" for ever: nothing of it is worth keeping, its pid then names nothing.
-            with contextlib.suppress(docker.errors.APIError):
+            with contextlib.suppress(docker.errors.DockerException, OSError):
                 api.remove_container(self.container_id, force=True)
             raise SubmissionError(f"{self.label} could not start: {_short(exc)}") from None
         self._started = True
@@ -496,9 +511,21 @@ class ContainerJob:
         return self._signal(int(signal.SIGKILL))
 
     def after_exit(self) -> list[str]:
+        """Once it ended: removed when the block asked for `auto_remove`; a container that
+        was created but never started (a stop came before its start, or its start failed)
+        is removed whatever the block says: nothing of it is worth keeping."""
         done: list[str] = []
         if self._streamer is not None:
             self._streamer.join(LOG_DRAIN_SECONDS)
+        if not self._started:
+            try:
+                self._api().remove_container(self.container_id, v=True, force=True)
+                done.append(f"removed {self.label}, never started")
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as exc:
+                done.append(f"{self.label} could not be removed: {_short(exc)}")
+            return done
         if self._auto_remove:
             try:
                 self._api().remove_container(self.container_id, v=True)
