@@ -6,6 +6,8 @@ Docker's own tools find it).
 - The real Prefect 2.20 engine in the flow image (`/opt/prefect2/bin/python -m prefect.engine`,
   the host's network, the flow's code and the markers reached through volumes) completes the
   run; the block's env reaches the flow.
+- On a Prefect 3 server, a `docker` work pool (its template Prefect's own, from the server's
+  worker metadata) runs its flow run by the Prefect 3 engine in a container, never on the host.
 - A busybox command in the plain image: the container carries the run's label and the block's
   env; the run's infrastructure pid on the server is `docker:<daemon>:<container>`; a non-zero
   exit is Crashed with its code; Cancelling the run stops its container and the run is
@@ -16,6 +18,7 @@ Every container carries the harness's labels and this module's, and is removed a
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +27,14 @@ from typing import Any
 import docker
 import pytest
 
+from actors.launcher.local_server import LocalPrefectServer
+from examples.harness import prefect3
 from examples.harness.docker_daemon import DockerDaemon
-from examples.harness.flow_image import PREFECT2_PYTHON, ImageBuild
+from examples.harness.flow_image import PREFECT2_PYTHON, PREFECT3_PYTHON, ImageBuild
 from tests.conftest import AgentFactory, ThreadAgent
 from tests.integration.helpers import FINAL, FLOWS, infrastructure_pid, state_type
 from tests.support.prefect_objects import (
+    call_api,
     create_run,
     deploy_with_block_data,
     read_marker,
@@ -215,3 +221,73 @@ def test_cancelling_a_run_stops_its_container_and_the_run_is_cancelled(
     except docker.errors.NotFound:
         return  # gone from the daemon: stopped
     assert not state["Running"], state
+
+
+def docker_pool_template() -> dict[str, Any]:
+    """Prefect's own template of a `docker` pool, as the 3.x server offers it to its UI (the
+    worker metadata it ships with)."""
+    found = sorted(
+        prefect3.VENV.glob(
+            "lib/python*/site-packages/prefect/server/api/collections_data/views/"
+            "aggregate-worker-metadata.json"
+        )
+    )
+    assert found, f"no worker metadata in {prefect3.VENV}"
+    metadata = json.loads(found[0].read_text())
+    template: dict[str, Any] = metadata["prefect-docker"]["docker"][
+        "default_base_job_configuration"
+    ]
+    return template
+
+
+def test_a_3x_docker_pool_runs_its_flow_in_a_container_never_on_the_host(
+    prefect3_server: LocalPrefectServer,
+    library_agent: AgentFactory,
+    markers: Path,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    flow_image: ImageBuild,
+) -> None:
+    api_url = prefect3_server.api_url
+    pool = f"docker-{uuid.uuid4().hex[:8]}"
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    call_api(
+        api_url,
+        "POST",
+        "/work_pools/",
+        {"name": pool, "type": "docker", "base_job_template": docker_pool_template()},
+    )
+    flow_id = call_api(api_url, "POST", "/flows/", {"name": "hello"})["id"]
+    body = {
+        "name": f"docker-{queue}",
+        "flow_id": flow_id,
+        "work_pool_name": pool,
+        "work_queue_name": queue,
+        "entrypoint": "hello.py:hello",
+        "path": str(FLOWS),
+        "job_variables": {
+            "image": flow_image.tag,
+            "image_pull_policy": "Never",
+            "command": f"{PREFECT3_PYTHON} -m prefect.engine",
+            "volumes": [f"{FLOWS}:{FLOWS}:ro", f"{markers}:{markers}"],
+            "env": {"GREETING": "from the pool's job variables"},
+            "labels": {**docker_daemon.labels, TEST_LABEL: SESSION},
+        },
+    }
+    deployment = str(call_api(api_url, "POST", "/deployments/", body)["id"])
+    params = {"marker_dir": str(markers), "env_name": "GREETING"}
+    run = str(
+        call_api(
+            api_url, "POST", f"/deployments/{deployment}/create_flow_run", {"parameters": params}
+        )["id"]
+    )
+    library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+
+    wait_for(lambda: state_type(api_url, run) in FINAL, 180, "the run to end")
+    assert run_state(api_url, run)[0] == "COMPLETED", run_state(api_url, run)
+    assert read_marker(markers, run, "env")["value"] == "from the pool's job variables"
+    container = container_of(daemon, api_url, run)  # its pid a container's, not the host's
+    assert container.labels["io.prefect.flow-run-id"] == run
+    assert container.attrs["Config"]["Image"] == flow_image.tag
+    assert container.attrs["State"]["ExitCode"] == 0
