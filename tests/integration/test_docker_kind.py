@@ -266,6 +266,19 @@ def test_a_container_that_cannot_start_is_removed(
     assert kind.find(source.flow_run.id, job.infrastructure_pid) is None
 
 
+def test_a_container_created_but_never_started_is_removed_by_after_exit(
+    docker_daemon: DockerDaemon, plain_image: ImageBuild, kind: DockerKind
+) -> None:
+    """A stop that came between create and start: the supervisor calls `after_exit`, and the
+    created container is removed (whatever `auto_remove` says)."""
+    source = block_source(kind, run(), image=plain_image.tag, command=["true"], auto_remove=False)
+    _, job = create(kind, source)
+    assert inspect(docker_daemon, job.container_id)["State"]["Status"] == "created"
+    assert job.after_exit() == [f"removed {job.label}, never started"]
+    with pytest.raises(docker.errors.NotFound):
+        inspect(docker_daemon, job.container_id)
+
+
 def test_a_taken_name_gets_a_number(plain_image: ImageBuild, kind: DockerKind) -> None:
     flow_run = run("same name")
     source = block_source(kind, flow_run, image=plain_image.tag, command=["true"])

@@ -188,6 +188,35 @@ def test_a_non_zero_exit_of_a_container_is_crashed_with_its_code(
     assert container_of(daemon, api_url, run).attrs["State"]["ExitCode"] == 3
 
 
+def test_a_container_that_cannot_start_fails_its_run_and_is_removed(
+    library_agent: AgentFactory,
+    api_url: str,
+    queue: str,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    plain_image: ImageBuild,
+) -> None:
+    deployment = deploy_container(
+        api_url,
+        queue,
+        docker_daemon,
+        "nostart",
+        image=plain_image.tag,
+        command=["/no/such/program"],
+    )
+    run = create_run(api_url, deployment)
+    library_agent(work_queues=(queue,))
+
+    wait_for(lambda: state_type(api_url, run) in FINAL, 60, "the run to end")
+    type_, _, message = run_state(api_url, run)
+    assert type_ == "FAILED", (type_, message)
+    assert message is not None and message.startswith("Submission failed."), message
+    assert "could not start" in message and "/no/such/program" in message, message
+    left = daemon.containers.list(all=True, filters={"label": f"io.prefect.flow-run-id={run}"})
+    assert left == []
+
+
 def test_cancelling_a_run_stops_its_container_and_the_run_is_cancelled(
     library_agent: AgentFactory,
     api_url: str,
