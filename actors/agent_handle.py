@@ -20,8 +20,8 @@ import pykka
 
 from actors.edges.api_interface import PrefectApiInterface
 from actors.edges.infrastructure import Infrastructure
+from actors.edges.kinds import default_infrastructures
 from actors.edges.prefect_api import PrefectApi
-from actors.edges.process_kind import Process
 from actors.edges.processes import HOSTNAME
 from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
 from actors.runtime.clock import Clock, ClockInterface
@@ -67,7 +67,9 @@ class AgentHandle:
             clock=self.clock,
             identity=identity_for(settings),
             listeners=listeners,
-            infrastructures=(Process(),) if infrastructures is None else infrastructures,
+            infrastructures=(
+                default_infrastructures() if infrastructures is None else infrastructures
+            ),
         )
         self.api.on_attempt = self.ctx.metrics.count_api_attempt
         self.outcome = self.ctx.outcome
@@ -215,7 +217,6 @@ def start_agent(
     """Start an agent's actor tree inside the calling process; `listeners` (RunListener refs)
     hear every run event from the first poll on. `clock` serves every timer of the agent
     (default: a real `Clock`); `actors`, the classes of its children (a test's fakes);
-    `infrastructures`, the kinds runs are started on (default: the Process kind)."""
-    return AgentHandle(
-        settings, api, listeners, clock, actors, infrastructures=infrastructures
-    )
+    `infrastructures`, the kinds runs are started on (default: the Process kind, and the
+    Docker kind, loaded on the first Docker run)."""
+    return AgentHandle(settings, api, listeners, clock, actors, infrastructures=infrastructures)

@@ -1,7 +1,8 @@
 """Which kind of infrastructure runs a flow run: the registry behind the seam.
 
-An agent holds the kinds it can run (`AgentContext.infrastructures`: the Process kind unless
-a test or a host service passes others, `start_agent(..., infrastructures=...)`). A run's
+An agent holds the kinds it can run (`AgentContext.infrastructures`: `default_infrastructures`,
+the Process and Docker kinds, unless a test or a host service passes others,
+`start_agent(..., infrastructures=...)`). A run's
 kind is its 2.x block's type (`data["type"]`, else the block type's slug; no block: a process,
 as Prefect's agent has it) or, on 3.x, its work pool's type. A type no kind answers to is
 refused with a reason (`SubmissionError`), never run as another kind. Which block and pool
@@ -15,12 +16,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from actors.edges.docker_on_demand import DockerOnDemand
 from actors.edges.infrastructure import Infrastructure, Reach, RunJob, RunSource
+from actors.edges.process_kind import Process
 from actors.rules.infrastructure import SubmissionError
 from messages.wire.prefect import WorkPool
 
 # A 2.x agent pool names no infrastructure: its runs' blocks are checked run by run.
 AGENT_POOL_TYPE = "prefect-agent"
+
+
+def default_infrastructures() -> tuple[Infrastructure, ...]:
+    """The kinds an agent runs unless told otherwise: processes, and containers (2.x
+    DockerContainer blocks, 3.x docker pools), the Docker kind loaded and connected to its
+    daemon only when a run first asks for a container (`docker_on_demand`)."""
+    return (Process(), DockerOnDemand())
 
 
 def block_types(kind: Infrastructure) -> tuple[str, ...]:

@@ -49,21 +49,28 @@ def default_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "prefect.engine")
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def apply_overrides(
+    data: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    *,
+    fields: frozenset[str] = _PROCESS_FIELDS,
+    kind: str = "Process",
+) -> dict[str, Any]:
     """Apply `infra_overrides` such as {"env.NAME": "x"} to a copy of the block's fields.
 
     A dotted path walks nested mappings; the last part is set. A path whose first part is not
-    a Process field, or that walks through something that is not a mapping, is an error.
+    one of `fields` (a Process block's, unless another kind names its own), or that walks
+    through something that is not a mapping, is an error.
     """
     result = copy.deepcopy(dict(data))
     for path, value in overrides.items():
         parts = path.split(".")
         if not all(parts):
             raise SubmissionError(f"infra_overrides path {path!r} has an empty part")
-        if parts[0] not in _PROCESS_FIELDS:
-            known = ", ".join(sorted(_PROCESS_FIELDS - {"block_type_slug"}))
+        if parts[0] not in fields:
+            known = ", ".join(sorted(fields - {"block_type_slug"}))
             raise SubmissionError(
-                f"infra_overrides path {path!r}: Process infrastructure has no field "
+                f"infra_overrides path {path!r}: {kind} infrastructure has no field "
                 f"{parts[0]!r} (fields: {known})"
             )
         node: Any = result

@@ -13,7 +13,7 @@ from typing import Any
 
 from actors.edges.api_interface import PrefectApiInterface
 from actors.edges.infrastructure import Infrastructure
-from actors.edges.process_kind import Process
+from actors.edges.kinds import default_infrastructures
 from actors.rules.identity import AgentIdentity
 from actors.runtime.calls import CallPool
 from actors.runtime.clock import ClockInterface
@@ -39,7 +39,7 @@ class AgentContext:
     identity: AgentIdentity  # name, instance, host: shown in the tree, carried by claims
     calls: CallPool = field(default_factory=CallPool)  # server calls made off the inboxes
     # The kinds of infrastructure runs are started on (`actors.edges.kinds`); a test's fake.
-    infrastructures: tuple[Infrastructure, ...] = field(default_factory=lambda: (Process(),))
+    infrastructures: tuple[Infrastructure, ...] = field(default_factory=default_infrastructures)
     # Infrastructure calls that block (a daemon's HTTP), off the inboxes and never queued
     # behind a server that hangs.
     infra_calls: CallPool = field(default_factory=lambda: CallPool(8, "agent-infrastructure"))

@@ -939,13 +939,14 @@ def test_a_child_whose_start_up_always_fails_makes_the_agent_give_up_within_the_
 def test_a_pool_of_a_type_the_agent_cannot_run_is_refused_and_none_of_its_runs_taken(
     fake: FakePrefectApi, start: Start, runs_dir: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A Prefect 3 pool of type docker names containers: its runs must never start as local
-    processes. The agent says so in its tree and /healthz, and takes none of them."""
-    fake.add_pool("containers", type_="docker")
-    fake.add_queue("default", pool="containers")
-    run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="containers")
+    """A Prefect 3 pool of type kubernetes names pods, which this agent cannot make: its runs
+    must never start as local processes (nor as containers). The agent says so in its tree
+    and /healthz, and takes none of them."""
+    fake.add_pool("pods", type_="kubernetes")
+    fake.add_queue("default", pool="pods")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="pods")
     clock = ManualClock()
-    handle = start(clock=clock, work_pool="containers")
+    handle = start(clock=clock, work_pool="pods")
     status = StatusServer(handle).start()
     request.addfinalizer(status.stop)
     watcher = wait_until(
@@ -955,13 +956,13 @@ def test_a_pool_of_a_type_the_agent_cannot_run_is_refused_and_none_of_its_runs_t
         5,
         "the watcher to refuse the pool",
     )
-    assert "of type 'docker'" in watcher.detail["refused"]
+    assert "of type 'kubernetes'" in watcher.detail["refused"]
     clock.advance(60)  # polls come round: still nothing taken
     wait_until(lambda: fake.calls("read_work_pool")[1:], 5, "the pool read again")
     assert fake.proposals(run.id) == []
     assert fake.state(run.id).type == SCHEDULED
     body = httpx.get(f"http://{status.host}:{status.port}/healthz", timeout=5).text
-    assert "work pool 'containers' (docker): refused: " in body, body
+    assert "work pool 'pods' (kubernetes): refused: " in body, body
 
 
 @pytest.mark.timeout(30)

@@ -113,13 +113,13 @@ def test_each_submission_failure_fails_its_run_with_the_reason_and_others_go_on(
 ) -> None:
     hello = FLOWS / "hello.py"
     bad = {
-        "type 'docker-container'": deploy_with_block_data(
+        "type 'kubernetes-job'": deploy_with_block_data(
             api_url,
             hello,
             "hello",
-            name=f"docker-{queue}",
+            name=f"k8s-{queue}",
             work_queue=queue,
-            block_type_slug="docker-container",
+            block_type_slug="kubernetes-job",
             data={"image": "python:3.11"},
         ),
         "has no field 'nonsense'": deploy(

@@ -1,0 +1,550 @@
+"""The Docker kind behind the infrastructure seam: a flow run in a container of a Docker daemon.
+
+The daemon is found as Docker's own tools find it (`docker.from_env()`: DOCKER_HOST,
+DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, the CLI context, the default socket). A daemon that does
+not answer is one `SubmissionError` naming it, for each run that wants it, never a traceback.
+
+What this kind does differently from Prefect's DockerContainer, and why:
+
+- A container is created, not started, by `create`: its pid (`docker:<daemon ID>:<container
+  id>`, the daemon's unique `ID` from `/info`) is known before it starts, so the server can
+  record it first and no started container is ever without its pid.
+- Docker's `AutoRemove` is never asked for: the exit code is read from the wait API's answer
+  and `State.OOMKilled` from an inspect after it, and only then, in `after_exit`, is the
+  container removed (when the block asked for `auto_remove`). Prefect lost exit codes to that
+  race (PrefectHQ/prefect#6648).
+- A pull's streamed errors are errors (docker/docker-py#2286: a failed pull that looked fine
+  ran a stale image); credentials are sent with the pull only, and only when it pulls.
+
+Every call here blocks on the daemon: the supervisor makes them from a helper, off its inbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+import docker
+import docker.errors
+
+from actors.edges.infrastructure import ExitStatus, Infrastructure, Reach, RunJob, RunSource
+from actors.rules.docker_spec import (
+    AUTO_REMOVE_LABEL,
+    FLOW_RUN_LABEL,
+    LEGACY_FLOW_RUN_LABEL,
+    DockerSpec,
+    docker_spec,
+    format_container_pid,
+    memory_text,
+    parse_container_pid,
+)
+from actors.rules.infrastructure import SubmissionError
+
+log = logging.getLogger("prefect_actor_agent.docker")
+
+NAME_CONFLICT_RETRIES = 100
+LOG_DRAIN_SECONDS = 5.0
+# Each running container holds a connection while it is waited for, and one more while its
+# output is streamed: a pool as small as docker-py's default (10) would drop and reopen them.
+MAX_POOL_SIZE = 64
+
+
+def agent_prefect_version() -> str | None:
+    """The Prefect installed next to the agent (the agent never imports it), or None."""
+    try:
+        return importlib.metadata.version("prefect")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What the kind needs to know of its daemon, read once from `/info`."""
+
+    id: str
+    os_type: str  # "linux"
+    version: str  # "20.10.24"
+    where: str  # the client's base URL, for messages
+
+    @property
+    def host_gateway(self) -> bool:
+        """Whether the daemon maps `host-gateway` in extra hosts (20.10 and later)."""
+        try:
+            major, minor = (int(p) for p in self.version.split("-")[0].split(".")[:2])
+        except ValueError:
+            return True
+        return (major, minor) >= (20, 10)
+
+
+class DockerUnavailableError(SubmissionError):
+    """The daemon does not answer: one message that says where it was looked for."""
+
+
+class DockerKind:
+    """The Docker kind: one daemon, the one `docker.from_env()` finds; 2.x DockerContainer
+    blocks and 3.x docker pools."""
+
+    kind = "docker"
+    block_types = ("docker-container",)
+    pool_types = ("docker",)
+
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        *,
+        timeout: int = 60,
+        output: TextIO | None = None,
+    ) -> None:
+        self._environ = dict(os.environ if environ is None else environ)
+        self._timeout = timeout
+        self._output = output
+        self._lock = threading.Lock()
+        self._client: docker.DockerClient | None = None
+        self._info: DaemonInfo | None = None
+        self._unavailable: str | None = None  # the last failure, logged once
+
+    # -- the daemon ------------------------------------------------------------------------
+
+    def client(self) -> docker.DockerClient:
+        """The daemon's client (made on first use; kept)."""
+        self.daemon()
+        client = self._client
+        if client is None:  # closed meanwhile
+            raise DockerUnavailableError("the Docker kind was closed")
+        return client
+
+    def daemon(self) -> DaemonInfo:
+        """The daemon's identity; `DockerUnavailableError` when it does not answer."""
+        with self._lock:
+            if self._info is not None and self._client is not None:
+                return self._info
+            where = self._environ.get("DOCKER_HOST") or "the default Docker socket"
+            try:
+                client = docker.from_env(
+                    environment=self._environ,
+                    timeout=self._timeout,
+                    max_pool_size=MAX_POOL_SIZE,
+                )
+                where = client.api.base_url
+                info = client.info()
+            except docker.errors.DockerException as exc:
+                message = f"the Docker daemon at {where} does not answer: {_short(exc)}"
+                if message != self._unavailable:
+                    log.warning("%s", message)
+                    self._unavailable = message
+                raise DockerUnavailableError(message) from None
+            if self._unavailable is not None:
+                log.info("the Docker daemon at %s answers again", where)
+                self._unavailable = None
+            self._client = client
+            self._info = DaemonInfo(
+                id=str(info["ID"]),
+                os_type=str(info.get("OSType") or "linux"),
+                version=str(info.get("ServerVersion") or ""),
+                where=where,
+            )
+            return self._info
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = None
+            self._info = None
+
+    # -- the seam --------------------------------------------------------------------------
+
+    def prepare(self, source: RunSource) -> DockerSpec:
+        """The container's spec; the daemon is asked once (its OS decides the network rule)."""
+        daemon = self.daemon()
+        return docker_spec(
+            source.flow_run,
+            source.deployment,
+            source.block,
+            api_url=source.api_url,
+            api_key=source.api_key,
+            worker_name=source.worker_name,
+            agent_env=os.environ if source.base_env is None else source.base_env,
+            daemon_os=daemon.os_type,
+            host_gateway=daemon.host_gateway,
+            prefect_version=agent_prefect_version(),
+            job_variables=source.job_variables,
+            pool=source.pool,
+        )
+
+    def create(self, spec: object) -> ContainerJob:
+        """Pull as the policy says, then create the container (not started). Whatever the
+        daemon answers wrong is a `SubmissionError` with its short message (the run is
+        Failed with it), not docker-py's request dump."""
+        if not isinstance(spec, DockerSpec):
+            raise TypeError(f"the Docker kind creates from a DockerSpec, not {spec!r}")
+        try:
+            return self._create_job(spec)
+        except SubmissionError:
+            raise
+        except (docker.errors.DockerException, OSError) as exc:
+            raise SubmissionError(
+                f"container for image {spec.image!r} could not be created: {_short(exc)}"
+            ) from None
+
+    def _create_job(self, spec: DockerSpec) -> ContainerJob:
+        daemon = self.daemon()
+        api = self.client().api
+        self._pull(api, spec)
+        host_config = api.create_host_config(
+            binds=list(spec.binds) or None,
+            network_mode=spec.networks[0] if spec.networks else spec.network_mode,
+            extra_hosts=spec.extra_hosts,
+            mem_limit=spec.mem_limit,
+            memswap_limit=spec.memswap_limit,
+            privileged=spec.privileged,
+        )
+        networking = None
+        if spec.networks:
+            networking = api.create_networking_config(
+                {spec.networks[0]: api.create_endpoint_config()}
+            )
+        container_id, name = self._create(api, spec, host_config, networking)
+        try:
+            for network in spec.networks[1:]:
+                api.connect_container_to_network(container_id, network)
+        except docker.errors.APIError as exc:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_container(container_id, force=True)
+            raise SubmissionError(
+                f"container {name!r} could not join its networks: {_short(exc)}"
+            ) from None
+        log.info("created container %s (%s) from %s", name, container_id[:12], spec.image)
+        return ContainerJob(
+            self,
+            daemon.id,
+            container_id,
+            name,
+            stream_output=spec.stream_output,
+            auto_remove=spec.auto_remove,
+            mem_limit_text=spec.mem_limit_text,
+        )
+
+    def find(self, flow_run_id: str, infrastructure_pid: str | None) -> ContainerJob | None:
+        """The run's container again: by its pid, or by its flow-run label when no pid was
+        recorded (2.x's unconverted label too); None when it is gone."""
+        daemon = self.daemon()
+        api = self.client().api
+        if infrastructure_pid is not None:
+            parsed = parse_container_pid(infrastructure_pid)
+            if parsed is None or parsed[0] != daemon.id:
+                raise ValueError(f"{infrastructure_pid!r} is not a container of this daemon")
+            try:
+                attrs = api.inspect_container(parsed[1])
+            except docker.errors.NotFound:
+                return None
+        else:
+            found: list[dict[str, Any]] = []
+            for label in (FLOW_RUN_LABEL, LEGACY_FLOW_RUN_LABEL):
+                found += api.containers(all=True, filters={"label": f"{label}={flow_run_id}"})
+            if not found:
+                return None
+            # The one that runs, else the newest.
+            found.sort(key=lambda c: (c.get("State") == "running", c.get("Created", 0)))
+            try:
+                attrs = api.inspect_container(found[-1]["Id"])
+            except docker.errors.NotFound:
+                return None
+        labels = attrs.get("Config", {}).get("Labels") or {}
+        memory = attrs.get("HostConfig", {}).get("Memory") or 0
+        return ContainerJob(
+            self,
+            daemon.id,
+            attrs["Id"],
+            attrs.get("Name", "").lstrip("/"),
+            stream_output=False,
+            auto_remove=labels.get(AUTO_REMOVE_LABEL) == "true",
+            mem_limit_text=memory_text(memory) if memory else None,
+            started=(attrs.get("State") or {}).get("Status") != "created",
+        )
+
+    def reach(self, infrastructure_pid: str) -> Reach:
+        """Here for a container of this daemon; "elsewhere" for another daemon's (or when
+        this daemon does not answer: nothing can be done to it from here)."""
+        parsed = parse_container_pid(infrastructure_pid)
+        if parsed is None:
+            return "not-mine"
+        try:
+            daemon = self.daemon()
+        except DockerUnavailableError:
+            return "elsewhere"
+        return "here" if parsed[0] == daemon.id else "elsewhere"
+
+    # -- pulling and creating ----------------------------------------------------------------
+
+    def _pull(self, api: Any, spec: DockerSpec) -> None:
+        image = spec.image
+        if spec.pull_policy in ("IfNotPresent", "Never"):
+            if self._present(api, image):
+                return
+            if spec.pull_policy == "Never":
+                raise SubmissionError(
+                    f"image {image!r} is not present and image_pull_policy is Never"
+                )
+        try:
+            self._pull_now(api, spec)
+        except SubmissionError as pull_error:
+            if spec.pull_policy != "IfPossible":
+                raise
+            if self._present(api, image):
+                log.warning("%s; the local image is used (IfPossible)", pull_error)
+                return
+            raise SubmissionError(
+                f"{pull_error}, and the image is not present (image_pull_policy IfPossible)"
+            ) from None
+
+    def _present(self, api: Any, image: str) -> bool:
+        try:
+            api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    def _pull_now(self, api: Any, spec: DockerSpec) -> None:
+        auth = None
+        if spec.registry is not None:
+            auth = {"username": spec.registry.username, "password": spec.registry.password}
+            if spec.registry.registry_url:
+                auth["serveraddress"] = spec.registry.registry_url
+        log.info("pulling image %s", spec.image)
+        hint = "" if auth else " (no registry credentials were given)"
+        try:
+            for chunk in api.pull(spec.image, stream=True, decode=True, auth_config=auth):
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    raise SubmissionError(f"pulling image {spec.image!r} failed: {detail}{hint}")
+        except docker.errors.APIError as exc:
+            raise SubmissionError(
+                f"pulling image {spec.image!r} failed: {_short(exc)}{hint}"
+            ) from None
+        if not self._present(api, spec.image):
+            raise SubmissionError(f"pulling image {spec.image!r} left no such image")
+
+    def _create(
+        self, api: Any, spec: DockerSpec, host_config: Any, networking: Any
+    ) -> tuple[str, str]:
+        base = spec.name
+        name = base
+        for attempt in range(NAME_CONFLICT_RETRIES + 1):
+            if attempt and base is not None:
+                name = f"{base}-{attempt}"
+            try:
+                created = api.create_container(
+                    spec.image,
+                    command=list(spec.command),
+                    environment=spec.env,
+                    labels=spec.labels,
+                    name=name,
+                    host_config=host_config,
+                    networking_config=networking,
+                    volumes=list(spec.anonymous_volumes) or None,
+                )
+            except docker.errors.APIError as exc:
+                text = str(exc)
+                if base is not None and "Conflict" in text and "container name" in text:
+                    log.info("container name %r is taken; retrying", name)
+                    continue
+                raise SubmissionError(
+                    f"container for image {spec.image!r} could not be created: {_short(exc)}"
+                ) from None
+            container_id = str(created["Id"])
+            if name is None:
+                name = str(api.inspect_container(container_id)["Name"]).lstrip("/")
+            return container_id, name
+        raise SubmissionError(
+            f"container name {base!r} and {NAME_CONFLICT_RETRIES} numbered variants are taken"
+        )
+
+
+class ContainerJob:
+    """One run's container (the seam's `RunJob`)."""
+
+    def __init__(
+        self,
+        kind: DockerKind,
+        daemon_id: str,
+        container_id: str,
+        name: str,
+        *,
+        stream_output: bool,
+        auto_remove: bool,
+        mem_limit_text: str | None,
+        started: bool = False,
+    ) -> None:
+        self._kind = kind
+        self.container_id = container_id
+        self.name = name
+        self._pid = format_container_pid(daemon_id, container_id)
+        self._stream_output = stream_output
+        self._auto_remove = auto_remove
+        self._mem_limit_text = mem_limit_text
+        self._started = started
+        self._streamer: threading.Thread | None = None
+
+    @property
+    def infrastructure_pid(self) -> str | None:
+        return self._pid
+
+    @property
+    def label(self) -> str:
+        return f"container {self.name} ({self.container_id[:12]})"
+
+    def _api(self) -> Any:
+        return self._kind.client().api
+
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            attrs = self._api().inspect_container(self.container_id)
+        except docker.errors.NotFound:
+            return None
+        state: dict[str, Any] = attrs.get("State") or {}
+        return state
+
+    @property
+    def running(self) -> bool:
+        state = self._state()
+        return bool(state and state.get("Running"))
+
+    def start(self) -> None:
+        """Start it; a container that cannot start is removed and the error says why."""
+        api = self._api()
+        try:
+            api.start(self.container_id)
+        except (docker.errors.DockerException, OSError) as exc:
+            # A container that cannot start (a missing executable, a bad bind path) would stay
+            # "created" for ever: nothing of it is worth keeping, its pid then names nothing.
+            with contextlib.suppress(docker.errors.DockerException, OSError):
+                api.remove_container(self.container_id, force=True)
+            raise SubmissionError(f"{self.label} could not start: {_short(exc)}") from None
+        self._started = True
+        if self._stream_output:
+            self._streamer = threading.Thread(
+                target=self._stream, name=f"logs-{self.name}", daemon=True
+            )
+            self._streamer.start()
+
+    def _stream(self) -> None:
+        """The container's output, line by line, to the agent's stdout (as a process's)."""
+        out = self._kind._output or sys.stdout
+        try:
+            pending = b""
+            for chunk in self._api().logs(self.container_id, stream=True, follow=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    out.write(line.decode(errors="replace") + "\n")
+                out.flush()
+            if pending:
+                out.write(pending.decode(errors="replace") + "\n")
+                out.flush()
+        except (docker.errors.DockerException, OSError, ValueError) as exc:
+            log.warning("the output of %s stopped: %s", self.label, _short(exc))
+
+    def wait(self) -> ExitStatus:
+        """Until the container exits: the wait API's StatusCode; an OOM kill from an inspect
+        after it. A container never started (an agent died between create and start) has no
+        exit to wait for: code None."""
+        api = self._api()
+        if not self._started:
+            state = self._state()
+            if state is None:
+                return ExitStatus(None, "the container is gone")
+            if state.get("Status") == "created":
+                return ExitStatus(None, "the container was never started")
+        try:
+            answer = api.wait(self.container_id, timeout=None)
+        except docker.errors.NotFound:
+            return ExitStatus(None, "the container was removed before its exit was read")
+        code = answer.get("StatusCode")
+        error = (answer.get("Error") or {}).get("Message")
+        if self._streamer is not None:
+            self._streamer.join(LOG_DRAIN_SECONDS)
+        cause = error or None
+        state = self._state()
+        if state is not None and state.get("OOMKilled"):
+            limit = f" (mem_limit {self._mem_limit_text})" if self._mem_limit_text else ""
+            cause = f"out of memory{limit}"
+        return ExitStatus(None if code is None else int(code), cause)
+
+    def _stop_signal(self) -> str:
+        try:
+            config = self._api().inspect_container(self.container_id).get("Config") or {}
+        except docker.errors.NotFound:
+            return "SIGTERM"
+        return str(config.get("StopSignal") or "SIGTERM")
+
+    def _signal(self, sig: str | int) -> bool:
+        if not self.running:
+            return False
+        try:
+            self._api().kill(self.container_id, signal=sig)
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running any more
+                return False
+            raise
+        return True
+
+    def terminate(self) -> bool:
+        return self._signal(self._stop_signal())
+
+    def grace_over(self) -> bool:
+        return self._signal(int(signal.SIGKILL))
+
+    def kill(self) -> bool:
+        return self._signal(int(signal.SIGKILL))
+
+    def after_exit(self) -> list[str]:
+        """Once it ended: removed when the block asked for `auto_remove`; a container that
+        was created but never started (a stop came before its start, or its start failed)
+        is removed whatever the block says: nothing of it is worth keeping."""
+        done: list[str] = []
+        if self._streamer is not None:
+            self._streamer.join(LOG_DRAIN_SECONDS)
+        if not self._started:
+            try:
+                self._api().remove_container(self.container_id, v=True, force=True)
+                done.append(f"removed {self.label}, never started")
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as exc:
+                done.append(f"{self.label} could not be removed: {_short(exc)}")
+            return done
+        if self._auto_remove:
+            try:
+                self._api().remove_container(self.container_id, v=True)
+                done.append(f"removed {self.label}")
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                done.append(f"{self.label} could not be removed: {_short(exc)}")
+        return done
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message without docker-py's request dump."""
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc).strip() or type(exc).__name__
+
+
+if TYPE_CHECKING:  # the seam's Protocols, checked by mypy
+
+    def _conforms(kind: DockerKind, job: ContainerJob) -> tuple[Infrastructure, RunJob]:
+        return kind, job
