@@ -41,7 +41,13 @@ from urllib.parse import urlparse
 
 import msgspec
 
-from actors.rules.infrastructure import SubmissionError, apply_overrides, run_environment
+from actors.rules.infrastructure import (
+    SubmissionError,
+    apply_overrides,
+    merge_job_variables,
+    run_environment,
+    template_defaults,
+)
 from messages.wire.prefect import BlockDocument, Deployment, FlowRun, WorkPool
 
 PullPolicy = Literal["Always", "IfNotPresent", "Never", "IfPossible"]
@@ -409,37 +415,13 @@ def pool_fields(
     layer replaces a variable of a lower one, except `env`, merged name by name."""
     if pool is not None and pool.type and pool.type != POOL_TYPE:
         raise SubmissionError(f"work pool {pool.name!r} is of type {pool.type!r}, not 'docker'")
-    defaults: dict[str, Any] = {}
-    template = pool.base_job_template if pool is not None else {}
-    variables = template.get("variables")
-    properties = variables.get("properties") if isinstance(variables, dict) else None
-    if isinstance(properties, dict):
-        for name, schema in properties.items():
-            default = schema.get("default") if isinstance(schema, dict) else None
-            if name in JOB_VARIABLES and default is not None:
-                defaults[name] = default
-    layers = [defaults]
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("template", template_defaults(pool, JOB_VARIABLES))
+    ]
     if deployment is not None:
-        layers.append(_nest(deployment.job_variables or {}))
-    layers.append(_nest(flow_run.job_variables or {}))
-    merged: dict[str, Any] = {}
-    env: dict[str, Any] = {}
-    for where, layer in zip(("template", "deployment", "flow run"), layers, strict=False):
-        unknown = sorted(set(layer) - JOB_VARIABLES)
-        if unknown:
-            raise SubmissionError(
-                f"the {where}'s job variables name variables a docker pool does not have: "
-                f"{', '.join(unknown)}"
-            )
-        merged.update(layer)
-        layer_env = layer.get("env")
-        if layer_env is not None and not isinstance(layer_env, dict):
-            raise SubmissionError(
-                "job variable env must be a mapping of names to values, "
-                f"got {type(layer_env).__name__}: {layer_env!r}"
-            )
-        env.update(layer_env or {})
-    merged["env"] = env
+        layers.append(("deployment", _nest(deployment.job_variables or {})))
+    layers.append(("flow run", _nest(flow_run.job_variables or {})))
+    merged = merge_job_variables(layers, JOB_VARIABLES, "docker pool")
     if merged.get("container_create_kwargs"):
         raise SubmissionError("job variable container_create_kwargs is not supported by this agent")
     return merged

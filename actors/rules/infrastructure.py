@@ -19,7 +19,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -110,8 +110,11 @@ def process_block(block: BlockDocument | None, overrides: Mapping[str, Any]) -> 
 JOB_VARIABLES = ("env", "command", "working_dir", "stream_output")
 
 
-def template_defaults(pool: WorkPool | None) -> dict[str, Any]:
-    """The defaults a pool's base job template gives the job variables this agent applies."""
+def template_defaults(
+    pool: WorkPool | None, names: Collection[str] = JOB_VARIABLES
+) -> dict[str, Any]:
+    """The defaults a pool's base job template gives the job variables `names` (those this
+    agent applies for the pool's kind)."""
     if pool is None:
         return {}
     variables = pool.base_job_template.get("variables")
@@ -119,26 +122,31 @@ def template_defaults(pool: WorkPool | None) -> dict[str, Any]:
     if not isinstance(properties, dict):
         return {}
     defaults: dict[str, Any] = {}
-    for name in JOB_VARIABLES:
+    for name in names:
         spec = properties.get(name)
         if isinstance(spec, dict) and spec.get("default") is not None:
             defaults[name] = spec["default"]
     return defaults
 
 
-def job_variables_block(
-    flow_run: FlowRun, deployment: Deployment | None, pool: WorkPool | None
-) -> ProcessBlock:
-    """Prefect 3: the Process fields from the pool's defaults, the deployment's job variables
-    and the run's, as Prefect's own process worker layers them: a higher layer replaces a
-    variable of a lower one, except `env`, which is merged name by name."""
-    layers = [template_defaults(pool)]
-    if deployment is not None:
-        layers.append(deployment.job_variables or {})
-    layers.append(flow_run.job_variables or {})
+def merge_job_variables(
+    layers: Sequence[tuple[str, Mapping[str, Any]]],
+    known: Collection[str] | None = None,
+    kind: str = "",
+) -> dict[str, Any]:
+    """A run's job variables from their layers, lowest first (the pool's template defaults,
+    the deployment's, the run's), as Prefect's workers layer them: a higher layer replaces a
+    variable of a lower one, except `env`, merged name by name. With `known`, a layer naming
+    a variable a pool of `kind` does not have is an error that names the layer."""
     merged: dict[str, Any] = {}
     env: dict[str, Any] = {}
-    for layer in layers:
+    for where, layer in layers:
+        unknown = sorted(set(layer) - set(known)) if known is not None else []
+        if unknown:
+            raise SubmissionError(
+                f"the {where}'s job variables name variables a {kind} does not have: "
+                f"{', '.join(unknown)}"
+            )
         merged.update(layer)
         layer_env = layer.get("env")
         if layer_env is not None and not isinstance(layer_env, dict):
@@ -147,6 +155,22 @@ def job_variables_block(
                 f"got {type(layer_env).__name__}: {layer_env!r}"
             )
         env.update(layer_env or {})
+    merged["env"] = env
+    return merged
+
+
+def job_variables_block(
+    flow_run: FlowRun, deployment: Deployment | None, pool: WorkPool | None
+) -> ProcessBlock:
+    """Prefect 3: the Process fields from the pool's defaults, the deployment's job variables
+    and the run's, as Prefect's own process worker layers them: a higher layer replaces a
+    variable of a lower one, except `env`, which is merged name by name."""
+    layers: list[tuple[str, Mapping[str, Any]]] = [("template", template_defaults(pool))]
+    if deployment is not None:
+        layers.append(("deployment", deployment.job_variables or {}))
+    layers.append(("flow run", flow_run.job_variables or {}))
+    merged = merge_job_variables(layers)
+    env = merged["env"]
     fields: dict[str, Any] = {"type": "process"}
     command = merged.get("command")
     if isinstance(command, str):
