@@ -90,6 +90,13 @@ def container_of(client: Any, api_url: str, run_id: str) -> Any:
     return client.containers.get(pid.rsplit(":", 1)[1])
 
 
+
+def ended(api_url: str, run: str, timeout: float) -> tuple[str, str | None]:
+    """The run's final state type and message, once it has one."""
+    wait_for(lambda: state_type(api_url, run) in FINAL, timeout, "the run to end")
+    type_, _, message = run_state(api_url, run)
+    return type_, message
+
 def test_a_docker_container_block_runs_the_real_engine_in_a_container(
     library_agent: AgentFactory,
     api_url: str,
@@ -117,8 +124,7 @@ def test_a_docker_container_block_runs_the_real_engine_in_a_container(
     )
     library_agent(work_queues=(queue,))
 
-    wait_for(lambda: state_type(api_url, run) in FINAL, 180, "the run to end")
-    assert run_state(api_url, run)[0] == "COMPLETED", run_state(api_url, run)
+    assert ended(api_url, run, 180)[0] == "COMPLETED", run_state(api_url, run)
     assert read_marker(markers, run, "env")["value"] == "hello from the block"
     container = container_of(daemon, api_url, run)
     assert container.labels["io.prefect.flow-run-id"] == run
@@ -181,8 +187,7 @@ def test_a_non_zero_exit_of_a_container_is_crashed_with_its_code(
     run = create_run(api_url, deployment)
     library_agent(work_queues=(queue,))
 
-    wait_for(lambda: state_type(api_url, run) in FINAL, 60, "the run to end")
-    type_, _, message = run_state(api_url, run)
+    type_, message = ended(api_url, run, 60)
     assert type_ == "CRASHED", (type_, message)
     assert message is not None and "3" in message, message
     assert container_of(daemon, api_url, run).attrs["State"]["ExitCode"] == 3
@@ -208,8 +213,7 @@ def test_a_container_that_cannot_start_fails_its_run_and_is_removed(
     run = create_run(api_url, deployment)
     library_agent(work_queues=(queue,))
 
-    wait_for(lambda: state_type(api_url, run) in FINAL, 60, "the run to end")
-    type_, _, message = run_state(api_url, run)
+    type_, message = ended(api_url, run, 60)
     assert type_ == "FAILED", (type_, message)
     assert message is not None and message.startswith("Submission failed."), message
     assert "could not start" in message and "/no/such/program" in message, message
@@ -313,8 +317,7 @@ def test_a_3x_docker_pool_runs_its_flow_in_a_container_never_on_the_host(
     )
     library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
 
-    wait_for(lambda: state_type(api_url, run) in FINAL, 180, "the run to end")
-    assert run_state(api_url, run)[0] == "COMPLETED", run_state(api_url, run)
+    assert ended(api_url, run, 180)[0] == "COMPLETED", run_state(api_url, run)
     assert read_marker(markers, run, "env")["value"] == "from the pool's job variables"
     container = container_of(daemon, api_url, run)  # its pid a container's, not the host's
     assert container.labels["io.prefect.flow-run-id"] == run
