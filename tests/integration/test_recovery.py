@@ -281,12 +281,17 @@ def test_an_agent_killed_during_a_burst_and_restarted_runs_every_run_once(
             first.wait(10)
             second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             try:
-                wait_for(
-                    lambda: set(read_states(api_url, runs).values()) == {"COMPLETED"},
-                    120,
-                    "every run to complete",
-                    interval=1.0,
-                )
+                try:
+                    wait_for(
+                        lambda: set(read_states(api_url, runs).values()) == {"COMPLETED"},
+                        120,
+                        "every run to complete",
+                        interval=1.0,
+                    )
+                except AssertionError as exc:  # say which runs, and what the agent said
+                    left = {r: s for r, s in read_states(api_url, runs).items() if s != "COMPLETED"}
+                    tail = log_path.read_text(errors="replace")[-6000:]
+                    raise AssertionError(f"{exc}; not completed: {left}\n{tail}") from None
             finally:
                 second.terminate()
                 second.wait(30)
