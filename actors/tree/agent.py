@@ -33,7 +33,7 @@ from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import ask, tell_if_alive
 from actors.tree.children import Child, Children
-from actors.tree.earlier_life import EarlierLife
+from actors.tree.earlier_life import EARLIER_LIFE_SECOND_LOOK, EarlierLife
 from actors.tree.switchboard import DISPATCHER, WATCHER, ChildActors, Switchboard
 from messages.internal.dispatch import Subscribe, Unsubscribe
 from messages.internal.lease import LeaseChanged
@@ -151,8 +151,14 @@ class Agent(pykka.ThreadingActor):
                 self._child_failed(kind, name, error)
             case RestartChild(kind=kind, name=name):
                 self._restart(kind, name)
-            case FindEarlierLifeRuns(queue_names=names):
+            case FindEarlierLifeRuns(queue_names=names, look_again=again):
                 self.earlier_life.reconcile(names)
+                if again:
+                    self.ctx.clock.tell_later(
+                        EARLIER_LIFE_SECOND_LOOK,
+                        self.actor_ref,
+                        FindEarlierLifeRuns(names, look_again=False),
+                    )
             case _:
                 log.warning("unexpected message %r", message)
 

@@ -17,6 +17,9 @@ Peers recover a lost agent's runs (`Recovery`); this is an agent's own, after a 
 a controller of the Agent, not an actor: its server calls and its looks at the infrastructure
 are made off the Agent's inbox (`actors.runtime.calls`), and only what they found comes back
 to it.
+
+It looks twice, the second time `EARLIER_LIFE_SECOND_LOOK` seconds after the first: a Pending
+proposal of the killed life may be applied by a busy server after the first look.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ from messages.internal.lifecycle import SuperviseLeftRun
 from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
 
 log = logging.getLogger("prefect_actor_agent.agent")
+
+# Seconds from the first look to the second: longer than a busy server takes to apply a state
+# proposal the killed life sent just before it died (after the first look, such a run would be
+# left Pending with its claim, and no poll, peer or later look would ever see it again).
+EARLIER_LIFE_SECOND_LOOK = 10.0
 
 
 @dataclass

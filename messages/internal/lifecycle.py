@@ -141,9 +141,14 @@ class Rehome(msgspec.Struct, frozen=True):
 
 class FindEarlierLifeRuns(msgspec.Struct, frozen=True):
     """Scheduled by the Agent to itself at start (and for newly matched queues): find runs of
-    these queues that an earlier life of this agent left Pending or Running on this host."""
+    these queues that an earlier life of this agent left Pending or Running on this host.
+
+    The first look is followed by one more (`look_again`), `EARLIER_LIFE_SECOND_LOOK` seconds
+    later: a state proposal the killed life sent just before it died can still be applied by a
+    busy server after the first look, and a run it left Pending then would be nobody's."""
 
     queue_names: tuple[str, ...]
+    look_again: bool = True
 
 
 class SuperviseLeftRun(msgspec.Struct, frozen=True):

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,8 @@ import pytest
 
 from actors import AgentHandle, RunListener, StatusServer, settings_from_env, start_agent
 from actors.edges.infrastructure import ExitStatus
+from actors.rules.claims import claim_message
+from actors.rules.identity import AgentIdentity
 from actors.runtime.clock import Clock, ClockInterface
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.queue_watcher import QueueWatcher
@@ -1066,3 +1069,26 @@ def test_a_block_of_a_kind_the_agent_does_not_hold_fails_its_run_with_the_reason
     wait_until(lambda: fake.state(run.id).type == "FAILED", 5, "the run to fail")
     message = fake.state(run.id).message or ""
     assert "of type 'process', which this agent cannot run (supported: fake)" in message, message
+
+
+@pytest.mark.timeout(30)
+def test_a_pending_an_earlier_life_left_after_the_first_look_is_found_by_the_second(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """A killed life's last Pending proposal, applied by a busy server after the restarted
+    agent's first look for what it left: the second look, 10 s later on the agent's clock,
+    hands the run back to its queue (without it, the run stayed Pending, claimed by no one)."""
+    fake.add_queue("default")
+    clock = ManualClock()
+    handle = start(clock=clock)
+    wait_until(lambda: fake.calls("runs_in_states"), 5, "the first look")
+    run = fake.add_run(fake.add_deployment(["true"]), state_type=SCHEDULED, scheduled_in=3600)
+    me = handle.ctx.identity
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # the earlier life's process has exited
+    earlier = AgentIdentity(me.name, "earlierlife", me.host, gone.pid)
+    fake.set_run_state(run.id, PENDING, message=claim_message(earlier))
+    clock.advance(9.0)
+    assert len(fake.calls("runs_in_states")) == 1  # no second look yet
+    clock.advance(1.0)
+    wait_until(lambda: fake.state(run.id).type == SCHEDULED, 5, "the run to be handed back")
