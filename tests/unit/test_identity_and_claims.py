@@ -7,19 +7,19 @@ from actors.rules.identity import AgentIdentity, default_agent_name, new_instanc
 
 
 def test_the_default_name_is_the_same_on_every_start_and_differs_by_what_is_served() -> None:
-    first = default_agent_name("box", None, ("etl", "default"), ())
-    assert first == default_agent_name("box", None, ("default", "etl"), ())
-    assert first != default_agent_name("box", None, ("default",), ())
-    assert first != default_agent_name("other", None, ("etl", "default"), ())
+    first = default_agent_name("box", (), ("etl", "default"), ())
+    assert first == default_agent_name("box", (), ("default", "etl"), ())
+    assert first != default_agent_name("box", (), ("default",), ())
+    assert first != default_agent_name("other", (), ("etl", "default"), ())
     assert "box" in first and "default" in first
-    assert "pool-a" in default_agent_name("box", "pool-a", (), ())
+    assert "pool-a" in default_agent_name("box", ("pool-a",), (), ())
 
 
 def test_a_long_default_name_is_cut_but_stays_distinct() -> None:
     many = tuple(f"queue-{n}" for n in range(40))
-    name = default_agent_name("box", None, many, ())
+    name = default_agent_name("box", (), many, ())
     assert len(name) <= 100
-    assert name != default_agent_name("box", None, many[:-1], ())
+    assert name != default_agent_name("box", (), many[:-1], ())
 
 
 def test_instance_ids_change_at_every_start() -> None:
