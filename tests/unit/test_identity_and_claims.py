@@ -45,3 +45,9 @@ def test_worker_labels_name_the_agent_as_prefects_workers_do() -> None:
 def test_a_claim_names_the_agents_process_so_a_restart_knows_a_live_namesake() -> None:
     identity = AgentIdentity("a@box q", "abc123", "box", pid=4242)
     assert parse_claim(claim_message(identity)) == identity
+
+
+def test_the_default_name_of_an_agent_of_several_pools_names_them_all_in_one_order() -> None:
+    name = default_agent_name("box", ("process-pool", "docker-pool"), ("default",), ())
+    assert name == "actor-agent@box docker-pool,process-pool/default"
+    assert name == default_agent_name("box", ("docker-pool", "process-pool"), ("default",), ())
