@@ -13,7 +13,8 @@ by its row in the pool they share (`Recovery`): a row left stale in one pool let
 peers declare it lost and recover its runs there, so the lease, the promise that no peer may
 do so, lasts no longer than the stalest row. A pool the server says does not exist is left out
 (it holds no run, nor a row any peer reads), so one mistyped `-p` does not stop the others;
-when none exists the round has failed.
+when none exists the round has failed. A pool of a type no kind of this agent runs is not
+heartbeated at all: the agent takes none of its runs, and its row would show the pool READY.
 
 Each round renews or breaks the lease (`actors.rules.lease`), and each change of what the
 lease says is told to the Agent (`LeaseChanged`), which passes it on: the Dispatcher takes no
@@ -32,6 +33,7 @@ from typing import Any
 
 import pykka
 
+from actors.edges.kinds import pool_refusal
 from actors.edges.prefect_api import ApiError, NotFoundError
 from actors.rules.lease import Lease
 from actors.rules.retry import ONCE, POLL_ERRORS
@@ -101,7 +103,19 @@ class Heartbeat(PeriodicChild):
         """One round, made on the heartbeat's own worker; the answer comes as a message."""
         clock, api, ref = self.ctx.clock, self.api, self.actor_ref
         served, name = self.ctx.settings.pools, self.ctx.identity.name
+        kinds = self.ctx.infrastructures
         interval = max(1, round(self._interval()))
+
+        def refused(pool: str) -> bool:
+            """A pool given with -p whose type no kind runs: none of its runs is taken, so
+            the agent is no worker of it (the server would show the pool READY for it)."""
+            if pool not in served:
+                return False  # 2.x's default-agent-pool, where plain queues live
+            try:
+                found = api.read_work_pool(pool)
+            except (ApiError, ApiDecodeError):
+                return False  # the heartbeat says whether the server answers
+            return found is not None and pool_refusal(found, kinds) is not None
 
         def beat() -> None:
             sent_at = clock.monotonic()
@@ -109,12 +123,16 @@ class Heartbeat(PeriodicChild):
             sent: list[str] = []
             missing: list[str] = []
             errors: list[str] = []
+            skipped: list[str] = []
             try:
                 pools = api.server_profile().heartbeat_pools(served)
             except (ApiError, ApiDecodeError) as exc:
                 errors.append(str(exc))
             sent_at = clock.monotonic()  # before the first send: no later than any record
             for pool in pools:  # every pool, even after one failed: the others' rows stay fresh
+                if refused(pool):
+                    skipped.append(pool)
+                    continue
                 try:
                     api.send_worker_heartbeat(pool, name, interval)
                     sent.append(pool)
@@ -124,11 +142,13 @@ class Heartbeat(PeriodicChild):
                         errors.append(str(exc))
                 except (ApiError, ApiDecodeError) as exc:
                     errors.append(f"work pool {pool!r}: {exc}" if len(pools) > 1 else str(exc))
-            if pools and not sent and not errors:
+            if pools and not sent and not errors and missing:
                 errors.append(f"no work pool served exists: {', '.join(map(repr, missing))}")
             error = "; ".join(errors) or None
             answered_at = clock.monotonic()
-            answer = HeartbeatAnswered(sent_at, answered_at, tuple(sent), error, tuple(missing))
+            answer = HeartbeatAnswered(
+                sent_at, answered_at, tuple(sent), error, tuple(missing), tuple(skipped)
+            )
             tell_if_alive(ref, answer)
 
         if self.caller is not None:
@@ -153,7 +173,12 @@ class Heartbeat(PeriodicChild):
             return delay
         pools = answer.pools
         if not pools:
-            self.set_phase("no work pool to heartbeat on this server")
+            refused = ", ".join(map(repr, answer.refused))
+            self.set_phase(
+                f"not heartbeating work pools this agent refuses: {refused}"
+                if refused
+                else "no work pool to heartbeat on this server"
+            )
             return interval
         named = ", ".join(repr(pool) for pool in pools)
         what = f"work pool {named}" if len(pools) == 1 else f"work pools {named}"
@@ -170,6 +195,8 @@ class Heartbeat(PeriodicChild):
         self.pools, self.failures, self.last_sent = pools, 0, time.time()
         self.ctx.metrics.heartbeats.labels(result="sent").inc()
         missing = f"; missing: {', '.join(map(repr, answer.missing))}" if answer.missing else ""
+        if answer.refused:
+            missing += f"; refused (no worker of): {', '.join(map(repr, answer.refused))}"
         self.set_phase(f"heartbeating {what} every {interval:g}s{missing}")
         return interval
 

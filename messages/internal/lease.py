@@ -36,10 +36,12 @@ class HeartbeatAnswered(msgspec.Struct, frozen=True):
     even while the server holds a call): one heartbeat per pool served, the first sent at
     `sent_at`, the last answered at `answered_at` (agent clock); `pools` those heartbeated
     (empty: the server has none to heartbeat), `missing` those the server says do not exist,
-    `error` what went wrong with the others."""
+    `refused` those of a type this agent cannot run (not heartbeated), `error` what went
+    wrong with the others."""
 
     sent_at: float
     answered_at: float
     pools: tuple[str, ...]
     error: str | None = None
     missing: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()

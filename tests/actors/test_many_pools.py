@@ -92,6 +92,9 @@ def test_several_pools_are_served_at_once_each_run_on_its_own_kind_and_a_refused
     assert "work pool 'pods' (kubernetes): refused: " in body, body
     assert fake.proposals(pod_run.id) == []
     assert fake.state(pod_run.id).type == SCHEDULED
+    # A worker of the pools it serves, of the refused one not (the server would show it READY).
+    heartbeated = {c.params["pool"] for c in fake.calls("send_worker_heartbeat")}
+    assert heartbeated == {"local", "boxes"}, heartbeated
 
 
 @pytest.mark.timeout(30)
