@@ -33,8 +33,8 @@ from typing import Any
 
 import pykka
 
-from actors.edges.kinds import pool_refusal
 from actors.edges.prefect_api import ApiError, NotFoundError
+from actors.edges.served_pools import refused
 from actors.rules.lease import Lease
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.runtime.calls import CallPool
@@ -106,17 +106,6 @@ class Heartbeat(PeriodicChild):
         kinds = self.ctx.infrastructures
         interval = max(1, round(self._interval()))
 
-        def refused(pool: str) -> bool:
-            """A pool given with -p whose type no kind runs: none of its runs is taken, so
-            the agent is no worker of it (the server would show the pool READY for it)."""
-            if pool not in served:
-                return False  # 2.x's default-agent-pool, where plain queues live
-            try:
-                found = api.read_work_pool(pool)
-            except (ApiError, ApiDecodeError):
-                return False  # the heartbeat says whether the server answers
-            return found is not None and pool_refusal(found, kinds) is not None
-
         def beat() -> None:
             sent_at = clock.monotonic()
             pools: tuple[str, ...] = ()
@@ -130,7 +119,7 @@ class Heartbeat(PeriodicChild):
                 errors.append(str(exc))
             sent_at = clock.monotonic()  # before the first send: no later than any record
             for pool in pools:  # every pool, even after one failed: the others' rows stay fresh
-                if refused(pool):
+                if pool in served and refused(api, pool, kinds):  # not default-agent-pool
                     skipped.append(pool)
                     continue
                 try:

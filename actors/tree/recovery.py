@@ -38,6 +38,7 @@ from typing import Any
 import pykka
 
 from actors.edges.prefect_api import ApiError
+from actors.edges.served_pools import refused
 from actors.rules.claims import parse_claim
 from actors.rules.identity import AgentIdentity
 from actors.rules.pools import queues_by_pool
@@ -158,10 +159,15 @@ class Recovery(PeriodicChild):
     # -- one round ---------------------------------------------------------------------------------
 
     def _served_pools(self) -> list[tuple[str | None, str]]:
-        """Each pool served (None: plain queues) with the pool its workers are listed in."""
-        profile = self.api.server_profile()
+        """Each pool served (None: plain queues) with the pool its workers are listed in; a
+        refused pool is not served (its runs' infrastructure is of a kind this agent lacks)."""
+        profile, kinds = self.api.server_profile(), self.ctx.infrastructures
         served = ((pool, profile.heartbeat_pool(pool)) for pool in self.ctx.settings.pools)
-        return [(pool, rows) for pool, rows in served if rows is not None]
+        return [
+            (pool, rows)
+            for pool, rows in served
+            if rows is not None and (pool is None or not refused(self.api, pool, kinds))
+        ]
 
     def _round(self) -> None:
         if self.check_due:  # the last check did not get through

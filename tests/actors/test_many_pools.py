@@ -277,17 +277,26 @@ def test_a_lost_peer_is_recovered_from_in_the_pool_where_its_row_went_stale(
     fake: FakePrefectApi, start: Start, runs_dir: Path
 ) -> None:
     """Recovery reads every pool's worker rows: a peer whose row in the second pool is an
-    hour old has its Running run there declared Crashed."""
+    hour old has its Running run there declared Crashed. In a pool this agent refuses (its
+    runs' pods are of a kind it cannot judge) it recovers nothing."""
     pool_with_default_queue(fake, "first", "process")
     pool_with_default_queue(fake, "second", "process")
+    pool_with_default_queue(fake, "pods", "kubernetes")
     peer = AgentIdentity("actor-agent@gone second/default", "0123abcd4567", "gone", 4242)
-    fake.add_worker("second", peer.name, heartbeat_age=3600)
-    run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="second")
-    fake.set_run_state(run.id, PENDING, message=claim_message(peer))
-    fake.set_run_state(run.id, RUNNING)
+    deployment = fake.add_deployment(run_command(runs_dir))
+    runs = {}
+    for pool in ("second", "pods"):
+        fake.add_worker(pool, peer.name, heartbeat_age=3600)
+        runs[pool] = run = fake.add_run(deployment, pool=pool)
+        fake.set_run_state(run.id, PENDING, message=claim_message(peer))
+        fake.set_run_state(run.id, RUNNING)
+    run = runs["second"]
     clock = ManualClock()
     start(
-        clock=clock, work_pools=("first", "second"), heartbeat_seconds=1.0, lost_agent_seconds=3.0
+        clock=clock,
+        work_pools=("first", "second", "pods"),
+        heartbeat_seconds=1.0,
+        lost_agent_seconds=3.0,
     )
     for _ in range(12):  # a lost window of unbroken heartbeats, then a round of Recovery
         answered = heartbeats_answered(fake)
@@ -298,3 +307,5 @@ def test_a_lost_peer_is_recovered_from_in_the_pool_where_its_row_went_stale(
             break
     wait_until(lambda: fake.state(run.id).type == CRASHED, 5, "the lost peer's run Crashed")
     assert "declared it lost" in (fake.state(run.id).message or "")
+    assert fake.state(runs["pods"].id).type == RUNNING
+    assert "pods" not in {c.params["pool"] for c in fake.calls("read_workers")}
