@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors import StatusServer
+from actors import AgentHandle, StatusServer
 from actors.edges.process_kind import Process
 from actors.rules.claims import claim_message
 from actors.rules.identity import AgentIdentity
@@ -44,6 +44,23 @@ def pool_with_default_queue(fake: FakePrefectApi, name: str, type_: str, **optio
 
 def healthz(status: StatusServer) -> str:
     return httpx.get(f"http://{status.host}:{status.port}/healthz", timeout=5).text
+
+
+def heartbeats_of_pool_fail_while(fake: FakePrefectApi, pool: str, status: int) -> threading.Event:
+    """The heartbeats of `pool` fail with HTTP `status` while the returned event is set."""
+    failing = threading.Event()
+    fake.fail(
+        "send_worker_heartbeat",
+        10**6,
+        status,
+        when=lambda call: call.params["pool"] == pool and failing.is_set(),
+    )
+    return failing
+
+
+def start_with_short_lease(start: Start, clock: ManualClock, pools: tuple[str, ...]) -> AgentHandle:
+    """An agent of `pools` whose lease lapses 1 s (of `clock`) after a heartbeat's send."""
+    return start(clock=clock, work_pools=pools, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
 
 
 def pool_lines(body: str) -> list[str]:
@@ -124,17 +141,9 @@ def test_a_served_pool_that_does_not_exist_leaves_the_lease_and_the_other_pools_
     other pool's heartbeats renew the lease, so its runs are taken long after the lease
     would have lapsed."""
     pool_with_default_queue(fake, "local", "process")
-    gone = threading.Event()
-    fake.fail(
-        "send_worker_heartbeat",
-        10**6,
-        404,
-        when=lambda c: c.params["pool"] == "typo" and gone.is_set(),
-    )
     clock = ManualClock()
-    handle = start(
-        clock=clock, work_pools=("local", "typo"), heartbeat_seconds=0.5, lost_agent_seconds=1.5
-    )
+    gone = heartbeats_of_pool_fail_while(fake, "typo", 404)
+    handle = start_with_short_lease(start, clock, ("local", "typo"))
     wait_until(lambda: heartbeats_answered(fake) >= 2, 5, "a round through in both pools")
     gone.set()
     for _ in range(8):  # four seconds: the lease lapses 1 s after a send unless renewed
@@ -157,17 +166,9 @@ def test_a_heartbeat_failing_in_one_pool_lapses_the_lease_though_the_other_pool_
     lets them declare it lost and recover its runs, so the lease lapses with it."""
     pool_with_default_queue(fake, "local", "process")
     pool_with_default_queue(fake, "other", "process")
-    cut = threading.Event()
-    fake.fail(
-        "send_worker_heartbeat",
-        10**6,
-        503,
-        when=lambda c: c.params["pool"] == "other" and cut.is_set(),
-    )
     clock = ManualClock()
-    handle = start(
-        clock=clock, work_pools=("local", "other"), heartbeat_seconds=0.5, lost_agent_seconds=1.5
-    )
+    cut = heartbeats_of_pool_fail_while(fake, "other", 503)
+    handle = start_with_short_lease(start, clock, ("local", "other"))
     wait_until(lambda: heartbeats_answered(fake) >= 2, 5, "a round through in both pools")
     cut.set()
     for _ in range(4):  # the lease lapses 1 s after the last round that went through
