@@ -200,7 +200,7 @@ class AgentHandle:
 def identity_for(settings: AgentSettings) -> AgentIdentity:
     """This start's identity: the configured or derived name, a new instance id, the host."""
     name = settings.name or default_agent_name(
-        HOSTNAME, settings.work_pool, settings.work_queues, settings.queue_prefixes
+        HOSTNAME, settings.work_pools, settings.work_queues, settings.queue_prefixes
     )
     return AgentIdentity(name=name, instance=new_instance_id(), host=HOSTNAME, pid=os.getpid())
 

@@ -364,6 +364,8 @@ def launcher_args(api_url: str, options: dict[str, Any]) -> list[str]:
         args += ["-m", prefix]
     if options.get("work_pool"):
         args += ["-p", options["work_pool"]]
+    for pool in options.get("work_pools", ()):
+        args += ["-p", pool]
     flags = {
         "limit": "--limit",
         "prefetch_seconds": "--prefetch-seconds",

@@ -119,18 +119,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--name",
         default=None,
         metavar="NAME",
-        help="The name the server lists this agent by as a worker of its pool, and that every "
+        help="The name the server lists this agent by as a worker of its pools, and that every "
         "flow run it takes names as its holder. [default: actor-agent@HOST and the pool or "
         "queues it serves, the same at every start on this host]",
     )
     prefect.add_argument(
         "-p",
         "--pool",
-        default=None,
-        dest="pool",
+        action="append",
+        default=[],
+        dest="pools",
         metavar="NAME",
         help="A work pool to pull from (Prefect 2.10+ and 3.x): the queues named with -q, "
-        "or else every queue of the pool.",
+        "or else every queue of the pool. Repeat it to serve several pools at once, each "
+        "run on its own pool's kind (a process pool's as a process, a docker pool's in a "
+        "container); -q and -m then apply to each pool, and a pool of a type this agent "
+        "cannot run is refused alone.",
     )
     prefect.add_argument(
         "-l",
@@ -138,7 +142,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="Maximum number of flow runs to have in flight at once. [default: no limit]",
+        help="Maximum number of flow runs to have in flight at once, all queues and pools "
+        "together. [default: no limit]",
     )
     prefect.add_argument(
         "--prefetch-seconds",
@@ -182,7 +187,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="Seconds between worker heartbeats to the pool it serves. "
+        help="Seconds between worker heartbeats to each pool it serves. "
         "[default: (from PREFECT_WORKER_HEARTBEAT_SECONDS) 30]",
     )
     ours.add_argument(
@@ -410,7 +415,7 @@ def settings_from_args(
         api_key=api_key,
         work_queues=queues_of(args),
         queue_prefixes=tuple(args.prefixes),
-        work_pool=args.pool,
+        work_pools=tuple(args.pools),
         limit=args.limit,
         prefetch_seconds=args.prefetch_seconds,
         query_interval=args.query_interval,
@@ -432,7 +437,7 @@ def settings_from_args(
 
 def queues_of(args: argparse.Namespace) -> tuple[str, ...]:
     """The queues named with -q; with no -q, -m or -p, Prefect's `default`."""
-    return tuple(args.work_queues) or (() if args.prefixes or args.pool else ("default",))
+    return tuple(args.work_queues) or (() if args.prefixes or args.pools else ("default",))
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -21,17 +21,18 @@ class AgentIdentity:
 
 def default_agent_name(
     hostname: str,
-    work_pool: str | None,
+    work_pools: tuple[str, ...],
     work_queues: tuple[str, ...],
     queue_prefixes: tuple[str, ...],
 ) -> str:
-    """`actor-agent@HOST pool/queues`: the same on every start with the same flags on the
-    same host (so its worker row on the server is the same), different for two agents of one
-    host that serve different queues. A long one is cut and ends with a hash of the whole."""
+    """`actor-agent@HOST pool/queues` (`pool-a,pool-b/queues` for several pools, in the
+    order of their names): the same on every start with the same flags on the same host (so
+    its worker rows on the server are the same), different for two agents of one host that
+    serve different queues. A long one is cut and ends with a hash of the whole."""
     served = sorted(work_queues) + sorted(f"{prefix}*" for prefix in queue_prefixes)
     what = ",".join(served) or "all queues"
-    if work_pool is not None:
-        what = f"{work_pool}/{what}"
+    if work_pools:
+        what = f"{','.join(sorted(work_pools))}/{what}"
     name = f"actor-agent@{hostname} {what}"
     if len(name) <= MAX_NAME:
         return name

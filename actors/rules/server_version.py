@@ -58,6 +58,10 @@ class ServerProfile(msgspec.Struct, frozen=True, kw_only=True):
             return "default-agent-pool"
         return None
 
+    def heartbeat_pools(self, work_pools: tuple[str | None, ...]) -> tuple[str, ...]:
+        """The pools this agent heartbeats, one per pool it serves (`heartbeat_pool`)."""
+        return tuple(p for pool in work_pools if (p := self.heartbeat_pool(pool)) is not None)
+
     def describe(self) -> str:
         return f"Prefect server {self.version}"
 

@@ -25,9 +25,11 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = msgspec.field(default=None)  # never logged; see __repr__
     work_queues: tuple[str, ...] = ()  # exact queue names (-q)
     queue_prefixes: tuple[str, ...] = ()  # prefix mode (-m): watch every queue whose name matches
-    # -p: the queues are a work pool's (with no -q or -m: every queue of the pool)
-    work_pool: str | None = None
-    limit: int | None = None  # most runs in flight at once; None = unlimited
+    # -p (repeatable): the queues are those of these work pools (with no -q or -m: every queue
+    # of each); -q and -m apply to every pool given. One agent, one Dispatcher: `limit` counts
+    # the runs of every pool together.
+    work_pools: tuple[str, ...] = ()
+    limit: int | None = None  # most runs in flight at once, all pools together; None: unlimited
     prefetch_seconds: float = 15.0  # take runs scheduled up to this far ahead
     query_interval: float = 15.0  # seconds between polls of an idle queue
     rematch_interval: float = 30.0  # prefix mode: seconds between re-reads of matching queues
@@ -61,7 +63,7 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         return (
             f"AgentSettings(api_url={self.api_url!r}, api_key={key}, "
             f"work_queues={self.work_queues!r}, queue_prefixes={self.queue_prefixes!r}, "
-            f"work_pool={self.work_pool!r}, "
+            f"work_pools={self.work_pools!r}, "
             f"limit={self.limit!r}, prefetch_seconds={self.prefetch_seconds!r}, "
             f"query_interval={self.query_interval!r}, run_once={self.run_once!r}, "
             f"events={self.events!r})"
@@ -82,12 +84,14 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 f"prefetch seconds must not be negative, got {self.prefetch_seconds}"
             )
-        if not self.work_queues and not self.queue_prefixes and not self.work_pool:
+        if not self.work_queues and not self.queue_prefixes and not self.work_pools:
             raise SettingsError(
                 "no work queue: name one with -q, a prefix with -m, or a work pool with -p"
             )
-        if self.work_pool is not None and not self.work_pool.strip():
+        if any(not pool.strip() for pool in self.work_pools):
             raise SettingsError("--pool needs a work pool name")
+        if len(set(self.work_pools)) != len(self.work_pools):
+            raise SettingsError(f"--pool names a work pool twice: {', '.join(self.work_pools)}")
         if self.heartbeat_seconds <= 0:
             raise SettingsError(
                 f"--heartbeat-seconds must be positive, got {self.heartbeat_seconds}"
@@ -116,14 +120,30 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
             )
 
     @property
+    def pools(self) -> tuple[str | None, ...]:
+        """The pools whose queues are served: those given with -p, or `None` alone (plain
+        queues, which belong to no pool the agent names)."""
+        return self.work_pools or (None,)
+
+    @property
+    def several_pools(self) -> bool:
+        return len(self.work_pools) > 1
+
+    def watcher_name(self, pool: str | None, queue: str) -> str:
+        """A queue's watcher's name (in the tree, and to the Dispatcher): the queue's name, as
+        ever, unless the agent serves several pools, where every pool may have a queue of
+        that name (each has its own "default"): then `pool/queue`."""
+        return f"{pool}/{queue}" if self.several_pools and pool is not None else queue
+
+    @property
     def follows_queues(self) -> bool:
         """Whether the set of watched queues is re-read: a prefix, or a whole pool."""
-        return bool(self.queue_prefixes) or (self.work_pool is not None and not self.work_queues)
+        return bool(self.queue_prefixes) or (bool(self.work_pools) and not self.work_queues)
 
     def followed(self) -> str:
         """The queues followed by re-reading, in words: "work pool 'p'", "queues matching
-        'a'*", "queues matching 'a'* in work pool 'p'"."""
-        where = f"work pool {self.work_pool!r}" if self.work_pool is not None else ""
+        'a'*", "queues matching 'a'* in work pools 'p', 'q'"."""
+        where = _pools(self.work_pools)
         if self.queue_prefixes:
             matching = f"queues matching {_prefixes(self.queue_prefixes)}"
             return f"{matching} in {where}" if where else matching
@@ -134,11 +154,24 @@ class AgentSettings(msgspec.Struct, frozen=True, kw_only=True):
         parts = [f"queue {name!r}" for name in self.work_queues]
         if self.follows_queues:
             whole = not self.queue_prefixes
-            parts.append(f"every queue of {self.followed()}" if whole else self.followed())
-        elif self.work_pool is not None:
-            parts = [f"{part} of work pool {self.work_pool!r}" for part in parts]
-        limit = f", limit {self.limit}" if self.limit is not None else ""
+            every = "every queue of each of" if self.several_pools else "every queue of"
+            parts.append(f"{every} {self.followed()}" if whole else self.followed())
+        elif self.several_pools:
+            parts = [f"{part} of each of {_pools(self.work_pools)}" for part in parts]
+        elif self.work_pools:
+            parts = [f"{part} of {_pools(self.work_pools)}" for part in parts]
+        limit = ""
+        if self.limit is not None:
+            limit = f", limit {self.limit}" + (" across the pools" if self.several_pools else "")
         return ", ".join(parts) + limit
+
+
+def _pools(pools: tuple[str, ...]) -> str:
+    """`work pool 'p'`, `work pools 'p', 'q'`; '' for none."""
+    if not pools:
+        return ""
+    names = ", ".join(repr(pool) for pool in pools)
+    return f"work pool {names}" if len(pools) == 1 else f"work pools {names}"
 
 
 def _prefixes(prefixes: tuple[str, ...]) -> str:
@@ -153,6 +186,16 @@ def _float_from(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def _as_pools(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (tuple, list)):
+        return tuple(str(pool) for pool in value)
+    raise SettingsError(f"work_pools must be a tuple of pool names, got {value!r}")
 
 
 def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object) -> AgentSettings:
@@ -172,6 +215,10 @@ def settings_from_env(env: Mapping[str, str] | None = None, **overrides: object)
             env, "PREFECT_ACTOR_AGENT_STREAM_CANCEL_POLL_SECONDS", 30.0
         ),
     }
+    # One pool, as embedders passed it before pools could be several: `work_pool="p"`.
+    pool = overrides.pop("work_pool", None)
+    if pool is not None:
+        overrides["work_pools"] = (*_as_pools(overrides.get("work_pools")), pool)
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return msgspec.convert(values, AgentSettings)

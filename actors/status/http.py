@@ -4,8 +4,8 @@
     GET /tree?format=text   the tree as indented text
     GET /healthz            200 while the Prefect server answers; 503 with the reason otherwise;
                             a second line says the event mode (`events: stream`, ...), as the
-                            EventListener's node in the tree says it; with a work pool, a
-                            third line says whether its type is served or refused
+                            EventListener's node in the tree says it; with work pools, a
+                            line per pool says whether its type is served or refused
     GET /metrics            Prometheus text format
 
 It binds 127.0.0.1 unless told otherwise: the tree names runs and queues, and nothing here
@@ -25,7 +25,7 @@ import msgspec
 import pykka
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from actors.status.text import events_line, pools_line, render_tree
+from actors.status.text import events_line, pools_lines, render_tree
 
 if TYPE_CHECKING:
     from actors.agent_handle import AgentHandle
@@ -73,7 +73,7 @@ def _handler_for(agent: AgentHandle) -> type[BaseHTTPRequestHandler]:
                 elif url.path == "/healthz":
                     ok, reason = agent.health()
                     tree = agent.tree(timeout=5.0)
-                    lines = [reason, events_line(tree), pools_line(tree)]
+                    lines = [reason, events_line(tree), *pools_lines(tree)]
                     body = "".join(f"{line}\n" for line in lines if line is not None)
                     self._send(200 if ok else 503, body.encode(), "text/plain")
                 elif url.path == "/metrics":

@@ -56,9 +56,12 @@ def events_line(tree: ActorNode) -> str:
     return f"events: {mode} ({reason})" if mode == "polling" and reason else f"events: {mode}"
 
 
-def pools_line(tree: ActorNode) -> str | None:
-    """The /healthz line of the work pool served: `work pool 'p' (process): served`, or
-    `... refused: <why>` for a pool of a type this agent cannot run. None: no pool."""
+def pools_lines(tree: ActorNode) -> list[str]:
+    """The /healthz lines of the work pools, one per pool, in the order their watchers are
+    shown: `work pool 'p' (process): served`, or `... refused: <why>` for a pool of a type
+    this agent cannot run (its watchers refuse it; the other pools are served). None: no
+    pool. A pool is told as its watchers last saw it."""
+    lines: dict[str, str] = {}
     for node in tree.children:
         pool = node.detail.get("work pool")
         if node.kind != ActorKind.QUEUE_WATCHER or pool is None:
@@ -66,5 +69,7 @@ def pools_line(tree: ActorNode) -> str | None:
         kind = node.detail.get("work pool type")
         named = f"work pool {pool!r}" + (f" ({kind})" if kind else "")
         refused = node.detail.get("refused")
-        return f"{named}: refused: {refused}" if refused else f"{named}: served"
-    return None
+        line = f"{named}: refused: {refused}" if refused else f"{named}: served"
+        if pool not in lines or (kind and "(" not in lines[pool]):
+            lines[pool] = line
+    return list(lines.values())

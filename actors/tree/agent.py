@@ -79,7 +79,7 @@ class Agent(pykka.ThreadingActor):
         self.children = Children()
         self.board = Switchboard(ctx, self.actor_ref, self.children, actors)
         self.polled_once: set[str] = set()
-        self.matched_once = False
+        self.pools_matched: set[str | None] = set()  # pools the QueueMatcher has read once
         self.calls = Calls(ctx.calls, self.actor_ref)
         self.earlier_life = EarlierLife(ctx, self.calls, self.board.dispatcher)
         self.state = "starting"
@@ -99,10 +99,11 @@ class Agent(pykka.ThreadingActor):
         self.calls.start(api.server_profile, self._server_detected, self._no_version)
         for child in self.board.first_children():
             self._start(child)
-        for name in settings.work_queues:
-            self._start(self.board.watcher(name, create_missing=True))
-        if settings.work_queues:
-            self.actor_ref.tell(FindEarlierLifeRuns(settings.work_queues))
+        for pool in settings.pools:  # -q names a queue of every pool served
+            for name in settings.work_queues:
+                self._start(self.board.watcher(pool, name, create_missing=True))
+            if settings.work_queues:
+                self.actor_ref.tell(FindEarlierLifeRuns(settings.work_queues, pool))
         self.state, self.since = "running", time.time()
 
     def on_stop(self) -> None:
@@ -140,8 +141,8 @@ class Agent(pykka.ThreadingActor):
                 self.board.lease(message)
             case Subscribe() | Unsubscribe():
                 self.board.subscribe(message)
-            case MatchingQueues(names=names):
-                self._matched(set(names))
+            case MatchingQueues(names=names, pool=pool):
+                self._matched(pool, set(names))
             case PolledOnce(queue_name=name):
                 self.polled_once.add(name)
                 self._check_run_once_done()
@@ -151,13 +152,13 @@ class Agent(pykka.ThreadingActor):
                 self._child_failed(kind, name, error)
             case RestartChild(kind=kind, name=name):
                 self._restart(kind, name)
-            case FindEarlierLifeRuns(queue_names=names, look_again=again):
-                self.earlier_life.reconcile(names)
+            case FindEarlierLifeRuns(queue_names=names, pool=pool, look_again=again):
+                self.earlier_life.reconcile(names, pool)
                 if again:
                     self.ctx.clock.tell_later(
                         EARLIER_LIFE_SECOND_LOOK,
                         self.actor_ref,
-                        FindEarlierLifeRuns(names, look_again=False),
+                        FindEarlierLifeRuns(names, pool, look_again=False),
                     )
             case _:
                 log.warning("unexpected message %r", message)
@@ -182,10 +183,11 @@ class Agent(pykka.ThreadingActor):
             log.warning("%s", warning)
         else:
             log.info("serving %s", profile.describe())
-        pool = self.ctx.settings.work_pool
-        if pool is not None and not profile.has_work_pools:
+        pools = self.ctx.settings.work_pools
+        if pools and not profile.has_work_pools:
+            flags = " ".join(f"--pool {pool!r}" for pool in pools)
             self._give_up(
-                f"--pool {pool!r}: {profile.describe()} has no work pools (they came with "
+                f"{flags}: {profile.describe()} has no work pools (they came with "
                 "Prefect 2.10); serve its queues with -q instead"
             )
 
@@ -274,32 +276,41 @@ class Agent(pykka.ThreadingActor):
 
     # -- following queues, running once ------------------------------------------------------------
 
-    def _matched(self, matched: set[str]) -> None:
-        """Start and stop watchers to follow the queues that match now (QueueMatcher)."""
+    def _matched(self, pool: str | None, matched: set[str]) -> None:
+        """Start and stop the watchers of one pool's queues to follow those that match now
+        (QueueMatcher); the other pools' watchers are theirs to follow."""
         if self.state != "running":
             return
-        fixed = set(self.ctx.settings.work_queues)
-        dynamic = set(self.children.names(WATCHER)) - fixed
+        settings = self.ctx.settings
+        fixed = set(settings.work_queues)
+        mine = {
+            known.name
+            for name in self.children.names(WATCHER)
+            if (known := self.board.watcher_queues.get(name)) is not None and known.pool == pool
+        }
+        dynamic = mine - fixed
         added, removed = sorted(matched - dynamic - fixed), sorted(dynamic - matched)
+        where = f" of work pool {pool!r}" if settings.several_pools else ""
         if added:
-            log.info("matched new work queues: %s", ", ".join(added))
+            log.info("matched new work queues%s: %s", where, ", ".join(added))
             for name in added:
-                self._start(self.board.watcher(name, create_missing=False))
-            self.actor_ref.tell(FindEarlierLifeRuns(tuple(added)))
+                self._start(self.board.watcher(pool, name, create_missing=False))
+            self.actor_ref.tell(FindEarlierLifeRuns(tuple(added), pool))
         if removed:
-            log.info("work queues no longer matched: %s", ", ".join(removed))
+            log.info("work queues%s no longer matched: %s", where, ", ".join(removed))
+            gone = {settings.watcher_name(pool, name) for name in removed}
             for child in self.children.of_kind(WATCHER):
-                if child.name in removed:
+                if child.name in gone:
                     self._drop(child)
             self.board.update()
-        self.matched_once = True
+        self.pools_matched.add(pool)
         self._check_run_once_done()
 
     def _check_run_once_done(self, idle: bool = False) -> None:
         settings, outcome, dispatcher = self.ctx.settings, self.ctx.outcome, self.board.dispatcher()
         if not settings.run_once or outcome.finished.is_set() or dispatcher is None:
             return
-        if settings.follows_queues and not self.matched_once:
+        if settings.follows_queues and not self.pools_matched >= set(settings.pools):
             return
         if not set(self.children.names(WATCHER)) <= self.polled_once:
             return

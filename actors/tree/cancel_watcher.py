@@ -1,7 +1,8 @@
 """CancelWatcher: finds the runs of this agent's queues that the server wants cancelled.
 
-One filter query per poll covers both forms a server uses: state type CANCELLING (Prefect 2.8
-and later) and state type CANCELLED named "Cancelling" (older servers). Each run found becomes
+One filter query per poll and pool served (its queues, in that pool) covers both forms a server
+uses: state type CANCELLING (Prefect 2.8 and later) and state type CANCELLED named "Cancelling"
+(older servers). Each run found becomes
 a `Cancel` to the Dispatcher, which routes it to the run's supervisor, or finds the process of
 a run it no longer holds. A run is not sent again for a while, so a slow kill is not repeated.
 
@@ -20,12 +21,13 @@ from typing import Any
 import pykka
 
 from actors.edges.prefect_api import ApiError
+from actors.rules.pools import queues_by_pool
 from actors.rules.retry import ONCE
 from actors.runtime.context import AgentContext
 from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import Cancel
 from messages.internal.events import StreamHealth
-from messages.internal.lifecycle import WatchedQueues
+from messages.internal.lifecycle import WatchedQueue, WatchedQueues
 from messages.user.tree import ActorKind
 from messages.wire.prefect import (
     CANCELLED,
@@ -62,7 +64,7 @@ class CancelWatcher(PeriodicChild):
         ctx: AgentContext,
         agent: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any] | None,
-        queues: tuple[str, ...] = (),
+        queues: tuple[WatchedQueue, ...] = (),
         stream_healthy: bool = False,
     ) -> None:
         super().__init__(ctx, agent, self.NAME, dispatcher)
@@ -77,9 +79,9 @@ class CancelWatcher(PeriodicChild):
 
     def handle(self, message: object) -> bool:
         match message:
-            case WatchedQueues(names=names):
-                self.queues = names
-                if names and self.phase == "no queues yet":
+            case WatchedQueues(queues=queues):
+                self.queues = queues
+                if queues and self.phase == "no queues yet":
                     self.set_phase("polling")
             case StreamHealth(healthy=healthy):
                 self._stream_health(healthy)
@@ -103,7 +105,9 @@ class CancelWatcher(PeriodicChild):
 
     def detail(self) -> dict[str, str]:
         return {
-            "queues": ", ".join(self.queues),
+            "queues": ", ".join(
+                self.ctx.settings.watcher_name(queue.pool, queue.name) for queue in self.queues
+            ),
             "every": f"{self._interval():g}s"
             + (" (the event stream is healthy)" if self.stream_healthy else ""),
         }
@@ -112,15 +116,18 @@ class CancelWatcher(PeriodicChild):
         if not self.queues:
             self.set_phase("no queues yet")
             return
-        try:
-            runs = self.api.filter_flow_runs(
-                cancelling_runs_filter(self.queues), self.ctx.settings.work_pool
-            )
-        except (ApiError, ApiDecodeError) as exc:
-            log.warning("could not look for runs to cancel: %s", exc)
-            self.set_phase(f"error: {exc}")
-            return
-        self.set_phase("polling")
+        runs = []
+        failed = False
+        for pool, names in queues_by_pool(self.queues).items():
+            try:
+                runs += self.api.filter_flow_runs(cancelling_runs_filter(names), pool)
+            except (ApiError, ApiDecodeError) as exc:  # the other pools are looked at still
+                where = f" in work pool {pool!r}" if self.ctx.settings.several_pools else ""
+                log.warning("could not look for runs to cancel%s: %s", where, exc)
+                self.set_phase(f"error: {exc}")
+                failed = True
+        if not failed:
+            self.set_phase("polling")
         now = time.monotonic()
         self.sent = {
             run_id: at for run_id, at in self.sent.items() if now - at < RESEND_AFTER_SECONDS

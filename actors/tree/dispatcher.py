@@ -16,7 +16,9 @@ a bug here fails the Dispatcher, which is restarted, not the watcher that asked.
 
 Serving a work pool, it also shares the room between the pool's queues as the pool says: no
 more runs than the pool's concurrency limit, and, when a limit leaves room for only some runs,
-a queue gets room only once every queue of higher priority has found no more runs due.
+a queue gets room only once every queue of higher priority has found no more runs due. Serving
+several, it does so pool by pool (each pool's limit counts the runs taken from its queues,
+priorities rank the queues of one pool), under the one `--limit` of the agent.
 """
 
 from __future__ import annotations
@@ -108,7 +110,9 @@ class Dispatcher(PermanentChild):
         self.priorities: dict[str, int] = {}  # pool queue -> its priority (1 goes first)
         self.drained: set[str] = set()  # pool queues whose last poll found no more runs due
         self.listeners: list[pykka.ActorRef[Any]] = list(listeners)  # kept by the Agent
-        self.peers: tuple[str, ...] = ()  # the live agents of the pool (`Peers`)
+        self.peers: dict[str | None, tuple[str, ...]] = {}  # pool -> its live agents (`Peers`)
+        self.queue_pools: dict[str, str | None] = {}  # watcher (queue) name -> its pool
+        self.run_queues: dict[str, str] = {}  # held run id -> the watcher it came from
         self.contests = Contests()  # the queues another agent took a run of first
         self.since = time.time()
 
@@ -121,8 +125,8 @@ class Dispatcher(PermanentChild):
                 _reply(ref, Room(self._free_slots(message), self._sharing(message.queue_name)))
             case LeaseChanged():
                 self._lease_changed(message)
-            case Peers(names=names):
-                self.peers = names
+            case Peers(names=names, pool=pool):
+                self.peers[pool] = names
             case RunsFound(queue_name=queue, runs=runs, full_page=full, reply_to=ref):
                 self._note_drained(queue, full)
                 count = self._admit(queue, runs, full) if runs else 0
@@ -178,6 +182,7 @@ class Dispatcher(PermanentChild):
         on a queue shared with peers, once all of it is taken (`actors/rules/share.py`).
         """
         queue = asked.queue_name
+        self.queue_pools[queue] = asked.pool
         if not self.lease.holds:
             self.starved.add(queue)
             return 0
@@ -194,14 +199,19 @@ class Dispatcher(PermanentChild):
     def _sharing(self, queue: str) -> tuple[str, ...]:
         """The peers a queue's watcher shares its runs with: the pool's live agents, only once
         the queue is contested (`actors/rules/share.py`, `Contests`)."""
-        peers, lapsed = self.contests.sharers(queue, self.peers, time.monotonic())
-        if lapsed and len(self.peers) > 1:
+        pool_peers = self._peers_of(queue)
+        peers, lapsed = self.contests.sharers(queue, pool_peers, time.monotonic())
+        if lapsed and len(pool_peers) > 1:
             log.info(
                 "queue %r: no run taken by another agent for %gs; proposing as a lone agent",
                 queue,
                 self.contests.lasts,
             )
         return peers
+
+    def _peers_of(self, queue: str) -> tuple[str, ...]:
+        """The live agents of the pool of a queue's watcher."""
+        return self.peers.get(self.queue_pools.get(queue), ())
 
     def _lease_changed(self, lease: LeaseChanged) -> None:
         """Whether this agent may take runs: not while its heartbeats do not get through
@@ -227,23 +237,39 @@ class Dispatcher(PermanentChild):
     def _pool_room(self, queue: str, asked: FreeSlots, room: int | None) -> int | None:
         """The room left by the pool's limit and, when room is scarce, by queue priority.
 
-        Every run this agent holds counts against the pool (it serves one pool); the server
-        counts other agents' runs once they are Pending, and leaves them out of its answer.
+        Every run this agent took from the pool's queues counts against the pool, and so does
+        every run whose pool it does not know (one taken over after a restart): with a single
+        pool, every run it holds. The server counts other agents' runs once they are Pending,
+        and leaves them out of its answer.
         """
         self.priorities[queue] = asked.priority if asked.priority is not None else 1
         if asked.pool_limit is not None:
-            pool_room = max(0, asked.pool_limit - len(self.held))
+            pool_room = max(0, asked.pool_limit - self._held_in(asked.pool))
             room = pool_room if room is None else min(room, pool_room)
         if room is not None and room > 0 and self._outranked(queue):
             return 0
         return room
 
+    def _held_in(self, pool: str | None) -> int:
+        """The runs held that count against a pool's limit (see `_pool_room`)."""
+        pools = self.queue_pools
+        return sum(
+            1
+            for run_id in self.held
+            if (queue := self.run_queues.get(run_id)) is None
+            or queue not in pools
+            or pools[queue] == pool
+        )
+
     def _outranked(self, queue: str) -> bool:
-        """Whether a queue of higher priority (or one not heard from yet) may still have runs."""
-        mine = self.priorities[queue]
+        """Whether a queue of higher priority of its pool (or one not heard from yet) may
+        still have runs."""
+        mine, pool = self.priorities[queue], self.queue_pools.get(queue)
         for other in self.watchers:
             if other == queue or other in self.drained:
                 continue
+            if other in self.queue_pools and self.queue_pools[other] != pool:
+                continue  # another pool's queue: its priority ranks only its own pool
             theirs = self.priorities.get(other)
             if theirs is None or theirs < mine:
                 return True
@@ -263,7 +289,8 @@ class Dispatcher(PermanentChild):
         admitted = admit(fresh, self.held.keys(), self.ctx.settings.limit)
         for run in admitted:
             log.info("submitting flow run %s (%s) from queue %r", run.id, run.name, queue)
-            self._supervise(run.id, SubmitRun(run))
+            self._supervise(run.id, SubmitRun(run, self.queue_pools.get(queue)))
+            self.run_queues[run.id] = queue
             self.ctx.metrics.runs_submitted.inc()
             self._emit(RunSubmitted(run.id, run.name, queue))
         waiting = {run.id for run in fresh} - set(self.held)
@@ -314,17 +341,18 @@ class Dispatcher(PermanentChild):
         ):
             return  # told twice (a message kept for a new Dispatcher, and this one)
         self.status.pop(message.flow_run_id, None)
-        queue = message.queue
+        # The watcher it came from (its queue's name, or `pool/queue` when serving several pools).
+        queue = self.run_queues.pop(message.flow_run_id, None) or message.queue
         starts_share = bool(
             message.contested and queue and self.contests.lost(queue, time.monotonic())
         )
-        if starts_share and len(self.peers) > 1:
+        if starts_share and queue and len(self._peers_of(queue)) > 1:
             log.info(
                 "queue %r: another agent took flow run %s first; sharing the queue's runs "
                 "with the pool's %d live agents",
                 queue,
                 message.flow_run_id,
-                len(self.peers),
+                len(self._peers_of(queue)),
             )
         self._taken(message.flow_run_id)
         if message.outcome != "deferred":  # a deferred run comes back, Scheduled, when due
@@ -424,6 +452,7 @@ class Dispatcher(PermanentChild):
             self.starved.discard(queue)
             self.priorities.pop(queue, None)
             self.drained.discard(queue)
+            self.queue_pools.pop(queue, None)
 
     # -- restart and inspection --------------------------------------------------------------------
 

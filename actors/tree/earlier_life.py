@@ -75,19 +75,18 @@ class EarlierLife:
         self.calls = calls
         self.dispatcher = dispatcher  # the Agent's Dispatcher now (None while it restarts)
 
-    def reconcile(self, queue_names: tuple[str, ...]) -> None:
-        """Look for the runs of these queues an earlier life left; take over or hand back."""
+    def reconcile(self, queue_names: tuple[str, ...], pool: str | None = None) -> None:
+        """Look for the runs of these queues of a pool (None: plain queues) an earlier life
+        left; take over or hand back. Each pool served is looked at for its own queues."""
 
         def unreadable(exc: Exception) -> None:
             log.warning("could not look for runs left by an earlier agent: %s", exc)
 
-        self.calls.start(lambda: self._look(queue_names), self._found, unreadable)
+        self.calls.start(lambda: self._look(queue_names, pool), self._found, unreadable)
 
-    def _look(self, queue_names: tuple[str, ...]) -> LeftBehind:
+    def _look(self, queue_names: tuple[str, ...], pool: str | None) -> LeftBehind:
         """In the call pool: the server's runs of these queues, then their infrastructure."""
-        runs = self.api.runs_in_states(
-            list(queue_names), [PENDING, RUNNING], self.ctx.settings.work_pool
-        )
+        runs = self.api.runs_in_states(list(queue_names), [PENDING, RUNNING], pool)
         kinds = self.ctx.infrastructures
         found = LeftBehind(
             recorded=left_behind(

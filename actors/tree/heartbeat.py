@@ -1,13 +1,22 @@
 """Heartbeat: tells the server this agent lives, as Prefect's workers do, and keeps the lease
 that says whether the agent may act for its runs (permanent child of the Agent).
 
-Every `--heartbeat-seconds` it sends `POST /work_pools/{pool}/workers/heartbeat` for the pool
-it serves (`--pool`, or on a 2.x server the `default-agent-pool` its plain queues live in), so
-the server lists the agent as a worker by its name, turns a NOT_READY pool READY, and, once
-the agent stops, marks it OFFLINE by its own rule. A heartbeat that fails is counted in
-`/metrics` and tried again soon, never fatal.
+Every `--heartbeat-seconds` it sends `POST /work_pools/{pool}/workers/heartbeat` for each pool
+it serves (every `--pool`, or on a 2.x server the `default-agent-pool` its plain queues live
+in), so the server lists the agent as a worker by its name in each, turns a NOT_READY pool
+READY, and, once the agent stops, marks it OFFLINE by its own rule. A heartbeat that fails is
+counted in `/metrics` and tried again soon, never fatal.
 
-Each answer renews or breaks the lease (`actors.rules.lease`), and each change of what the
+One round is the heartbeats of every pool served, and it renews the lease only when each pool
+that exists took its heartbeat. There is one server, but peers judge this agent pool by pool,
+by its row in the pool they share (`Recovery`): a row left stale in one pool lets that pool's
+peers declare it lost and recover its runs there, so the lease, the promise that no peer may
+do so, lasts no longer than the stalest row. A pool the server says does not exist is left out
+(it holds no run, nor a row any peer reads), so one mistyped `-p` does not stop the others;
+when none exists the round has failed. A pool of a type no kind of this agent runs is not
+heartbeated at all: the agent takes none of its runs, and its row would show the pool READY.
+
+Each round renews or breaks the lease (`actors.rules.lease`), and each change of what the
 lease says is told to the Agent (`LeaseChanged`), which passes it on: the Dispatcher takes no
 run while it has lapsed, RunSupervisors start nothing, and Recovery checks the held runs when
 a renewal ends a break. The lapse itself is a timer on the agent's clock, so the call is made
@@ -24,7 +33,8 @@ from typing import Any
 
 import pykka
 
-from actors.edges.prefect_api import ApiError
+from actors.edges.prefect_api import ApiError, NotFoundError
+from actors.edges.served_pools import refused
 from actors.rules.lease import Lease
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.runtime.calls import CallPool
@@ -53,7 +63,7 @@ class Heartbeat(PeriodicChild):
         self.lease = lease  # the Agent's, handed to each life of this actor in turn
         self.told: LeaseChanged | None = None
         self.failures = 0
-        self.pool: str | None = None
+        self.pools: tuple[str, ...] | None = None  # heartbeated in the last round that went through
         self.last_sent: float | None = None  # Unix time of the last accepted heartbeat
         self.expiry: Timer | None = None
         self.caller: CallPool | None = None
@@ -90,23 +100,45 @@ class Heartbeat(PeriodicChild):
         return self.ctx.settings.heartbeat_seconds
 
     def _send(self) -> None:
-        """One heartbeat, made on the heartbeat's own worker; the answer comes as a message."""
+        """One round, made on the heartbeat's own worker; the answer comes as a message."""
         clock, api, ref = self.ctx.clock, self.api, self.actor_ref
-        work_pool, name = self.ctx.settings.work_pool, self.ctx.identity.name
+        served, name = self.ctx.settings.pools, self.ctx.identity.name
+        kinds = self.ctx.infrastructures
         interval = max(1, round(self._interval()))
 
         def beat() -> None:
             sent_at = clock.monotonic()
-            pool: str | None = None
-            error: str | None = None
+            pools: tuple[str, ...] = ()
+            sent: list[str] = []
+            missing: list[str] = []
+            errors: list[str] = []
+            skipped: list[str] = []
             try:
-                pool = api.server_profile().heartbeat_pool(work_pool)
-                if pool is not None:
-                    sent_at = clock.monotonic()
-                    api.send_worker_heartbeat(pool, name, interval)
+                pools = api.server_profile().heartbeat_pools(served)
             except (ApiError, ApiDecodeError) as exc:
-                error = str(exc)
-            tell_if_alive(ref, HeartbeatAnswered(sent_at, clock.monotonic(), pool, error))
+                errors.append(str(exc))
+            sent_at = clock.monotonic()  # before the first send: no later than any record
+            for pool in pools:  # every pool, even after one failed: the others' rows stay fresh
+                if pool in served and refused(api, pool, kinds):  # not default-agent-pool
+                    skipped.append(pool)
+                    continue
+                try:
+                    api.send_worker_heartbeat(pool, name, interval)
+                    sent.append(pool)
+                except NotFoundError as exc:
+                    missing.append(pool)
+                    if len(pools) == 1:
+                        errors.append(str(exc))
+                except (ApiError, ApiDecodeError) as exc:
+                    errors.append(f"work pool {pool!r}: {exc}" if len(pools) > 1 else str(exc))
+            if pools and not sent and not errors and missing:
+                errors.append(f"no work pool served exists: {', '.join(map(repr, missing))}")
+            error = "; ".join(errors) or None
+            answered_at = clock.monotonic()
+            answer = HeartbeatAnswered(
+                sent_at, answered_at, tuple(sent), error, tuple(missing), tuple(skipped)
+            )
+            tell_if_alive(ref, answer)
 
         if self.caller is not None:
             self.caller.submit(beat)
@@ -128,17 +160,33 @@ class Heartbeat(PeriodicChild):
             )
             self.set_phase(f"heartbeat failed {self.failures} time(s) in a row: {answer.error}")
             return delay
-        pool = answer.pool
-        if pool is None:
-            self.set_phase("no work pool to heartbeat on this server")
+        pools = answer.pools
+        if not pools:
+            refused = ", ".join(map(repr, answer.refused))
+            self.set_phase(
+                f"not heartbeating work pools this agent refuses: {refused}"
+                if refused
+                else "no work pool to heartbeat on this server"
+            )
             return interval
-        if self.pool != pool or self.failures:
-            log.info("heartbeating work pool %r as worker %r every %.0fs", pool, name, interval)
+        named = ", ".join(repr(pool) for pool in pools)
+        what = f"work pool {named}" if len(pools) == 1 else f"work pools {named}"
+        if self.pools != pools or self.failures:
+            log.info("heartbeating %s as worker %r every %.0fs", what, name, interval)
+            for pool in answer.missing:
+                log.warning(
+                    "work pool %r does not exist: not heartbeating it (the other pools are "
+                    "served; create it and its heartbeats start at the next round)",
+                    pool,
+                )
         self._tell(self.lease.renewed(answer.sent_at, answer.answered_at))
         self._schedule_expiry()
-        self.pool, self.failures, self.last_sent = pool, 0, time.time()
+        self.pools, self.failures, self.last_sent = pools, 0, time.time()
         self.ctx.metrics.heartbeats.labels(result="sent").inc()
-        self.set_phase(f"heartbeating work pool {pool!r} every {interval:g}s")
+        missing = f"; missing: {', '.join(map(repr, answer.missing))}" if answer.missing else ""
+        if answer.refused:
+            missing += f"; refused (no worker of): {', '.join(map(repr, answer.refused))}"
+        self.set_phase(f"heartbeating {what} every {interval:g}s{missing}")
         return interval
 
     # -- the lease ---------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ flow-run filter where that answers the same (see `actors/rules/poll_route.py`).
 
 A queue of a work pool (`--pool`) is read and polled through the pool's endpoints; the pool's
 pause stops it like its own, and the pool's limit and the queue's priority travel with
-`FreeSlots`, so that the Dispatcher can share the room between the pool's queues.
+`FreeSlots`, so that the Dispatcher can share the room between the pool's queues. An agent
+that serves several pools has a watcher per pool and queue, named `pool/queue`; a pool of a
+type no kind of this agent runs is refused by its watchers alone (the other pools are served).
 
 A poll is three messages, never an ask: `Poll` (read the queue, tell the Dispatcher
 `FreeSlots`), `Room` (ask the server for that many runs, tell `RunsFound`), `Admitted` (when to
@@ -70,15 +72,18 @@ class QueueWatcher(PermanentChild):
         agent: pykka.ActorRef[Any],
         create_missing: bool,
         pool_name: str | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(agent, queue_name)
+        # Its name (in the tree, to the Dispatcher): the queue's, or `pool/queue` when the
+        # agent serves several pools (`AgentSettings.watcher_name`).
+        super().__init__(agent, name or queue_name)
         self.ctx = ctx
         self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.queue_name = queue_name
         self.pool_name = pool_name
         self.dispatcher = dispatcher
         self.create_missing = create_missing
-        self.log = logging.getLogger(f"prefect_actor_agent.queue_watcher.{queue_name}")
+        self.log = logging.getLogger(f"prefect_actor_agent.queue_watcher.{self.name}")
         self.queue: WorkQueue | None = None
         self.queue_read_at = 0.0
         self.paused = False
@@ -128,7 +133,7 @@ class QueueWatcher(PermanentChild):
     def _register(self) -> None:
         """Make itself known to the Dispatcher it works with (a new one after a restart of
         either), which wakes it when a slot frees or a page is taken."""
-        self._tell_dispatcher(RegisterWatcher(self.queue_name, self.actor_ref))
+        self._tell_dispatcher(RegisterWatcher(self.name, self.actor_ref))
 
     def _tell_dispatcher(self, message: object) -> bool:
         return self.dispatcher is not None and tell_if_alive(self.dispatcher, message)
@@ -137,7 +142,7 @@ class QueueWatcher(PermanentChild):
         if phase != self.phase:
             self.phase = phase
             self.since = time.time()
-            status = ChildStatus(ActorKind.QUEUE_WATCHER, self.queue_name, self._describe())
+            status = ChildStatus(ActorKind.QUEUE_WATCHER, self.name, self._describe())
             tell_if_alive(self.agent, status)
 
     def _schedule(self, delay: float) -> None:
@@ -169,7 +174,7 @@ class QueueWatcher(PermanentChild):
             next_poll = POLL_ERRORS.delay(self.failures, retry_after)
             self.log.warning(
                 "polling work queue %r failed (%s); trying again in %.1fs",
-                self.queue_name,
+                self.name,
                 exc,
                 next_poll,
             )
@@ -185,7 +190,7 @@ class QueueWatcher(PermanentChild):
         if self.ctx.settings.run_once:
             if self.next_poll is not None:
                 self.next_poll.cancel()
-            self.agent.tell(PolledOnce(self.queue_name))
+            self.agent.tell(PolledOnce(self.name))
         else:
             self._schedule(next_poll)
         self.poll_under_way = False
@@ -236,7 +241,7 @@ class QueueWatcher(PermanentChild):
         self.pool = pool
         self.filter_answers = self._filter_answers(queue)
         ask_room = FreeSlots(
-            self.queue_name,
+            self.name,
             pool=self.pool_name,
             pool_limit=pool.concurrency_limit if pool is not None else None,
             priority=queue.priority,
@@ -277,7 +282,7 @@ class QueueWatcher(PermanentChild):
             route,
             len(runs),
         )
-        found = RunsFound(self.queue_name, tuple(runs), full, self.actor_ref)
+        found = RunsFound(self.name, tuple(runs), full, self.actor_ref)
         if not self._tell_dispatcher(found):
             return interval
         return None
@@ -306,7 +311,7 @@ class QueueWatcher(PermanentChild):
         """In a pool, said even when there is nothing: a queue with no runs due (or paused)
         lets the queues of lower priority have the room. Elsewhere nobody needs to hear it."""
         if self.pool_name is not None:
-            self._tell_dispatcher(RunsFound(self.queue_name, (), False, self.actor_ref))
+            self._tell_dispatcher(RunsFound(self.name, (), False, self.actor_ref))
 
     def _due_runs(
         self, queue: WorkQueue, room: int, filter_answers: bool
@@ -422,7 +427,7 @@ class QueueWatcher(PermanentChild):
             detail["peers' runs taken after their grace"] = str(self.share.overdue_taken)
         return ActorNode(
             kind=ActorKind.QUEUE_WATCHER,
-            name=self.queue_name,
+            name=self.name,
             state=self.phase,
             since=self.since,
             detail=detail,

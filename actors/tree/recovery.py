@@ -1,11 +1,12 @@
 """Recovery: takes over what a lost peer left, and gives up what a peer took from this agent
 (permanent child of the Agent).
 
-Each round (every heartbeat interval) it reads the worker rows of the pool it serves. A peer
+Each round (every heartbeat interval) it reads the worker rows of each pool it serves. A peer
 whose heartbeat is older than `--lost-agent-seconds` is lost, but only once this agent's own
 heartbeats have gone through without a gap for that whole window (`actors.rules.recovery`):
 after a server outage nobody recovers anything until the survivors have proved themselves
-for a full window. The lost peer's runs in this agent's queues, found by the claim their
+for a full window. The lost peer's runs in this agent's queues of that pool (a peer is judged
+by its row in each pool, and recovered from there), found by the claim their
 Pending state carries, are then proposed Crashed, handed back (Scheduled, due now) or
 Cancelled; the server's answer decides which of several peers did it.
 
@@ -15,7 +16,7 @@ the server: a run a peer recovered meanwhile is relinquished at once (its proces
 killed, nothing reported). It checks again one heartbeat interval later, for a recovery a peer
 had under way when the partition healed, and at every round until a check gets through.
 
-It also tells the Dispatcher who the live peers are (`Peers`: the pool's ONLINE workers,
+It also tells the Dispatcher who the live peers are (`Peers`: each pool's ONLINE workers,
 from the same worker rows as the round's), from which each watcher tells the runs it owns in
 a fleet from those a peer owns (`actors.rules.share`). It reads them at start, again two
 seconds after every change (a fleet starting shows up within seconds, not a heartbeat
@@ -37,8 +38,10 @@ from typing import Any
 import pykka
 
 from actors.edges.prefect_api import ApiError
+from actors.edges.served_pools import refused
 from actors.rules.claims import parse_claim
 from actors.rules.identity import AgentIdentity
+from actors.rules.pools import queues_by_pool
 from actors.rules.recovery import (
     LostAgent,
     latest_claim,
@@ -62,6 +65,7 @@ from messages.internal.dispatch import (
 )
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
+    WatchedQueue,
     WatchedQueues,
 )
 from messages.user.tree import ActorKind
@@ -94,7 +98,7 @@ class Recovery(PeriodicChild):
         ctx: AgentContext,
         agent: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any] | None,
-        queues: tuple[str, ...] = (),
+        queues: tuple[WatchedQueue, ...] = (),
         lease: LeaseChanged | None = None,
     ) -> None:
         super().__init__(ctx, agent, self.NAME, dispatcher)
@@ -107,9 +111,11 @@ class Recovery(PeriodicChild):
         self.check_due = False  # the held runs are to be checked against the server
         self.declared: set[str] = set()  # peers declared lost (each counted once)
         self.claims: dict[str, tuple[str | None, AgentIdentity | None, State | None]] = {}
-        self.peers: tuple[str, ...] | None = None  # the live peers as last read
+        # Pool served (None: plain queues) -> its live peers as last read.
+        self.peers: dict[str | None, tuple[str, ...]] = {}
         self.next_peers: Timer | None = None
         self.last_action = ""
+        self.round_lost: set[str] | None = None  # the peers found lost in every pool this round
 
     def clean_up(self) -> None:
         super().clean_up()
@@ -140,39 +146,66 @@ class Recovery(PeriodicChild):
                 self._check_held_runs()
             case HeldRunsAre(flow_run_ids=ids):
                 self._check_own(ids)
-            case WatchedQueues(names=names):
-                self.queues = names
+            case WatchedQueues(queues=queues):
+                self.queues = queues
             case _:
                 return False
         return True
 
     def dispatcher_changed(self) -> None:
-        if self.peers is not None:
-            self.tell_dispatcher(Peers(self.peers))
+        for served, peers in self.peers.items():
+            self.tell_dispatcher(Peers(peers, served))
 
     # -- one round ---------------------------------------------------------------------------------
 
+    def _served_pools(self) -> list[tuple[str | None, str]]:
+        """Each pool served (None: plain queues) with the pool its workers are listed in; a
+        refused pool is not served (its runs' infrastructure is of a kind this agent lacks)."""
+        profile, kinds = self.api.server_profile(), self.ctx.infrastructures
+        served = ((pool, profile.heartbeat_pool(pool)) for pool in self.ctx.settings.pools)
+        return [
+            (pool, rows)
+            for pool, rows in served
+            if rows is not None and (pool is None or not refused(self.api, pool, kinds))
+        ]
+
     def _round(self) -> None:
-        settings = self.ctx.settings
         if self.check_due:  # the last check did not get through
             self._check_held_runs()
-        pool = self.api.server_profile().heartbeat_pool(settings.work_pool)
-        if pool is None:
+        pools = self._served_pools()
+        if not pools:
             self.set_phase("no work pool, no peers to watch")
             return
+        phases, failed = [], None
+        self.round_lost = set()  # None once a pool was not judged
+        for served, pool in pools:  # a pool that cannot be read leaves the others' rounds be
+            try:
+                phases.append(self._pool_round(served, pool))
+            except (ApiError, ApiDecodeError) as exc:
+                failed = exc
+                phases.append(f"{pool!r}: error: {exc}")
+        if failed is not None and len(pools) == 1:
+            raise failed
+        if failed is None and self.round_lost is not None:
+            self.declared &= self.round_lost  # a peer that came back may be lost again later
+        self.set_phase("; ".join(phases))
+
+    def _pool_round(self, served: str | None, pool: str) -> str:
+        """One pool's round: its live peers, its lost ones and their runs; the phase."""
+        settings = self.ctx.settings
         workers = self.api.read_workers(pool)  # one read serves the live peers and the lost
-        self._note_peers(pool, workers)
+        self._note_peers(served, pool, workers)
         if self.streak_since is None:
-            self.set_phase("waiting for this agent's own heartbeats")
-            return
+            self.round_lost = None
+            return "waiting for this agent's own heartbeats"
         streak = self.ctx.clock.monotonic() - self.streak_since
         lost_after = settings.lost_agent_seconds
         if not may_declare_lost(streak, lost_after):
-            self.set_phase(
+            self.round_lost = None
+            return (
                 f"own heartbeats unbroken for {streak:.0f}s of the {lost_after:g}s needed "
                 "to declare a peer lost"
             )
-            return
         lost = lost_agents(workers, datetime.now(UTC), lost_after, self.ctx.identity.name)
         for name, peer in lost.items():
             if name not in self.declared:
@@ -185,20 +218,22 @@ class Recovery(PeriodicChild):
                     peer.last_heartbeat.isoformat(timespec="seconds"),
                     lost_after,
                 )
-        self.declared &= set(lost)  # a peer that came back may be lost again later
-        if lost and self.queues:
-            self._recover(lost)
-        self.set_phase(
-            f"watching {pool!r}: " + (f"{len(lost)} lost peer(s)" if lost else "no lost peer")
-        )
+        if self.round_lost is not None:
+            self.round_lost |= set(lost)
+        queues = queues_by_pool(self.queues).get(served, ())
+        if lost and queues:
+            self._recover(lost, served, queues)
+        return f"watching {pool!r}: " + (f"{len(lost)} lost peer(s)" if lost else "no lost peer")
 
-    def _recover(self, lost: dict[str, LostAgent]) -> None:
+    def _recover(
+        self, lost: dict[str, LostAgent], pool: str | None, queues: tuple[str, ...]
+    ) -> None:
         candidates = self.api.filter_flow_runs(
             FlowRunFilter(
                 state=FlowRunStateFilter(type=AnyOf(any_=[PENDING, RUNNING, CANCELLING])),
-                work_queue_name=AnyOf(any_=list(self.queues)),
+                work_queue_name=AnyOf(any_=list(queues)),
             ),
-            self.ctx.settings.work_pool,
+            pool,
         )
         for run in candidates:
             claimed = self._claim(run)
@@ -258,27 +293,27 @@ class Recovery(PeriodicChild):
     # -- the live peers ----------------------------------------------------------------------------
 
     def _read_peers(self) -> None:
-        """Read the pool's live workers again, between rounds: soon after they changed."""
+        """Read the pools' live workers again, between rounds: soon after they changed."""
         try:
-            pool = self.api.server_profile().heartbeat_pool(self.ctx.settings.work_pool)
-            if pool is not None:
-                self._note_peers(pool, self.api.read_workers(pool))
+            for served, pool in self._served_pools():
+                self._note_peers(served, pool, self.api.read_workers(pool))
         except (ApiError, ApiDecodeError) as exc:
             log.debug("could not read the live peers: %s", exc)
 
-    def _note_peers(self, pool: str, workers: list[Worker]) -> None:
-        """The live peers among the pool's workers: told to the Dispatcher when they changed,
+    def _note_peers(self, served: str | None, pool: str, workers: list[Worker]) -> None:
+        """The live peers among a pool's workers: told to the Dispatcher when they changed,
         and read again `PEERS_SETTLE_SECONDS` later (a fleet starting shows up within seconds,
         not a round later)."""
         settings = self.ctx.settings
         me = self.ctx.identity.name
         peers = live_peers(workers, me, datetime.now(UTC), settings.lost_agent_seconds)
-        if peers == self.peers:
+        known = self.peers.get(served)
+        if peers == known:
             return
-        if self.peers is not None or len(peers) > 1:
+        if known is not None or len(peers) > 1:
             log.info("%d live agent(s) share the pool %r: %s", len(peers), pool, ", ".join(peers))
-        self.peers = peers
-        self.tell_dispatcher(Peers(peers))
+        self.peers[served] = peers
+        self.tell_dispatcher(Peers(peers, served))
         if self.next_peers is None:
             self.next_peers = self.ctx.clock.tell_later(
                 PEERS_SETTLE_SECONDS, self.actor_ref, ReadPeers()

@@ -316,7 +316,8 @@ class RunSupervisor(pykka.ThreadingActor):
         profile = self.ctx.api.known_profile()
         if profile is None or not profile.has_run_labels:
             return
-        labels = worker_labels(self.ctx.identity, self.ctx.settings.work_pool)
+        pool = self.plan.pool if isinstance(self.plan, SubmitRun) else None  # its queue's
+        labels = worker_labels(self.ctx.identity, pool)
 
         def unlabelled(exc: Exception) -> None:
             log.warning("flow run %s: could not label it with its worker: %s", self.run_id, exc)

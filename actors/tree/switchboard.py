@@ -6,8 +6,8 @@ The children do not know each other; the Agent tells each what it needs from the
 of it worked out from its table of children (`actors.tree.children`) and what they told of
 themselves:
 
-- the queues watched now (the QueueWatchers): to the CancelWatcher and Recovery, which look at
-  their runs (`WatchedQueues`);
+- the queues watched now (the QueueWatchers, each with its pool): to the CancelWatcher and
+  Recovery, which look at their runs (`WatchedQueues`);
 - the queues served whose ids are known (a watcher learns its queue's id when it reads it),
   with their watchers: to the EventListener, whose subscription names queues by id and which
   wakes their watchers (`ServedQueues`);
@@ -43,7 +43,7 @@ from actors.tree.recovery import Recovery
 from messages.internal.dispatch import Subscribe, Unsubscribe
 from messages.internal.events import ServedQueue, ServedQueues, StreamHealth
 from messages.internal.lease import LeaseChanged
-from messages.internal.lifecycle import UseDispatcher, WatchedQueues
+from messages.internal.lifecycle import UseDispatcher, WatchedQueue, WatchedQueues
 from messages.user.tree import ActorKind
 
 WATCHER = ActorKind.QUEUE_WATCHER
@@ -79,7 +79,8 @@ class Switchboard:
         self.listeners: list[pykka.ActorRef[Any]] = list(ctx.listeners)  # outlive a restart
         # The lease outlives a restart of the Heartbeat, which alone writes it.
         self.lease_kept = Lease(ctx.settings.lost_agent_seconds, ctx.settings.heartbeat_seconds)
-        self.watched: tuple[str, ...] = ()  # told the CancelWatcher and Recovery
+        self.watched: tuple[WatchedQueue, ...] = ()  # told the CancelWatcher and Recovery
+        self.watcher_queues: dict[str, WatchedQueue] = {}  # watcher name -> its pool and queue
         self.served: tuple[ServedQueue, ...] | None = None  # told the EventListener
         self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watchers told it
         self.stream_healthy = False  # told the CancelWatcher
@@ -127,17 +128,25 @@ class Switchboard:
             rows.append(Child(*matcher, lambda: QueueMatcher.start(ctx, agent)))
         return rows
 
-    def watcher(self, name: str, create_missing: bool) -> Child:
-        """The row of the QueueWatcher of one queue (created if missing: a queue named by -q)."""
-        ctx, pool = self.ctx, self.ctx.settings.work_pool
+    def watcher(self, pool: str | None, queue: str, create_missing: bool) -> Child:
+        """The row of the QueueWatcher of one queue of a pool (created if missing: a queue
+        named by -q), named as `AgentSettings.watcher_name` says."""
+        ctx = self.ctx
+        name = ctx.settings.watcher_name(pool, queue)
+        self.watcher_queues[name] = WatchedQueue(pool, queue)
         return Child(
             WATCHER,
             name,
             lambda: self.actors.queue_watcher.start(
-                ctx, name, self.dispatcher(), self.agent, create_missing, pool
+                ctx, queue, self.dispatcher(), self.agent, create_missing, pool, name
             ),
             started=self.update,
         )
+
+    def watcher_pool(self, name: str) -> str | None:
+        """The pool of the queue a watcher watches."""
+        known = self.watcher_queues.get(name)
+        return known.pool if known is not None else None
 
     def subscribe(self, message: Subscribe | Unsubscribe) -> None:
         """A listener of run events (un)subscribed: kept for every later Dispatcher too."""
@@ -155,7 +164,8 @@ class Switchboard:
 
     def update(self) -> None:
         """Work out again what the children must know; tell what changed."""
-        watched = self.children.names(WATCHER)
+        names = self.children.names(WATCHER)
+        watched = tuple(sorted(self.watcher_queues[name] for name in names))
         if watched != self.watched:
             self.watched = watched
             for key in (CANCELS, RECOVERY):

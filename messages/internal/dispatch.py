@@ -65,11 +65,13 @@ class Room(msgspec.Struct, frozen=True):
 
 
 class Peers(msgspec.Struct, frozen=True):
-    """Told to the Dispatcher by the Recovery actor whenever the live workers of the pool it
-    serves change (and to a new Dispatcher at once): the names of the agents that share its
-    queues, this one among them. The Dispatcher hands them to the watchers with `Room`."""
+    """Told to the Dispatcher by the Recovery actor whenever the live workers of a pool it
+    serves change (and to a new Dispatcher at once): the names of the agents that share that
+    pool's queues, this one among them. The Dispatcher hands them to the pool's watchers with
+    `Room`."""
 
     names: tuple[str, ...]
+    pool: str | None = None  # the served pool (None: the plain queues of a pool-less agent)
 
 
 class ReadPeers(msgspec.Struct, frozen=True):

@@ -32,12 +32,16 @@ class LeaseExpiry(msgspec.Struct, frozen=True):
 
 
 class HeartbeatAnswered(msgspec.Struct, frozen=True):
-    """The Heartbeat's own call came back (made off its inbox, so a lapse is told on time even
-    while the server holds the call): sent at `sent_at`, answered at `answered_at` (agent
-    clock); `pool` is the pool heartbeated (None: the server has none to heartbeat), `error`
-    what went wrong."""
+    """The Heartbeat's own round came back (made off its inbox, so a lapse is told on time
+    even while the server holds a call): one heartbeat per pool served, the first sent at
+    `sent_at`, the last answered at `answered_at` (agent clock); `pools` those heartbeated
+    (empty: the server has none to heartbeat), `missing` those the server says do not exist,
+    `refused` those of a type this agent cannot run (not heartbeated), `error` what went
+    wrong with the others."""
 
     sent_at: float
     answered_at: float
-    pool: str | None
+    pools: tuple[str, ...]
     error: str | None = None
+    missing: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()

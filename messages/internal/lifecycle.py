@@ -23,10 +23,12 @@ class Tick(msgspec.Struct, frozen=True):
 
 class MatchingQueues(msgspec.Struct, frozen=True):
     """Told by the QueueMatcher to the Agent after each read of the queues that got through
-    (an agent that follows queues: prefixes, or a whole pool): the queues to serve now. The
-    Agent starts a watcher for each new one and stops those of the queues no longer matched."""
+    (an agent that follows queues: prefixes, or whole pools), one per pool read: the queues
+    of that pool to serve now. The Agent starts a watcher for each new one and stops those of
+    the pool's queues no longer matched; a pool whose read failed keeps its watchers."""
 
     names: tuple[str, ...]
+    pool: str | None = None  # the work pool read (None: plain queues matching the prefixes)
 
 
 class PolledOnce(msgspec.Struct, frozen=True):
@@ -103,11 +105,18 @@ class Interrupt(msgspec.Struct, frozen=True):
     grace_seconds: float
 
 
+class WatchedQueue(msgspec.Struct, frozen=True, order=True):
+    """One queue served: its work pool (None: a plain queue) and its name in that pool."""
+
+    pool: str | None
+    name: str
+
+
 class WatchedQueues(msgspec.Struct, frozen=True):
     """Sent by the Agent to the CancelWatcher and Recovery whenever the set of served queues
     changes (a restarted one is started knowing it)."""
 
-    names: tuple[str, ...]
+    queues: tuple[WatchedQueue, ...]
 
 
 class SupervisorFailed(msgspec.Struct, frozen=True):
@@ -148,6 +157,7 @@ class FindEarlierLifeRuns(msgspec.Struct, frozen=True):
     busy server after the first look, and a run it left Pending then would be nobody's."""
 
     queue_names: tuple[str, ...]
+    pool: str | None = None  # the work pool of these queues (None: plain queues)
     look_again: bool = True
 
 

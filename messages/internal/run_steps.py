@@ -52,6 +52,7 @@ class SubmitRun(msgspec.Struct, frozen=True):
     """A run a poll found and the Dispatcher admitted: propose Pending, resolve, start, watch."""
 
     flow_run: FlowRun
+    pool: str | None = None  # the work pool whose queue it was found in (its runs' labels)
 
 
 class LeftByEarlierLife(msgspec.Struct, frozen=True):

@@ -412,12 +412,15 @@ class FakePrefectApi:
         with self._world.lock:
             self._world.failures.append(_Failure(method, times, status, message, retry_after, when))
 
-    def add_worker(self, pool: str, name: str, status: str = "ONLINE") -> None:
-        """Another agent's worker row in `pool`, as its heartbeat left it just now."""
+    def add_worker(
+        self, pool: str, name: str, status: str = "ONLINE", *, heartbeat_age: float = 0.0
+    ) -> None:
+        """Another agent's worker row in `pool`, as its heartbeat left it `heartbeat_age`
+        seconds ago (0: just now)."""
         with self._world.lock:
             self._world.workers[(pool, name)] = Worker(
                 name=name,
-                last_heartbeat_time=datetime.now(UTC),
+                last_heartbeat_time=datetime.now(UTC) - timedelta(seconds=heartbeat_age),
                 heartbeat_interval_seconds=30,
                 status=status,
             )

@@ -7,19 +7,19 @@ from actors.rules.identity import AgentIdentity, default_agent_name, new_instanc
 
 
 def test_the_default_name_is_the_same_on_every_start_and_differs_by_what_is_served() -> None:
-    first = default_agent_name("box", None, ("etl", "default"), ())
-    assert first == default_agent_name("box", None, ("default", "etl"), ())
-    assert first != default_agent_name("box", None, ("default",), ())
-    assert first != default_agent_name("other", None, ("etl", "default"), ())
+    first = default_agent_name("box", (), ("etl", "default"), ())
+    assert first == default_agent_name("box", (), ("default", "etl"), ())
+    assert first != default_agent_name("box", (), ("default",), ())
+    assert first != default_agent_name("other", (), ("etl", "default"), ())
     assert "box" in first and "default" in first
-    assert "pool-a" in default_agent_name("box", "pool-a", (), ())
+    assert "pool-a" in default_agent_name("box", ("pool-a",), (), ())
 
 
 def test_a_long_default_name_is_cut_but_stays_distinct() -> None:
     many = tuple(f"queue-{n}" for n in range(40))
-    name = default_agent_name("box", None, many, ())
+    name = default_agent_name("box", (), many, ())
     assert len(name) <= 100
-    assert name != default_agent_name("box", None, many[:-1], ())
+    assert name != default_agent_name("box", (), many[:-1], ())
 
 
 def test_instance_ids_change_at_every_start() -> None:
@@ -45,3 +45,9 @@ def test_worker_labels_name_the_agent_as_prefects_workers_do() -> None:
 def test_a_claim_names_the_agents_process_so_a_restart_knows_a_live_namesake() -> None:
     identity = AgentIdentity("a@box q", "abc123", "box", pid=4242)
     assert parse_claim(claim_message(identity)) == identity
+
+
+def test_the_default_name_of_an_agent_of_several_pools_names_them_all_in_one_order() -> None:
+    name = default_agent_name("box", ("process-pool", "docker-pool"), ("default",), ())
+    assert name == "actor-agent@box docker-pool,process-pool/default"
+    assert name == default_agent_name("box", ("docker-pool", "process-pool"), ("default",), ())

@@ -2,6 +2,7 @@
 
 import pytest
 
+from actors.launcher.cli import parse_args, settings_from_args
 from actors.runtime.settings import SettingsError, settings_from_env
 
 
@@ -46,3 +47,32 @@ def test_bad_settings_say_which(
 ) -> None:
     with pytest.raises(SettingsError, match=words):
         settings_from_env(env, **overrides)
+
+
+def test_several_pools_name_their_watchers_pool_slash_queue_and_one_pool_does_not() -> None:
+    env = {"PREFECT_API_URL": "u"}
+    one = settings_from_env(env, work_pool="local", work_queues=("default",))
+    assert one.work_pools == ("local",)  # `work_pool=`, as embedders passed it, still works
+    assert one.watcher_name("local", "default") == "default"
+    assert one.describe_queues() == "queue 'default' of work pool 'local'"
+    two = settings_from_env(env, work_pools=("local", "boxes"), limit=4)
+    assert two.watcher_name("boxes", "default") == "boxes/default"
+    assert two.follows_queues
+    assert two.describe_queues() == (
+        "every queue of each of work pools 'local', 'boxes', limit 4 across the pools"
+    )
+
+
+def test_a_pool_named_twice_or_empty_is_refused() -> None:
+    env = {"PREFECT_API_URL": "u"}
+    with pytest.raises(SettingsError, match="names a work pool twice"):
+        settings_from_env(env, work_pools=("a", "a"))
+    with pytest.raises(SettingsError, match="--pool needs a work pool name"):
+        settings_from_env(env, work_pools=("a", " "))
+
+
+def test_the_cli_takes_p_again_and_again() -> None:
+    args = parse_args(["start", "-p", "local", "-p", "boxes", "-q", "fast"])
+    settings = settings_from_args(args, "http://x/api", None)
+    assert settings.work_pools == ("local", "boxes")
+    assert settings.work_queues == ("fast",)
