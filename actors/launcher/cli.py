@@ -69,7 +69,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         usage=f"%(prog)s {COMMAND} [OPTIONS]",
         description=(
             "Start an agent process to poll one or more work queues for flow runs, and run "
-            "each as a local process. A drop-in for `prefect agent start` (its options come "
+            "each on the infrastructure its deployment names (a local process, or a Docker "
+            "container). A drop-in for `prefect agent start` (its options come "
             f"first below), built as a tree of actors. `{COMMAND}` is the only command and may "
             "be left out."
         ),
