@@ -20,7 +20,7 @@ import pykka
 
 from actors.edges.api_interface import PrefectApiInterface
 from actors.edges.infrastructure import Infrastructure
-from actors.edges.kinds import default_infrastructures
+from actors.edges.kinds import close_kinds, default_infrastructures
 from actors.edges.prefect_api import PrefectApi
 from actors.edges.processes import HOSTNAME
 from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
@@ -53,6 +53,7 @@ class AgentHandle:
         infrastructures: tuple[Infrastructure, ...] | None = None,
     ) -> None:
         self.settings = settings
+        self._own_kinds = infrastructures is None  # made here, so closed here at the stop
         self.api: PrefectApiInterface = api or PrefectApi(
             settings.api_url,
             settings.api_key,
@@ -195,6 +196,8 @@ class AgentHandle:
             self.api.close()
             self.ctx.calls.stop()
             self.ctx.infra_calls.stop()
+            if self._own_kinds:
+                close_kinds(self.ctx.infrastructures)
 
 
 def identity_for(settings: AgentSettings) -> AgentIdentity:

@@ -14,6 +14,7 @@ A recorded infrastructure pid names its kind by its form: the kind whose `reach`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from actors.edges.docker_on_demand import DockerOnDemand
@@ -24,6 +25,8 @@ from messages.wire.prefect import WorkPool
 
 # A 2.x agent pool names no infrastructure: its runs' blocks are checked run by run.
 AGENT_POOL_TYPE = "prefect-agent"
+
+log = logging.getLogger("prefect_actor_agent.agent")
 
 
 def default_infrastructures() -> tuple[Infrastructure, ...]:
@@ -125,3 +128,15 @@ def find_unrecorded(flow_run_id: str, kinds: Sequence[Infrastructure]) -> RunJob
         if job is not None:
             return job
     return None
+
+
+def close_kinds(kinds: Sequence[Infrastructure]) -> None:
+    """Let go of what the kinds hold open (the Docker kind's connection to its daemon), for a
+    kind that has a `close`; runs they started are not touched (containers outlive agents)."""
+    for kind in kinds:
+        close = getattr(kind, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - a stop goes on whatever one kind says
+                log.warning("closing the %s kind failed: %s", kind.kind, exc)
