@@ -7,12 +7,16 @@ heartbeats have gone through without a gap for that whole window (`actors.rules.
 after a server outage nobody recovers anything until the survivors have proved themselves
 for a full window. The lost peer's runs in this agent's queues, found by the claim their
 Pending state carries, are then proposed Crashed, handed back (Scheduled, due now) or
-Cancelled; the server's answer decides which of several peers did it.
+Cancelled; the server's answer decides which of several peers did it. A run whose
+infrastructure outlives its agent and is within this agent's reach (a container of the daemon
+this agent uses) is adopted instead: Running with this agent's claim, then supervised here by
+its pid to its end (`SuperviseLeftRun`), its exit reported, cancellable as any run here.
 
 After this agent was cut off from the server (the Heartbeat's renewal that ends a break says
 so: `LeaseChanged.reconnected`), it asks the Dispatcher which runs it holds and reads each on
 the server: a run a peer recovered meanwhile is relinquished at once (its process group
-killed, nothing reported). It checks again one heartbeat interval later, for a recovery a peer
+killed, nothing reported; a run a peer adopted is let go without touching its container, which
+the peer watches). It checks again one heartbeat interval later, for a recovery a peer
 had under way when the partition healed, and at every round until a check gets through.
 
 It also tells the Dispatcher who the live peers are (`Peers`: the pool's ONLINE workers,
@@ -36,11 +40,15 @@ from typing import Any
 
 import pykka
 
+from actors.edges.kinds import outlives_agents, reach
 from actors.edges.prefect_api import ApiError
 from actors.rules.claims import parse_claim
 from actors.rules.identity import AgentIdentity
 from actors.rules.recovery import (
     LostAgent,
+    RecoveryAction,
+    adopted,
+    adoption_for,
     latest_claim,
     lost_agents,
     may_declare_lost,
@@ -62,6 +70,7 @@ from messages.internal.dispatch import (
 )
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
+    SuperviseLeftRun,
     WatchedQueues,
 )
 from messages.user.tree import ActorKind
@@ -210,13 +219,14 @@ class Recovery(PeriodicChild):
                 self._recover_run(run, claim, claim_state, peer)
 
     def _claim(self, run: FlowRun) -> tuple[AgentIdentity, State] | None:
-        """The claim of the run's latest Pending (read once per Pending: it never changes)."""
-        state_id = run.state.id if run.state is not None and run.state.type == PENDING else None
+        """The claim of the run's latest Pending, or of a peer's adoption after it (read once
+        per state of the run: a claim only changes with the state)."""
+        state_id = run.state.id if run.state is not None else None
         cached = self.claims.get(run.id)
         if cached is None or (state_id is not None and cached[0] != state_id):
             found = latest_claim(self.api.read_flow_run_states(run.id))
             cached = (
-                found[0].id if found else None,
+                state_id,
                 found[1] if found else None,
                 found[0] if found else None,
             )
@@ -232,7 +242,9 @@ class Recovery(PeriodicChild):
         fresh = self.api.read_flow_run(run.id)  # what it is now, just before proposing
         if fresh.state is None or run.state is None or fresh.state.id != run.state.id:
             return
-        action = recovery_for(fresh, claim_state, peer, claim.host)
+        action = self._adoption(fresh, claim_state, peer) or recovery_for(
+            fresh, claim_state, peer, claim.host
+        )
         if action is None:
             return
         result = self.api.set_state(run.id, action.proposal, force=action.force)
@@ -254,6 +266,29 @@ class Recovery(PeriodicChild):
             fresh.state.type,
             peer.last_heartbeat.isoformat(timespec="seconds"),
         )
+        if action.kind == "adopted":
+            pid = fresh.infrastructure_pid
+            log.warning(
+                "flow run %s: its infrastructure %s runs on within this agent's reach: "
+                "watching it to its end",
+                run.id,
+                pid,
+            )
+            if not self.tell_dispatcher(SuperviseLeftRun(run.id, pid, claim.name)):
+                log.warning(
+                    "flow run %s: adopted, but the Dispatcher is being restarted; the next "
+                    "start of this agent takes it over",
+                    run.id,
+                )
+
+    def _adoption(self, run: FlowRun, claim_state: State, peer: LostAgent) -> RecoveryAction | None:
+        """Adopted, when its infrastructure outlives its agent (a container) and this agent
+        reaches it (the same daemon); None: recovered as a lost host's run is."""
+        pid = run.infrastructure_pid
+        kinds = self.ctx.infrastructures
+        if not pid or not outlives_agents(pid, kinds) or reach(pid, kinds) != "here":
+            return None
+        return adoption_for(run, claim_state, peer, self.ctx.identity)
 
     # -- the live peers ----------------------------------------------------------------------------
 
@@ -308,11 +343,19 @@ class Recovery(PeriodicChild):
                 if run is None:
                     self._relinquish(run_id, "the server no longer has it")
                     continue
-                claim = self._current_claim(run)
+                claim, by_adoption = self._current_claim(run)
                 if still_ours(run, claim, me):
                     continue
                 state = run.state.type if run.state is not None else "unknown"
                 holder = f"; now held by {claim.name!r}" if claim is not None else ""
+                if by_adoption and claim is not None:
+                    self._relinquish(
+                        run_id,
+                        f"agent {claim.name!r} adopted it while this agent was cut off from "
+                        "the server; its infrastructure runs on, watched there",
+                        kill=False,
+                    )
+                    continue
                 self._relinquish(
                     run_id,
                     f"a peer recovered it while this agent was cut off from the server (it is "
@@ -330,19 +373,20 @@ class Recovery(PeriodicChild):
             )
             self.check_due = True
 
-    def _current_claim(self, run: FlowRun) -> AgentIdentity | None:
-        """The claim of the run's latest Pending: its state's own while it is Pending."""
+    def _current_claim(self, run: FlowRun) -> tuple[AgentIdentity | None, bool]:
+        """The claim of the run's latest Pending (its state's own while it is Pending), or of
+        a peer's adoption after it; and whether it was made by an adoption."""
         state = run.state
         if state is not None and state.type == PENDING:
             claim = parse_claim(state.message)
             if claim is not None:
-                return claim
+                return claim, False
         found = latest_claim(self.api.read_flow_run_states(run.id))
-        return found[1] if found else None
+        return (found[1], adopted(found[0])) if found else (None, False)
 
-    def _relinquish(self, run_id: str, reason: str) -> None:
+    def _relinquish(self, run_id: str, reason: str, kill: bool = True) -> None:
         self.last_action = f"relinquished flow run {run_id} at {time.strftime('%H:%M:%S')}"
-        self.tell_dispatcher(Relinquish(run_id, reason))
+        self.tell_dispatcher(Relinquish(run_id, reason, kill))
 
     # -- the tree ----------------------------------------------------------------------------------
 
