@@ -9,12 +9,15 @@ written in it; the test moves the run to Running and Completed as the engine wou
   Crashed; a container still running is watched again and a Cancel stops it;
 - a peer sharing the daemon adopts a SIGKILLed agent's containers (not Crashed): the adoption
   is on the server, the peer reports the real exit and cancels what is cancelled;
+- an agent cut off from the server while its peer adopts its containers lets them run when it
+  is back, and no run's end is reported twice;
 - the daemon restarting under a running container ends its run Crashed with what happened,
   once, and the agent goes on serving runs on the daemon that is back.
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,16 @@ import pytest
 from examples.harness.agent_status import StatusUnavailableError, find_node
 from examples.harness.docker_daemon import DockerDaemon
 from examples.harness.flow_image import ImageBuild
+from examples.harness.hosts import SimulatedHost
 from messages.user.tree import ActorKind
 from tests.conftest import AgentFactory, LauncherAgent, ThreadAgent
-from tests.integration.helpers import FINAL, has_polled, history, infrastructure_pid
+from tests.integration.helpers import (
+    FINAL,
+    has_polled,
+    history,
+    infrastructure_pid,
+    run_agent_with_status,
+)
 from tests.integration.test_docker_runs import (  # noqa: F401 - `daemon` is a fixture
     container_of,
     daemon,
@@ -251,3 +261,64 @@ def test_the_daemon_restarting_under_a_container_crashes_its_run_once_and_the_ag
         client.close()
     finished = agent.finished(later)
     assert finished is not None and finished.outcome == "exited", finished
+
+
+def test_an_agent_cut_off_and_back_leaves_the_containers_its_peer_adopted_alone(
+    postgres_api_url: str,
+    tmp_path: Path,
+    *,
+    markers: Path,
+    docker_daemon: DockerDaemon,
+    daemon: Any,  # noqa: F811
+    plain_image: ImageBuild,
+) -> None:
+    """The fence after an adoption: the cut-off agent, back, lets the adopted containers run
+    (the peer watches them) and no run's end is reported twice."""
+    api, queue = postgres_api_url, f"fence-{uuid.uuid4().hex[:8]}"
+    deployment = _gated_deployment(api, queue, docker_daemon, plain_image, markers)
+    args = [
+        "-q", queue,
+        "--limit", "2",
+        "--query-interval", "1",
+        "--heartbeat-seconds", str(HEARTBEAT),
+        "--lost-agent-seconds", str(LOST),
+        "--cancel-poll-interval", "1",
+        "--shutdown-grace-seconds", "1",
+    ]  # fmt: skip
+    with (
+        SimulatedHost.for_api("fence-a", api, log_dir=tmp_path) as a,
+        SimulatedHost.for_api("fence-b", api, log_dir=tmp_path) as b,
+    ):
+        status_a = run_agent_with_status(a, args)
+        wait_for(lambda: has_polled(status_a, queue), 60, "a to serve")
+        during, after = create_run(api, deployment), create_run(api, deployment)
+        _started_as_the_engine_would(daemon, api, [during, after])
+        status_b = run_agent_with_status(b, args)
+        wait_for(lambda: has_polled(status_b, queue), 60, "b to serve")
+
+        a.cut_off()
+
+        def adopted(run: str) -> bool:
+            return any("Adopted by agent" in str(s.get("message") or "") for s in history(api, run))
+
+        wait_for(lambda: adopted(during) and adopted(after), 3 * LOST + 30, "b to adopt both")
+        # The end of one while a is still cut off: b reports it (a tries, in vain, later).
+        _open_gate(markers, during, 3)
+        type_, message = ended(api, during, 60)
+        assert type_ == "CRASHED" and "status code 3" in (message or ""), message
+
+        a.reconnect()
+        relinquished = "prefect_agent_runs_finished_total"
+        wait_for(
+            lambda: (status_a.sample(relinquished, outcome="relinquished") or 0) >= 1,
+            2 * HEARTBEAT + 10,
+            "a to let the adopted run go",
+        )
+        assert _running(daemon, api, after)  # a let it go untouched
+        _open_gate(markers, after, 4)
+        type_, message = ended(api, after, 60)
+        assert type_ == "CRASHED" and "status code 4" in (message or ""), message
+        for run, code in ((during, 3), (after, 4)):
+            assert _final_states(api, run) == ["CRASHED"], history(api, run)
+            state = _container_state(daemon, api, run)
+            assert state is not None and state["ExitCode"] == code, state  # never killed
