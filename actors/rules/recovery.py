@@ -121,9 +121,11 @@ def adoption_for(
 
 
 def recovery_for(
-    run: FlowRun, claim_state: State, lost: LostAgent, host: str
+    run: FlowRun, claim_state: State, lost: LostAgent, host: str, reached: bool = False
 ) -> RecoveryAction | None:
-    """What to propose for a run that a lost agent held (None: nothing, it has moved on)."""
+    """What to propose for a run that a lost agent held (None: nothing, it has moved on);
+    `reached`: its recorded infrastructure is within this peer's reach (a container of the
+    same daemon), so a Cancelling one is stopped by this peer once Cancelled."""
     state = run.state
     if state is None:
         return None
@@ -133,6 +135,12 @@ def recovery_for(
     cancelling = state.type == CANCELLING or (
         state.type == CANCELLED and state.name == "Cancelling"
     )
+    if cancelling and reached:
+        message = (
+            f"Cancelled by a peer agent: the run was held by {who}, a lost agent; its "
+            f"infrastructure {run.infrastructure_pid} is within the peer's reach and is stopped."
+        )
+        return RecoveryAction("cancelled", _proposal(CANCELLED, "Cancelled", message, tid))
     if cancelling:
         message = (
             f"Cancelled by a peer agent: the run's infrastructure was on a lost host ({who}) "

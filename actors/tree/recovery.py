@@ -40,13 +40,13 @@ from typing import Any
 
 import pykka
 
-from actors.edges.kinds import outlives_agents, reach
+from actors.edges.infrastructure import RunJob
+from actors.edges.kinds import kind_of_pid, outlives_agents, reach
 from actors.edges.prefect_api import ApiError
 from actors.rules.claims import parse_claim
 from actors.rules.identity import AgentIdentity
 from actors.rules.recovery import (
     LostAgent,
-    RecoveryAction,
     adopted,
     adoption_for,
     latest_claim,
@@ -88,6 +88,16 @@ from messages.wire.prefect import (
 )
 
 log = logging.getLogger("prefect_actor_agent.recovery")
+
+
+def _kill_quietly(job: RunJob, run_id: str) -> None:
+    """The grace after a stop passed: killed if it still runs."""
+    try:
+        if job.grace_over():
+            log.warning("flow run %s: %s outlived the grace period; killed it", run_id, job.label)
+    except Exception as exc:  # noqa: BLE001 - the daemon's trouble, said once
+        log.warning("flow run %s: could not kill %s: %s", run_id, job.label, exc)
+
 
 PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
 
@@ -242,9 +252,10 @@ class Recovery(PeriodicChild):
         fresh = self.api.read_flow_run(run.id)  # what it is now, just before proposing
         if fresh.state is None or run.state is None or fresh.state.id != run.state.id:
             return
-        action = self._adoption(fresh, claim_state, peer) or recovery_for(
-            fresh, claim_state, peer, claim.host
-        )
+        reached = self._reached(fresh)
+        action = (
+            adoption_for(fresh, claim_state, peer, self.ctx.identity) if reached else None
+        ) or recovery_for(fresh, claim_state, peer, claim.host, reached)
         if action is None:
             return
         result = self.api.set_state(run.id, action.proposal, force=action.force)
@@ -266,6 +277,8 @@ class Recovery(PeriodicChild):
             fresh.state.type,
             peer.last_heartbeat.isoformat(timespec="seconds"),
         )
+        if action.kind == "cancelled" and reached:
+            self._stop_reached(run.id, fresh.infrastructure_pid or "")
         if action.kind == "adopted":
             pid = fresh.infrastructure_pid
             log.warning(
@@ -281,14 +294,35 @@ class Recovery(PeriodicChild):
                     run.id,
                 )
 
-    def _adoption(self, run: FlowRun, claim_state: State, peer: LostAgent) -> RecoveryAction | None:
-        """Adopted, when its infrastructure outlives its agent (a container) and this agent
-        reaches it (the same daemon); None: recovered as a lost host's run is."""
+    def _reached(self, run: FlowRun) -> bool:
+        """Whether the run's infrastructure outlives its agent (a container) and this agent
+        reaches it (the same daemon): then it is adopted, or stopped if it is being cancelled,
+        rather than recovered as a lost host's run is."""
         pid = run.infrastructure_pid
         kinds = self.ctx.infrastructures
-        if not pid or not outlives_agents(pid, kinds) or reach(pid, kinds) != "here":
-            return None
-        return adoption_for(run, claim_state, peer, self.ctx.identity)
+        return pid is not None and outlives_agents(pid, kinds) and reach(pid, kinds) == "here"
+
+    def _stop_reached(self, run_id: str, pid: str) -> None:
+        """A lost peer's run Cancelled here, its container within reach: stopped as a Cancel
+        stops one (its stop signal, then a kill after the grace), off this inbox."""
+        kind = kind_of_pid(pid, self.ctx.infrastructures)
+        if kind is None:
+            return
+        grace = self.ctx.settings.cancel_grace_seconds
+        pool, clock = self.ctx.infra_calls, self.ctx.clock
+
+        def stop() -> None:
+            try:
+                job = kind.find(run_id, pid)
+                if job is None or not job.terminate():
+                    return
+            except Exception as exc:  # noqa: BLE001 - the daemon's trouble, said once
+                log.warning("flow run %s: could not stop its container %s: %s", run_id, pid, exc)
+                return
+            log.info("flow run %s: stopping %s (killed after %.0fs)", run_id, job.label, grace)
+            clock.call_later(grace, lambda: pool.submit(lambda: _kill_quietly(job, run_id)))
+
+        pool.submit(stop)
 
     # -- the live peers ----------------------------------------------------------------------------
 

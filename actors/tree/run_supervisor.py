@@ -40,13 +40,15 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import pykka
 
 from actors.edges.infrastructure import Infrastructure, RunJob
-from actors.edges.kinds import kind_for, kind_of_pid
+from actors.edges.kinds import kind_for, kind_of_pid, outlives_agents
 from actors.edges.prefect_api import ApiError
 from actors.edges.run_infrastructure import read_run_source
 from actors.rules import run_ending
 from actors.rules.claims import claim_message, worker_labels
+from actors.rules.identity import AgentIdentity
 from actors.rules.infrastructure import SubmissionError
 from actors.rules.proposals import accepted_as, failed, pending, refusal, rescheduled
+from actors.rules.recovery import latest_claim
 from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
@@ -72,6 +74,7 @@ from messages.wire.prefect import (
     ApiDecodeError,
     FlowRun,
     OrchestrationResult,
+    State,
     StateProposal,
 )
 
@@ -627,9 +630,34 @@ class RunSupervisor(pykka.ThreadingActor):
             )
             self._finish("not-submitted", f"out of reach: {pid}")
             return
+        if isinstance(plan, CancelUnheld) and outlives_agents(pid, self.kinds):
+            # A daemon may be shared: a container another agent claimed is that agent's to
+            # cancel (or, that agent lost, its peers' Recovery's), never this one's too.
+            def claimed(found: tuple[State, AgentIdentity] | None) -> None:
+                holder = found[1].name if found is not None else None
+                if holder is None or holder == self.ctx.identity.name:
+                    self._find(run, pid, kind, handed is not None)
+                    return
+                log.info(
+                    "flow run %s: its container %s is agent %r's (its claim): leaving the "
+                    "cancel to it",
+                    self.run_id,
+                    pid,
+                    holder,
+                )
+                self._finish("not-submitted", f"held by agent {holder!r}")
 
+            self._call(
+                lambda: latest_claim(self.api.read_flow_run_states(self.run_id)),
+                claimed,
+                lambda exc: self._unreachable(f"its claim could not be read ({exc})"),
+            )
+            return
+        self._find(run, pid, kind, handed is not None)
+
+    def _find(self, run: FlowRun, pid: str, kind: Infrastructure, handed: bool) -> None:
         def found(job: RunJob | None) -> None:
-            self._found(run, pid, job, handed is not None)
+            self._found(run, pid, job, handed)
 
         def unfindable(exc: Exception) -> None:
             self._unreachable(f"its infrastructure {pid} could not be looked for ({exc})")

@@ -177,25 +177,40 @@ def test_a_peer_on_the_same_daemon_adopts_a_killed_agents_containers(
     plain_image: ImageBuild,
 ) -> None:
     deployment = _gated_deployment(api_url, queue, docker_daemon, plain_image, markers)
-    crashing, cancelled = create_run(api_url, deployment), create_run(api_url, deployment)
+    crashing, cancelled, live_cancel, lost_cancel = (
+        create_run(api_url, deployment) for _ in range(4)
+    )
     options = {
         "work_queues": (queue,),
-        "limit": 2,
+        "limit": 4,
         "cancel_grace_seconds": 2,
         "cancel_poll_interval": 1,
         "heartbeat_seconds": HEARTBEAT,
         "lost_agent_seconds": LOST,
     }
     lost = launcher_agent(name=f"lost-{queue}", **options)
-    _started_as_the_engine_would(daemon, api_url, [crashing, cancelled])
+    _started_as_the_engine_would(daemon, api_url, [crashing, cancelled, live_cancel, lost_cancel])
     peer = launcher_agent(name=f"peer-{queue}", **options)
     assert isinstance(peer, LauncherAgent)
     wait_for(lambda: has_polled(peer.status, queue), 60, "the peer to serve")
     # The peer's start takes no live agent's container for an earlier life's.
-    assert _supervisor_phase(peer, crashing) is None
-    assert _supervisor_phase(peer, cancelled) is None
+    for run in (crashing, cancelled, live_cancel, lost_cancel):
+        assert _supervisor_phase(peer, run) is None
+
+    # A cancel of a live agent's container: that agent's alone, one Cancelled (the peer, on
+    # the same daemon, leaves it).
+    set_run_state(api_url, live_cancel, "CANCELLING", "Cancelling")
+    assert ended(api_url, live_cancel, 60)[0] == "CANCELLED"
+    wait_for(
+        lambda: peer.metric("prefect_agent_runs_finished_total", outcome="not-submitted") >= 1,
+        30,
+        "the peer to leave the cancel to its agent",
+    )
+    assert _final_states(api_url, live_cancel) == ["CANCELLED"], history(api_url, live_cancel)
+    assert peer.metric("prefect_agent_runs_finished_total", outcome="cancelled") == 0
 
     _sigkill(lost)
+    set_run_state(api_url, lost_cancel, "CANCELLING", "Cancelling")  # asked of a dead agent
 
     def adopted(run: str) -> bool:
         return any(
@@ -213,6 +228,11 @@ def test_a_peer_on_the_same_daemon_adopts_a_killed_agents_containers(
     for run in (crashing, cancelled):
         assert run_state(api_url, run)[0] == "RUNNING"
         assert _running(daemon, api_url, run)  # adopted, not killed
+    # The run being cancelled when its agent died: Cancelled by the peer, its container stopped.
+    type_, message = ended(api_url, lost_cancel, 30)
+    assert type_ == "CANCELLED" and "is stopped" in (message or ""), (type_, message)
+    wait_for(lambda: not _running(daemon, api_url, lost_cancel), 30, "its container to stop")
+    assert _final_states(api_url, lost_cancel) == ["CANCELLED"], history(api_url, lost_cancel)
 
     _open_gate(markers, crashing, 3)
     type_, message = ended(api_url, crashing, 60)

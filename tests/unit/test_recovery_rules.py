@@ -161,3 +161,20 @@ def test_a_peer_adopts_a_running_container_and_its_claim_takes_the_run_from_the_
     assert adoption_for(FlowRun(id="p", state=claim_state), claim_state, PEER, ME) is None
     done = FlowRun(id="d", state=State(type="COMPLETED"), infrastructure_pid=pid)
     assert adoption_for(done, claim_state, PEER, ME) is None
+
+
+def test_a_lost_agents_cancelling_container_within_reach_is_cancelled_and_said_to_be_stopped() -> (
+    None
+):
+    claim_state = _pending(LOST, "s1")
+    cancelling = FlowRun(
+        id="c", state=State(type="CANCELLING", id="s3"), infrastructure_pid="docker:D:abc"
+    )
+    assert adoption_for(cancelling, claim_state, PEER, ME) is None  # never Running again
+    stopped = recovery_for(cancelling, claim_state, PEER, LOST.host, reached=True)
+    assert stopped is not None and stopped.proposal.type == "CANCELLED"
+    assert "docker:D:abc is within the peer's reach and is stopped" in (
+        stopped.proposal.message or ""
+    )
+    unreached = recovery_for(cancelling, claim_state, PEER, LOST.host)
+    assert unreached is not None and "could not be reached" in (unreached.proposal.message or "")
