@@ -12,11 +12,15 @@ written in it; the test moves the run to Running and Completed as the engine wou
 - an agent cut off from the server while its peer adopts its containers lets them run when it
   is back, and no run's end is reported twice;
 - the daemon restarting under a running container ends its run Crashed with what happened,
-  once, and the agent goes on serving runs on the daemon that is back.
+  once, and the agent goes on serving runs on the daemon that is back; a daemon gone for longer
+  than the kind waits ends the wait saying it went away, and a container stopped by someone
+  else (`docker stop`) is not blamed on the daemon.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,8 @@ from typing import Any
 import docker
 import pytest
 
+from actors.edges.docker_kind import ContainerJob, DockerKind
+from actors.edges.infrastructure import ExitStatus
 from examples.harness.agent_status import StatusUnavailableError, find_node
 from examples.harness.docker_daemon import DockerDaemon
 from examples.harness.flow_image import ImageBuild
@@ -37,7 +43,11 @@ from tests.integration.helpers import (
     infrastructure_pid,
     run_agent_with_status,
 )
+from tests.integration.test_docker_kind import block_source
+from tests.integration.test_docker_kind import run as kind_run
 from tests.integration.test_docker_runs import (  # noqa: F401 - `daemon` is a fixture
+    SESSION,
+    TEST_LABEL,
     container_of,
     daemon,
     deploy_container,
@@ -210,6 +220,7 @@ def test_a_peer_on_the_same_daemon_adopts_a_killed_agents_containers(
     assert peer.metric("prefect_agent_runs_finished_total", outcome="cancelled") == 0
 
     _sigkill(lost)
+    killed_at = time.monotonic()
     set_run_state(api_url, lost_cancel, "CANCELLING", "Cancelling")  # asked of a dead agent
 
     def adopted(run: str) -> bool:
@@ -219,6 +230,7 @@ def test_a_peer_on_the_same_daemon_adopts_a_killed_agents_containers(
         )
 
     wait_for(lambda: adopted(crashing) and adopted(cancelled), 3 * LOST + 30, "the adoption")
+    print(f"adopted {time.monotonic() - killed_at:.1f}s after the agent was killed")
     wait_for(
         lambda: peer.metric("prefect_agent_runs_recovered_total", kind="adopted") == 2,
         10,
@@ -342,3 +354,56 @@ def test_an_agent_cut_off_and_back_leaves_the_containers_its_peer_adopted_alone(
             assert _final_states(api, run) == ["CRASHED"], history(api, run)
             state = _container_state(daemon, api, run)
             assert state is not None and state["ExitCode"] == code, state  # never killed
+
+
+def _waited(job: ContainerJob) -> tuple[threading.Thread, list[ExitStatus]]:
+    """The job's wait, in a thread of its own (as the supervisor's helper makes it)."""
+    status: list[ExitStatus] = []
+    waiter = threading.Thread(target=lambda: status.append(job.wait()), daemon=True)
+    waiter.start()
+    return waiter, status
+
+
+def test_a_daemon_gone_for_longer_than_the_kind_waits_ends_the_wait_saying_so(
+    docker_daemon: DockerDaemon,
+    daemon: Any,  # noqa: F811
+    plain_image: ImageBuild,
+) -> None:
+    if not docker_daemon.private:
+        pytest.skip("the test stops its own daemon, not the machine's")
+    kind = DockerKind(docker_daemon.environ, daemon_return_seconds=1.0)
+    try:
+        source = block_source(kind, kind_run(), image=plain_image.tag, command=["sleep", "300"])
+        source.block.data["labels"][TEST_LABEL] = SESSION  # type: ignore[union-attr]
+        job = kind.create(kind.prepare(source))
+        job.start()
+        waiter, status = _waited(job)
+        docker_daemon.restart(down_seconds=4.0)  # away longer than the kind waits
+        waiter.join(60)
+        assert status, "the wait did not end"
+        assert status[0].cause is not None and "went away while the container ran" in (
+            status[0].cause
+        ), status
+    finally:
+        kind.close()
+
+
+def test_a_container_stopped_from_outside_the_agent_is_not_blamed_on_the_daemon(
+    docker_daemon: DockerDaemon,
+    daemon: Any,  # noqa: F811
+    plain_image: ImageBuild,
+) -> None:
+    kind = DockerKind(docker_daemon.environ)
+    try:
+        source = block_source(kind, kind_run(), image=plain_image.tag, command=["sleep", "300"])
+        source.block.data["labels"][TEST_LABEL] = SESSION  # type: ignore[union-attr]
+        job = kind.create(kind.prepare(source))
+        job.start()
+        waiter, status = _waited(job)
+        daemon.api.stop(job.container_id, timeout=1)  # an operator's `docker stop`
+        waiter.join(60)
+        assert status and status[0].code in (137, 143), status
+        assert "stopped from outside the agent (signal" in (status[0].cause or ""), status
+        assert "daemon" not in (status[0].cause or ""), status
+    finally:
+        kind.close()
