@@ -89,16 +89,6 @@ from messages.wire.prefect import (
 
 log = logging.getLogger("prefect_actor_agent.recovery")
 
-
-def _kill_quietly(job: RunJob, run_id: str) -> None:
-    """The grace after a stop passed: killed if it still runs."""
-    try:
-        if job.grace_over():
-            log.warning("flow run %s: %s outlived the grace period; killed it", run_id, job.label)
-    except Exception as exc:  # noqa: BLE001 - the daemon's trouble, said once
-        log.warning("flow run %s: could not kill %s: %s", run_id, job.label, exc)
-
-
 PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
 
 
@@ -431,3 +421,12 @@ class Recovery(PeriodicChild):
         if self.declared:
             detail["lost peers"] = ", ".join(sorted(self.declared))
         return detail
+
+
+def _kill_quietly(job: RunJob, run_id: str) -> None:
+    """The grace after a stop passed: killed if it still runs."""
+    try:
+        if job.grace_over():
+            log.warning("flow run %s: %s outlived the grace period; killed it", run_id, job.label)
+    except Exception as exc:  # noqa: BLE001 - the daemon's trouble, said once
+        log.warning("flow run %s: could not kill %s: %s", run_id, job.label, exc)
