@@ -13,6 +13,10 @@ What this kind does differently from Prefect's DockerContainer, and why:
   and `State.OOMKilled` from an inspect after it, and only then, in `after_exit`, is the
   container removed (when the block asked for `auto_remove`). Prefect lost exit codes to that
   race (PrefectHQ/prefect#6648).
+- A daemon that stops answering while a container runs (a restart, an upgrade) is waited for
+  (`DAEMON_RETURN_SECONDS`): back, the container's end is read as usual (its code, with "the
+  Docker daemon restarted while the container ran"), or it is watched on if it still runs
+  (live restore); gone for good, the run ends with "the Docker daemon went away".
 - A pull's streamed errors are errors (docker/docker-py#2286: a failed pull that looked fine
   ran a stale image); credentials are sent with the pull only, and only when it pulls.
 
@@ -28,12 +32,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 import docker
 import docker.errors
+import requests
 
 from actors.edges.infrastructure import ExitStatus, Infrastructure, Reach, RunJob, RunSource
 from actors.rules.docker_spec import (
@@ -55,6 +61,15 @@ LOG_DRAIN_SECONDS = 5.0
 # Each running container holds a connection while it is waited for, and one more while its
 # output is streamed: a pool as small as docker-py's default (10) would drop and reopen them.
 MAX_POOL_SIZE = 64
+# A daemon that stops answering while containers run is waited for this long (a restart, an
+# upgrade) before their runs are ended as "the daemon went away"; polled this often.
+DAEMON_RETURN_SECONDS = 60.0
+DAEMON_POLL_SECONDS = 0.5
+# A container killed from outside the agent: the daemon shutting down does it (dockerd stops its
+# containers, answering their waits, then goes, within its --shutdown-timeout, 15 s by default),
+# and so does an operator's `docker stop`. Watched this long to tell them apart.
+OUTSIDE_STOP_WINDOW_SECONDS = 20.0
+EVENTS_LOOKBACK_SECONDS = 7 * 24 * 3600
 
 
 def agent_prefect_version() -> str | None:
@@ -95,6 +110,7 @@ class DockerKind:
     kind = "docker"
     block_types = ("docker-container",)
     pool_types = ("docker",)
+    outlives_agents = True  # a container is its daemon's: peers adopt it (`kinds`)
 
     def __init__(
         self,
@@ -102,7 +118,9 @@ class DockerKind:
         *,
         timeout: int = 60,
         output: TextIO | None = None,
+        daemon_return_seconds: float = DAEMON_RETURN_SECONDS,
     ) -> None:
+        self.daemon_return_seconds = daemon_return_seconds
         self._environ = dict(os.environ if environ is None else environ)
         self._timeout = timeout
         self._output = output
@@ -152,6 +170,48 @@ class DockerKind:
                 where=where,
             )
             return self._info
+
+    def where(self) -> str:
+        """Where the daemon is (the client's base URL once connected), for messages."""
+        info = self._info
+        return (
+            info.where
+            if info is not None
+            else (self._environ.get("DOCKER_HOST") or "the default Docker socket")
+        )
+
+    def answers_again(self) -> bool:
+        """After the daemon stopped answering a container's watcher: whether it answers again
+        within `daemon_return_seconds` (a restart), polled every half second; False: it went
+        away. Blocks: a watcher's helper calls it, never an inbox."""
+        deadline = time.monotonic() + self.daemon_return_seconds
+        while True:
+            with contextlib.suppress(
+                requests.exceptions.RequestException, OSError, docker.errors.DockerException
+            ):
+                if self.client().api.ping():
+                    log.info("the Docker daemon at %s answers again", self.where())
+                    return True
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "the Docker daemon at %s did not answer again within %.0fs",
+                    self.where(),
+                    self.daemon_return_seconds,
+                )
+                return False
+            time.sleep(DAEMON_POLL_SECONDS)
+
+    def stops_answering(self, within: float) -> bool:
+        """Whether the daemon stops answering within `within` seconds (it is shutting down:
+        it stops its containers first, answering their waits, then goes); polled."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                self.client().api.ping()
+            except (requests.exceptions.RequestException, OSError, docker.errors.DockerException):
+                return True
+            time.sleep(DAEMON_POLL_SECONDS / 2)
+        return False
 
     def close(self) -> None:
         with self._lock:
@@ -395,6 +455,7 @@ class ContainerJob:
         self._mem_limit_text = mem_limit_text
         self._started = started
         self._streamer: threading.Thread | None = None
+        self._signalled = False  # the agent sent it a signal (a cancel, a stop, a kill)
 
     @property
     def infrastructure_pid(self) -> str | None:
@@ -466,20 +527,81 @@ class ContainerJob:
                 return ExitStatus(None, "the container is gone")
             if state.get("Status") == "created":
                 return ExitStatus(None, "the container was never started")
-        try:
-            answer = api.wait(self.container_id, timeout=None)
-        except docker.errors.NotFound:
-            return ExitStatus(None, "the container was removed before its exit was read")
+        restarted = False  # the daemon stopped answering while the container ran, and came back
+        while True:
+            try:
+                answer = api.wait(self.container_id, timeout=None)
+                break
+            except docker.errors.NotFound:
+                gone = "the container was removed before its exit was read"
+                if restarted:
+                    gone += " (after the Docker daemon restarted)"
+                return ExitStatus(None, gone)
+            except (requests.exceptions.RequestException, OSError, docker.errors.APIError) as exc:
+                if isinstance(exc, docker.errors.APIError) and not exc.is_server_error():
+                    raise
+                where = self._kind.where()
+                log.warning(
+                    "%s: the Docker daemon at %s stopped answering while it ran (%s); waiting "
+                    "up to %.0fs for the daemon to answer again",
+                    self.label,
+                    where,
+                    _short(exc),
+                    self._kind.daemon_return_seconds,
+                )
+                if not self._kind.answers_again():
+                    return ExitStatus(
+                        None, f"the Docker daemon at {where} went away while the container ran"
+                    )
+                restarted = True
+                api = self._api()
         code = answer.get("StatusCode")
         error = (answer.get("Error") or {}).get("Message")
         if self._streamer is not None:
             self._streamer.join(LOG_DRAIN_SECONDS)
         cause = error or None
-        state = self._state()
+        try:
+            state = self._state()
+        except (requests.exceptions.RequestException, OSError, docker.errors.APIError):
+            state = None  # the daemon went as the container ended: its code is known
         if state is not None and state.get("OOMKilled"):
             limit = f" (mem_limit {self._mem_limit_text})" if self._mem_limit_text else ""
             cause = f"out of memory{limit}"
+        if code and not restarted and not self._signalled:
+            outside = self._killed_from_outside()
+            if outside is not None:
+                # dockerd stopping answers the wait before it goes: which was it?
+                where = self._kind.where()
+                if not self._kind.stops_answering(OUTSIDE_STOP_WINDOW_SECONDS):
+                    cause = f"stopped from outside the agent ({outside}, not by the agent)"
+                elif self._kind.answers_again():
+                    restarted = True
+                else:
+                    gone = f"the Docker daemon at {where} went away while the container ran"
+                    return ExitStatus(int(code), gone)
+        if restarted:
+            restart = "the Docker daemon restarted while the container ran"
+            cause = f"{restart}; {cause}" if cause else restart
         return ExitStatus(None if code is None else int(code), cause)
+
+    def _killed_from_outside(self) -> str | None:
+        """The signals the daemon's events say the container was sent (`docker stop`, `docker
+        kill`, the daemon stopping it as it shuts down), when the agent sent none: "signal 15,
+        then 9"; None when it was sent none (it ended by itself), or the daemon cannot say."""
+        try:
+            events = self._api().events(
+                since=int(time.time()) - EVENTS_LOOKBACK_SECONDS,
+                until=int(time.time()) + 1,
+                filters={"container": self.container_id, "event": "kill"},
+                decode=True,
+            )
+            signals = [
+                str((event.get("Actor") or {}).get("Attributes", {}).get("signal", "?"))
+                for event in events
+            ]
+        except (requests.exceptions.RequestException, OSError, docker.errors.DockerException):
+            return "the daemon stopped answering as it ended"
+        return f"signal {', then '.join(signals)}" if signals else None
 
     def _stop_signal(self) -> str:
         try:
@@ -491,6 +613,7 @@ class ContainerJob:
     def _signal(self, sig: str | int) -> bool:
         if not self.running:
             return False
+        self._signalled = True
         try:
             self._api().kill(self.container_id, signal=sig)
         except docker.errors.NotFound:

@@ -37,6 +37,7 @@ class DockerOnDemand:
     kind = "docker"
     block_types = ("docker-container",)
     pool_types = ("docker",)
+    outlives_agents = True  # a container is its daemon's: peers adopt it (`kinds`)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

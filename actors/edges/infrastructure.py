@@ -110,7 +110,10 @@ class Infrastructure(Protocol):
     `block_types` and `pool_types`, the 2.x block types and the pool types it runs (default:
     `(kind,)`; the Process kind: "process"; a Docker kind: "docker-container" and "docker");
     and `watched(infrastructure_pid) -> bool`, whether a live agent still watches that run's
-    infrastructure, so an earlier life's search leaves it alone (default: no).
+    infrastructure, so an earlier life's search leaves it alone (default: no); and
+    `outlives_agents`, whether its runs' infrastructure belongs to something other than the
+    agent that started it (a daemon), so that a peer reaching it adopts a lost agent's run
+    instead of declaring it Crashed (default: no; the Docker kind: yes).
     """
 
     kind: str  # "process", "docker"

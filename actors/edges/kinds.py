@@ -121,6 +121,15 @@ def watched(infrastructure_pid: str, kinds: Sequence[Infrastructure]) -> bool:
     return bool(ask(infrastructure_pid)) if callable(ask) else False
 
 
+def outlives_agents(infrastructure_pid: str, kinds: Sequence[Infrastructure]) -> bool:
+    """Whether the run's infrastructure belongs to something other than the agent that started
+    it (a container belongs to its daemon): then a peer that reaches it adopts a lost agent's
+    run, and an earlier life takes back only the runs its own claim names. Asked of the kind
+    (its `outlives_agents`; a kind without says no: a process is its agent's)."""
+    kind = kind_of_pid(infrastructure_pid, kinds)
+    return kind is not None and bool(getattr(kind, "outlives_agents", False))
+
+
 def find_unrecorded(flow_run_id: str, kinds: Sequence[Infrastructure]) -> RunJob | None:
     """The run's infrastructure, found by the run's id in every kind (no pid was recorded)."""
     for kind in kinds:

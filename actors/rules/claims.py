@@ -1,4 +1,5 @@
-"""Who holds a run: written into the message of the Pending state that takes it.
+"""Who holds a run: written into the message of the Pending state that takes it (or of the
+state by which a peer adopts a lost agent's run, see `adoption_message`).
 
 The carrier is the Pending state itself, because the server's answer to that proposal is the
 lock: the state that wins is the claim, with no second write that could fail or race. A person
@@ -25,6 +26,20 @@ def claim_message(identity: AgentIdentity) -> str:
     """The Pending state's message: a sentence for people, a bracket for agents."""
     return (
         f"Taken by agent {identity.name!r} on host {identity.host!r}. "
+        f"[claim agent={identity.name} instance={identity.instance} host={identity.host}"
+        + (f" pid={identity.pid}" if identity.pid is not None else "")
+        + "]"
+    )
+
+
+def adoption_message(identity: AgentIdentity, lost: str, pid: str) -> str:
+    """The message of the state by which a peer adopts a lost agent's run whose infrastructure
+    lives on within its reach (a container of a daemon both reach): a sentence for people, the
+    adopter's claim for agents (the fence of the lost agent, back after a partition, reads it
+    and lets the run go without touching its infrastructure)."""
+    return (
+        f"Adopted by agent {identity.name!r} on host {identity.host!r}: agent {lost!r}, which "
+        f"started it, is lost; its infrastructure {pid} runs on and is watched by the adopter. "
         f"[claim agent={identity.name} instance={identity.instance} host={identity.host}"
         + (f" pid={identity.pid}" if identity.pid is not None else "")
         + "]"

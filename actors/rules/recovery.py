@@ -14,6 +14,13 @@ infrastructure pid recorded) goes back to its queue, Scheduled and due now, with
 id derived from the run's Pending state, so that the same hand-back sent by two peers is
 recognised by the server as one. (A kind that records its pid before the start, a container,
 is taken as started once recorded: Crashed, never run twice.)
+
+A run whose infrastructure outlives its agent and is within this peer's reach (a container of
+a daemon both agents reach: the same daemon id in its pid) is adopted instead (`adoption_for`):
+a Running state whose message carries the adopter's claim, proposed with a transition id every
+peer derives alike, so one peer wins; the winner then watches the infrastructure to its end and
+reports it. The claim is what the lost agent's fence reads when it comes back: the run is not
+its own any more, and its infrastructure is a peer's to watch, not to kill.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from actors.rules.claims import parse_claim
+from actors.rules.claims import adoption_message, parse_claim
 from actors.rules.identity import AgentIdentity
 from messages.wire.prefect import (
     CANCELLED,
@@ -40,7 +47,7 @@ from messages.wire.prefect import (
     Worker,
 )
 
-RecoveryKind = Literal["crashed", "handed-back", "cancelled"]
+RecoveryKind = Literal["crashed", "handed-back", "cancelled", "adopted"]
 _TRANSITIONS = uuid.UUID("5b0f1a6e-54a1-4b7e-9a43-2c6f0f5e8d11")  # namespace of our ids
 
 
@@ -81,19 +88,44 @@ def may_declare_lost(streak_seconds: float | None, lost_after: float) -> bool:
 
 
 def latest_claim(states: Iterable[State]) -> tuple[State, AgentIdentity] | None:
-    """The Pending state that took the run last, and the claim it carries."""
+    """The state that took the run last (its Pending, or a peer's adoption after it), and the
+    claim it carries."""
     found = None
     for state in states:
+        claim = parse_claim(state.message)
         if state.type == PENDING:
-            claim = parse_claim(state.message)
             found = (state, claim) if claim is not None else None
+        elif claim is not None and found is not None:  # an adoption of a claimed run
+            found = (state, claim)
     return found
 
 
-def recovery_for(
-    run: FlowRun, claim_state: State, lost: LostAgent, host: str
+def adopted(claim_state: State) -> bool:
+    """Whether a claim was made by adopting a run (its infrastructure runs on, watched by the
+    claimant), not by taking it Pending."""
+    return claim_state.type != PENDING
+
+
+def adoption_for(
+    run: FlowRun, claim_state: State, lost: LostAgent, me: AgentIdentity
 ) -> RecoveryAction | None:
-    """What to propose for a run that a lost agent held (None: nothing, it has moved on)."""
+    """A lost agent's run whose recorded infrastructure this agent reaches: adopted, Running
+    with this agent's claim (None: it is not Pending or Running any more). The transition id
+    is every peer's for this claim, so the server takes one adoption and refuses the rest."""
+    state = run.state
+    if state is None or state.type not in (PENDING, RUNNING) or not run.infrastructure_pid:
+        return None
+    tid = transition_id(run.id, claim_state.id or "", "ADOPTED")
+    message = adoption_message(me, lost.name, run.infrastructure_pid)
+    return RecoveryAction("adopted", _proposal(RUNNING, "Running", message, tid))
+
+
+def recovery_for(
+    run: FlowRun, claim_state: State, lost: LostAgent, host: str, reached: bool = False
+) -> RecoveryAction | None:
+    """What to propose for a run that a lost agent held (None: nothing, it has moved on);
+    `reached`: its recorded infrastructure is within this peer's reach (a container of the
+    same daemon), so a Cancelling one is stopped by this peer once Cancelled."""
     state = run.state
     if state is None:
         return None
@@ -103,6 +135,12 @@ def recovery_for(
     cancelling = state.type == CANCELLING or (
         state.type == CANCELLED and state.name == "Cancelling"
     )
+    if cancelling and reached:
+        message = (
+            f"Cancelled by a peer agent: the run was held by {who}, a lost agent; its "
+            f"infrastructure {run.infrastructure_pid} is within the peer's reach and is stopped."
+        )
+        return RecoveryAction("cancelled", _proposal(CANCELLED, "Cancelled", message, tid))
     if cancelling:
         message = (
             f"Cancelled by a peer agent: the run's infrastructure was on a lost host ({who}) "

@@ -82,11 +82,22 @@ def before_start(stop: Cancel | Interrupt | Relinquish) -> Ending:
     )
 
 
-def unknown_exit(state_type: str | None, cause: str) -> Ending:
-    """A process watched by pid ended; its exit code is unknowable, the server's state is not:
-    a final state the engine reported is the truth; otherwise the run crashed, for `cause`."""
+def unknown_exit(state_type: str | None, cause: str, code: int | None = None) -> Ending:
+    """Infrastructure watched by pid ended; its exit code is unknowable (or known, `code`, but
+    found rather than watched from the start: it says nothing of the run's end), the server's
+    state is not: a final state the engine reported is the truth; otherwise the run crashed,
+    for `cause`."""
     if state_type in FINAL_TYPES:
         return Ending("exited", f"ended {state_type}")
+    if code is not None:
+        return Ending(
+            "crashed",
+            f"exit code {code}",
+            crashed(
+                f"The run's infrastructure exited with code {code} without reporting a final "
+                f"state; {cause}."
+            ),
+        )
     return Ending(
         "crashed",
         "exit code unknown",

@@ -92,7 +92,8 @@ class AgentMetrics:
         )
         self.runs_recovered = Counter(
             "prefect_agent_runs_recovered",
-            "Runs of lost peers this agent recovered, by kind (crashed, handed-back, cancelled)",
+            "Runs of lost peers this agent recovered, by kind "
+            "(crashed, handed-back, cancelled, adopted)",
             ["kind"],
             registry=self.registry,
         )
@@ -123,7 +124,7 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.set_event_mode("off")
-        for kind in ("crashed", "handed-back", "cancelled"):
+        for kind in ("crashed", "handed-back", "cancelled", "adopted"):
             self.runs_recovered.labels(kind=kind)
         for result in ("sent", "failed"):
             self.heartbeats.labels(result=result)

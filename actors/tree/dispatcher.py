@@ -137,8 +137,10 @@ class Dispatcher(PermanentChild):
                 self._finished(message)
             case SupervisorFailed():
                 self._supervisor_failed(message)
-            case SuperviseLeftRun(flow_run_id=run_id, pid=pid) if run_id not in self.held:
-                self._supervise(run_id, LeftByEarlierLife(pid))
+            case SuperviseLeftRun(flow_run_id=run_id, pid=pid, peer=peer) if (
+                run_id not in self.held
+            ):
+                self._supervise(run_id, LeftByEarlierLife(pid, peer))
             case Cancel(flow_run_id=run_id):
                 self._cancel(message, run_id)
             case Relinquish(flow_run_id=run_id):

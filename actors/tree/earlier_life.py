@@ -6,8 +6,9 @@ had taken (Pending, its claim in the state) but never recorded a pid for. At sta
 every queue matched later, the Agent has them looked for here (`FindEarlierLifeRuns`):
 
 - a run whose recorded infrastructure is within reach (the kind's `reach`) and no other live
-  agent's is taken over: the Dispatcher supervises it by that pid to its end, or reports it
-  Crashed if it is gone (`SuperviseLeftRun`);
+  agent's (for a container, whose daemon other agents may share: its claim names an earlier
+  instance of this agent, or nobody) is taken over: the Dispatcher supervises it by that pid
+  to its end, or reports it Crashed if it is gone (`SuperviseLeftRun`);
 - a run left Pending with no pid recorded, whose claim names an earlier instance of this agent
   on this host (whose process is gone), is taken over if its infrastructure is found by the
   run's id (the kinds' `find`), and otherwise goes back to its queue, Scheduled, by the same
@@ -31,7 +32,7 @@ from typing import Any
 
 import pykka
 
-from actors.edges.kinds import find_unrecorded, reach, watched
+from actors.edges.kinds import find_unrecorded, outlives_agents, reach, watched
 from actors.edges.processes import process_alive
 from actors.rules.identity import AgentIdentity
 from actors.rules.reconcile import left_behind
@@ -89,11 +90,15 @@ class EarlierLife:
         runs = self.api.runs_in_states(list(queue_names), [PENDING, RUNNING], pool)
         kinds = self.ctx.infrastructures
         found = LeftBehind(
-            recorded=left_behind(
-                runs,
-                here=lambda pid: reach(pid, kinds) == "here",
-                watched=lambda pid: watched(pid, kinds),
-            )
+            recorded=[
+                run
+                for run in left_behind(
+                    runs,
+                    here=lambda pid: reach(pid, kinds) == "here",
+                    watched=lambda pid: watched(pid, kinds),
+                )
+                if self._not_a_peers(run)
+            ]
         )
         for run in runs:
             if run.infrastructure_pid or run.state is None or run.state.type != PENDING:
@@ -106,6 +111,17 @@ class EarlierLife:
             if pid is None or not watched(pid, kinds):
                 found.unrecorded.append((run, claimed[0], pid))
         return found
+
+    def _not_a_peers(self, run: FlowRun) -> bool:
+        """A run whose infrastructure outlives its agent (a container of a daemon other agents
+        may share) is an earlier life's only when its claim says so: a live peer's run is the
+        peer's, and a lost peer's is the Recovery's to adopt. (A process within reach is on
+        this host, and its kind says whether a live agent watches it.)"""
+        pid = run.infrastructure_pid
+        if not pid or not outlives_agents(pid, self.ctx.infrastructures):
+            return True
+        claimed = latest_claim(self.api.read_flow_run_states(run.id))
+        return claimed is None or self._earlier_life(claimed[1])
 
     def _earlier_life(self, claim: AgentIdentity) -> bool:
         """A claim of an instance of this agent on this host whose process is gone (another

@@ -8,12 +8,16 @@ after a server outage nobody recovers anything until the survivors have proved t
 for a full window. The lost peer's runs in this agent's queues of that pool (a peer is judged
 by its row in each pool, and recovered from there), found by the claim their
 Pending state carries, are then proposed Crashed, handed back (Scheduled, due now) or
-Cancelled; the server's answer decides which of several peers did it.
+Cancelled; the server's answer decides which of several peers did it. A run whose
+infrastructure outlives its agent and is within this agent's reach (a container of the daemon
+this agent uses) is adopted instead: Running with this agent's claim, then supervised here by
+its pid to its end (`SuperviseLeftRun`), its exit reported, cancellable as any run here.
 
 After this agent was cut off from the server (the Heartbeat's renewal that ends a break says
 so: `LeaseChanged.reconnected`), it asks the Dispatcher which runs it holds and reads each on
 the server: a run a peer recovered meanwhile is relinquished at once (its process group
-killed, nothing reported). It checks again one heartbeat interval later, for a recovery a peer
+killed, nothing reported; a run a peer adopted is let go without touching its container, which
+the peer watches). It checks again one heartbeat interval later, for a recovery a peer
 had under way when the partition healed, and at every round until a check gets through.
 
 It also tells the Dispatcher who the live peers are (`Peers`: each pool's ONLINE workers,
@@ -37,6 +41,8 @@ from typing import Any
 
 import pykka
 
+from actors.edges.infrastructure import RunJob
+from actors.edges.kinds import kind_of_pid, outlives_agents, reach
 from actors.edges.prefect_api import ApiError
 from actors.edges.served_pools import refused
 from actors.rules.claims import parse_claim
@@ -44,6 +50,8 @@ from actors.rules.identity import AgentIdentity
 from actors.rules.pools import queues_by_pool
 from actors.rules.recovery import (
     LostAgent,
+    adopted,
+    adoption_for,
     latest_claim,
     lost_agents,
     may_declare_lost,
@@ -65,6 +73,7 @@ from messages.internal.dispatch import (
 )
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
+    SuperviseLeftRun,
     WatchedQueue,
     WatchedQueues,
 )
@@ -245,13 +254,14 @@ class Recovery(PeriodicChild):
                 self._recover_run(run, claim, claim_state, peer)
 
     def _claim(self, run: FlowRun) -> tuple[AgentIdentity, State] | None:
-        """The claim of the run's latest Pending (read once per Pending: it never changes)."""
-        state_id = run.state.id if run.state is not None and run.state.type == PENDING else None
+        """The claim of the run's latest Pending, or of a peer's adoption after it (read once
+        per state of the run: a claim only changes with the state)."""
+        state_id = run.state.id if run.state is not None else None
         cached = self.claims.get(run.id)
         if cached is None or (state_id is not None and cached[0] != state_id):
             found = latest_claim(self.api.read_flow_run_states(run.id))
             cached = (
-                found[0].id if found else None,
+                state_id,
                 found[1] if found else None,
                 found[0] if found else None,
             )
@@ -267,7 +277,10 @@ class Recovery(PeriodicChild):
         fresh = self.api.read_flow_run(run.id)  # what it is now, just before proposing
         if fresh.state is None or run.state is None or fresh.state.id != run.state.id:
             return
-        action = recovery_for(fresh, claim_state, peer, claim.host)
+        reached = self._reached(fresh)
+        action = (
+            adoption_for(fresh, claim_state, peer, self.ctx.identity) if reached else None
+        ) or recovery_for(fresh, claim_state, peer, claim.host, reached)
         if action is None:
             return
         result = self.api.set_state(run.id, action.proposal, force=action.force)
@@ -289,6 +302,52 @@ class Recovery(PeriodicChild):
             fresh.state.type,
             peer.last_heartbeat.isoformat(timespec="seconds"),
         )
+        if action.kind == "cancelled" and reached:
+            self._stop_reached(run.id, fresh.infrastructure_pid or "")
+        if action.kind == "adopted":
+            pid = fresh.infrastructure_pid
+            log.warning(
+                "flow run %s: its infrastructure %s runs on within this agent's reach: "
+                "watching it to its end",
+                run.id,
+                pid,
+            )
+            if not self.tell_dispatcher(SuperviseLeftRun(run.id, pid, claim.name)):
+                log.warning(
+                    "flow run %s: adopted, but the Dispatcher is being restarted; the next "
+                    "start of this agent takes it over",
+                    run.id,
+                )
+
+    def _reached(self, run: FlowRun) -> bool:
+        """Whether the run's infrastructure outlives its agent (a container) and this agent
+        reaches it (the same daemon): then it is adopted, or stopped if it is being cancelled,
+        rather than recovered as a lost host's run is."""
+        pid = run.infrastructure_pid
+        kinds = self.ctx.infrastructures
+        return pid is not None and outlives_agents(pid, kinds) and reach(pid, kinds) == "here"
+
+    def _stop_reached(self, run_id: str, pid: str) -> None:
+        """A lost peer's run Cancelled here, its container within reach: stopped as a Cancel
+        stops one (its stop signal, then a kill after the grace), off this inbox."""
+        kind = kind_of_pid(pid, self.ctx.infrastructures)
+        if kind is None:
+            return
+        grace = self.ctx.settings.cancel_grace_seconds
+        pool, clock = self.ctx.infra_calls, self.ctx.clock
+
+        def stop() -> None:
+            try:
+                job = kind.find(run_id, pid)
+                if job is None or not job.terminate():
+                    return
+            except Exception as exc:  # noqa: BLE001 - the daemon's trouble, said once
+                log.warning("flow run %s: could not stop its container %s: %s", run_id, pid, exc)
+                return
+            log.info("flow run %s: stopping %s (killed after %.0fs)", run_id, job.label, grace)
+            clock.call_later(grace, lambda: pool.submit(lambda: _kill_quietly(job, run_id)))
+
+        pool.submit(stop)
 
     # -- the live peers ----------------------------------------------------------------------------
 
@@ -343,11 +402,19 @@ class Recovery(PeriodicChild):
                 if run is None:
                     self._relinquish(run_id, "the server no longer has it")
                     continue
-                claim = self._current_claim(run)
+                claim, by_adoption = self._current_claim(run)
                 if still_ours(run, claim, me):
                     continue
                 state = run.state.type if run.state is not None else "unknown"
                 holder = f"; now held by {claim.name!r}" if claim is not None else ""
+                if by_adoption and claim is not None:
+                    self._relinquish(
+                        run_id,
+                        f"agent {claim.name!r} adopted it while this agent was cut off from "
+                        "the server; its infrastructure runs on, watched there",
+                        kill=False,
+                    )
+                    continue
                 self._relinquish(
                     run_id,
                     f"a peer recovered it while this agent was cut off from the server (it is "
@@ -365,19 +432,20 @@ class Recovery(PeriodicChild):
             )
             self.check_due = True
 
-    def _current_claim(self, run: FlowRun) -> AgentIdentity | None:
-        """The claim of the run's latest Pending: its state's own while it is Pending."""
+    def _current_claim(self, run: FlowRun) -> tuple[AgentIdentity | None, bool]:
+        """The claim of the run's latest Pending (its state's own while it is Pending), or of
+        a peer's adoption after it; and whether it was made by an adoption."""
         state = run.state
         if state is not None and state.type == PENDING:
             claim = parse_claim(state.message)
             if claim is not None:
-                return claim
+                return claim, False
         found = latest_claim(self.api.read_flow_run_states(run.id))
-        return found[1] if found else None
+        return (found[1], adopted(found[0])) if found else (None, False)
 
-    def _relinquish(self, run_id: str, reason: str) -> None:
+    def _relinquish(self, run_id: str, reason: str, kill: bool = True) -> None:
         self.last_action = f"relinquished flow run {run_id} at {time.strftime('%H:%M:%S')}"
-        self.tell_dispatcher(Relinquish(run_id, reason))
+        self.tell_dispatcher(Relinquish(run_id, reason, kill))
 
     # -- the tree ----------------------------------------------------------------------------------
 
@@ -388,3 +456,12 @@ class Recovery(PeriodicChild):
         if self.declared:
             detail["lost peers"] = ", ".join(sorted(self.declared))
         return detail
+
+
+def _kill_quietly(job: RunJob, run_id: str) -> None:
+    """The grace after a stop passed: killed if it still runs."""
+    try:
+        if job.grace_over():
+            log.warning("flow run %s: %s outlived the grace period; killed it", run_id, job.label)
+    except Exception as exc:  # noqa: BLE001 - the daemon's trouble, said once
+        log.warning("flow run %s: could not kill %s: %s", run_id, job.label, exc)

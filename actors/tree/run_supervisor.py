@@ -40,13 +40,15 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import pykka
 
 from actors.edges.infrastructure import Infrastructure, RunJob
-from actors.edges.kinds import kind_for, kind_of_pid
+from actors.edges.kinds import kind_for, kind_of_pid, outlives_agents
 from actors.edges.prefect_api import ApiError
 from actors.edges.run_infrastructure import read_run_source
 from actors.rules import run_ending
 from actors.rules.claims import claim_message, worker_labels
+from actors.rules.identity import AgentIdentity
 from actors.rules.infrastructure import SubmissionError
 from actors.rules.proposals import accepted_as, failed, pending, refusal, rescheduled
+from actors.rules.recovery import latest_claim
 from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
@@ -72,6 +74,7 @@ from messages.wire.prefect import (
     ApiDecodeError,
     FlowRun,
     OrchestrationResult,
+    State,
     StateProposal,
 )
 
@@ -543,6 +546,16 @@ class RunSupervisor(pykka.ThreadingActor):
             return
         self.stop_request = request
         job = self.job
+        if not request.kill and job is not None:
+            # A peer adopted it: its infrastructure runs on, the peer's to watch and report.
+            log.warning(
+                "flow run %s: %s; no longer watching %s, left as it is",
+                self.run_id,
+                request.reason,
+                job.label,
+            )
+            self._finish("relinquished", request.reason)
+            return
         if job is None or self.pid is None:
             log.warning("flow run %s: %s; it will not start", self.run_id, request.reason)
             if self.creating:  # what is being made is removed as it comes back
@@ -618,9 +631,34 @@ class RunSupervisor(pykka.ThreadingActor):
             )
             self._finish("not-submitted", f"out of reach: {pid}")
             return
+        if isinstance(plan, CancelUnheld) and outlives_agents(pid, self.kinds):
+            # A daemon may be shared: a container another agent claimed is that agent's to
+            # cancel (or, that agent lost, its peers' Recovery's), never this one's too.
+            def claimed(found: tuple[State, AgentIdentity] | None) -> None:
+                holder = found[1].name if found is not None else None
+                if holder is None or holder == self.ctx.identity.name:
+                    self._find(run, pid, kind, handed is not None)
+                    return
+                log.info(
+                    "flow run %s: its container %s is agent %r's (its claim): leaving the "
+                    "cancel to it",
+                    self.run_id,
+                    pid,
+                    holder,
+                )
+                self._finish("not-submitted", f"held by agent {holder!r}")
 
+            self._call(
+                lambda: latest_claim(self.api.read_flow_run_states(self.run_id)),
+                claimed,
+                lambda exc: self._unreachable(f"its claim could not be read ({exc})"),
+            )
+            return
+        self._find(run, pid, kind, handed is not None)
+
+    def _find(self, run: FlowRun, pid: str, kind: Infrastructure, handed: bool) -> None:
         def found(job: RunJob | None) -> None:
-            self._found(run, pid, job, handed is not None)
+            self._found(run, pid, job, handed)
 
         def unfindable(exc: Exception) -> None:
             self._unreachable(f"its infrastructure {pid} could not be looked for ({exc})")
@@ -676,29 +714,37 @@ class RunSupervisor(pykka.ThreadingActor):
         for done in ended.cleaned:
             log.info("flow run %s: after its end, %s", self.run_id, done)
         ending = run_ending.after_exit(code, self.stop_request, ended.cause)
+        if ending.outcome == "exited" and not self.started_here and self.stop_request is None:
+            # Exit 0 of what this supervisor found (after a restart, from a lost peer): the
+            # engine reported the run's end, or nobody did; the server's state says which.
+            ending = run_ending.Ending("crashed", "exit code 0", ask_server=True)
         if ending.ask_server:
-            self._ended_unwatched()
+            self._ended_unwatched(ended.cause, code)
             return
         if ending.outcome == "crashed" and ending.report is not None:
             log.warning("flow run %s crashed: %s", self.run_id, ending.report.message)
         self._report(ending)
 
-    def _ended_unwatched(self) -> None:
-        """Infrastructure watched by pid ended: its exit code is unknowable, so the server's state
-        decides (see `run_ending.unknown_exit`)."""
+    def _ended_unwatched(self, cause: str | None = None, code: int | None = None) -> None:
+        """Infrastructure watched by pid ended: its exit code is unknowable (or said nothing
+        of the run's end), so the server's state decides (see `run_ending.unknown_exit`); the
+        kind's `cause` when it knows one (the daemon went away)."""
         self.reporting = True
-        cause = self._cause_of_unknown_exit()
+        cause = cause or self._cause_of_unknown_exit()
 
         def decide(run: FlowRun) -> None:
-            self._report_unknown_exit(run.state.type if run.state is not None else None, cause)
+            state = run.state.type if run.state is not None else None
+            self._report_unknown_exit(state, cause, code)
 
         def unreadable(exc: Exception) -> None:
-            self._report_unknown_exit(None, cause)
+            self._report_unknown_exit(None, cause, code)
 
         self._call(lambda: self.api.read_flow_run(self.run_id), decide, unreadable)
 
-    def _report_unknown_exit(self, state_type: str | None, cause: str) -> None:
-        ending = run_ending.unknown_exit(state_type, cause)
+    def _report_unknown_exit(
+        self, state_type: str | None, cause: str, code: int | None = None
+    ) -> None:
+        ending = run_ending.unknown_exit(state_type, cause, code)
         if ending.report is not None:
             log.warning("flow run %s: %s", self.run_id, ending.report.message)
         self.reporting = False
@@ -707,6 +753,8 @@ class RunSupervisor(pykka.ThreadingActor):
     def _cause_of_unknown_exit(self) -> str:
         if isinstance(self.plan, LeftByFailedSupervisor):
             return f"its supervisor in the agent had failed ({self.plan.failure})"
+        if isinstance(self.plan, LeftByEarlierLife) and self.plan.peer is not None:
+            return f"agent {self.plan.peer!r}, which started it, was lost"
         if isinstance(self.plan, LeftByEarlierLife):
             return "the agent that started it had stopped unexpectedly and lost it"
         if self.started_here:

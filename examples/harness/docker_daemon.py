@@ -273,6 +273,7 @@ class DockerDaemon:
         self._log: IO[bytes] | None = None
         self._lock_file: IO[bytes] | None = None
         self._machine_client: docker.DockerClient | None = None
+        self._argv: list[str] = []
 
     # -- what a test needs --------------------------------------------------------------
 
@@ -353,21 +354,45 @@ class DockerDaemon:
         ]  # fmt: skip
         self.base_url = f"unix://{socket_path}"
         self.private = True
-        # Under the subreaper (subreaper.py says why: no zombie shims); in a session of its
-        # own, so a Ctrl-C at the terminal reaches pytest, which stops the daemon in order.
-        self._proc = subprocess.Popen(
-            [sys.executable, str(SUBREAPER), "--", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._argv = argv
+        self._launch()
         try:
             self._wait_ready()
             self._tidy()
         except BaseException:
             self.stop()
             raise
+
+    def _launch(self) -> None:
+        # Under the subreaper (subreaper.py says why: no zombie shims); in a session of its
+        # own, so a Ctrl-C at the terminal reaches pytest, which stops the daemon in order.
+        self._proc = subprocess.Popen(
+            [sys.executable, str(SUBREAPER), "--", *self._argv],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Restart the private daemon as an operator would (`systemctl restart docker`):
+        SIGTERM, so that dockerd stops its running containers itself (SIGTERM, then SIGKILL
+        after its `--shutdown-timeout`), then the same daemon (same data root, same ID) again
+        after `down_seconds`. Containers are kept, stopped; nothing is tidied."""
+        if self._proc is None or self.run_dir is None:
+            raise RuntimeError("only a private daemon this object started can be restarted")
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        _kill_all(_naming(str(self.run_dir / "exec")))
+        if down_seconds:
+            time.sleep(down_seconds)  # the daemon is away this long: the scenario, not a wait
+        self._launch()
+        self._wait_ready()
 
     def _take_data_root(self) -> Path:
         """The first data root whose lock is free (held until `stop()`)."""

@@ -143,7 +143,9 @@ class Relinquish(msgspec.Struct, frozen=True):
     """Told to the Dispatcher (and routed to the run's supervisor) when the server says a run
     this agent holds is no longer its own: a peer recovered it while this agent was cut off.
     Its process group is killed at once (SIGKILL: it is running elsewhere, or ended there) and
-    nothing is reported: the server already holds the truth."""
+    nothing is reported: the server already holds the truth. A run a peer adopted (its
+    container runs on, watched by the peer: `kill` False) is let go untouched."""
 
     flow_run_id: str
     reason: str
+    kill: bool = True

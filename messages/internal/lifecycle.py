@@ -162,11 +162,13 @@ class FindEarlierLifeRuns(msgspec.Struct, frozen=True):
 
 
 class SuperviseLeftRun(msgspec.Struct, frozen=True):
-    """Sent to the Dispatcher for a run found by `FindEarlierLifeRuns`: supervise it by its
-    recorded infrastructure pid to its end, or report it Crashed if it is gone."""
+    """Sent to the Dispatcher for a run found by `FindEarlierLifeRuns`, or adopted from a lost
+    peer by the Recovery: supervise it by its recorded infrastructure pid to its end, or report
+    it Crashed if it is gone."""
 
     flow_run_id: str
     pid: str | None = None  # found by the run's id when none was recorded
+    peer: str | None = None  # adopted from this lost agent (None: an earlier life's run)
 
 
 class GetTree(msgspec.Struct, frozen=True):

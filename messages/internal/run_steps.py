@@ -61,6 +61,7 @@ class LeftByEarlierLife(msgspec.Struct, frozen=True):
     to its end, or report it Crashed when it is gone."""
 
     pid: str | None = None  # its infrastructure pid, found by the run's id (none was recorded)
+    peer: str | None = None  # adopted from this lost agent (None: an earlier life of this one)
 
 
 class LeftByFailedSupervisor(msgspec.Struct, frozen=True):

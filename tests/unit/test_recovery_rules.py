@@ -9,6 +9,8 @@ from actors.rules.identity import AgentIdentity
 from actors.rules.lease import Lease
 from actors.rules.recovery import (
     LostAgent,
+    adopted,
+    adoption_for,
     latest_claim,
     lost_agents,
     may_declare_lost,
@@ -127,3 +129,52 @@ def test_the_latest_pending_claim_decides_whose_a_run_is() -> None:
         id="r", state=State(type="CRASHED", message="Crashed: ... a peer agent declared it lost.")
     )
     assert not still_ours(recovered, ME, ME)
+
+
+def test_a_peer_adopts_a_running_container_and_its_claim_takes_the_run_from_the_lost_agent() -> (
+    None
+):
+    claim_state = _pending(LOST, "s1")
+    pid = "docker:DAEMON:abc"
+    running = FlowRun(id="r", state=State(type="RUNNING", id="s2"), infrastructure_pid=pid)
+    action = adoption_for(running, claim_state, PEER, ME)
+    assert action is not None and action.kind == "adopted" and not action.force
+    assert action.proposal.type == "RUNNING"
+    assert f"Adopted by agent {ME.name!r}" in (action.proposal.message or "")
+    assert pid in (action.proposal.message or "")
+    # Every peer adopting from the same claim proposes the same transition: one wins.
+    again = adoption_for(running, claim_state, PEER, AgentIdentity("c", "inst3", "c"))
+    assert again is not None
+    assert again.proposal.state_details.transition_id == action.proposal.state_details.transition_id
+    # The adoption's claim is the run's latest: the lost agent's fence sees it is not its own,
+    # and that it was adopted (its container is the adopter's to watch, not to kill).
+    adoption = State(type="RUNNING", id="s3", message=action.proposal.message)
+    found = latest_claim([claim_state, State(type="RUNNING", id="s2"), adoption])
+    assert found is not None and found[1] == ME and adopted(found[0])
+    assert not still_ours(running, found[1], LOST)
+    assert still_ours(running, found[1], ME)
+    assert not adopted(claim_state)
+    # A later Pending (a retry taken by someone) is a new claim; a claim-less state is not one.
+    retried = latest_claim([claim_state, adoption, _pending(LOST, "s5")])
+    assert retried is not None and retried[1] == LOST
+    # Nothing to adopt: no pid recorded, or ended.
+    assert adoption_for(FlowRun(id="p", state=claim_state), claim_state, PEER, ME) is None
+    done = FlowRun(id="d", state=State(type="COMPLETED"), infrastructure_pid=pid)
+    assert adoption_for(done, claim_state, PEER, ME) is None
+
+
+def test_a_lost_agents_cancelling_container_within_reach_is_cancelled_and_said_to_be_stopped() -> (
+    None
+):
+    claim_state = _pending(LOST, "s1")
+    cancelling = FlowRun(
+        id="c", state=State(type="CANCELLING", id="s3"), infrastructure_pid="docker:D:abc"
+    )
+    assert adoption_for(cancelling, claim_state, PEER, ME) is None  # never Running again
+    stopped = recovery_for(cancelling, claim_state, PEER, LOST.host, reached=True)
+    assert stopped is not None and stopped.proposal.type == "CANCELLED"
+    assert "docker:D:abc is within the peer's reach and is stopped" in (
+        stopped.proposal.message or ""
+    )
+    unreached = recovery_for(cancelling, claim_state, PEER, LOST.host)
+    assert unreached is not None and "could not be reached" in (unreached.proposal.message or "")

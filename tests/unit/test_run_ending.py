@@ -56,3 +56,10 @@ def test_a_process_that_cannot_be_found_is_cancelled_only_when_a_cancel_asked() 
     asked = run_ending.unreachable_process("no pid was recorded", Cancel("r"))
     assert asked.report is not None and "no pid was recorded" in (asked.report.message or "")
     assert run_ending.unreachable_process("no pid", None).report is None
+
+
+def test_an_exit_0_found_after_the_fact_without_a_final_state_is_crashed_with_its_code() -> None:
+    assert run_ending.unknown_exit("COMPLETED", "x", 0).report is None
+    crashed = run_ending.unknown_exit("RUNNING", "the agent that started it was lost", 0)
+    assert crashed.report is not None and crashed.report.type == "CRASHED"
+    assert "exited with code 0 without reporting" in (crashed.report.message or "")
