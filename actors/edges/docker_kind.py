@@ -25,6 +25,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -55,6 +56,12 @@ LOG_DRAIN_SECONDS = 5.0
 # Each running container holds a connection while it is waited for, and one more while its
 # output is streamed: a pool as small as docker-py's default (10) would drop and reopen them.
 MAX_POOL_SIZE = 64
+# What runc says when a container's command is not in its image, and dockerd when a network
+# the container joins does not exist: both come at start, in words a user must dig out.
+_MISSING_COMMAND = re.compile(
+    r'unable to start container process: exec: "([^"]*)": (.*?)(?:: unknown)?$'
+)
+_MISSING_NETWORK = re.compile(r"^network (\S+) not found$")
 
 
 def agent_prefect_version() -> str | None:
@@ -72,7 +79,7 @@ class DaemonInfo:
     id: str
     os_type: str  # "linux"
     version: str  # "20.10.24"
-    where: str  # the client's base URL, for messages
+    where: str  # DOCKER_HOST, or the client's base URL, for messages
 
     @property
     def host_gateway(self) -> bool:
@@ -133,7 +140,10 @@ class DockerKind:
                     timeout=self._timeout,
                     max_pool_size=MAX_POOL_SIZE,
                 )
-                where = client.api.base_url
+                if "DOCKER_HOST" not in self._environ:
+                    # A socket's base URL is `http+docker://localhost` whichever it is.
+                    base = str(client.api.base_url)
+                    where = "the default Docker socket" if base.startswith("http+docker") else base
                 info = client.info()
             except docker.errors.DockerException as exc:
                 message = f"the Docker daemon at {where} does not answer: {_short(exc)}"
@@ -231,6 +241,7 @@ class DockerKind:
             stream_output=spec.stream_output,
             auto_remove=spec.auto_remove,
             mem_limit_text=spec.mem_limit_text,
+            image=spec.image,
         )
 
     def find(self, flow_run_id: str, infrastructure_pid: str | None) -> ContainerJob | None:
@@ -385,8 +396,10 @@ class ContainerJob:
         auto_remove: bool,
         mem_limit_text: str | None,
         started: bool = False,
+        image: str | None = None,
     ) -> None:
         self._kind = kind
+        self._image = image
         self.container_id = container_id
         self.name = name
         self._pid = format_container_pid(daemon_id, container_id)
@@ -430,7 +443,8 @@ class ContainerJob:
             # "created" for ever: nothing of it is worth keeping, its pid then names nothing.
             with contextlib.suppress(docker.errors.DockerException, OSError):
                 api.remove_container(self.container_id, force=True)
-            raise SubmissionError(f"{self.label} could not start: {_short(exc)}") from None
+            why = _start_failure(_short(exc), self._image, self._kind)
+            raise SubmissionError(f"{self.label} could not start: {why}") from None
         self._started = True
         if self._stream_output:
             self._streamer = threading.Thread(
@@ -535,6 +549,22 @@ class ContainerJob:
             except docker.errors.APIError as exc:
                 done.append(f"{self.label} could not be removed: {_short(exc)}")
         return done
+
+
+def _start_failure(text: str, image: str | None, kind: DockerKind) -> str:
+    """Why a container did not start, in a user's words where the daemon's are buried: a
+    command the image does not have, a network the daemon does not have."""
+    command = _MISSING_COMMAND.search(text)
+    if command:
+        program, detail = command.groups()
+        where = f"image {image!r}" if image else "the image"
+        return f"its command {program!r} cannot be run in {where}: {detail}"
+    network = _MISSING_NETWORK.match(text)
+    if network:
+        info = kind._info
+        at = f" at {info.where}" if info is not None else ""
+        return f"network {network.group(1)!r} does not exist on the Docker daemon{at}"
+    return text
 
 
 def _short(exc: BaseException) -> str:

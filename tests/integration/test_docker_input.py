@@ -1,0 +1,428 @@
+"""What a user sees of a Docker run's input through the agent, against real 2.20 and 3.x
+servers and the real daemon: an OOM kill, pulls from a private registry with credentials under
+each pull policy, a missing image, bad input of every kind, an unreachable daemon, and the
+container's output in the agent's.
+
+Each bad run fails alone, with a message that says what was wrong, while a good run served by
+the same agent completes; the registry's password appears in no line of the agent's log.
+The plain busybox image keeps these fast: no engine runs here (a run ends by its exit code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker.errors
+import pytest
+
+from examples.harness.docker_daemon import DockerDaemon
+from examples.harness.flow_image import ImageBuild
+from examples.harness.registry import Registry
+from tests.conftest import AgentFactory, AgentUnderTest
+from tests.integration.helpers import FINAL, FLOWS, state_type
+from tests.integration.test_docker_runs import docker_pool_template
+from tests.support.prefect_objects import (
+    call_api,
+    create_run,
+    deploy_with_block_data,
+    prefect_objects,
+    run_state,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+TEST_LABEL = "prefect-actor-agent.test-input"
+SESSION = uuid.uuid4().hex
+UNSERVED_SOCKET = "unix:///nonexistent/prefect-actor-agent/docker.sock"
+
+
+@pytest.fixture
+def daemon(docker_daemon: DockerDaemon, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The daemon as the agent finds it (its environment names it); every container of the
+    test removed afterwards."""
+    for name, value in docker_daemon.environ.items():
+        monkeypatch.setenv(name, value)
+    client = docker_daemon.client()
+    try:
+        yield client
+    finally:
+        for container in client.containers.list(
+            all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}
+        ):
+            container.remove(force=True)
+        client.close()
+
+
+def labels(docker_daemon: DockerDaemon) -> dict[str, str]:
+    return {**docker_daemon.labels, TEST_LABEL: SESSION}
+
+
+def deploy_block(
+    api_url: str,
+    queue: str,
+    docker_daemon: DockerDaemon,
+    name: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    **data: Any,
+) -> str:
+    """A 2.20 deployment whose infrastructure is a `docker-container` block document (and its
+    `infra_overrides`)."""
+    data.setdefault("image_pull_policy", "NEVER")
+    data.setdefault("stream_output", False)
+    data["labels"] = labels(docker_daemon)
+    return deploy_with_block_data(
+        api_url,
+        FLOWS / "hello.py",
+        "hello",
+        name=f"{name}-{queue}",
+        work_queue=queue,
+        block_type_slug="docker-container",
+        data=data,
+        infra_overrides=overrides,
+    )
+
+
+def docker_pool(api_url: str) -> str:
+    """A 3.x `docker` pool with Prefect's own template."""
+    pool = f"docker-{uuid.uuid4().hex[:8]}"
+    body = {"name": pool, "type": "docker", "base_job_template": docker_pool_template()}
+    call_api(api_url, "POST", "/work_pools/", body)
+    return pool
+
+
+def deploy_pool(
+    api_url: str, pool: str, queue: str, docker_daemon: DockerDaemon, name: str, **variables: Any
+) -> str:
+    """A 3.x deployment of the docker pool with these job variables."""
+    variables.setdefault("image_pull_policy", "Never")
+    variables.setdefault("stream_output", False)
+    variables["labels"] = labels(docker_daemon)
+    flow_id = call_api(api_url, "POST", "/flows/", {"name": "hello"})["id"]
+    body = {
+        "name": f"{name}-{queue}",
+        "flow_id": flow_id,
+        "work_pool_name": pool,
+        "work_queue_name": queue,
+        "entrypoint": "hello.py:hello",
+        "path": str(FLOWS),
+        "job_variables": variables,
+    }
+    return str(call_api(api_url, "POST", "/deployments/", body)["id"])
+
+
+def pool_run(api_url: str, deployment: str) -> str:
+    return str(call_api(api_url, "POST", f"/deployments/{deployment}/create_flow_run", {})["id"])
+
+
+def ended(api_url: str, run: str, timeout: float = 60) -> tuple[str, str]:
+    """The run's final state type and message, once it has one."""
+    wait_for(lambda: state_type(api_url, run) in FINAL, timeout, f"run {run} to end")
+    type_, _, message = run_state(api_url, run)
+    return type_, message or ""
+
+
+def failed_with(api_url: str, run: str, *parts: str) -> str:
+    """The run ended Failed, its message naming every one of `parts`."""
+    type_, message = ended(api_url, run)
+    assert type_ == "FAILED", (type_, message)
+    for part in parts:
+        assert part in message, (part, message)
+    return message
+
+
+# A busybox container that ends its run as the engine would: it reports COMPLETED to the API
+# the agent gave it (PREFECT_API_URL, its run's id), then exits 0.
+REPORT_COMPLETED = (
+    "wget -q -O /dev/null --header 'Content-Type: application/json' "
+    """--post-data '{"state": {"type": "COMPLETED"}, "force": true}' """
+    '"$PREFECT_API_URL/flow_runs/$PREFECT__FLOW_RUN_ID/set_state"'
+)
+COMPLETES = ["sh", "-c", REPORT_COMPLETED]
+
+
+def completed(api_url: str, run: str) -> None:
+    type_, message = ended(api_url, run)
+    assert type_ == "COMPLETED", (type_, message)
+
+
+# -- an OOM kill ---------------------------------------------------------------------------
+
+GROW = "x=0123456789; while true; do x=$x$x; done"
+
+
+def test_an_oom_kill_is_crashed_with_the_cause(
+    library_agent: AgentFactory,
+    api_url: str,
+    queue: str,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    plain_image: ImageBuild,
+) -> None:
+    deployment = deploy_block(
+        api_url,
+        queue,
+        docker_daemon,
+        "oom",
+        image=plain_image.tag,
+        command=["sh", "-c", GROW],
+        mem_limit="16m",
+        memswap_limit="16m",
+    )
+    run = create_run(api_url, deployment)
+    library_agent(work_queues=(queue,))
+
+    type_, message = ended(api_url, run)
+    assert type_ == "CRASHED", (type_, message)
+    assert "out of memory (mem_limit 16m)" in message, message
+    assert "137" in message, message
+
+
+# -- pulls from a private registry -----------------------------------------------------------
+
+POLICIES = [
+    ("2.20", "ALWAYS"),
+    ("2.20", "IF_NOT_PRESENT"),
+    ("2.20", "NEVER"),
+    ("3.x", "Always"),
+    ("3.x", "IfNotPresent"),
+    ("3.x", "Never"),
+    ("3.x", "IfPossible"),
+]
+
+
+@pytest.fixture(scope="module")
+def pushed(
+    docker_daemon: DockerDaemon, plain_image: ImageBuild, registry: Registry
+) -> Iterator[str]:
+    """The plain image in the private registry (removed from the daemon by each test that
+    wants it pulled)."""
+    client = docker_daemon.client()
+    reference = registry.push(client, plain_image.tag, "input", uuid.uuid4().hex[:8])
+    try:
+        yield reference
+    finally:
+        for container in client.containers.list(all=True, filters={"ancestor": reference}):
+            container.remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(reference, force=True)
+        client.close()
+
+
+def registry_block(api_url: str, registry: Registry, slug: str) -> str:
+    """A named registry block with the registry's credentials (2.20's `docker-registry`, or
+    prefect-docker's `docker-registry-credentials` on 3.x)."""
+    data = {
+        "username": registry.user,
+        "password": registry.password,
+        "registry_url": registry.host,
+        "reauth": True,
+    }
+    return prefect_objects(api_url).create_block_document(
+        slug, data, name=f"registry-{uuid.uuid4().hex[:8]}", register_missing_type=True
+    )
+
+
+@pytest.mark.parametrize(("served", "policy"), POLICIES, ids=["-".join(p) for p in POLICIES])
+def test_pulls_from_a_private_registry_with_credentials(
+    request: pytest.FixtureRequest,
+    library_agent: AgentFactory,
+    queue: str,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    registry: Registry,
+    pushed: str,
+    served: str,
+    policy: str,
+) -> None:
+    """The image is pulled with the block's credentials (Always, IfNotPresent, IfPossible:
+    it is not on the daemon first) or used as it is there (Never: it is); the run's container
+    runs the pulled image to its end, and the password is in no line of the agent's log."""
+    never = policy.lower() == "never"
+    if never:
+        daemon.images.pull(pushed, auth_config=registry.auth_config)
+    else:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            daemon.images.remove(pushed)
+    agent: AgentUnderTest
+    if served == "2.20":
+        api_url = request.getfixturevalue("api_url")
+        reference = {
+            "$ref": {"block_document_id": registry_block(api_url, registry, "docker-registry")}
+        }
+        deployment = deploy_block(
+            api_url,
+            queue,
+            docker_daemon,
+            f"pull-{policy.lower()}",
+            image=pushed,
+            image_pull_policy=policy,
+            image_registry=reference,
+            command=COMPLETES,
+        )
+        run = create_run(api_url, deployment)
+        agent = library_agent(work_queues=(queue,))
+    else:
+        api_url = request.getfixturevalue("prefect3_server").api_url
+        pool = docker_pool(api_url)
+        credentials = registry_block(api_url, registry, "docker-registry-credentials")
+        deployment = deploy_pool(
+            api_url,
+            pool,
+            queue,
+            docker_daemon,
+            f"pull-{policy.lower()}",
+            image=pushed,
+            image_pull_policy=policy,
+            registry_credentials={"$ref": {"block_document_id": credentials}},
+            command=shlex.join(COMPLETES),
+        )
+        run = pool_run(api_url, deployment)
+        agent = library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+
+    completed(api_url, run)
+    containers = daemon.containers.list(
+        all=True, filters={"label": f"io.prefect.flow-run-id={run}"}
+    )
+    assert [c.attrs["State"]["ExitCode"] for c in containers] == [0]
+    assert containers[0].attrs["Config"]["Image"] == pushed
+    logs = agent.logs()
+    assert ("pulling image" in logs) is not never, logs[-3000:]
+    assert registry.password not in logs
+
+
+def test_a_missing_image_fails_only_its_run(
+    library_agent: AgentFactory,
+    api_url: str,
+    queue: str,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    plain_image: ImageBuild,
+    registry: Registry,
+) -> None:
+    """Never with an image the daemon does not have, and an image the registry does not have:
+    each run Failed naming its image; a good run of the same agent ends well."""
+    absent_local = f"prefect-actor-agent/absent:{uuid.uuid4().hex[:8]}"
+    absent_remote = f"{registry.host}/absent:{uuid.uuid4().hex[:8]}"
+    reference = {
+        "$ref": {"block_document_id": registry_block(api_url, registry, "docker-registry")}
+    }
+    never = deploy_block(api_url, queue, docker_daemon, "never", image=absent_local)
+    remote = deploy_block(
+        api_url,
+        queue,
+        docker_daemon,
+        "remote",
+        image=absent_remote,
+        image_pull_policy="IF_NOT_PRESENT",
+        image_registry=reference,
+    )
+    good = deploy_block(
+        api_url, queue, docker_daemon, "good", image=plain_image.tag, command=COMPLETES
+    )
+    runs = [create_run(api_url, d) for d in (never, remote, good)]
+    agent = library_agent(work_queues=(queue,))
+
+    message = failed_with(api_url, runs[0], absent_local, "Never")
+    assert message.startswith("Submission failed."), message
+    failed_with(api_url, runs[1], absent_remote)
+    completed(api_url, runs[2])
+    assert registry.password not in agent.logs()
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+# (what is wrong, the 2.20 block's fields, the 3.x job variables, what the message must name)
+BAD_INPUT: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str, ...]]] = [
+    (
+        "volume",
+        {"volumes": ["just-a-path"]},
+        {"volumes": ["relative/path:/data"]},
+        ("volume", "path"),
+    ),
+    (
+        "mem_limit",
+        {"mem_limit": "64 zebibytes"},
+        {"mem_limit": "64 zebibytes"},
+        ("mem_limit", "64 zebibytes", "is not a size"),
+    ),
+    (
+        "unknown field",
+        {"overrides": {"image_pul_policy": "NEVER"}},
+        {"image_pul_policy": "Never"},
+        ("image_pul_policy",),
+    ),
+    (
+        "network",
+        {"networks": ["no-such-network"]},
+        {"networks": ["no-such-network"]},
+        ("network 'no-such-network' does not exist on the Docker daemon",),
+    ),
+    (
+        "command",
+        {"command": ["/no/such/program"]},
+        {"command": "/no/such/program --flag"},
+        ("could not start: its command '/no/such/program' cannot be run in image", "no such file"),
+    ),
+]
+
+
+@pytest.mark.parametrize("served", ["2.20", "3.x"])
+def test_bad_input_fails_only_its_run_and_says_what_was_wrong(
+    request: pytest.FixtureRequest,
+    library_agent: AgentFactory,
+    queue: str,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    plain_image: ImageBuild,
+    served: str,
+) -> None:
+    """One agent, one queue: a run of each kind of bad input, and a good one. Each bad run is
+    Failed with a message naming what was wrong; the good one completes; no container of a
+    bad run is left on the daemon."""
+    runs: dict[str, str] = {}
+    if served == "2.20":
+        api_url = request.getfixturevalue("api_url")
+        for what, fields, _, _ in [*BAD_INPUT, ("good", {"command": COMPLETES}, {}, ())]:
+            block = {"image": plain_image.tag, **fields}
+            overrides = block.pop("overrides", None)
+            deployment = deploy_block(
+                api_url, queue, docker_daemon, what.replace(" ", "-"), overrides=overrides, **block
+            )
+            runs[what] = create_run(api_url, deployment)
+        library_agent(work_queues=(queue,))
+    else:
+        api_url = request.getfixturevalue("prefect3_server").api_url
+        pool = docker_pool(api_url)
+        for what, _, variables, _ in [
+            *BAD_INPUT,
+            ("good", {}, {"command": shlex.join(COMPLETES)}, ()),
+        ]:
+            deployment = deploy_pool(
+                api_url,
+                pool,
+                queue,
+                docker_daemon,
+                what.replace(" ", "-"),
+                image=plain_image.tag,
+                **variables,
+            )
+            runs[what] = pool_run(api_url, deployment)
+        library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+
+    completed(api_url, runs.pop("good"))
+    for what, _, _, parts in BAD_INPUT:
+        failed_with(api_url, runs[what], "Submission failed.", *parts)
+        left = daemon.containers.list(
+            all=True, filters={"label": f"io.prefect.flow-run-id={runs[what]}"}
+        )
+        assert left == [], (what, left)
