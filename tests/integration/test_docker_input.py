@@ -14,16 +14,18 @@ import contextlib
 import shlex
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
 
+from actors.launcher.local_server import LocalPrefectServer
 from examples.harness.docker_daemon import DockerDaemon
 from examples.harness.flow_image import ImageBuild
 from examples.harness.registry import Registry
 from tests.conftest import AgentFactory, AgentUnderTest
-from tests.integration.helpers import FINAL, FLOWS, state_type
+from tests.integration.helpers import FINAL, FLOWS, deploy_marker_command, state_type
 from tests.integration.test_docker_runs import docker_pool_template
 from tests.support.prefect_objects import (
     call_api,
@@ -58,8 +60,8 @@ def daemon(docker_daemon: DockerDaemon, monkeypatch: pytest.MonkeyPatch) -> Iter
         client.close()
 
 
-def labels(docker_daemon: DockerDaemon) -> dict[str, str]:
-    return {**docker_daemon.labels, TEST_LABEL: SESSION}
+def labels(docker_daemon: DockerDaemon | None) -> dict[str, str]:
+    return {**(docker_daemon.labels if docker_daemon else {}), TEST_LABEL: SESSION}
 
 
 def deploy_block(
@@ -97,7 +99,12 @@ def docker_pool(api_url: str) -> str:
 
 
 def deploy_pool(
-    api_url: str, pool: str, queue: str, docker_daemon: DockerDaemon, name: str, **variables: Any
+    api_url: str,
+    pool: str,
+    queue: str,
+    docker_daemon: DockerDaemon | None,
+    name: str,
+    **variables: Any,
 ) -> str:
     """A 3.x deployment of the docker pool with these job variables."""
     variables.setdefault("image_pull_policy", "Never")
@@ -426,3 +433,81 @@ def test_bad_input_fails_only_its_run_and_says_what_was_wrong(
             all=True, filters={"label": f"io.prefect.flow-run-id={runs[what]}"}
         )
         assert left == [], (what, left)
+
+
+# -- an unreachable daemon -------------------------------------------------------------------
+
+DAEMON_LINE = "WARNING prefect_actor_agent.docker: the Docker daemon at " + UNSERVED_SOCKET
+
+
+def daemon_lines(agent: AgentUnderTest) -> list[str]:
+    """The agent's lines that say the daemon does not answer (not a run's own failure)."""
+    return [line for line in agent.logs().splitlines() if line.startswith(DAEMON_LINE)]
+
+
+def test_an_unreachable_daemon_is_one_line_and_fails_only_docker_runs(
+    library_agent: AgentFactory,
+    api_url: str,
+    queue: str,
+    markers: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2.20: blocks are known run by run, so the daemon is looked for at the first Docker run:
+    one line says it does not answer; each Docker run is Failed with that reason; the process
+    run of the same queue completes."""
+    monkeypatch.setenv("DOCKER_HOST", UNSERVED_SOCKET)
+    docker_runs = []
+    for number in range(3):
+        block = prefect_objects(api_url).create_block_document(
+            "docker-container",
+            {"image": "prefect-actor-agent/plain:v1", "image_pull_policy": "NEVER"},
+            register_missing_type=True,
+        )
+        deployment = deploy_docker_block(api_url, queue, f"unreachable-{number}", block)
+        docker_runs.append(create_run(api_url, deployment))
+    process = deploy_marker_command(
+        api_url, queue, markers, name="process", env={"MARKER_COMPLETE": "1"}
+    )
+    process_run = create_run(api_url, process)
+    agent = library_agent(work_queues=(queue,))
+
+    completed(api_url, process_run)
+    for run in docker_runs:
+        failed_with(api_url, run, "Submission failed.", UNSERVED_SOCKET, "does not answer")
+    lines = daemon_lines(agent)
+    assert len(lines) == 1, lines
+    assert "does not answer" in lines[0], lines
+
+
+def deploy_docker_block(api_url: str, queue: str, name: str, block: str) -> str:
+    return prefect_objects(api_url).deploy(
+        "hello",
+        f"{name}-{queue}",
+        work_queue=queue,
+        path=str(FLOWS),
+        entrypoint="hello.py:hello",
+        infrastructure_document_id=block,
+    )
+
+
+def test_a_3x_docker_pool_on_an_unreachable_daemon_says_so_at_start(
+    prefect3_server: LocalPrefectServer,
+    library_agent: AgentFactory,
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """3.x: the agent knows at start that it serves a docker pool: one line says the daemon
+    does not answer before any run comes; each run is then Failed with the reason, and no
+    second line is logged."""
+    monkeypatch.setenv("DOCKER_HOST", UNSERVED_SOCKET)
+    api_url = prefect3_server.api_url
+    pool = docker_pool(api_url)
+    agent = library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+    wait_for(lambda: daemon_lines(agent), 30, "the line that says the daemon does not answer")
+
+    deployment = deploy_pool(api_url, pool, queue, None, "unreachable", image="busybox")
+    runs = [pool_run(api_url, deployment) for _ in range(3)]
+    for run in runs:
+        failed_with(api_url, run, "Submission failed.", UNSERVED_SOCKET, "does not answer")
+    lines = daemon_lines(agent)
+    assert len(lines) == 1, lines
