@@ -30,6 +30,7 @@ from tests.integration.test_docker_runs import docker_pool_template
 from tests.support.prefect_objects import (
     call_api,
     create_run,
+    deploy,
     deploy_with_block_data,
     prefect_objects,
     run_state,
@@ -511,3 +512,70 @@ def test_a_3x_docker_pool_on_an_unreachable_daemon_says_so_at_start(
         failed_with(api_url, run, "Submission failed.", UNSERVED_SOCKET, "does not answer")
     lines = daemon_lines(agent)
     assert len(lines) == 1, lines
+
+
+# -- stream_output ---------------------------------------------------------------------------
+
+
+def test_a_containers_output_joins_the_agents_as_a_process_runs_does(
+    agent_factory: AgentFactory,
+    api_url: str,
+    queue: str,
+    capfd: pytest.CaptureFixture[str],
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    plain_image: ImageBuild,
+) -> None:
+    """With stream_output, what the container writes (stdout and stderr) is in the agent's
+    output, under the gevent launcher (`examples/agent.py`) as with threads; a process run's
+    output of the same agent is there too. Without it, nothing of the container's is."""
+    token = uuid.uuid4().hex[:12]
+    speak = f"echo out-{token}-$PREFECT__FLOW_RUN_ID; echo err-{token}-$PREFECT__FLOW_RUN_ID >&2"
+    loud = deploy_block(
+        api_url,
+        queue,
+        docker_daemon,
+        "loud",
+        image=plain_image.tag,
+        command=["sh", "-c", f"{speak}; {REPORT_COMPLETED}"],
+        stream_output=True,
+    )
+    quiet = deploy_block(
+        api_url,
+        queue,
+        docker_daemon,
+        "quiet",
+        image=plain_image.tag,
+        command=["sh", "-c", f"{speak}; {REPORT_COMPLETED}"],
+        stream_output=False,
+    )
+    process = deploy(
+        api_url,
+        FLOWS / "hello.py",
+        "hello",
+        name=f"process-{queue}",
+        work_queue=queue,
+        command=["sh", "-c", f"echo process-{token}-$PREFECT__FLOW_RUN_ID"],
+    )
+    loud_run, quiet_run, process_run = (create_run(api_url, d) for d in (loud, quiet, process))
+    agent = agent_factory(work_queues=(queue,))
+
+    captured: list[str] = []
+
+    def output() -> str:
+        got = capfd.readouterr()
+        captured.append(got.out + got.err)
+        return "".join(captured) + agent.logs()
+
+    completed(api_url, loud_run)
+    completed(api_url, quiet_run)
+    wanted = [
+        f"out-{token}-{loud_run}",
+        f"err-{token}-{loud_run}",
+        f"process-{token}-{process_run}",
+    ]
+    wait_for(lambda: all(line in output() for line in wanted), 30, "the runs' output")
+    seen = output()
+    assert f"out-{token}-{quiet_run}" not in seen, "the quiet container's output was streamed"
+    assert f"err-{token}-{quiet_run}" not in seen, "the quiet container's output was streamed"
