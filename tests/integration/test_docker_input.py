@@ -306,6 +306,45 @@ def test_pulls_from_a_private_registry_with_credentials(
     assert registry.password not in logs
 
 
+def test_a_3x_pools_own_registry_credentials_are_used(
+    prefect3_server: LocalPrefectServer,
+    library_agent: AgentFactory,
+    queue: str,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    registry: Registry,
+    pushed: str,
+) -> None:
+    """The credentials as a pool's operator gives them: a block referenced by the default of
+    the pool's `registry_credentials` variable; the deployment names only its image."""
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        daemon.images.remove(pushed)
+    api_url = prefect3_server.api_url
+    credentials = registry_block(api_url, registry, "docker-registry-credentials")
+    template = docker_pool_template()
+    variable = template["variables"]["properties"]["registry_credentials"]
+    variable["default"] = {"$ref": {"block_document_id": credentials}}
+    pool = f"docker-{uuid.uuid4().hex[:8]}"
+    body = {"name": pool, "type": "docker", "base_job_template": template}
+    call_api(api_url, "POST", "/work_pools/", body)
+    deployment = deploy_pool(
+        api_url,
+        pool,
+        queue,
+        docker_daemon,
+        "pool-credentials",
+        image=pushed,
+        image_pull_policy="Always",
+        command=shlex.join(COMPLETES),
+    )
+    run = pool_run(api_url, deployment)
+    agent = library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+
+    completed(api_url, run)
+    assert registry.password not in agent.logs()
+
+
 def test_a_missing_image_fails_only_its_run(
     library_agent: AgentFactory,
     api_url: str,
