@@ -10,7 +10,9 @@ What this kind does differently from Prefect's DockerContainer, and why:
   id>`, the daemon's unique `ID` from `/info`) is known before it starts, so the server can
   record it first and no started container is ever without its pid.
 - Docker's `AutoRemove` is never asked for: the exit code is read from the wait API's answer
-  and `State.OOMKilled` from an inspect after it, and only then, in `after_exit`, is the
+  and `State.OOMKilled` from an inspect after it (the daemon may record an OOM kill late, or
+  miss it: a SIGKILL exit of a memory-limited container the agent did not kill is then
+  "most likely out of memory"), and only then, in `after_exit`, is the
   container removed (when the block asked for `auto_remove`). Prefect lost exit codes to that
   race (PrefectHQ/prefect#6648).
 - A pull's streamed errors are errors (docker/docker-py#2286: a failed pull that looked fine
@@ -29,6 +31,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
@@ -56,6 +59,9 @@ LOG_DRAIN_SECONDS = 5.0
 # Each running container holds a connection while it is waited for, and one more while its
 # output is streamed: a pool as small as docker-py's default (10) would drop and reopen them.
 MAX_POOL_SIZE = 64
+SIGKILL_EXIT = 128 + int(signal.SIGKILL)
+OOM_SETTLE_SECONDS = 0.5
+OOM_SETTLE_POLL = 0.05
 # What runc says when a container's command is not in its image, and dockerd when a network
 # the container joins does not exist: both come at start, in words a user must dig out.
 _MISSING_COMMAND = re.compile(
@@ -408,6 +414,7 @@ class ContainerJob:
         self._mem_limit_text = mem_limit_text
         self._started = started
         self._streamer: threading.Thread | None = None
+        self._killed = False  # the agent sent SIGKILL: a 137 is its own doing
 
     @property
     def infrastructure_pid(self) -> str | None:
@@ -489,11 +496,34 @@ class ContainerJob:
         if self._streamer is not None:
             self._streamer.join(LOG_DRAIN_SECONDS)
         cause = error or None
-        state = self._state()
-        if state is not None and state.get("OOMKilled"):
-            limit = f" (mem_limit {self._mem_limit_text})" if self._mem_limit_text else ""
+        limit = f" (mem_limit {self._mem_limit_text})" if self._mem_limit_text else ""
+        suspect = code == SIGKILL_EXIT and bool(self._mem_limit_text) and not self._killed
+        oom = self._oom_killed(suspect)
+        if oom:
             cause = f"out of memory{limit}"
+        elif suspect:
+            cause = (
+                f"killed by SIGKILL, not by the agent: most likely out of memory{limit}, "
+                "though the Docker daemon recorded no OOM kill"
+            )
         return ExitStatus(None if code is None else int(code), cause)
+
+    def _oom_killed(self, suspect: bool) -> bool:
+        """Whether the daemon recorded an OOM kill (`State.OOMKilled`). It hears of an OOM
+        kill and of the exit as two events, and may record the exit first: a `suspect` exit
+        (SIGKILL of a container with a memory limit, not sent by the agent) is read again for
+        up to `OOM_SETTLE_SECONDS`. The daemon may also miss the OOM event altogether (it
+        races the container's cgroup being removed): then `wait` says "most likely"."""
+        deadline = time.monotonic() + OOM_SETTLE_SECONDS
+        while True:
+            state = self._state()
+            if state is None:
+                return False
+            if state.get("OOMKilled"):
+                return True
+            if not suspect or time.monotonic() >= deadline:
+                return False
+            time.sleep(OOM_SETTLE_POLL)
 
     def _stop_signal(self) -> str:
         try:
@@ -519,9 +549,11 @@ class ContainerJob:
         return self._signal(self._stop_signal())
 
     def grace_over(self) -> bool:
+        self._killed = True
         return self._signal(int(signal.SIGKILL))
 
     def kill(self) -> bool:
+        self._killed = True
         return self._signal(int(signal.SIGKILL))
 
     def after_exit(self) -> list[str]:

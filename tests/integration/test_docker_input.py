@@ -11,7 +11,9 @@ The plain busybox image keeps these fast: no engine runs here (a run ends by its
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import shlex
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from actors.launcher.local_server import LocalPrefectServer
 from examples.harness.docker_daemon import DockerDaemon
 from examples.harness.flow_image import ImageBuild
 from examples.harness.registry import Registry
-from tests.conftest import AgentFactory, AgentUnderTest
+from tests.conftest import AgentFactory, AgentUnderTest, ThreadAgent
 from tests.integration.helpers import FINAL, FLOWS, deploy_marker_command, state_type
 from tests.integration.test_docker_runs import docker_pool_template
 from tests.support.prefect_objects import (
@@ -57,8 +59,14 @@ def daemon(docker_daemon: DockerDaemon, monkeypatch: pytest.MonkeyPatch) -> Iter
         for container in client.containers.list(
             all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}
         ):
-            container.remove(force=True)
+            remove(container)
         client.close()
+
+
+def remove(container: Any) -> None:
+    """Remove a container, unless it is gone or going (an agent removing it meanwhile)."""
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.remove(force=True)
 
 
 def labels(docker_daemon: DockerDaemon | None) -> dict[str, str]:
@@ -70,6 +78,7 @@ def deploy_block(
     queue: str,
     docker_daemon: DockerDaemon,
     name: str,
+    /,
     *,
     overrides: dict[str, Any] | None = None,
     **data: Any,
@@ -78,7 +87,7 @@ def deploy_block(
     `infra_overrides`)."""
     data.setdefault("image_pull_policy", "NEVER")
     data.setdefault("stream_output", False)
-    data["labels"] = labels(docker_daemon)
+    data["labels"] = {**labels(docker_daemon), **data.get("labels", {})}
     return deploy_with_block_data(
         api_url,
         FLOWS / "hello.py",
@@ -105,12 +114,13 @@ def deploy_pool(
     queue: str,
     docker_daemon: DockerDaemon | None,
     name: str,
+    /,
     **variables: Any,
 ) -> str:
     """A 3.x deployment of the docker pool with these job variables."""
     variables.setdefault("image_pull_policy", "Never")
     variables.setdefault("stream_output", False)
-    variables["labels"] = labels(docker_daemon)
+    variables["labels"] = {**labels(docker_daemon), **variables.get("labels", {})}
     flow_id = call_api(api_url, "POST", "/flows/", {"name": "hello"})["id"]
     body = {
         "name": f"{name}-{queue}",
@@ -124,8 +134,11 @@ def deploy_pool(
     return str(call_api(api_url, "POST", "/deployments/", body)["id"])
 
 
-def pool_run(api_url: str, deployment: str) -> str:
-    return str(call_api(api_url, "POST", f"/deployments/{deployment}/create_flow_run", {})["id"])
+def pool_run(api_url: str, deployment: str, **job_variables: Any) -> str:
+    """A run of the 3.x deployment, with job variables of its own (the top layer)."""
+    body = {"job_variables": job_variables} if job_variables else {}
+    path = f"/deployments/{deployment}/create_flow_run"
+    return str(call_api(api_url, "POST", path, body)["id"])
 
 
 def ended(api_url: str, run: str, timeout: float = 60) -> tuple[str, str]:
@@ -190,6 +203,120 @@ def test_an_oom_kill_is_crashed_with_the_cause(
     assert type_ == "CRASHED", (type_, message)
     assert "out of memory (mem_limit 16m)" in message, message
     assert "137" in message, message
+
+
+# -- the fields, through the agent -----------------------------------------------------------
+
+
+@pytest.fixture
+def network(daemon: Any, docker_daemon: DockerDaemon) -> Iterator[str]:
+    """A user-defined network on the daemon, removed with whatever joined it."""
+    name = f"paa-net-{uuid.uuid4().hex[:8]}"
+    made = daemon.networks.create(name, driver="bridge", labels=docker_daemon.labels)
+    try:
+        yield name
+    finally:
+        for container in daemon.containers.list(all=True, filters={"network": name}):
+            remove(container)
+        made.remove()
+
+
+def runs_containers(daemon: Any, run: str) -> list[Any]:
+    return list(
+        daemon.containers.list(all=True, filters={"label": f"io.prefect.flow-run-id={run}"})
+    )
+
+
+@pytest.mark.parametrize("served", ["2.20", "3.x"])
+def test_every_field_reaches_the_container(
+    request: pytest.FixtureRequest,
+    library_agent: AgentFactory,
+    queue: str,
+    markers: Path,
+    network: str,
+    *,
+    docker_daemon: DockerDaemon,
+    daemon: Any,
+    plain_image: ImageBuild,
+    served: str,
+) -> None:
+    """The fields a user sets, as the daemon shows the run's container: its name (the block's,
+    slugged; a number on a conflict), labels (the user's in Docker's form, under the run's),
+    memory and swap limits, env (the block's or the deployment's, the override's
+    or the run's on top), volumes; auto_remove removes the container once its run ended
+    (Completed: the exit was read first); a network given by name is joined. (`privileged`
+    is not here: this machine's daemon, itself in a container, cannot grant it.)"""
+    name = f"fields {uuid.uuid4().hex[:6]}/\u00fc"  # slugged: "fields-xxxxxx"
+    slug = name.split("/", maxsplit=1)[0].replace(" ", "-")
+    write_env = f'env > "/markers/$PREFECT__FLOW_RUN_ID.env"; {REPORT_COMPLETED}'
+    fields: dict[str, Any] = {
+        "image": plain_image.tag,
+        "command": ["sh", "-c", write_env],
+        "name": name,
+        "labels": {"prefect.io/custom": "yes", "team": "data"},
+        "mem_limit": "64m",
+        "memswap_limit": "128m",
+        "env": {"FROM_BLOCK": "block", "OVERRIDDEN": "block"},
+        "volumes": [f"{markers}:/markers"],
+    }
+    removed = {"image": plain_image.tag, "command": COMPLETES, "auto_remove": True}
+    joined = {"image": plain_image.tag, "command": ["true"], "networks": [network]}
+    if served == "2.20":
+        api_url = request.getfixturevalue("api_url")
+        override = {"env.OVERRIDDEN": "override"}
+        deployment = deploy_block(
+            api_url, queue, docker_daemon, "fields", overrides=override, **fields
+        )
+        runs = [create_run(api_url, deployment) for _ in range(2)]
+        auto = create_run(api_url, deploy_block(api_url, queue, docker_daemon, "auto", **removed))
+        net = create_run(api_url, deploy_block(api_url, queue, docker_daemon, "net", **joined))
+        agent = library_agent(work_queues=(queue,))
+    else:
+        api_url = request.getfixturevalue("prefect3_server").api_url
+        pool = docker_pool(api_url)
+        fields["command"] = shlex.join(fields["command"])
+        removed["command"] = shlex.join(removed["command"])
+        joined["command"] = "true"
+        deployment = deploy_pool(api_url, pool, queue, docker_daemon, "fields", **fields)
+        runs = [pool_run(api_url, deployment, env={"OVERRIDDEN": "override"}) for _ in range(2)]
+        auto = pool_run(
+            api_url, deploy_pool(api_url, pool, queue, docker_daemon, "auto", **removed)
+        )
+        net = pool_run(api_url, deploy_pool(api_url, pool, queue, docker_daemon, "net", **joined))
+        agent = library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+
+    for run in runs:
+        completed(api_url, run)
+    names = set()
+    for run in runs:
+        (container,) = runs_containers(daemon, run)
+        attrs = container.attrs
+        names.add(attrs["Name"].lstrip("/"))
+        labels = attrs["Config"]["Labels"]
+        assert labels["io.prefect.custom"] == "yes"
+        assert labels["team"] == "data"
+        assert labels["io.prefect.flow-run-id"] == run
+        host = attrs["HostConfig"]
+        assert (host["Memory"], host["MemorySwap"]) == (64 * 2**20, 128 * 2**20)
+        assert host["AutoRemove"] is False
+        env = dict(
+            line.split("=", 1)
+            for line in (markers / f"{run}.env").read_text().splitlines()
+            if "=" in line
+        )
+        assert env["FROM_BLOCK"] == "block"
+        assert env["OVERRIDDEN"] == "override"
+        assert env["PREFECT__FLOW_RUN_ID"] == run
+    assert names == {slug, f"{slug}-1"}
+
+    completed(api_url, auto)
+    wait_for(lambda: runs_containers(daemon, auto) == [], 30, "the auto_remove container to go")
+
+    assert isinstance(agent, ThreadAgent)
+    wait_for(lambda: agent.finished(net) is not None, 60, "the networked container to exit")
+    (container,) = runs_containers(daemon, net)
+    assert list(container.attrs["NetworkSettings"]["Networks"]) == [network]
+    assert container.attrs["State"]["ExitCode"] == 0
 
 
 # -- pulls from a private registry -----------------------------------------------------------
@@ -355,7 +482,8 @@ def test_a_missing_image_fails_only_its_run(
     plain_image: ImageBuild,
     registry: Registry,
 ) -> None:
-    """Never with an image the daemon does not have, and an image the registry does not have:
+    """Never with an image the daemon does not have, an image the registry does not have, and
+    no image at all (Prefect's default for the agent's Prefect and Python, not on the daemon):
     each run Failed naming its image; a good run of the same agent ends well."""
     absent_local = f"prefect-actor-agent/absent:{uuid.uuid4().hex[:8]}"
     absent_remote = f"{registry.host}/absent:{uuid.uuid4().hex[:8]}"
@@ -372,15 +500,19 @@ def test_a_missing_image_fails_only_its_run(
         image_pull_policy="IF_NOT_PRESENT",
         image_registry=reference,
     )
+    default = deploy_block(api_url, queue, docker_daemon, "default")  # no image: Prefect's
     good = deploy_block(
         api_url, queue, docker_daemon, "good", image=plain_image.tag, command=COMPLETES
     )
-    runs = [create_run(api_url, d) for d in (never, remote, good)]
+    runs = [create_run(api_url, d) for d in (never, remote, good, default)]
     agent = library_agent(work_queues=(queue,))
 
     message = failed_with(api_url, runs[0], absent_local, "Never")
     assert message.startswith("Submission failed."), message
     failed_with(api_url, runs[1], absent_remote)
+    python = "python{}.{}".format(*sys.version_info[:2])
+    prefect = importlib.metadata.version("prefect")
+    failed_with(api_url, runs[3], f"'prefecthq/prefect:{prefect}-{python}'", "Never")
     completed(api_url, runs[2])
     assert registry.password not in agent.logs()
 

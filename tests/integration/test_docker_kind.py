@@ -189,7 +189,9 @@ def test_an_oom_kill_says_so(plain_image: ImageBuild, kind: DockerKind) -> None:
     job.start()
     status = job.wait()
     assert status.code == 137
-    assert status.cause == "out of memory (mem_limit 16m)"
+    # The daemon's OOMKilled, or (when it missed the OOM event) "most likely" with the limit.
+    assert status.cause is not None
+    assert "out of memory (mem_limit 16m)" in status.cause, status.cause
 
 
 def test_terminate_then_grace_over(plain_image: ImageBuild, kind: DockerKind) -> None:
