@@ -339,16 +339,16 @@ class DockerKind:
             if spec.registry.registry_url:
                 auth["serveraddress"] = spec.registry.registry_url
         log.info("pulling image %s", spec.image)
-        hint = "" if auth else " (no registry credentials were given)"
         try:
             for chunk in api.pull(spec.image, stream=True, decode=True, auth_config=auth):
                 if isinstance(chunk, dict) and chunk.get("error"):
                     detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    hint = _pull_hint(spec, str(detail))
                     raise SubmissionError(f"pulling image {spec.image!r} failed: {detail}{hint}")
         except docker.errors.APIError as exc:
-            raise SubmissionError(
-                f"pulling image {spec.image!r} failed: {_short(exc)}{hint}"
-            ) from None
+            detail = _short(exc)
+            hint = _pull_hint(spec, detail)
+            raise SubmissionError(f"pulling image {spec.image!r} failed: {detail}{hint}") from None
         if not self._present(api, spec.image):
             raise SubmissionError(f"pulling image {spec.image!r} left no such image")
 
@@ -581,6 +581,17 @@ class ContainerJob:
             except docker.errors.APIError as exc:
                 done.append(f"{self.label} could not be removed: {_short(exc)}")
         return done
+
+
+def _pull_hint(spec: DockerSpec, detail: str) -> str:
+    """What a refused pull means: no credentials were given, or the registry refused the
+    ones given (named by user, never by password)."""
+    if spec.registry is None:
+        return " (no registry credentials were given)"
+    lowered = detail.lower()
+    if "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered:
+        return f" (the registry refused the credentials of user {spec.registry.username!r})"
+    return ""
 
 
 def _start_failure(text: str, image: str | None, kind: DockerKind) -> str:

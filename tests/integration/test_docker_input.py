@@ -481,10 +481,12 @@ def test_a_missing_image_fails_only_its_run(
     daemon: Any,
     plain_image: ImageBuild,
     registry: Registry,
+    pushed: str,
 ) -> None:
-    """Never with an image the daemon does not have, an image the registry does not have, and
-    no image at all (Prefect's default for the agent's Prefect and Python, not on the daemon):
-    each run Failed naming its image; a good run of the same agent ends well."""
+    """Never with an image the daemon does not have, an image the registry does not have, no
+    image at all (Prefect's default for the agent's Prefect and Python, not on the daemon), and
+    credentials the registry refuses: each run Failed naming its image (and the refused user,
+    never a password); a good run of the same agent ends well."""
     absent_local = f"prefect-actor-agent/absent:{uuid.uuid4().hex[:8]}"
     absent_remote = f"{registry.host}/absent:{uuid.uuid4().hex[:8]}"
     reference = {
@@ -501,10 +503,25 @@ def test_a_missing_image_fails_only_its_run(
         image_registry=reference,
     )
     default = deploy_block(api_url, queue, docker_daemon, "default")  # no image: Prefect's
+    wrong_password = "not-the-password-" + uuid.uuid4().hex[:8]
+    wrong = prefect_objects(api_url).create_block_document(
+        "docker-registry",
+        {"username": registry.user, "password": wrong_password, "registry_url": registry.host},
+        name=f"wrong-{uuid.uuid4().hex[:8]}",
+    )
+    refused = deploy_block(
+        api_url,
+        queue,
+        docker_daemon,
+        "refused",
+        image=pushed,
+        image_pull_policy="ALWAYS",
+        image_registry={"$ref": {"block_document_id": wrong}},
+    )
     good = deploy_block(
         api_url, queue, docker_daemon, "good", image=plain_image.tag, command=COMPLETES
     )
-    runs = [create_run(api_url, d) for d in (never, remote, good, default)]
+    runs = [create_run(api_url, d) for d in (never, remote, good, default, refused)]
     agent = library_agent(work_queues=(queue,))
 
     message = failed_with(api_url, runs[0], absent_local, "Never")
@@ -513,8 +530,16 @@ def test_a_missing_image_fails_only_its_run(
     python = "python{}.{}".format(*sys.version_info[:2])
     prefect = importlib.metadata.version("prefect")
     failed_with(api_url, runs[3], f"'prefecthq/prefect:{prefect}-{python}'", "Never")
+    failed_with(
+        api_url,
+        runs[4],
+        f"pulling image {pushed!r} failed",
+        f"the registry refused the credentials of user {registry.user!r}",
+    )
     completed(api_url, runs[2])
-    assert registry.password not in agent.logs()
+    logs = agent.logs()
+    assert registry.password not in logs
+    assert wrong_password not in logs
 
 
 # -- bad input -------------------------------------------------------------------------------
