@@ -545,7 +545,14 @@ def test_a_missing_image_fails_only_its_run(
 # -- bad input -------------------------------------------------------------------------------
 
 # (what is wrong, the 2.20 block's fields, the 3.x job variables, what the message must name)
+ABSENT = "prefect-actor-agent/absent:bad-input"
 BAD_INPUT: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str, ...]]] = [
+    (
+        "missing image",
+        {"image": ABSENT, "image_pull_policy": "NEVER"},
+        {"image": ABSENT, "image_pull_policy": "Never"},
+        (f"image {ABSENT!r} is not present and image_pull_policy is Never",),
+    ),
     (
         "volume",
         {"volumes": ["just-a-path"]},
@@ -617,8 +624,7 @@ def test_bad_input_fails_only_its_run_and_says_what_was_wrong(
                 queue,
                 docker_daemon,
                 what.replace(" ", "-"),
-                image=plain_image.tag,
-                **variables,
+                **{"image": plain_image.tag, **variables},
             )
             runs[what] = pool_run(api_url, deployment)
         library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
