@@ -1,11 +1,13 @@
 """What a user sees of a Docker run's input through the agent, against real 2.20 and 3.x
-servers and the real daemon: an OOM kill, pulls from a private registry with credentials under
-each pull policy, a missing image, bad input of every kind, an unreachable daemon, and the
-container's output in the agent's.
+servers and the real daemon: the fields a user sets, as the daemon shows the container; an OOM
+kill; pulls from a private registry with credentials under each pull policy; missing images;
+bad input of every kind; an unreachable daemon; the container's output in the agent's.
 
 Each bad run fails alone, with a message that says what was wrong, while a good run served by
 the same agent completes; the registry's password appears in no line of the agent's log.
-The plain busybox image keeps these fast: no engine runs here (a run ends by its exit code).
+The plain busybox image keeps these fast: no engine runs here; a run that should complete
+reports Completed to the API itself (busybox's wget, with the URL and run id the agent gave
+the container), as the engine would.
 """
 
 from __future__ import annotations
