@@ -89,6 +89,8 @@ class NotFoundError(ApiError):
     """The object named in the call does not exist (HTTP 404)."""
 
 
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     raw = response.headers.get("retry-after")
     if raw is None:
@@ -444,7 +446,9 @@ class PrefectApi:
 
     def read_flow_run_states(self, flow_run_id: str) -> list[State]:
         """Every state the run has been in, in the server's order (2.x and 3.x)."""
-        response = self._request("GET", "flow_run_states/", params={"flow_run_id": flow_run_id})
+        response = self._request(
+            "GET", "flow_run_states/", params={"flow_run_id": flow_run_id}
+        )
         return decode(list[State], response.content)
 
     def send_worker_heartbeat(self, pool: str, name: str, interval_seconds: int) -> None:

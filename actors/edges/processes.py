@@ -165,3 +165,4 @@ def belongs_to_run(pid: int, flow_run_id: str) -> bool:
             return flow_run_id.encode() in cmdline.read()
     except OSError:
         return False
+

@@ -48,7 +48,9 @@ class Lease:
     def renewed(self, sent_at: float, answered_at: float) -> LeaseChanged:
         """A heartbeat sent at `sent_at` went through, its answer here at `answered_at`."""
         expires = self.expires_at()
-        reconnected = expires is not None and (self.broken_since_renewal or answered_at >= expires)
+        reconnected = expires is not None and (
+            self.broken_since_renewal or answered_at >= expires
+        )
         # Unbroken means answered within three intervals of the last send that went through (a
         # beat is sent an interval after the last answer, and each waits at most an interval):
         # a heartbeat the network held longer starts the streak afresh, from when the server

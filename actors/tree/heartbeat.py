@@ -39,6 +39,7 @@ from messages.wire.prefect import ApiDecodeError
 log = logging.getLogger("prefect_actor_agent.heartbeat")
 
 
+
 class Heartbeat(PeriodicChild):
     """Sends the worker heartbeat of one agent and tells what its lease allows."""
 
