@@ -59,6 +59,8 @@ LOG_DRAIN_SECONDS = 5.0
 # Each running container holds a connection while it is waited for, and one more while its
 # output is streamed: a pool as small as docker-py's default (10) would drop and reopen them.
 MAX_POOL_SIZE = 64
+# After the daemon did not answer, it is asked again (by the next run) no sooner than this.
+DAEMON_RETRY_SECONDS = 2.0
 SIGKILL_EXIT = 128 + int(signal.SIGKILL)
 OOM_SETTLE_SECONDS = 0.5
 OOM_SETTLE_POLL = 0.05
@@ -123,6 +125,7 @@ class DockerKind:
         self._client: docker.DockerClient | None = None
         self._info: DaemonInfo | None = None
         self._unavailable: str | None = None  # the last failure, logged once
+        self._retry_at = 0.0  # monotonic: the daemon is not asked again before then
 
     # -- the daemon ------------------------------------------------------------------------
 
@@ -139,6 +142,10 @@ class DockerKind:
         with self._lock:
             if self._info is not None and self._client is not None:
                 return self._info
+            if self._unavailable is not None and time.monotonic() < self._retry_at:
+                # Runs that queued behind a daemon that did not answer (a read timeout can be
+                # a minute) fail with its reason at once, not one timeout after another.
+                raise DockerUnavailableError(self._unavailable)
             where = self._environ.get("DOCKER_HOST") or "the default Docker socket"
             try:
                 client = docker.from_env(
@@ -153,6 +160,7 @@ class DockerKind:
                 info = client.info()
             except docker.errors.DockerException as exc:
                 message = f"the Docker daemon at {where} does not answer: {_short(exc)}"
+                self._retry_at = time.monotonic() + DAEMON_RETRY_SECONDS
                 if message != self._unavailable:
                     log.warning("%s", message)
                     self._unavailable = message
