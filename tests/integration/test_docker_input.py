@@ -237,6 +237,7 @@ def test_every_field_reaches_the_container(
     markers: Path,
     network: str,
     *,
+    monkeypatch: pytest.MonkeyPatch,
     docker_daemon: DockerDaemon,
     daemon: Any,
     plain_image: ImageBuild,
@@ -244,10 +245,15 @@ def test_every_field_reaches_the_container(
 ) -> None:
     """The fields a user sets, as the daemon shows the run's container: its name (the block's,
     slugged; a number on a conflict), labels (the user's in Docker's form, under the run's),
-    memory and swap limits, env (the block's or the deployment's, the override's
-    or the run's on top), volumes; auto_remove removes the container once its run ended
+    memory and swap limits, env (the agent's PREFECT_* settings and nothing else of its
+    environment, the block's or the deployment's on top, a null unsetting (2.x: the 3.x
+    template takes strings only), the override's or
+    the run's on top of those), volumes; auto_remove removes the container once its run ended
     (Completed: the exit was read first); a network given by name is joined. (`privileged`
     is not here: this machine's daemon, itself in a container, cannot grant it.)"""
+    monkeypatch.setenv("PREFECT_KEPT_FROM_AGENT", "agent")
+    monkeypatch.setenv("PREFECT_UNSET_BY_BLOCK", "agent")
+    monkeypatch.setenv("NOT_PREFECT_OF_AGENT", "agent")
     name = f"fields {uuid.uuid4().hex[:6]}/\u00fc"  # slugged: "fields-xxxxxx"
     slug = name.split("/", maxsplit=1)[0].replace(" ", "-")
     write_env = f'env > "/markers/$PREFECT__FLOW_RUN_ID.env"; {REPORT_COMPLETED}'
@@ -258,7 +264,7 @@ def test_every_field_reaches_the_container(
         "labels": {"prefect.io/custom": "yes", "team": "data"},
         "mem_limit": "64m",
         "memswap_limit": "128m",
-        "env": {"FROM_BLOCK": "block", "OVERRIDDEN": "block"},
+        "env": {"FROM_BLOCK": "block", "OVERRIDDEN": "block", "PREFECT_UNSET_BY_BLOCK": None},
         "volumes": [f"{markers}:/markers"],
     }
     removed = {"image": plain_image.tag, "command": COMPLETES, "auto_remove": True}
@@ -277,6 +283,8 @@ def test_every_field_reaches_the_container(
         api_url = request.getfixturevalue("prefect3_server").api_url
         pool = docker_pool(api_url)
         fields["command"] = shlex.join(fields["command"])
+        del fields["env"]["PREFECT_UNSET_BY_BLOCK"]  # 3.x's template wants strings only
+        monkeypatch.delenv("PREFECT_UNSET_BY_BLOCK")
         removed["command"] = shlex.join(removed["command"])
         joined["command"] = "true"
         deployment = deploy_pool(api_url, pool, queue, docker_daemon, "fields", **fields)
@@ -309,6 +317,9 @@ def test_every_field_reaches_the_container(
         assert env["FROM_BLOCK"] == "block"
         assert env["OVERRIDDEN"] == "override"
         assert env["PREFECT__FLOW_RUN_ID"] == run
+        assert env["PREFECT_KEPT_FROM_AGENT"] == "agent"  # the agent's PREFECT_* settings
+        assert "PREFECT_UNSET_BY_BLOCK" not in env  # null unsets
+        assert "NOT_PREFECT_OF_AGENT" not in env  # nothing else of the agent's environment
     assert names == {slug, f"{slug}-1"}
 
     completed(api_url, auto)
