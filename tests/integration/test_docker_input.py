@@ -246,11 +246,11 @@ def test_every_field_reaches_the_container(
     """The fields a user sets, as the daemon shows the run's container: its name (the block's,
     slugged; a number on a conflict), labels (the user's in Docker's form, under the run's),
     memory and swap limits, env (the agent's PREFECT_* settings and nothing else of its
-    environment, the block's or the deployment's on top, a null unsetting (2.x: the 3.x
-    template takes strings only), the override's or
-    the run's on top of those), volumes; auto_remove removes the container once its run ended
-    (Completed: the exit was read first); a network given by name is joined. (`privileged`
-    is not here: this machine's daemon, itself in a container, cannot grant it.)"""
+    environment, the block's or the deployment's on top, a null unsetting on 2.x (the 3.x
+    template takes strings only), the override's or the run's on top of those), volumes;
+    auto_remove removes the container once its run ended (Completed: the exit was read
+    first); a network given by name is joined. (`privileged` is not here: this machine's
+    daemon, itself in a container, cannot grant it.)"""
     monkeypatch.setenv("PREFECT_KEPT_FROM_AGENT", "agent")
     monkeypatch.setenv("PREFECT_UNSET_BY_BLOCK", "agent")
     monkeypatch.setenv("NOT_PREFECT_OF_AGENT", "agent")
