@@ -159,7 +159,10 @@ class DockerKind:
                     where = "the default Docker socket" if base.startswith("http+docker") else base
                 info = client.info()
             except docker.errors.DockerException as exc:
-                message = f"the Docker daemon at {where} does not answer: {_short(exc)}"
+                message = (
+                    f"the Docker daemon at {where} does not answer: "
+                    f"{_unreachable_reason(exc, self._timeout)}"
+                )
                 self._retry_at = time.monotonic() + DAEMON_RETRY_SECONDS
                 if message != self._unavailable:
                     log.warning("%s", message)
@@ -589,6 +592,21 @@ class ContainerJob:
             except docker.errors.APIError as exc:
                 done.append(f"{self.label} could not be removed: {_short(exc)}")
         return done
+
+
+def _unreachable_reason(exc: BaseException, timeout: int) -> str:
+    """Why the daemon did not answer, in words (docker-py wraps the socket's error in a
+    request library's repr); its own text when it is none of the usual ones."""
+    text = _short(exc)
+    if "FileNotFoundError" in text or "No such file or directory" in text:
+        return "no socket at that path (is dockerd running? is DOCKER_HOST right?)"
+    if "Permission denied" in text or "PermissionError" in text:
+        return "permission denied (may the agent's user use the Docker socket?)"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused (is dockerd running? is DOCKER_HOST right?)"
+    if "timed out" in text.lower():
+        return f"no answer within {timeout}s"
+    return text
 
 
 def _pull_hint(spec: DockerSpec, detail: str) -> str:

@@ -692,7 +692,9 @@ def test_an_unreachable_daemon_is_one_line_and_fails_only_docker_runs(
         failed_with(api_url, run, "Submission failed.", UNSERVED_SOCKET, "does not answer")
     lines = daemon_lines(agent)
     assert len(lines) == 1, lines
-    assert "does not answer" in lines[0], lines
+    assert lines[0].endswith(
+        "does not answer: no socket at that path (is dockerd running? is DOCKER_HOST right?)"
+    ), lines
 
 
 def deploy_docker_block(api_url: str, queue: str, name: str, block: str) -> str:
