@@ -10,7 +10,9 @@ What this kind does differently from Prefect's DockerContainer, and why:
   id>`, the daemon's unique `ID` from `/info`) is known before it starts, so the server can
   record it first and no started container is ever without its pid.
 - Docker's `AutoRemove` is never asked for: the exit code is read from the wait API's answer
-  and `State.OOMKilled` from an inspect after it, and only then, in `after_exit`, is the
+  and `State.OOMKilled` from an inspect after it (the daemon may record an OOM kill late, or
+  miss it: a SIGKILL exit of a memory-limited container the agent did not kill is then
+  "most likely out of memory"), and only then, in `after_exit`, is the
   container removed (when the block asked for `auto_remove`). Prefect lost exit codes to that
   race (PrefectHQ/prefect#6648).
 - A daemon that stops answering while a container runs (a restart, an upgrade) is waited for
@@ -29,6 +31,7 @@ import contextlib
 import importlib.metadata
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -70,6 +73,17 @@ DAEMON_POLL_SECONDS = 0.5
 # and so does an operator's `docker stop`. Watched this long to tell them apart.
 OUTSIDE_STOP_WINDOW_SECONDS = 20.0
 EVENTS_LOOKBACK_SECONDS = 7 * 24 * 3600
+# After the daemon did not answer, it is asked again (by the next run) no sooner than this.
+DAEMON_RETRY_SECONDS = 2.0
+SIGKILL_EXIT = 128 + int(signal.SIGKILL)
+OOM_SETTLE_SECONDS = 0.5
+OOM_SETTLE_POLL = 0.05
+# What runc says when a container's command is not in its image, and dockerd when a network
+# the container joins does not exist: both come at start, in words a user must dig out.
+_MISSING_COMMAND = re.compile(
+    r'unable to start container process: exec: "([^"]*)": (.*?)(?:: unknown)?$'
+)
+_MISSING_NETWORK = re.compile(r"^network (\S+) not found$")
 
 
 def agent_prefect_version() -> str | None:
@@ -87,7 +101,7 @@ class DaemonInfo:
     id: str
     os_type: str  # "linux"
     version: str  # "20.10.24"
-    where: str  # the client's base URL, for messages
+    where: str  # DOCKER_HOST, or the client's base URL, for messages
 
     @property
     def host_gateway(self) -> bool:
@@ -128,6 +142,7 @@ class DockerKind:
         self._client: docker.DockerClient | None = None
         self._info: DaemonInfo | None = None
         self._unavailable: str | None = None  # the last failure, logged once
+        self._retry_at = 0.0  # monotonic: the daemon is not asked again before then
 
     # -- the daemon ------------------------------------------------------------------------
 
@@ -144,6 +159,10 @@ class DockerKind:
         with self._lock:
             if self._info is not None and self._client is not None:
                 return self._info
+            if self._unavailable is not None and time.monotonic() < self._retry_at:
+                # Runs that queued behind a daemon that did not answer (a read timeout can be
+                # a minute) fail with its reason at once, not one timeout after another.
+                raise DockerUnavailableError(self._unavailable)
             where = self._environ.get("DOCKER_HOST") or "the default Docker socket"
             try:
                 client = docker.from_env(
@@ -151,10 +170,17 @@ class DockerKind:
                     timeout=self._timeout,
                     max_pool_size=MAX_POOL_SIZE,
                 )
-                where = client.api.base_url
+                if "DOCKER_HOST" not in self._environ:
+                    # A socket's base URL is `http+docker://localhost` whichever it is.
+                    base = str(client.api.base_url)
+                    where = "the default Docker socket" if base.startswith("http+docker") else base
                 info = client.info()
             except docker.errors.DockerException as exc:
-                message = f"the Docker daemon at {where} does not answer: {_short(exc)}"
+                message = (
+                    f"the Docker daemon at {where} does not answer: "
+                    f"{_unreachable_reason(exc, self._timeout)}"
+                )
+                self._retry_at = time.monotonic() + DAEMON_RETRY_SECONDS
                 if message != self._unavailable:
                     log.warning("%s", message)
                     self._unavailable = message
@@ -291,6 +317,7 @@ class DockerKind:
             stream_output=spec.stream_output,
             auto_remove=spec.auto_remove,
             mem_limit_text=spec.mem_limit_text,
+            image=spec.image,
         )
 
     def find(self, flow_run_id: str, infrastructure_pid: str | None) -> ContainerJob | None:
@@ -382,16 +409,16 @@ class DockerKind:
             if spec.registry.registry_url:
                 auth["serveraddress"] = spec.registry.registry_url
         log.info("pulling image %s", spec.image)
-        hint = "" if auth else " (no registry credentials were given)"
         try:
             for chunk in api.pull(spec.image, stream=True, decode=True, auth_config=auth):
                 if isinstance(chunk, dict) and chunk.get("error"):
                     detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    hint = _pull_hint(spec, str(detail))
                     raise SubmissionError(f"pulling image {spec.image!r} failed: {detail}{hint}")
         except docker.errors.APIError as exc:
-            raise SubmissionError(
-                f"pulling image {spec.image!r} failed: {_short(exc)}{hint}"
-            ) from None
+            detail = _short(exc)
+            hint = _pull_hint(spec, detail)
+            raise SubmissionError(f"pulling image {spec.image!r} failed: {detail}{hint}") from None
         if not self._present(api, spec.image):
             raise SubmissionError(f"pulling image {spec.image!r} left no such image")
 
@@ -445,8 +472,10 @@ class ContainerJob:
         auto_remove: bool,
         mem_limit_text: str | None,
         started: bool = False,
+        image: str | None = None,
     ) -> None:
         self._kind = kind
+        self._image = image
         self.container_id = container_id
         self.name = name
         self._pid = format_container_pid(daemon_id, container_id)
@@ -456,6 +485,7 @@ class ContainerJob:
         self._started = started
         self._streamer: threading.Thread | None = None
         self._signalled = False  # the agent sent it a signal (a cancel, a stop, a kill)
+        self._killed = False  # the agent sent SIGKILL: a 137 is its own doing
 
     @property
     def infrastructure_pid(self) -> str | None:
@@ -491,7 +521,8 @@ class ContainerJob:
             # "created" for ever: nothing of it is worth keeping, its pid then names nothing.
             with contextlib.suppress(docker.errors.DockerException, OSError):
                 api.remove_container(self.container_id, force=True)
-            raise SubmissionError(f"{self.label} could not start: {_short(exc)}") from None
+            why = _start_failure(_short(exc), self._image, self._kind)
+            raise SubmissionError(f"{self.label} could not start: {why}") from None
         self._started = True
         if self._stream_output:
             self._streamer = threading.Thread(
@@ -559,15 +590,25 @@ class ContainerJob:
         error = (answer.get("Error") or {}).get("Message")
         if self._streamer is not None:
             self._streamer.join(LOG_DRAIN_SECONDS)
-        cause = error or None
+        return self._ending(None if code is None else int(code), error or None, restarted)
+
+    def _ending(self, code: int | None, cause: str | None, restarted: bool) -> ExitStatus:
+        """How the container ended, once its code is read: an OOM kill (recorded, or most
+        likely), a stop from outside the agent, or the daemon's restart or going away."""
+        limit = f" (mem_limit {self._mem_limit_text})" if self._mem_limit_text else ""
+        suspect = (
+            code == SIGKILL_EXIT
+            and bool(self._mem_limit_text)
+            and not self._killed
+            and not restarted
+        )
         try:
-            state = self._state()
+            oom = self._oom_killed(suspect)
         except (requests.exceptions.RequestException, OSError, docker.errors.APIError):
-            state = None  # the daemon went as the container ended: its code is known
-        if state is not None and state.get("OOMKilled"):
-            limit = f" (mem_limit {self._mem_limit_text})" if self._mem_limit_text else ""
+            oom = False  # the daemon went as the container ended: its code is known
+        if oom:
             cause = f"out of memory{limit}"
-        if code and not restarted and not self._signalled:
+        elif code and not restarted and not self._signalled:
             outside = self._killed_from_outside()
             if outside is not None:
                 # dockerd stopping answers the wait before it goes: which was it?
@@ -578,11 +619,16 @@ class ContainerJob:
                     restarted = True
                 else:
                     gone = f"the Docker daemon at {where} went away while the container ran"
-                    return ExitStatus(int(code), gone)
+                    return ExitStatus(code, gone)
+            elif suspect:  # the kernel's OOM killer sends no kill event; nobody else did
+                cause = (
+                    f"killed by SIGKILL, not by the agent: most likely out of memory{limit}, "
+                    "though the Docker daemon recorded no OOM kill"
+                )
         if restarted:
             restart = "the Docker daemon restarted while the container ran"
             cause = f"{restart}; {cause}" if cause else restart
-        return ExitStatus(None if code is None else int(code), cause)
+        return ExitStatus(code, cause)
 
     def _killed_from_outside(self) -> str | None:
         """The signals the daemon's events say the container was sent (`docker stop`, `docker
@@ -602,6 +648,23 @@ class ContainerJob:
         except (requests.exceptions.RequestException, OSError, docker.errors.DockerException):
             return "the daemon stopped answering as it ended"
         return f"signal {', then '.join(signals)}" if signals else None
+
+    def _oom_killed(self, suspect: bool) -> bool:
+        """Whether the daemon recorded an OOM kill (`State.OOMKilled`). It hears of an OOM
+        kill and of the exit as two events, and may record the exit first: a `suspect` exit
+        (SIGKILL of a container with a memory limit, not sent by the agent) is read again for
+        up to `OOM_SETTLE_SECONDS`. The daemon may also miss the OOM event altogether (it
+        races the container's cgroup being removed): then `wait` says "most likely"."""
+        deadline = time.monotonic() + OOM_SETTLE_SECONDS
+        while True:
+            state = self._state()
+            if state is None:
+                return False
+            if state.get("OOMKilled"):
+                return True
+            if not suspect or time.monotonic() >= deadline:
+                return False
+            time.sleep(OOM_SETTLE_POLL)
 
     def _stop_signal(self) -> str:
         try:
@@ -628,9 +691,11 @@ class ContainerJob:
         return self._signal(self._stop_signal())
 
     def grace_over(self) -> bool:
+        self._killed = True
         return self._signal(int(signal.SIGKILL))
 
     def kill(self) -> bool:
+        self._killed = True
         return self._signal(int(signal.SIGKILL))
 
     def after_exit(self) -> list[str]:
@@ -658,6 +723,48 @@ class ContainerJob:
             except docker.errors.APIError as exc:
                 done.append(f"{self.label} could not be removed: {_short(exc)}")
         return done
+
+
+def _unreachable_reason(exc: BaseException, timeout: int) -> str:
+    """Why the daemon did not answer, in words (docker-py wraps the socket's error in a
+    request library's repr); its own text when it is none of the usual ones."""
+    text = _short(exc)
+    if "FileNotFoundError" in text or "No such file or directory" in text:
+        return "no socket at that path (is dockerd running? is DOCKER_HOST right?)"
+    if "Permission denied" in text or "PermissionError" in text:
+        return "permission denied (may the agent's user use the Docker socket?)"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return "connection refused (is dockerd running? is DOCKER_HOST right?)"
+    if "timed out" in text.lower():
+        return f"no answer within {timeout}s"
+    return text
+
+
+def _pull_hint(spec: DockerSpec, detail: str) -> str:
+    """What a refused pull means: no credentials were given, or the registry refused the
+    ones given (named by user, never by password)."""
+    if spec.registry is None:
+        return " (no registry credentials were given)"
+    lowered = detail.lower()
+    if "unauthorized" in lowered or "authentication required" in lowered or "denied" in lowered:
+        return f" (the registry refused the credentials of user {spec.registry.username!r})"
+    return ""
+
+
+def _start_failure(text: str, image: str | None, kind: DockerKind) -> str:
+    """Why a container did not start, in a user's words where the daemon's are buried: a
+    command the image does not have, a network the daemon does not have."""
+    command = _MISSING_COMMAND.search(text)
+    if command:
+        program, detail = command.groups()
+        where = f"image {image!r}" if image else "the image"
+        return f"its command {program!r} cannot be run in {where}: {detail}"
+    network = _MISSING_NETWORK.match(text)
+    if network:
+        info = kind._info
+        at = f" at {info.where}" if info is not None else ""
+        return f"network {network.group(1)!r} does not exist on the Docker daemon{at}"
+    return text
 
 
 def _short(exc: BaseException) -> str:

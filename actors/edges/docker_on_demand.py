@@ -10,6 +10,10 @@ the environment at that moment) on the first call that needs the daemon.
 Without the package, each Docker run fails with one reason (`MISSING`), logged once. A daemon
 that does not answer is the `DockerKind`'s to report: one reason per run, logged once per
 change of that reason.
+
+An agent that serves a Prefect 3 `docker` pool knows at start that it will need the daemon, and
+`probe()` looks for it then: a daemon that does not answer is told in one line before any run
+comes (a 2.x agent learns a run's kind only from its block, so it looks at the first Docker run).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class DockerOnDemand:
         self._lock = threading.Lock()
         self._kind: DockerKind | None = None
         self._missing_logged = False
+        self._probed = False
 
     def _load(self) -> DockerKind:
         """The real kind; `SubmissionError` (MISSING) when the `docker` package is not there."""
@@ -63,6 +68,25 @@ class DockerOnDemand:
     def loaded(self) -> DockerKind | None:
         """The real kind once a Docker run made it; None before."""
         return self._kind
+
+    def probe(self) -> None:
+        """Look for the daemon now, once (blocks on it: call from an infrastructure call pool).
+        It is logged either way: where it answers, or why not (the kind's one line)."""
+        with self._lock:
+            if self._probed:
+                return
+            self._probed = True
+        try:
+            daemon = self._load().daemon()
+        except SubmissionError:
+            return  # logged once, by the kind (or as MISSING)
+        log.info(
+            "the Docker daemon at %s answers (engine %s, %s, ID %s)",
+            daemon.where,
+            daemon.version,
+            daemon.os_type,
+            daemon.id,
+        )
 
     def prepare(self, source: RunSource) -> object:
         return self._load().prepare(source)

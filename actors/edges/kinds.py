@@ -68,6 +68,19 @@ def pool_refusal(pool: WorkPool, kinds: Sequence[Infrastructure]) -> str | None:
     )
 
 
+def probe_pool(pool: WorkPool, kinds: Sequence[Infrastructure]) -> None:
+    """The kind that runs `pool`'s runs looks for what it needs (its `probe`, when it has
+    one: the Docker kind, its daemon) and logs what it found, so that an agent serving a
+    docker pool on a daemon that does not answer says so at start, once, not at each run.
+    Blocks on the infrastructure: call it from the infrastructure call pool."""
+    for kind in kinds:
+        if pool.type in pool_types(kind):
+            probe = getattr(kind, "probe", None)
+            if callable(probe):
+                probe()
+            return
+
+
 def kind_for(source: RunSource, kinds: Sequence[Infrastructure]) -> Infrastructure:
     """The kind that runs this run, by its block's type (2.x) or its pool's type (3.x)."""
     block = source.block

@@ -298,6 +298,11 @@ def registry_auth(value: object, field: str) -> RegistryAuth | None:
     which the server hands over as the block's data, nested."""
     if value is None:
         return None
+    if isinstance(value, str) and "{{" in value:
+        raise SubmissionError(
+            f"{field} {value!r} is a template this agent does not fill in; name the registry "
+            'block as {"$ref": {"block_document_id": "<its id>"}}'
+        )
     if not isinstance(value, dict):
         raise SubmissionError(f"{field} must be a registry block's fields, got {value!r}")
     if "$ref" in value:

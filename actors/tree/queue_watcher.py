@@ -32,7 +32,7 @@ from typing import Any
 
 import pykka
 
-from actors.edges.kinds import pool_refusal
+from actors.edges.kinds import pool_refusal, probe_pool
 from actors.edges.prefect_api import ApiError
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
 from actors.rules.retry import ONCE, POLL_ERRORS
@@ -91,6 +91,7 @@ class QueueWatcher(PermanentChild):
         self.filter_answers = False  # whether this poll's pages may come by the flow-run filter
         self.pool_missing = False
         self.refused: str | None = None  # why the pool's runs are not taken (its type)
+        self.probed = False  # the pool's kind was asked to look for its infrastructure
         self.failures = 0
         self.share = Share(ctx.identity.name)  # which runs of the window are ours to propose
         self.polls = 0
@@ -220,6 +221,9 @@ class QueueWatcher(PermanentChild):
                 self.pool = pool
                 self._refuse(refusal)
                 return interval
+            if not self.probed:  # its kind looks for its infrastructure (a daemon) at start
+                self.probed = True
+                self.ctx.infra_calls.submit(lambda: probe_pool(pool, self.ctx.infrastructures))
         queue = self._read_queue()
         if queue is None:
             self._set_phase("queue does not exist")

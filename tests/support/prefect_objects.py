@@ -160,8 +160,10 @@ def deploy_with_block_data(
     work_queue: str,
     block_type_slug: str,
     data: dict[str, Any],
+    infra_overrides: dict[str, Any] | None = None,
 ) -> str:
-    """Deploy a flow whose infrastructure document is of an arbitrary block type.
+    """Deploy a flow whose infrastructure document is of an arbitrary block type (and the
+    deployment's `infra_overrides` of its fields).
 
     Lets tests hand the agent infrastructure it does not support (a
     ``docker-container``, or a slug the server has never heard of, which is
@@ -177,6 +179,7 @@ def deploy_with_block_data(
         name=name,
         work_queue=work_queue,
         infrastructure_document_id=block,
+        infra_overrides=infra_overrides,
     )
 
 

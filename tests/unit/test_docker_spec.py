@@ -243,6 +243,10 @@ def test_a_nested_registry_block() -> None:
         ({"image_registry": {"$ref": {"block_document_id": "x"}}}, "not resolved"),
         ({"image_registry": {"username": "u", "password": "********"}}, "hidden"),
         ({"image_registry": {"username": "u"}}, "invalid image_registry"),
+        (
+            {"image_registry": "{{ prefect.blocks.docker-registry.mine }}"},
+            "a template this agent does not fill in; name the registry block as",
+        ),
         ({"privileged": "yes"}, "privileged must be true or false"),
     ],
 )
