@@ -20,6 +20,9 @@ from examples.harness.background_server import BackgroundServer
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-prefect3"
 REQUIREMENT = "prefect>=3,<4"
+# Prefect 3's docker worker (`prefect worker start --type docker`) lives in this collection;
+# the benchmark's `containers` part runs it as the anchor of the 3.x docker pool.
+DOCKER_WORKER_REQUIREMENT = "prefect-docker"
 PYTHON = VENV / "bin" / "python"
 INSTALL_TIMEOUT = 900.0
 SERVER_ENV = {
@@ -53,6 +56,30 @@ def _ensure_venv(log: Path) -> float:
             timeout=INSTALL_TIMEOUT,
         )
     marker.write_text(REQUIREMENT + "\n")
+    return time.monotonic() - began
+
+
+def ensure_docker_worker(log: Path) -> float:
+    """`prefect-docker` in the environment (made first if need be); seconds spent installing
+    (0 when both were there). Pinned to the Prefect already installed, so adding the worker
+    never upgrades the server the tests run."""
+    began = time.monotonic()
+    spent = _ensure_venv(log)
+    marker = VENV / ".prefect-docker-installed"
+    if marker.exists():
+        return spent
+    with log.open("ab") as out:
+        subprocess.run(
+            [
+                str(PYTHON), "-m", "pip", "install", "-q",
+                DOCKER_WORKER_REQUIREMENT, f"prefect=={prefect3_version()}",
+            ],
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=INSTALL_TIMEOUT,
+        )  # fmt: skip
+    marker.write_text(DOCKER_WORKER_REQUIREMENT + "\n")
     return time.monotonic() - began
 
 
