@@ -73,6 +73,8 @@ Say = Callable[[str], None]
 CANCEL_GAP = (0.3, 1.0)
 LOOK = 0.1  # seconds between looks at the daemon while a run starts or a container stops
 STALL_SECONDS = 60.0  # the in-flight phase ends when no container started for this long
+STATE_WAIT = 5.0  # for a cancelled run's final state, once its container stopped
+FINAL_STATES = ("CANCELLED", "CRASHED", "FAILED", "COMPLETED")
 
 
 @dataclass
@@ -99,7 +101,11 @@ class ContainerFigures:
     drain_runs_per_second: float | None = None
     from_start_seconds: float | None = None  # the agent's start -> last StartedAt
     inflight_timed_out: bool = False
+    seconds: float = 0.0  # the contender's whole turn
     samples: dict[str, list[float]] = field(default_factory=dict)
+    # Per run of step 1, epoch seconds: first Pending, StartedAt, the script's start (to set
+    # beside the contender's own log when asking where the time went).
+    latency_detail: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
@@ -192,6 +198,9 @@ def _latency_and_cancel(
             figures.latency_missed += 1
             continue
         running.append(run_id)
+        figures.latency_detail.append(
+            {"run_id": run_id, "pending": pending, "started": started, "script": script}
+        )
         to_running.append(started - pending)
         to_script.append(script - pending)
     figures.latency_runs = runs
@@ -225,9 +234,14 @@ def _latency_and_cancel(
     figures.cancel_to_stopped = Spread.of(to_stop)
     figures.samples["cancel_to_sigterm"] = to_term
     figures.samples["cancel_to_stopped"] = to_stop
-    # The run's state a little after its container stopped: the contender's report of it.
-    time.sleep(2.0)
+    # The runs' states once the contender reported them (or a few seconds on): its account.
+    deadline = time.monotonic() + STATE_WAIT
     states = bench.api.read_states(sorted(cancelled)) if cancelled else {}
+    while states and time.monotonic() < deadline:
+        if all(state in FINAL_STATES for state in states.values()):
+            break
+        time.sleep(LOOK * 5)
+        states = bench.api.read_states(sorted(cancelled))
     for state in states.values():
         figures.cancelled_states[state] = figures.cancelled_states.get(state, 0) + 1
 
@@ -277,7 +291,7 @@ def _in_flight(  # noqa: PLR0915 - one loop of readings, kept together to be rea
         if len(started) == runs:  # the plateau: a few readings more, their median
             readings = []
             for _ in range(3):
-                time.sleep(1.0)
+                time.sleep(0.5)
                 readings.append(tree_rss_kib(agent.process.pid))
             rss_at_most = int(statistics.median(readings))
             rss_max = max(rss_max, *readings)
@@ -314,6 +328,7 @@ def _one(
 ) -> ContainerFigures:
     entrant = ENTRANTS[name]
     figures = ContainerFigures(entrant.label, entrant.describe)
+    began = time.monotonic()
     bench = BenchServer(target.api_url)
     script = write_script(work_dir)
     markers = work_dir / f"markers-containers-{name}"
@@ -326,7 +341,7 @@ def _one(
     poll = interval if interval is not None else (10.0 if name == "worker" else 15.0)
     # Prefect 3.9's worker cancels only a run it is still submitting; past that, a run is
     # its engine's to cancel, in the container (the marker script has none): a short look.
-    cancel_timeout = 5.0 + 3 * poll if name == "worker" else 60.0 + 4 * poll
+    cancel_timeout = 2.0 + 3 * poll if name == "worker" else 60.0 + 4 * poll
 
     def start_agent(phase: str) -> Agent:
         return launch(
@@ -358,6 +373,8 @@ def _one(
         if target.server is None:
             bench.delete_everything()
         bench.close()
+        figures.seconds = time.monotonic() - began
+        say(f"  took {figures.seconds:.1f}s")
     return figures
 
 
