@@ -234,8 +234,9 @@ def _latency_and_cancel(
     figures.cancel_to_stopped = Spread.of(to_stop)
     figures.samples["cancel_to_sigterm"] = to_term
     figures.samples["cancel_to_stopped"] = to_stop
-    # The runs' states once the contender reported them (or a few seconds on): its account.
-    deadline = time.monotonic() + STATE_WAIT
+    # The runs' states once the contender reported them (a few seconds at most, and none
+    # when it stopped no container): its own account of the cancellations.
+    deadline = time.monotonic() + (STATE_WAIT if stopped else 0.0)
     states = bench.api.read_states(sorted(cancelled)) if cancelled else {}
     while states and time.monotonic() < deadline:
         if all(state in FINAL_STATES for state in states.values()):
@@ -341,7 +342,7 @@ def _one(
     poll = interval if interval is not None else (10.0 if name == "worker" else 15.0)
     # Prefect 3.9's worker cancels only a run it is still submitting; past that, a run is
     # its engine's to cancel, in the container (the marker script has none): a short look.
-    cancel_timeout = 2.0 + 3 * poll if name == "worker" else 60.0 + 4 * poll
+    cancel_timeout = 1.0 + 2 * poll if name == "worker" else 60.0 + 4 * poll
 
     def start_agent(phase: str) -> Agent:
         return launch(
