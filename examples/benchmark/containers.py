@@ -19,10 +19,11 @@ Per contender (containers_setup.py says how each is started), with one agent eac
 3. **In flight and drain**: the agent is stopped, `--containers-inflight` held runs are made due
    at once, and a new agent of the contender starts. While their containers start, the
    agent's RSS (its whole process tree, from /proc: a container's processes are the daemon's,
-   never the agent's) is read each second; the figure is the reading once every run's container
-   runs (or at the end, with the count reached). The drain is from the first Pending (server)
-   to the last container's `StartedAt` (daemon): until every container has started, not until
-   the runs complete (the command is the marker script, not the engine, for every contender).
+   never the agent's) is read each second; the figure is the median of three readings once
+   every run's container runs (or the reading while the most ran, with the count reached).
+   The drain is from the first Pending (server) to the last container's `StartedAt` (daemon):
+   until every container has started, not until the runs complete (the command is the marker
+   script, not the engine, for every contender).
 
 The server's, the daemon's and the script's clocks are this machine's one clock.
 """
