@@ -26,7 +26,9 @@ The modules, one job each: `server` (what is set up on the Prefect server and re
 every process started here), `progress` (watching runs get their pids), `ceiling`, `drain`,
 `first_poll` and `footprint` (the parts), `agent_metrics` (ours' /metrics), `agent_logs` (the
 official agent's log lines), `latency` (median and p95), `figures` (median rounds, ratios),
-`report` (table, notes, JSON) and `cli`.
+`report` (table, notes, JSON) and `cli`; the opt-in parts have modules of their own (`fleet*`,
+`latency_part` and `pickup*`, `containers*`: flow runs in Docker containers beside Prefect
+2.20's agent with a DockerContainer block and Prefect 3's docker worker).
 
 Only the standard library, httpx and prometheus_client's parser: RSS and CPU come from /proc,
 so the numbers are the kernel's own. Every process started here (agents, and the flow

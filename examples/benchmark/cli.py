@@ -16,6 +16,10 @@ from types import FrameType
 import examples.benchmark as package
 from actors.launcher.local_server import LocalPrefectServer
 from examples.benchmark.ceiling import drain_ceiling
+from examples.benchmark.containers import add_arguments as containers_arguments
+from examples.benchmark.containers import run_containers
+from examples.benchmark.containers_report import json_report as containers_json
+from examples.benchmark.containers_report import render as containers_render
 from examples.benchmark.contenders import ALL_CONTENDERS, CONTENDERS, ContenderError
 from examples.benchmark.drain import DrainResult, drain_agent
 from examples.benchmark.figures import Results, ratios
@@ -33,8 +37,8 @@ from examples.benchmark.procs import ProcessGuard, load_average
 from examples.benchmark.report import footnotes, json_report, render
 from examples.benchmark.server import POLL_SECONDS, BenchServer
 
-ALL_PARTS = ("drain", "first-poll", "footprint", "fleet", "latency")
-# fleet and latency: opt-in (servers and hosts of their own)
+ALL_PARTS = ("drain", "first-poll", "footprint", "fleet", "latency", "containers")
+# fleet, latency and containers: opt-in (servers, hosts and a Docker daemon of their own)
 DEFAULT_PARTS = ("drain", "first-poll", "footprint")
 
 
@@ -62,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--parts",
         default=",".join(DEFAULT_PARTS),
-        help=f"{','.join(ALL_PARTS)} (default {','.join(DEFAULT_PARTS)}; fleet, latency opt-in)",
+        help=f"{','.join(ALL_PARTS)} (default {','.join(DEFAULT_PARTS)}; the others opt-in)",
     )
     parser.add_argument(
         "--contenders", default=",".join(ALL_CONTENDERS), help=",".join(ALL_CONTENDERS)
@@ -121,6 +125,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="PostgreSQL with fsync and synchronous commits (default: off, a throwaway server)",
     )
     latency_arguments(parser)
+    containers_arguments(parser)
     parser.add_argument(
         "--keep-logs", default=None, metavar="DIR", help="keep the agents' logs in DIR"
     )
@@ -132,6 +137,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--runs, --inflight, --rounds and --first-poll-runs must be at least 1")
     if min(args.fleet_agents, args.fleet_runs, args.fleet_compare_runs or 1) < 1:
         parser.error("--fleet-agents, --fleet-runs and --fleet-compare-runs must be at least 1")
+    if min(args.containers_latency_runs, args.containers_inflight) < 1:
+        parser.error("--containers-latency-runs and --containers-inflight must be at least 1")
     return args
 
 
@@ -307,6 +314,12 @@ def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work
             print(flush=True)
         print(latency_render(latency), flush=True)
         report["latency"] = latency_json(latency)
+    if "containers" in args.part_list:
+        containers = run_containers(args, work_dir, say, guard)
+        if report:
+            print(flush=True)
+        print(containers_render(containers), flush=True)
+        report["containers"] = containers_json(containers)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0

@@ -2,9 +2,11 @@
 
 Prefect 2 and 3 cannot share one environment, so the 3.x server (and the Prefect 3 engine
 that runs its flows) live in `.venv-prefect3` at the repository's root, made on first use
-from the current 3.x on PyPI. Making it and starting the server take a minute or more, so the
-session starts both in the background as soon as it knows a 3.x test will run; the 2.20 tests
-run meanwhile, and the first 3.x test waits for whatever is left.
+from the current 3.x on PyPI, with `prefect-docker` (Prefect 3's docker worker, which the
+benchmark's `containers` part runs) added at the same Prefect version. Making it and
+starting the server take a minute or more, so the session starts both in the background as
+soon as it knows a 3.x test will run; the 2.20 tests run meanwhile, and the first 3.x test
+waits for whatever is left.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from examples.harness.background_server import BackgroundServer
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-prefect3"
 REQUIREMENT = "prefect>=3,<4"
+# Prefect 3's docker worker (`prefect worker start --type docker`) lives in this collection;
+# the benchmark's `containers` part runs it as the anchor of the 3.x docker pool.
+DOCKER_WORKER_REQUIREMENT = "prefect-docker"
 PYTHON = VENV / "bin" / "python"
 INSTALL_TIMEOUT = 900.0
 SERVER_ENV = {
@@ -56,6 +61,30 @@ def _ensure_venv(log: Path) -> float:
     return time.monotonic() - began
 
 
+def ensure_docker_worker(log: Path) -> float:
+    """`prefect-docker` in the environment (made first if need be); seconds spent installing
+    (0 when both were there). Pinned to the Prefect already installed, so adding the worker
+    never upgrades the server the tests run."""
+    began = time.monotonic()
+    spent = _ensure_venv(log)
+    marker = VENV / ".prefect-docker-installed"
+    if marker.exists():
+        return spent
+    with log.open("ab") as out:
+        subprocess.run(
+            [
+                str(PYTHON), "-m", "pip", "install", "-q",
+                DOCKER_WORKER_REQUIREMENT, f"prefect=={prefect3_version()}",
+            ],
+            check=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=INSTALL_TIMEOUT,
+        )  # fmt: skip
+    marker.write_text(DOCKER_WORKER_REQUIREMENT + "\n")
+    return time.monotonic() - began
+
+
 def prefect3_version() -> str:
     answer = subprocess.run(
         [str(PYTHON), "-c", "import prefect; print(prefect.__version__)"],
@@ -80,7 +109,16 @@ class Prefect3Server(BackgroundServer):
         self.install_seconds = 0.0
 
     def _prepare(self) -> None:
-        self.install_seconds = _ensure_venv(self.home / "install.log")
+        log = self.home / "install.log"
+        self.install_seconds = _ensure_venv(log)
+        # Prefect 3's docker worker too, while the session's 2.20 tests run: the benchmark's
+        # smoke test then finds it. The server needs none of it, so a failed install is left
+        # to the benchmark to report (it installs again, and says why it could not).
+        try:
+            self.install_seconds += ensure_docker_worker(log)
+        except (subprocess.SubprocessError, OSError) as exc:
+            with log.open("a") as out:
+                out.write(f"prefect-docker not installed: {exc}\n")
 
     def _make(self) -> LocalPrefectServer:
         return LocalPrefectServer(home=self.home / "home", python=str(PYTHON), env=SERVER_ENV)

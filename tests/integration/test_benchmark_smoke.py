@@ -21,10 +21,14 @@ from pathlib import Path
 import pytest
 
 from actors.launcher.local_server import LocalPrefectServer
+from examples.harness.docker_daemon import DockerDaemon
+from examples.harness.flow_image import ImageBuild
 from tests.conftest import ROOT
 from tests.integration.helpers import run_ok
 
 pytestmark = pytest.mark.integration
+
+BENCH_LABEL = "org.prefect-actor-agent.bench"  # on every container of the containers part
 
 
 def test_benchmark_reports_ceiling_and_ours_with_positive_rates(
@@ -134,13 +138,24 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
     assert _processes_marked(mark) == []  # hosts, agents, servers, postgres: all gone
 
 
-def _run_benchmark(args: list[str], *, mark: str | None = None) -> subprocess.CompletedProcess[str]:
+def _run_benchmark(
+    args: list[str],
+    *,
+    mark: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """`python -m examples.benchmark ARGS`, which must succeed. With `mark`, every process the
     benchmark starts inherits FLEET_SMOKE_MARK=mark in its environment, for
-    `_processes_marked` to find whatever it left behind."""
-    env = None if mark is None else {**os.environ, "FLEET_SMOKE_MARK": mark}
+    `_processes_marked` to find whatever it left behind; `env` is added to its environment."""
+    environ = {**os.environ, **(env or {})}
+    if mark is not None:
+        environ["FLEET_SMOKE_MARK"] = mark
     return run_ok(
-        [sys.executable, "-m", "examples.benchmark", *args], timeout=120, cwd=ROOT, env=env
+        [sys.executable, "-m", "examples.benchmark", *args],
+        timeout=timeout,
+        cwd=ROOT,
+        env=environ,
     )
 
 
@@ -194,3 +209,56 @@ def test_latency_part_times_ours_with_the_stream_and_without(
         assert all(s > 0 for s in cancels[name]["samples"])
         assert idle[name]["requests"] > 0 and idle[name]["queues"] == 10
     assert _processes_marked(mark) == []  # agents and their runs: all gone
+
+
+@pytest.mark.docker
+def test_containers_part_gives_every_contenders_figures(
+    prefect_events_server: LocalPrefectServer,
+    prefect3_server: LocalPrefectServer,
+    docker_daemon: DockerDaemon,
+    flow_image: ImageBuild,
+    tmp_path: Path,
+) -> None:
+    """`--parts containers` small, on the session's servers (2.20 with events, 3.x) and its
+    Docker daemon: ours and Prefect 2.20's agent with a DockerContainer block, ours and
+    Prefect 3's docker worker with a docker pool; one run started and cancelled and two in
+    flight each, every contender polling each second."""
+    report = tmp_path / "containers.json"
+    mark = f"containers-smoke-{uuid.uuid4().hex}"
+    options = (
+        f"--containers-api2 {prefect_events_server.api_url} "
+        f"--containers-api3 {prefect3_server.api_url} --containers-latency-runs 1 "
+        f"--containers-inflight 2 --containers-query-interval 1 --json {report}"
+    ).split()
+    result = _run_benchmark(
+        ["--parts", "containers", *options], mark=mark, env=docker_daemon.environ, timeout=240
+    )
+    assert any(line.startswith("contender") and "Pending->running" in line
+               for line in result.stdout.splitlines())  # fmt: skip
+    containers = json.loads(report.read_text())["containers"]
+    assert containers["failures"] == [], containers["failures"]
+    figures = {f["contender"]: f for f in containers["figures"]}
+    assert set(figures) == {"2.20 ours", "2.20 official", "3.x ours", "3.x worker"}
+    for name, f in figures.items():
+        # Each contender started its run's container, after the run's Pending...
+        assert f["pending_to_running"]["samples"] == 1, (name, f)
+        assert 0 < f["pending_to_running"]["median"] <= f["pending_to_script"]["median"], f
+        # ...stopped it when the run was set Cancelling (SIGTERM first, then the stop), except
+        # Prefect 3's worker, which leaves a submitted run to its engine in the container...
+        if name == "3.x worker":
+            assert f["cancel_missed"] == 1, (name, f)
+        else:
+            assert f["cancel_to_stopped"]["samples"] == 1 and f["cancel_missed"] == 0, (name, f)
+            assert 0 < f["cancel_to_sigterm"]["median"] <= f["cancel_to_stopped"]["median"], f
+        # ...and held both runs in flight, its RSS read, its drain timed.
+        assert f["inflight_reached"] == 2 and not f["inflight_timed_out"], (name, f)
+        assert f["rss_mib"] > 0 and f["drain_runs_per_second"] > 0, (name, f)
+    checks = {c["target"] for c in containers["target_checks"]}
+    assert any("Pending->running" in c for c in checks), checks
+    client = docker_daemon.client()
+    try:
+        left = client.containers.list(all=True, filters={"label": BENCH_LABEL})
+    finally:
+        client.close()
+    assert left == []  # every container of the part removed
+    assert _processes_marked(mark) == []  # agents, workers: all gone
