@@ -3,9 +3,10 @@
 How it comes to exist is its plan (`messages.internal.run_steps.RunPlan`):
 
     SubmitRun        a poll found the run: propose Pending (the server's answer is the lock
-                     between agents), resolve the infrastructure, create it, record its pid
-                     and start it (or start it, then record the pid, for a kind that learns
-                     it only by starting), wait for the end.
+                     between agents) and, while the server weighs it, resolve the
+                     infrastructure and create it (removed if Pending is refused); then
+                     record its pid and start it (or start it, then record the pid, for a
+                     kind that learns it only by starting), wait for the end.
     LeftByEarlierLife      an earlier life of this agent left the run within its reach: find
     LeftByFailedSupervisor   its infrastructure by pid (or take the one a failed supervisor
     CancelUnheld     hands over) and watch it to its end; or, for a Cancel of a run not held,
@@ -125,6 +126,14 @@ class RunSupervisor(pykka.ThreadingActor):
         self.waiting: Prepared | None = None  # resolved, waiting for a valid lease
         self.confirming = False  # after a lapse: reading whether the run is still ours
         self.lease_holds = lease_holds  # as the Dispatcher tells it (`LeaseChanged`)
+        # Made while Pending is with the server (see `_get_ahead`): the resolution, then the
+        # created (not started) infrastructure, or why either failed; what ends the run once
+        # a creation under way is answered (its job is removed first).
+        self.getting_ahead = False
+        self.creating_ahead = False
+        self.prepared: Prepared | None = None
+        self.failed_ahead: Callable[[], None] | None = None
+        self.finish_after_create: tuple[RunOutcome, str, bool] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -183,6 +192,8 @@ class RunSupervisor(pykka.ThreadingActor):
         if job is not None and pid is not None and job.running:
             self._tell_dispatcher(SupervisorFailed(self.run_id, pid, reason))
             return
+        if job is not None and not self.started_here and isinstance(self.plan, SubmitRun):
+            self.ctx.infra_calls.submit(lambda: _ignore(job.after_exit()))  # never started: removed
         if pid is None and isinstance(self.plan, SubmitRun):
             proposal = failed(f"the agent failed while submitting it ({reason})")
             try:  # the actor is gone: this one report is made here, with the edge's retries
@@ -247,6 +258,13 @@ class RunSupervisor(pykka.ThreadingActor):
     def _finish(self, outcome: RunOutcome, detail: str = "", contested: bool = False) -> None:
         if self.finished:
             return
+        if isinstance(self.plan, SubmitRun) and not self.started_here:
+            if self.creating_ahead:  # what is being made ahead is removed once answered
+                self.finish_after_create = (outcome, detail, contested)
+                return
+            if self.job is not None:  # created, never started: nothing of it is left
+                job, self.job = self.job, None
+                self._infra(job.after_exit, _ignore, _ignore)
         self._set_phase(f"finished ({outcome})")
         self.finished = True
         queue = self.plan.flow_run.work_queue_name if isinstance(self.plan, SubmitRun) else None
@@ -281,6 +299,68 @@ class RunSupervisor(pykka.ThreadingActor):
             self._pending_failed,
             urgent=True,
         )
+        self._get_ahead()
+
+    def _get_ahead(self) -> None:
+        """While Pending is with the server: resolve the infrastructure and create it (a
+        container created, not started), so that once the server accepts, only the pid's
+        record and the start are left. A refused Pending removes what was created; nothing
+        runs before the pid is recorded, as before."""
+        if self.getting_ahead:
+            return
+        self.getting_ahead = True
+
+        def resolved(prepared: Prepared) -> None:
+            self.prepared = prepared
+            if self.past_pending:
+                self.actor_ref.tell(prepared)  # the usual way, behind a Cancel that came first
+            elif self.lease_holds and self.stop_request is None and not self.finished:
+                self._create_ahead(prepared)
+
+        def unresolved(exc: Exception) -> None:
+            if self.past_pending:
+                self._resolve_failed(exc)
+            else:
+                self.failed_ahead = lambda: self._resolve_failed(exc)
+
+        self._call(self._resolve, resolved, unresolved)
+
+    def _create_ahead(self, prepared: Prepared) -> None:
+        kind = prepared.kind
+        if not isinstance(kind, _KindLike):
+            raise TypeError(f"not a kind of infrastructure: {kind!r}")
+        self.creating = self.creating_ahead = True
+        spec = prepared.spec
+
+        def created(job: RunJob) -> None:
+            self.creating = self.creating_ahead = False
+            self.job = job
+            if self.finish_after_create is not None:
+                self._finish(*self.finish_after_create)  # removes the job first
+            elif self.past_pending:
+                self._after_pending_with(job)
+
+        def not_created(exc: Exception) -> None:
+            self.creating = self.creating_ahead = False
+            if self.finish_after_create is not None:
+                self._finish(*self.finish_after_create)
+            elif self.past_pending:
+                self._start_failed(exc)
+            else:
+                self.failed_ahead = lambda: self._start_failed(exc)
+
+        self._infra(lambda: kind.create(spec), created, not_created)
+
+    def _after_pending_with(self, job: RunJob) -> None:
+        """Pending accepted and the infrastructure created ahead: record its pid and start it
+        (unless the lease lapsed meanwhile: then it is removed and made again once the server
+        says the run is still ours)."""
+        if self.lease_holds or self.prepared is None:
+            self._created(job)
+            return
+        self.job = None
+        self._infra(job.after_exit, _ignore, _ignore)
+        self._create(self.prepared)
 
     def _pending_failed(self, exc: Exception) -> None:
         if isinstance(exc, ApiError):
@@ -311,8 +391,14 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.stop_request is not None:
             self._end_before_start()
             return
-        self._set_phase("resolving infrastructure")
-        self._call(self._resolve, self._resolved, self._resolve_failed)
+        if self.failed_ahead is not None:
+            self.failed_ahead()
+        elif self.job is not None:
+            self._after_pending_with(self.job)
+        elif self.prepared is not None and not self.creating:
+            self._create(self.prepared)
+        elif not self.creating:
+            self._set_phase("resolving infrastructure")  # `_get_ahead`'s answer goes on
 
     def _label_run(self) -> None:
         """On Prefect 3, the labels Prefect's workers give their runs (for the UI)."""
@@ -383,10 +469,6 @@ class RunSupervisor(pykka.ThreadingActor):
 
     def _resolve_failed(self, exc: Exception) -> None:
         self._submission_failed(str(exc))
-
-    def _resolved(self, prepared: Prepared) -> None:
-        # Created through the inbox, so that a Cancel that came during resolution goes first.
-        self.actor_ref.tell(prepared)
 
     def _create(self, prepared: Prepared) -> None:
         if self.stop_request is not None:

@@ -1092,3 +1092,63 @@ def test_a_pending_an_earlier_life_left_after_the_first_look_is_found_by_the_sec
     assert len(fake.calls("runs_in_states")) == 1  # no second look yet
     clock.advance(1.0)
     wait_until(lambda: fake.state(run.id).type == SCHEDULED, 5, "the run to be handed back")
+
+
+@pytest.mark.timeout(30)
+def test_the_infrastructure_is_created_while_pending_is_with_the_server_and_started_after_it(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """Pending to running costs only the pid's record and the start: the run's
+    infrastructure is resolved and created (not started) while the server weighs Pending."""
+    fake.add_queue("default")
+    run = fake.add_run(fake_deployment(fake))
+    kind = FakeInfrastructure(pid_before_start=True)
+    pending = fake.hang("set_state", when=is_pending)
+    start(infrastructures=(kind,))
+    job = kind.job(run.id)  # created while Pending is held
+    assert fake.blocked("set_state")
+    assert job.events == ["create"] and fake.calls("set_infrastructure_pid") == []
+    pending.release()
+    wait_until(lambda: job.started_at, 5, "the fake job to start")
+    recorded = [c for c in fake.calls("set_infrastructure_pid", run_id=run.id) if c.answered]
+    assert recorded and recorded[0].answered_at is not None
+    assert recorded[0].answered_at <= job.started_at, "started before its pid was recorded"
+    job.end(ExitStatus(0))
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_pending_removes_what_was_created_ahead_and_starts_nothing(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """Another agent's Pending wins while ours is with the server: what was created ahead is
+    removed, never started, and no pid is recorded."""
+    fake.add_queue("default")
+    run = fake.add_run(fake_deployment(fake))
+    kind = FakeInfrastructure(pid_before_start=True)
+    pending = fake.hang("set_state", when=is_pending)
+    start(infrastructures=(kind,))
+    job = kind.job(run.id)
+    fake.set_run_state(run.id, PENDING, message="Taken by another agent.")
+    pending.release()
+    wait_until(lambda: "after_exit" in job.events, 5, "what was created to be removed")
+    assert job.events == ["create", "after_exit"]
+    assert fake.calls("set_infrastructure_pid") == []
+
+
+@pytest.mark.timeout(30)
+def test_a_cancel_while_pending_removes_what_was_created_ahead(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    fake.add_queue("default")
+    run = fake.add_run(fake_deployment(fake))
+    kind = FakeInfrastructure(pid_before_start=True)
+    pending = fake.hang("set_state", when=is_pending)
+    handle = start(infrastructures=(kind,))
+    job = kind.job(run.id)
+    handle.cancel(run.id)
+    handle.dispatcher.proxy().actor_urn.get(timeout=5)  # the Dispatcher has passed it on
+    pending.release()
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 5, "the run to be Cancelled")
+    wait_until(lambda: "after_exit" in job.events, 5, "what was created to be removed")
+    assert job.events == ["create", "after_exit"]
+    assert fake.calls("set_infrastructure_pid") == []
