@@ -232,7 +232,8 @@ def test_pending_run_cancelled_before_its_process_starts_never_starts(
     agent = library_agent(work_queues=(queue,), api=PrefectApi(api_url, transport=transport))
     assert isinstance(agent, ThreadAgent)
     assert transport.held.wait(30), "the agent never read the deployment"
-    assert run_state(api_url, run)[0] == "PENDING"
+    # The deployment is read while Pending is with the server: Pending goes on meanwhile.
+    wait_for(lambda: run_state(api_url, run)[0] == "PENDING", 15, "the run to be Pending")
 
     agent.handle.cancel(run, "cancelled while pending")
     agent.handle.dispatcher.ask(CountHeldRuns())  # the Cancel is in the supervisor's inbox now
