@@ -387,7 +387,6 @@ class RunSupervisor(pykka.ThreadingActor):
             return
         self.past_pending = True
         self._observe_pending_latency(result)
-        self._label_run()
         if self.stop_request is not None:
             self._end_before_start()
             return
@@ -544,6 +543,7 @@ class RunSupervisor(pykka.ThreadingActor):
         self.pid = pid = job.infrastructure_pid
         self._set_phase(f"running {job.label}")
         log.info("flow run %s started as %s (infrastructure pid %s)", self.run_id, job.label, pid)
+        self._label_run()  # after the start: the pid's record and the start go first
         self._wait_in_helper(job)
         if pid is not None and not self.pid_recorded:
             self._record_pid(pid)
@@ -569,7 +569,10 @@ class RunSupervisor(pykka.ThreadingActor):
                 then()
 
         self._call(
-            lambda: self.api.set_infrastructure_pid(self.run_id, pid), recorded, not_recorded
+            lambda: self.api.set_infrastructure_pid(self.run_id, pid),
+            recorded,
+            not_recorded,
+            urgent=True,  # a start waits on it, as on a Pending
         )
 
     def _confirm_then_start(self, prepared: Prepared) -> None:
