@@ -42,6 +42,7 @@ from actors.edges.event_stream import EventStream, StreamError, events_url, show
 from actors.rules.event_filter import (
     CancelRun,
     Ignore,
+    QueueChanged,
     RecentEvents,
     WakeWatcher,
     decide,
@@ -254,6 +255,9 @@ class EventListener(PeriodicChild):
         match decision:
             case WakeWatcher(queue_name=queue, flow_run_id=run_id):
                 log.debug("flow run %s announced in queue %r: polling it now", run_id, queue)
+                self._wake(queue)
+            case QueueChanged(queue_name=queue, change=change):
+                log.debug("work queue %r announced %s: polling it now", queue, change)
                 self._wake(queue)
             case CancelRun(flow_run_id=run_id):
                 log.info("flow run %s is to be cancelled (announced by the event stream)", run_id)
