@@ -148,7 +148,8 @@ def test_other_state_changes_do_nothing(state_name: str, state_type: str) -> Non
 def test_a_served_queue_resumed_or_changed_wakes_its_watcher_and_its_pause_does_not() -> None:
     """A queue idle by the stream is polled rarely: its resume (or a new priority) must reach
     its watcher by event, within a poll interval."""
-    for change, woken in (("ready", True), ("not-ready", True), ("updated", True), ("paused", False)):
+    changes = (("ready", True), ("not-ready", True), ("updated", True), ("paused", False))
+    for change, woken in changes:
         raw = json.loads(stream_message("Scheduled", "SCHEDULED"))
         raw["event"]["event"] = f"prefect.work-queue.{change}"
         raw["event"]["resource"]["prefect.resource.id"] = f"prefect.work-queue.{QUEUE_ID}"
