@@ -331,8 +331,9 @@ class PrefectApi:
 
     # -- work pools --------------------------------------------------------------------------------
 
-    def read_work_pool(self, name: str) -> WorkPool | None:
-        """The pool named `name`, or None; read at most once a second for all its watchers."""
+    def read_work_pool(self, name: str, max_age: float = 1.0) -> WorkPool | None:
+        """The pool named `name`, or None; read at most once a second for all its watchers
+        (once per `max_age`, up to `cache_seconds`, for a caller that needs less fresh)."""
 
         def read() -> WorkPool | None:
             try:
@@ -340,7 +341,7 @@ class PrefectApi:
             except NotFoundError:
                 return None
 
-        return self._cached(("work_pool", name), read, max_age=1.0)
+        return self._cached(("work_pool", name), read, max_age=max_age)
 
     def read_pool_queue(self, pool: str, name: str) -> WorkQueue | None:
         """The queue `name` of pool `pool`, or None when it does not exist."""

@@ -14,6 +14,12 @@ stay READY), and the scout wakes only the watchers of the queues that have somet
   finds the run and sets the timer that brings it back at the run's time, less the prefetch;
 - a full page: every watcher polls (more may hide behind it).
 
+An agent of plain queues (`-q` or `-m` without `-p`) has one scout too, of the pool where a
+2.10+ server keeps them (`default-agent-pool`): it reads the pool's id and tells the watchers
+(`ScoutCovers`); a watcher whose queue is of that pool and has no tag filter (which only
+get_runs applies) leaves its idle looks to the scout, the others poll on their own as before.
+Where the server has no such pool, or the look fails, the watchers are told so and poll.
+
 Its pace (`actors/rules/scouting.py`): the query interval without the event stream; with it
 (`StreamHealth`), the stream announces runs as they come, so the scout is the safety net, every
 `STREAM_LOOK_SECONDS`. When the stream is lost it looks at once, then every query interval.
@@ -29,17 +35,25 @@ from typing import Any
 
 import pykka
 
-from actors.edges.prefect_api import ApiError
+from actors.edges.prefect_api import ApiError, NotFoundError
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.rules.scouting import SeenLater, due_split, look_interval
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.periodic import PeriodicChild
-from messages.internal.events import EventWake, ScoutedQueue, ScoutedQueues, StreamHealth
+from messages.internal.events import (
+    EventWake,
+    ScoutCovers,
+    ScoutedQueue,
+    ScoutedQueues,
+    StreamHealth,
+)
 from messages.user.tree import ActorKind
 from messages.wire.prefect import ApiDecodeError
 
 SCOUT_PAGE = 100  # runs per look; a full page wakes every watcher
+DEFAULT_AGENT_POOL = "default-agent-pool"  # where 2.10+ servers keep the queues of no pool
+POOL_ID_SECONDS = 60.0  # how old a read of the default agent pool may be for its id
 
 
 class PoolScout(PeriodicChild):
@@ -54,6 +68,8 @@ class PoolScout(PeriodicChild):
         pool: str,
         queues: tuple[ScoutedQueue, ...],
         stream_healthy: bool,
+        *,
+        plain: bool = False,
     ) -> None:
         super().__init__(ctx, agent, pool)
         self.api = ctx.api.with_retry(ONCE)  # the next look is the retry
@@ -64,6 +80,7 @@ class PoolScout(PeriodicChild):
         self.seen_later = SeenLater()
         self.failures = 0
         self.looks = 0
+        self.plain = plain  # the default agent pool's scout, for plain queues
 
     def begin(self) -> None:
         """Each watcher polls once as it starts; the scout's first look is a period later."""
@@ -92,6 +109,8 @@ class PoolScout(PeriodicChild):
         if not self.queues:
             self.set_phase("no queue watched yet")
             return interval
+        if self.plain and not self._covering():
+            return interval if self.phase != "not available" else None
         now = datetime.now(UTC)
         horizon = now + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         names = sorted(self.queues)
@@ -99,6 +118,15 @@ class PoolScout(PeriodicChild):
             runs = self.api.get_pool_runs(
                 self.pool, names, horizon + timedelta(seconds=interval), SCOUT_PAGE
             )
+        except NotFoundError as exc:
+            # The pool, or one of the queues named, does not exist (yet, or any more): every
+            # watcher polls on its own, which creates a queue named by -q or says what is
+            # missing; the next look comes a period later.
+            self.log.info("work pool %r: %s; its watchers poll on their own", self.pool, exc)
+            self.set_phase(f"error: {exc}")
+            self._cover(None)
+            self._wake(set(names))
+            return interval
         except (ApiError, ApiDecodeError) as exc:
             self.failures += 1
             retry_after = exc.retry_after if isinstance(exc, ApiError) else None
@@ -114,6 +142,7 @@ class PoolScout(PeriodicChild):
         self.failures = 0
         self.looks += 1
         due, _ = due_split(runs, horizon)
+        due_ids = {run.id for run in due}
         if len(runs) >= SCOUT_PAGE:
             woken = set(names)
         else:
@@ -121,16 +150,47 @@ class PoolScout(PeriodicChild):
             woken |= {
                 run.work_queue_name
                 for run in runs
-                if run.work_queue_name and run not in due and self.seen_later.first_time(run.id)
+                if run.work_queue_name
+                and run.id not in due_ids
+                and self.seen_later.first_time(run.id)
             }
-        for name in sorted(woken):
-            watcher = self.queues.get(name)
-            if isinstance(watcher, pykka.ActorRef):
-                tell_if_alive(watcher, EventWake(by_event=False))
+        self._wake(woken)
         self.set_phase(
             f"idle, last look found {len(due)} run(s) due, {len(runs) - len(due)} later"
         )
         return interval
+
+    def _covering(self) -> bool:
+        """For plain queues: whether the default agent pool can be looked at, its id told to
+        the watchers (which then leave their idle looks to this scout)."""
+        profile = self.ctx.api.known_profile()
+        if profile is not None and not profile.has_work_pools:
+            self.set_phase("not available")  # a server older than work pools: never
+            self._cover(None)
+            return False
+        try:
+            pool = self.api.read_work_pool(self.pool, max_age=POOL_ID_SECONDS)
+        except (ApiError, ApiDecodeError) as exc:
+            pool = None
+            self.set_phase(f"error: {exc}")
+        else:
+            if pool is None:
+                self.set_phase(f"no work pool {self.pool!r}: the watchers poll on their own")
+        self._cover(pool.id if pool is not None else None)
+        return pool is not None
+
+    def _cover(self, pool_id: str | None) -> None:
+        if not self.plain:
+            return
+        for watcher in self.queues.values():
+            if isinstance(watcher, pykka.ActorRef):
+                tell_if_alive(watcher, ScoutCovers(pool_id))
+
+    def _wake(self, names: set[str]) -> None:
+        for name in sorted(names):
+            watcher = self.queues.get(name)
+            if isinstance(watcher, pykka.ActorRef):
+                tell_if_alive(watcher, EventWake(by_event=False))
 
     def detail(self) -> dict[str, str]:
         pace = f"{self._interval():g}s"

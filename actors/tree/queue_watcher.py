@@ -52,7 +52,7 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
-from messages.internal.events import EventWake, StreamHealth
+from messages.internal.events import EventWake, ScoutCovers, StreamHealth
 from messages.internal.lifecycle import (
     ChildStatus,
     Describe,
@@ -112,8 +112,10 @@ class QueueWatcher(PermanentChild):
         self.poll_started = 0.0  # monotonic time of the poll under way
         self.poll_under_way = False  # from Poll to the poll's end (its next poll scheduled)
         self.woken = False  # an EventWake came during the poll under way: poll again after it
-        # A pool's queue is looked at by the pool's PoolScout: no idle poll of its own.
+        # A pool's queue is looked at by the pool's PoolScout: no idle poll of its own; a plain
+        # queue too, once the default agent pool's scout says it covers it (`ScoutCovers`).
         self.scouted = pool_name is not None and not ctx.settings.run_once
+        self.scout_pool_id: str | None = None  # the default agent pool's, as its scout said
         self.stream_healthy = False  # as the Agent last said (`StreamHealth`)
         self.later_at: datetime | None = None  # the earliest run seen due after the prefetch
         self.phase = "starting"
@@ -135,6 +137,9 @@ class QueueWatcher(PermanentChild):
                 self._event_wake(by_event)
             case StreamHealth(healthy=healthy):
                 self._stream_health(healthy)
+            case ScoutCovers(pool_id=pool_id):
+                self.scout_pool_id = pool_id
+                self._scout_covers()
             case Room(count=count, peers=peers):
                 self.share.peers_are(peers)
                 self._poll_step(lambda: self._take_room(count))
@@ -187,6 +192,24 @@ class QueueWatcher(PermanentChild):
         if self.scouted:
             return None
         return look_interval(self.ctx.settings.query_interval, self.stream_healthy)
+
+    def _scout_covers(self) -> None:
+        """A plain queue is left to the default agent pool's scout while its queue is of that
+        pool and has no tag filter (only get_runs applies one); otherwise it polls itself."""
+        if self.pool_name is not None or self.ctx.settings.run_once:
+            return
+        queue = self.queue
+        covered = (
+            self.scout_pool_id is not None
+            and queue is not None
+            and queue.work_pool_id == self.scout_pool_id
+            and queue.filter is None
+        )
+        if covered == self.scouted:
+            return
+        self.scouted = covered
+        if not covered and self.next_poll is None and not self.poll_under_way:
+            self._schedule(self._idle_interval())
 
     def _stream_health(self, healthy: bool) -> None:
         """Told when the stream comes or goes. Lost: what it would have announced is polled
@@ -464,6 +487,7 @@ class QueueWatcher(PermanentChild):
         if queue is not None and self.queue is None:
             self.log.info("watching work queue %r%s (%s)", queue.name, where, queue.id)
         self.queue = queue
+        self._scout_covers()  # its pool or its filter may have changed
         return queue
 
     def _describe(self) -> ActorNode:

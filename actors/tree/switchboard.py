@@ -39,7 +39,7 @@ from actors.tree.children import Child, Children
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.event_listener import EventListener
 from actors.tree.heartbeat import Heartbeat
-from actors.tree.pool_scout import PoolScout
+from actors.tree.pool_scout import DEFAULT_AGENT_POOL, PoolScout
 from actors.tree.queue_matcher import QueueMatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
@@ -94,7 +94,8 @@ class Switchboard:
         self.served: tuple[ServedQueue, ...] | None = None  # told the EventListener
         self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watchers told it
         self.stream_healthy = False  # told the CancelWatcher, the scouts and the watchers
-        self.scouted: dict[str, tuple[ScoutedQueue, ...]] = {}  # pool -> told its scout
+        self.scouted: dict[str, tuple[ScoutedQueue, ...]] = {}  # scout -> told it
+        self.scout_pools: dict[str, str | None] = {}  # scout -> the pool it looks at (None: plain)
         self.lease_said = LeaseChanged(holds=True, streak_since=None)  # without `reconnected`
 
     def first_children(self) -> list[Child]:
@@ -134,19 +135,27 @@ class Switchboard:
                     started=self.listener_started,
                 ),
             ]
-            rows += [self._scout(pool) for pool in settings.work_pools]
+            rows += [self._scout(pool) for pool in settings.work_pools or (None,)]
         if settings.follows_queues:
             matcher = (ActorKind.QUEUE_MATCHER, QueueMatcher.NAME)
             rows.append(Child(*matcher, lambda: QueueMatcher.start(ctx, agent)))
         return rows
 
-    def _scout(self, pool: str) -> Child:
-        """The row of a pool's PoolScout, started knowing the pool's watched queues."""
+    def _scout(self, pool: str | None) -> Child:
+        """The row of a pool's PoolScout, started knowing the pool's watched queues; for plain
+        queues (None), the scout of the server's default agent pool."""
+        name = pool if pool is not None else DEFAULT_AGENT_POOL
+        self.scout_pools[name] = pool
         return Child(
             SCOUT,
-            pool,
+            name,
             lambda: PoolScout.start(
-                self.ctx, self.agent, pool, self.scouted.get(pool, ()), self.stream_healthy
+                self.ctx,
+                self.agent,
+                name,
+                self.scouted.get(name, ()),
+                self.stream_healthy,
+                plain=pool is None,
             ),
         )
 
@@ -223,14 +232,14 @@ class Switchboard:
     def _tell_scouts(self, watchers: list[Child]) -> None:
         """Each pool's scout hears its watched queues (with their current watchers)."""
         for scout in self.children.of_kind(SCOUT):
-            pool = scout.name
+            pool = self.scout_pools.get(scout.name)
             queues = tuple(
                 ScoutedQueue(self.watcher_queues[watcher.name].name, watcher.ref)
                 for watcher in watchers
                 if watcher.ref is not None and self.watcher_queues[watcher.name].pool == pool
             )
-            if scout.ref is not None and queues != self.scouted.get(pool):
-                self.scouted[pool] = queues
+            if scout.ref is not None and queues != self.scouted.get(scout.name):
+                self.scouted[scout.name] = queues
                 self._tell(scout.ref, ScoutedQueues(queues))
 
     def listener_started(self) -> None:

@@ -78,3 +78,12 @@ class ScoutedQueues(msgspec.Struct, frozen=True):
     """Told to a PoolScout by the Agent whenever the watched queues of its pool change."""
 
     queues: tuple[ScoutedQueue, ...]
+
+
+class ScoutCovers(msgspec.Struct, frozen=True):
+    """Told to the watchers of plain queues by the PoolScout of the server's default agent pool
+    (where 2.x keeps the queues made without a pool): the id of that pool, whose looks cover
+    every queue of it without a tag filter; None: it cannot look (the watchers poll on their
+    own, as before)."""
+
+    pool_id: str | None

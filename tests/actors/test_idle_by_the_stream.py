@@ -34,7 +34,13 @@ __all__ = ["fake", "runs_dir", "start", "stream"]
 
 QUEUES = ("q1", "q2", "q3")
 # (The pool itself is read by the Heartbeat and Recovery too, at their own pace: not counted.)
-QUEUE_CALLS = ("get_pool_runs", "read_pool_queue", "get_runs", "scheduled_runs")
+QUEUE_CALLS = (
+    "get_pool_runs",
+    "read_pool_queue",
+    "read_work_queue_by_name",
+    "get_runs",
+    "scheduled_runs",
+)
 
 
 def queue_calls(fake: FakePrefectApi, since: float) -> list[str]:
@@ -113,5 +119,33 @@ def test_without_a_stream_one_request_per_look_covers_every_queue_of_the_pool(
 
     asked = time.monotonic()
     run = fake.add_run(fake.add_deployment(["true"]), queue="q3", pool="pool")
+    wait_until(lambda: fake.proposals(run.id, PENDING), 5, "the run's Pending proposal")
+    assert fake.proposals(run.id, PENDING)[0].at - asked < 1.0 + 0.5, "not within one interval"
+
+
+@pytest.mark.timeout(30)
+def test_plain_queues_without_a_stream_are_looked_at_in_one_request_of_the_default_agent_pool(
+    fake: FakePrefectApi, stream: StandInStream, start: Start
+) -> None:
+    """2.20 by default: no stream, queues made without a pool (kept in `default-agent-pool`).
+    A tag-filtered queue, which only get_runs serves, still polls on its own."""
+    stream.refusing = True
+    fake.add_pool("default-agent-pool")
+    for name in QUEUES:
+        fake.add_queue(name)
+    handle = start(fake, work_queues=QUEUES, query_interval=1.0)
+    wait_until(lambda: mode(handle) == "polling", 5, "the agent to poll")
+    wait_until(lambda: fake.calls("get_pool_runs"), 5, "the scout's first look")
+    settle(*QUEUES)
+    idle_from = idle_window(3.0)
+    idle = queue_calls(fake, idle_from)
+    assert set(idle) == {"get_pool_runs"}, idle
+    assert 2 <= len(idle) <= 4, f"{len(idle)} requests in 3 query intervals for three queues"
+    looks = [c for c in fake.calls("get_pool_runs") if c.at > idle_from]
+    assert all(c.params["pool"] == "default-agent-pool" for c in looks)
+    assert all(sorted(c.params["queue_names"]) == list(QUEUES) for c in looks)
+
+    asked = time.monotonic()
+    run = fake.add_run(fake.add_deployment(["true"]), queue="q2")
     wait_until(lambda: fake.proposals(run.id, PENDING), 5, "the run's Pending proposal")
     assert fake.proposals(run.id, PENDING)[0].at - asked < 1.0 + 0.5, "not within one interval"
