@@ -19,10 +19,12 @@ orchestration and announce nothing; they are due long after they exist, and the 
 takes them in time.
 
 A served queue's own changes wake its watcher too: resumed (`prefect.work-queue.ready` or
-`not-ready`, the statuses a queue leaves PAUSED for) or changed (`prefect.work-queue.updated`:
-its priority, limit or name), as Prefect 3 announces them; the poll that follows reads the queue
-again. So a queue that is idle by the stream, polled only as a safety net, still takes its runs
-as soon as it is resumed. (A pause needs no event: a poll reads its queue before it takes a run.)
+`not-ready`, the statuses a queue leaves PAUSED for; the same events come when the server
+marks a queue polled or stale, so these wake a watcher only if it saw its queue paused) or
+changed (`prefect.work-queue.updated`: its priority, limit or name), as Prefect 3 announces
+them; the poll that follows reads the queue again. So a queue that is idle by the stream, polled
+only as a safety net, still takes its runs as soon as it is resumed. (A pause needs no event: a
+poll reads its queue before it takes a run.)
 
 Left out on purpose: `AwaitingRetry` (a run the engine retries in its own process; a poll
 then could take it twice) and `AwaitingConcurrencySlot` (a run the server itself just refused;
@@ -70,10 +72,15 @@ class WakeWatcher(msgspec.Struct, frozen=True):
 
 
 class QueueChanged(msgspec.Struct, frozen=True):
-    """A served queue was resumed or changed: poll it now (its poll reads it again)."""
+    """A served queue was resumed or changed: poll it now (its poll reads it again); for a
+    status (`resumed_maybe`), only if its watcher saw it paused."""
 
     queue_name: str
     change: str
+
+    @property
+    def resumed_maybe(self) -> bool:
+        return self.change != "updated"
 
 
 class CancelRun(msgspec.Struct, frozen=True):

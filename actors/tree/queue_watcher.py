@@ -133,8 +133,11 @@ class QueueWatcher(PermanentChild):
         match message:
             case Poll():
                 self._poll()
-            case EventWake(by_event=by_event):
-                self._event_wake(by_event)
+            case EventWake(by_event=by_event, queue_changed=changed, if_paused=if_paused):
+                if changed:
+                    self.queue_read_at = 0.0  # the change is read, not a copy from before it
+                if self.paused or not if_paused:
+                    self._event_wake(by_event)
             case StreamHealth(healthy=healthy):
                 self._stream_health(healthy)
             case ScoutCovers(pool_id=pool_id):
@@ -307,7 +310,9 @@ class QueueWatcher(PermanentChild):
                 self.log.debug("%s is still paused", paused)
             self.paused = True
             self._set_phase("paused")
-            return interval
+            # Looked at every query interval while paused, scout or stream or not: a resume
+            # (of its pool too, which the stream does not announce) applies within one.
+            return self.ctx.settings.query_interval
         if self.paused:
             self.log.info("work queue %r resumed", self.queue_name)
             self.paused = False

@@ -57,6 +57,8 @@ class EventWake(msgspec.Struct, frozen=True):
     pool's PoolScout tells it too (`by_event=False`) when its look found a run of the queue."""
 
     by_event: bool = True  # counted as an event-woken poll
+    queue_changed: bool = False  # announced by the queue's own event: read it afresh
+    if_paused: bool = False  # the queue left PAUSED, maybe: poll only if it was seen paused
 
 
 class StreamHealth(msgspec.Struct, frozen=True):

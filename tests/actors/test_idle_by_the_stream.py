@@ -9,12 +9,14 @@ request for all of its queues) and runs are picked up within it.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
+from actors import AgentHandle
 from messages.wire.prefect import PENDING, WorkQueue
-from tests.actors.test_actors_without_server import wait_until
+from tests.actors.test_actors_without_server import node, wait_until
 from tests.actors.test_event_listener import (
     StandInStream,
     Start,
@@ -149,3 +151,56 @@ def test_plain_queues_without_a_stream_are_looked_at_in_one_request_of_the_defau
     run = fake.add_run(fake.add_deployment(["true"]), queue="q2")
     wait_until(lambda: fake.proposals(run.id, PENDING), 5, "the run's Pending proposal")
     assert fake.proposals(run.id, PENDING)[0].at - asked < 1.0 + 0.5, "not within one interval"
+
+
+def watcher_state(handle: AgentHandle, queue: str) -> str | None:
+    found = node(handle.tree(), "QueueWatcher", queue)
+    return found.state if found is not None else None
+
+
+def queue_event(queue: WorkQueue, change: str) -> str:
+    """A work queue's status or update event as Prefect 3 sends it (its resource the queue)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    event = {
+        "occurred": stamp,
+        "event": f"prefect.work-queue.{change}",
+        "resource": {
+            "prefect.resource.id": f"prefect.work-queue.{queue.id}",
+            "prefect.resource.name": queue.name,
+            "prefect.resource.role": "work-queue",
+        },
+        "related": [],
+        "payload": {},
+        "id": f"{queue.id}-{change}-{time.monotonic()}",
+        "follows": None,
+    }
+    return json.dumps({"type": "event", "event": event})
+
+
+@pytest.mark.timeout(30)
+def test_a_paused_queue_resumed_takes_its_runs_as_the_server_announces_it(
+    fake: FakePrefectApi, stream: StandInStream, start: Start
+) -> None:
+    """Idle by the stream, the pool is looked at every 45 s: its queue's resume comes by event
+    (and a status event of a queue not seen paused, as when the server marks it polled, costs
+    no poll)."""
+    queues = pool_with_queues(fake)
+    fake.pause_queue("q1", pool="pool")
+    handle = start(fake, work_pools=("pool",), work_queues=QUEUES)
+    connected(handle, stream, *(q.id for q in queues.values()))
+    settle(*QUEUES)
+    wait_until(lambda: watcher_state(handle, "q1") == "paused", 5, "q1's watcher paused")
+    run = fake.add_run(fake.add_deployment(["true"]), queue="q1", pool="pool")
+    stream.send(flow_run_event(run.id, queues["q1"].id, "Scheduled", "SCHEDULED"))
+    settle(*QUEUES)
+    assert not fake.proposals(run.id, PENDING)
+
+    before = time.monotonic()
+    stream.send(queue_event(queues["q2"], "ready"))  # q2 was never paused: nothing to do
+    fake.pause_queue("q1", paused=False, pool="pool")
+    stream.send(queue_event(queues["q1"], "not-ready"))
+    wait_until(lambda: fake.proposals(run.id, PENDING), 5, "the run's Pending proposal")
+    settle(*QUEUES)
+    assert fake.proposals(run.id, PENDING)[0].at - before < 1.0
+    read = [c.params["name"] for c in fake.calls("read_pool_queue") if c.at > before]
+    assert read == ["q1"], f"queues read after the events: {read}"
