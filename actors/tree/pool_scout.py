@@ -36,6 +36,7 @@ from typing import Any
 import pykka
 
 from actors.edges.prefect_api import ApiError, NotFoundError
+from actors.edges.served_pools import refused
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.rules.scouting import SeenLater, due_split, look_interval
 from actors.runtime.context import AgentContext
@@ -111,6 +112,10 @@ class PoolScout(PeriodicChild):
             return interval
         if self.plain and not self._covering():
             return interval if self.phase != "not available" else None
+        if not self.plain and refused(self.api, self.pool, self.ctx.infrastructures):
+            # Its watchers refuse its runs; a look would mark its queues READY for nothing.
+            self.set_phase("refused: this agent cannot run the work pool's type")
+            return interval
         now = datetime.now(UTC)
         horizon = now + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         names = sorted(self.queues)
