@@ -370,8 +370,9 @@ class QueueWatcher(PermanentChild):
         return None
 
     def _admitted(self, count: int, full: bool) -> None:
-        """The last step: the Dispatcher took `count` of the runs found."""
-        interval = IDLE
+        """The last step: the Dispatcher took `count` of the runs found (or heard that a
+        paused queue, or one with nothing due, has none)."""
+        interval = self.ctx.settings.query_interval if self.paused else IDLE
         if full and count == 0:
             # A full page of runs we already hold, whose Pending has not landed yet: more
             # runs may wait behind them, so look again soon rather than a whole interval later.
