@@ -161,3 +161,26 @@ def test_a_run_created_for_later_is_taken_at_its_time_less_the_prefetch_with_no_
     print(f"taken {taken:.2f}s after it was created, due in 25 s; {looked} looks")
     assert 9.0 < taken < 12.0, f"taken {taken:.1f}s after its creation, not 10 s (25 - 15)"
     assert looked == 2, "one look as it was announced, one when it came due, none between"
+
+
+def test_a_deployment_is_read_once_for_its_runs_over_many_seconds(
+    launcher_agent: AgentFactory,
+    counter: RequestCounter,
+    pool: tuple[str, list[str]],
+    prefect3_server: LocalPrefectServer,
+    markers: Path,
+) -> None:
+    """Four runs of one deployment due 0, 6, 12 and 18 s apart, taken as each comes due
+    (prefetch 0): one read of the deployment serves them all (it was read every 5 s)."""
+    name, queues = pool
+    api = prefect3_server.api_url
+    deployment = deploy_marker(api, name, queues[0], markers)
+    start(launcher_agent, counter, name, queues[:1], prefetch_seconds=0.0)
+    before = counter.snapshot()[0]
+    runs = [create_run(api, deployment, scheduled_in=2.0 + 6.0 * i) for i in range(4)]
+    for run in runs:
+        wait_for(lambda run=run: state_type(api, run) != "SCHEDULED", 40, f"run {run} taken")
+    reads = sum(
+        n for endpoint, n in (counter.snapshot()[0] - before).items() if "/deployments/" in endpoint
+    )
+    assert reads == 1, f"the deployment was read {reads} times for its four runs"
