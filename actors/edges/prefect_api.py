@@ -333,7 +333,7 @@ class PrefectApi:
 
     def read_work_pool(self, name: str, max_age: float = 1.0) -> WorkPool | None:
         """The pool named `name`, or None; read at most once a second for all its watchers
-        (once per `max_age`, up to `cache_seconds`, for a caller that needs less fresh)."""
+        (once per `max_age` for a caller that needs less fresh: its type)."""
 
         def read() -> WorkPool | None:
             try:
@@ -524,7 +524,7 @@ class PrefectApi:
         read per run, all missing the empty cache at once (measured: 38 reads for 200 runs).
         """
         now = time.monotonic()
-        age = self._cache_seconds if max_age is None else min(max_age, self._cache_seconds)
+        age = self._cache_seconds if max_age is None else max_age
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and now - hit[0] < age:

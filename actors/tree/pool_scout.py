@@ -54,7 +54,7 @@ from messages.wire.prefect import ApiDecodeError
 
 SCOUT_PAGE = 100  # runs per look; a full page wakes every watcher
 DEFAULT_AGENT_POOL = "default-agent-pool"  # where 2.10+ servers keep the queues of no pool
-POOL_ID_SECONDS = 60.0  # how old a read of the default agent pool may be for its id
+POOL_ID_SECONDS = 600.0  # how old a read of the default agent pool may be for its id
 
 
 class PoolScout(PeriodicChild):
