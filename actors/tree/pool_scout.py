@@ -129,8 +129,10 @@ class PoolScout(PeriodicChild):
             # missing; the next look comes a period later.
             self.log.info("work pool %r: %s; its watchers poll on their own", self.pool, exc)
             self.set_phase(f"error: {exc}")
-            self._cover(None)
-            self._wake(set(names))
+            if self.plain:
+                self._cover(None)  # they poll on their own timers again
+            else:
+                self._wake(set(names))
             return interval
         except (ApiError, ApiDecodeError) as exc:
             self.failures += 1
