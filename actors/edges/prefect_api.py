@@ -153,6 +153,10 @@ class _Shared:
 
 
 DEFAULT_RETRY = RetryPolicy(base_delay=0.5, max_delay=15.0, attempts=6)
+# How long a deployment or block read serves the runs that follow: they change rarely, and a
+# run per second of one deployment would otherwise re-read it every few seconds. A change
+# reaches the runs submitted at most this long after it.
+DEFINITIONS_CACHE_SECONDS = 60.0
 
 
 class PrefectApi:
@@ -174,7 +178,7 @@ class PrefectApi:
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
-        cache_seconds: float = 5.0,
+        cache_seconds: float = DEFINITIONS_CACHE_SECONDS,
     ) -> None:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if api_key:
@@ -327,8 +331,9 @@ class PrefectApi:
 
     # -- work pools --------------------------------------------------------------------------------
 
-    def read_work_pool(self, name: str) -> WorkPool | None:
-        """The pool named `name`, or None; read at most once a second for all its watchers."""
+    def read_work_pool(self, name: str, max_age: float = 1.0) -> WorkPool | None:
+        """The pool named `name`, or None; read at most once a second for all its watchers
+        (once per `max_age` for a caller that needs less fresh: its type)."""
 
         def read() -> WorkPool | None:
             try:
@@ -336,7 +341,7 @@ class PrefectApi:
             except NotFoundError:
                 return None
 
-        return self._cached(("work_pool", name), read, max_age=1.0)
+        return self._cached(("work_pool", name), read, max_age=max_age)
 
     def read_pool_queue(self, pool: str, name: str) -> WorkQueue | None:
         """The queue `name` of pool `pool`, or None when it does not exist."""
@@ -489,7 +494,7 @@ class PrefectApi:
     # -- deployments and blocks --------------------------------------------------------------------
 
     def read_deployment(self, deployment_id: str) -> Deployment:
-        """The deployment; read at most once per `cache_seconds` (a burst of its runs shares it)."""
+        """The deployment; read at most once per `cache_seconds` (its runs share the read)."""
         return self._cached(
             ("deployment", deployment_id),
             lambda: self._call(Deployment, "GET", f"deployments/{deployment_id}"),
@@ -509,16 +514,17 @@ class PrefectApi:
     def _cached(
         self, key: tuple[str, str], read: Callable[[], T], max_age: float | None = None
     ) -> T:
-        """A short-lived memo of what every run of a deployment reads alike: when a poll brings
-        a hundred runs of one deployment, the server answers two reads, not two hundred. A
-        change to the deployment reaches runs submitted `cache_seconds` later.
+        """A memo of what every run of a deployment reads alike: when a poll brings a hundred
+        runs of one deployment, or a run comes every few seconds, the server answers two reads,
+        not two hundred. A change to the deployment reaches runs submitted `cache_seconds`
+        (a minute) later.
 
         Reads of one key in flight together are one read: the first caller reads, the others
         wait for its answer (or its error). Without that, the first page of a drain sent one
         read per run, all missing the empty cache at once (measured: 38 reads for 200 runs).
         """
         now = time.monotonic()
-        age = self._cache_seconds if max_age is None else min(max_age, self._cache_seconds)
+        age = self._cache_seconds if max_age is None else max_age
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and now - hit[0] < age:

@@ -18,6 +18,14 @@ deployment's schedule creates ahead of time are written by the scheduler without
 orchestration and announce nothing; they are due long after they exist, and the regular poll
 takes them in time.
 
+A served queue's own changes wake its watcher too: resumed (`prefect.work-queue.ready` or
+`not-ready`, the statuses a queue leaves PAUSED for; the same events come when the server
+marks a queue polled or stale, so these wake a watcher only if it saw its queue paused) or
+changed (`prefect.work-queue.updated`: its priority, limit or name), as Prefect 3 announces
+them; the poll that follows reads the queue again. So a queue that is idle by the stream, polled
+only as a safety net, still takes its runs as soon as it is resumed. (A pause needs no event: a
+poll reads its queue before it takes a run.)
+
 Left out on purpose: `AwaitingRetry` (a run the engine retries in its own process; a poll
 then could take it twice) and `AwaitingConcurrencySlot` (a run the server itself just refused;
 waking at once would only be refused again).
@@ -45,7 +53,10 @@ from messages.wire.prefect import CANCELLED, CANCELLING, SCHEDULED
 
 WAKING_STATES = ("Scheduled", "Late")  # a run that may be due: its queue is polled at once
 CANCELLING_STATES = ("Cancelling",)  # type CANCELLING (2.8+), or CANCELLED named so (older)
-SUBSCRIBED_EVENTS = tuple(f"{FLOW_RUN_PREFIX}{name}" for name in WAKING_STATES + CANCELLING_STATES)
+QUEUE_CHANGES = ("ready", "not-ready", "updated")  # a served queue's events that wake its watcher
+SUBSCRIBED_EVENTS = tuple(
+    f"{FLOW_RUN_PREFIX}{name}" for name in WAKING_STATES + CANCELLING_STATES
+) + tuple(f"{WORK_QUEUE_PREFIX}{change}" for change in QUEUE_CHANGES)
 # The window of the subscription: the server drops events outside it. Its start lies before
 # now so that a server whose clock is behind the agent's still sends what happens next.
 CLOCK_SLACK = timedelta(hours=1)
@@ -58,6 +69,18 @@ class WakeWatcher(msgspec.Struct, frozen=True):
 
     queue_name: str
     flow_run_id: str
+
+
+class QueueChanged(msgspec.Struct, frozen=True):
+    """A served queue was resumed or changed: poll it now (its poll reads it again); for a
+    status (`resumed_maybe`), only if its watcher saw it paused."""
+
+    queue_name: str
+    change: str
+
+    @property
+    def resumed_maybe(self) -> bool:
+        return self.change != "updated"
 
 
 class CancelRun(msgspec.Struct, frozen=True):
@@ -73,7 +96,7 @@ class Ignore(msgspec.Struct, frozen=True):
     reason: str
 
 
-Decision = WakeWatcher | CancelRun | Ignore
+Decision = WakeWatcher | QueueChanged | CancelRun | Ignore
 
 
 def subscription(queue_ids: Iterable[str], now: datetime) -> FilterMessage:
@@ -95,6 +118,14 @@ def decide(event: Event, served: Mapping[str, str]) -> Decision:
     this agent serves now (an event of any other queue is ignored, whatever the filter let
     through)."""
     resource_id = event.label("prefect.resource.id") or ""
+    if resource_id.startswith(WORK_QUEUE_PREFIX) and event.event.startswith(WORK_QUEUE_PREFIX):
+        queue_id = resource_id.removeprefix(WORK_QUEUE_PREFIX)
+        change = event.event.removeprefix(WORK_QUEUE_PREFIX)
+        if queue_id not in served:
+            return Ignore(f"work queue {queue_id} is not served by this agent")
+        if change not in QUEUE_CHANGES:
+            return Ignore(f"work queue {served[queue_id]!r}: {change} asks nothing of the agent")
+        return QueueChanged(served[queue_id], change)
     if not resource_id.startswith(FLOW_RUN_PREFIX) or not event.event.startswith(FLOW_RUN_PREFIX):
         return Ignore(f"not a flow run's event: {event.event}")
     run_id = resource_id.removeprefix(FLOW_RUN_PREFIX)

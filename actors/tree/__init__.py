@@ -3,6 +3,7 @@
     Agent                      agent.py           root: supervision, restarts, the tree
     ├── QueueWatcher <queue>   queue_watcher.py   polls one work queue, hands runs on
     ├── QueueMatcher           queue_matcher.py   which queues match now (prefixes, a pool)
+    ├── PoolScout <pool>       pool_scout.py      one look at all of a pool's idle queues
     ├── CancelWatcher          cancel_watcher.py  finds runs the server wants cancelled
     ├── EventListener          event_listener.py  the server's event stream: wakes, cancels
     ├── Heartbeat              heartbeat.py       the worker heartbeat to its pool; the lease

@@ -42,6 +42,7 @@ from actors.edges.event_stream import EventStream, StreamError, events_url, show
 from actors.rules.event_filter import (
     CancelRun,
     Ignore,
+    QueueChanged,
     RecentEvents,
     WakeWatcher,
     decide,
@@ -255,6 +256,10 @@ class EventListener(PeriodicChild):
             case WakeWatcher(queue_name=queue, flow_run_id=run_id):
                 log.debug("flow run %s announced in queue %r: polling it now", run_id, queue)
                 self._wake(queue)
+            case QueueChanged(queue_name=queue, change=change):
+                log.debug("work queue %r announced %s", queue, change)
+                wake = EventWake(queue_changed=True, if_paused=decision.resumed_maybe)
+                self._wake(queue, wake)
             case CancelRun(flow_run_id=run_id):
                 log.info("flow run %s is to be cancelled (announced by the event stream)", run_id)
                 cancel = Cancel(run_id, "cancellation requested on the server", held_only=True)
@@ -262,10 +267,10 @@ class EventListener(PeriodicChild):
             case Ignore(reason=why):
                 log.debug("event %s ignored: %s", event.event, why)
 
-    def _wake(self, queue_name: str) -> None:
+    def _wake(self, queue_name: str, wake: EventWake | None = None) -> None:
         for queue in self.served.values():
             if queue.name == queue_name and isinstance(queue.watcher, pykka.ActorRef):
-                tell_if_alive(queue.watcher, EventWake())
+                tell_if_alive(queue.watcher, wake or EventWake())
 
     def _wake_all(self) -> None:
         for queue in self.served.values():

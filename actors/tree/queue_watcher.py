@@ -14,6 +14,15 @@ pause stops it like its own, and the pool's limit and the queue's priority trave
 that serves several pools has a watcher per pool and queue, named `pool/queue`; a pool of a
 type no kind of this agent runs is refused by its watchers alone (the other pools are served).
 
+Its idle pace (`actors/rules/scouting.py`): a watcher of a pool's queue has none of its own;
+the pool's PoolScout looks at all the pool's queues in one request and wakes it when its queue
+has a run. A watcher of a plain queue polls every query interval, or, while the event stream is
+healthy (`StreamHealth`), every `STREAM_LOOK_SECONDS` as a safety net; when the stream is lost
+it polls at once. Every poll asks for the runs due up to one safety-net period past the
+prefetch horizon and proposes only those due within the prefetch: the earliest of the others
+sets its next poll (a timer on the agent's clock) at that run's time less the prefetch, so a run
+created for later is read once and taken when due, with no poll in between.
+
 A poll is three messages, never an ask: `Poll` (read the queue, tell the Dispatcher
 `FreeSlots`), `Room` (ask the server for that many runs, tell `RunsFound`), `Admitted` (when to
 poll next). A poll the Dispatcher never answers (it failed meanwhile) is followed by the next
@@ -36,13 +45,14 @@ from actors.edges.kinds import pool_refusal, probe_pool
 from actors.edges.prefect_api import ApiError
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
 from actors.rules.retry import ONCE, POLL_ERRORS
+from actors.rules.scouting import STREAM_LOOK_SECONDS, due_split, look_interval
 from actors.rules.share import Share, recorded_poll_interval
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
-from messages.internal.events import EventWake
+from messages.internal.events import EventWake, ScoutCovers, StreamHealth
 from messages.internal.lifecycle import (
     ChildStatus,
     Describe,
@@ -57,6 +67,8 @@ from messages.wire.prefect import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 FULL_PAGE_RECHECK_SECONDS = 0.25
 SHARED_RECHECK_SECONDS = 1.0  # a window of peers' runs is read again at least this often
 QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
+IDLE = float("inf")  # a step's "poll again when idle": the idle pace, or never if scouted
+DUE_MARGIN_SECONDS = 0.05  # a run due later is polled for this long after its time - prefetch
 
 
 class QueueWatcher(PermanentChild):
@@ -100,6 +112,12 @@ class QueueWatcher(PermanentChild):
         self.poll_started = 0.0  # monotonic time of the poll under way
         self.poll_under_way = False  # from Poll to the poll's end (its next poll scheduled)
         self.woken = False  # an EventWake came during the poll under way: poll again after it
+        # A pool's queue is looked at by the pool's PoolScout: no idle poll of its own; a plain
+        # queue too, once the default agent pool's scout says it covers it (`ScoutCovers`).
+        self.scouted = pool_name is not None and not ctx.settings.run_once
+        self.scout_pool_id: str | None = None  # the default agent pool's, as its scout said
+        self.stream_healthy = False  # as the Agent last said (`StreamHealth`)
+        self.later_at: datetime | None = None  # the earliest run seen due after the prefetch
         self.phase = "starting"
         self.since = time.time()
 
@@ -115,8 +133,16 @@ class QueueWatcher(PermanentChild):
         match message:
             case Poll():
                 self._poll()
-            case EventWake():
-                self._event_wake()
+            case EventWake(by_event=by_event, queue_changed=changed, if_paused=if_paused):
+                if changed:
+                    self.queue_read_at = 0.0  # the change is read, not a copy from before it
+                if self.paused or not if_paused:
+                    self._event_wake(by_event)
+            case StreamHealth(healthy=healthy):
+                self._stream_health(healthy)
+            case ScoutCovers(pool_id=pool_id):
+                self.scout_pool_id = pool_id
+                self._scout_covers()
             case Room(count=count, peers=peers):
                 self.share.peers_are(peers)
                 self._poll_step(lambda: self._take_room(count))
@@ -146,10 +172,54 @@ class QueueWatcher(PermanentChild):
             status = ChildStatus(ActorKind.QUEUE_WATCHER, self.name, self._describe())
             tell_if_alive(self.agent, status)
 
-    def _schedule(self, delay: float) -> None:
+    def _schedule(self, delay: float | None) -> None:
+        """The next poll `delay` seconds from now, or at the time of the earliest run seen due
+        later (less the prefetch) if that is sooner; None: no poll but that one."""
         if self.next_poll is not None:
             self.next_poll.cancel()
-        self.next_poll = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
+            self.next_poll = None
+        if self.later_at is not None:
+            prefetch = self.ctx.settings.prefetch_seconds
+            until = (self.later_at - datetime.now(UTC)).total_seconds() - prefetch
+            if until <= 0:
+                self.later_at = None  # its time came and this poll has been: forgotten
+            else:
+                until += DUE_MARGIN_SECONDS
+                delay = until if delay is None else min(delay, until)
+        if delay is not None:
+            self.next_poll = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
+
+    def _idle_interval(self) -> float | None:
+        """How long an idle queue waits for its next regular poll; None: the pool's scout
+        looks at it instead."""
+        if self.scouted:
+            return None
+        return look_interval(self.ctx.settings.query_interval, self.stream_healthy)
+
+    def _scout_covers(self) -> None:
+        """A plain queue is left to the default agent pool's scout while its queue is of that
+        pool and has no tag filter (only get_runs applies one); otherwise it polls itself."""
+        if self.pool_name is not None or self.ctx.settings.run_once:
+            return
+        queue = self.queue
+        covered = (
+            self.scout_pool_id is not None
+            and queue is not None
+            and queue.work_pool_id == self.scout_pool_id
+            and queue.filter is None
+        )
+        if covered == self.scouted:
+            return
+        self.scouted = covered
+        if not covered and self.next_poll is None and not self.poll_under_way:
+            self._schedule(self._idle_interval())
+
+    def _stream_health(self, healthy: bool) -> None:
+        """Told when the stream comes or goes. Lost: what it would have announced is polled
+        for at once (a scout does it for its pool's queues), then every query interval."""
+        was, self.stream_healthy = self.stream_healthy, healthy
+        if was and not healthy and not self.scouted and not self.poll_under_way:
+            self._poll()
 
     def _poll(self) -> None:
         settings = self.ctx.settings
@@ -185,7 +255,7 @@ class QueueWatcher(PermanentChild):
         if next_poll is not None:
             self._polled(next_poll)
 
-    def _polled(self, next_poll: float) -> None:
+    def _polled(self, next_poll: float | None) -> None:
         """The poll is over: the run-once agent hears of it; others poll again later."""
         self.ctx.metrics.poll_latency.observe(time.monotonic() - self.poll_started)
         if self.ctx.settings.run_once:
@@ -193,24 +263,26 @@ class QueueWatcher(PermanentChild):
                 self.next_poll.cancel()
             self.agent.tell(PolledOnce(self.name))
         else:
-            self._schedule(next_poll)
+            self._schedule(self._idle_interval() if next_poll == IDLE else next_poll)
         self.poll_under_way = False
         if self.woken:  # announced while that poll was under way: it may have missed the run
             self.woken = False
             self._event_wake()
 
-    def _event_wake(self) -> None:
-        """The event stream announced a run of this queue that may be due: poll now, or once
-        the poll under way is over (however many wakes come meanwhile, one more poll)."""
+    def _event_wake(self, by_event: bool = True) -> None:
+        """The event stream announced a run of this queue that may be due (or the pool's
+        scout found one): poll now, or once the poll under way is over (however many wakes
+        come meanwhile, one more poll)."""
         if self.poll_under_way:
             self.woken = True
             return
-        self.ctx.metrics.event_wakes.inc()
+        if by_event:
+            self.ctx.metrics.event_wakes.inc()
         self._poll()
 
     def _ask_for_room(self) -> float | None:
         """The first step: is the queue there and not paused? Then ask for room."""
-        interval = self.ctx.settings.query_interval
+        interval = IDLE
         pool: WorkPool | None = None
         if self.pool_name is not None:
             pool = self._read_pool(self.pool_name)
@@ -238,7 +310,9 @@ class QueueWatcher(PermanentChild):
                 self.log.debug("%s is still paused", paused)
             self.paused = True
             self._set_phase("paused")
-            return interval
+            # Looked at every query interval while paused, scout or stream or not: a resume
+            # (of its pool too, which the stream does not announce) applies within one.
+            return self.ctx.settings.query_interval
         if self.paused:
             self.log.info("work queue %r resumed", self.queue_name)
             self.paused = False
@@ -255,14 +329,14 @@ class QueueWatcher(PermanentChild):
         )
         if not self._tell_dispatcher(ask_room):
             self._set_phase("waiting for the Dispatcher")
-            return interval
+            return self.ctx.settings.query_interval
         return None
 
     def _take_room(self, room: int) -> float | None:
         """The second step, with the Dispatcher's answer: ask the server for `room` runs (of
         a window as many times larger as there are peers sharing the queue, which says
         which of its runs to propose: `actors/rules/share.py`)."""
-        interval = self.ctx.settings.query_interval
+        interval = IDLE
         queue = self.queue
         if room == 0 or queue is None:
             self._set_phase("waiting for a free slot")
@@ -270,7 +344,12 @@ class QueueWatcher(PermanentChild):
         self._set_phase("polling")
         now = time.monotonic()
         window = self.share.window(room)
-        route, due = self._due_runs(queue, window, self.filter_answers)
+        horizon = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
+        look_ahead = max(self.ctx.settings.query_interval, STREAM_LOOK_SECONDS)
+        route, found = self._due_runs(
+            queue, window, self.filter_answers, horizon + timedelta(seconds=look_ahead)
+        )
+        due, self.later_at = due_split(found, horizon)
         full = len(due) >= window
         runs = self.share.pick(due, room, full, now)
         self._set_phase(f"idle, last poll found {len(due)} run(s), {len(runs)} to propose")
@@ -286,14 +365,14 @@ class QueueWatcher(PermanentChild):
             route,
             len(runs),
         )
-        found = RunsFound(self.name, tuple(runs), full, self.actor_ref)
-        if not self._tell_dispatcher(found):
+        if not self._tell_dispatcher(RunsFound(self.name, tuple(runs), full, self.actor_ref)):
             return interval
         return None
 
     def _admitted(self, count: int, full: bool) -> None:
-        """The last step: the Dispatcher took `count` of the runs found."""
-        interval = self.ctx.settings.query_interval
+        """The last step: the Dispatcher took `count` of the runs found (or heard that a
+        paused queue, or one with nothing due, has none)."""
+        interval = self.ctx.settings.query_interval if self.paused else IDLE
         if full and count == 0:
             # A full page of runs we already hold, whose Pending has not landed yet: more
             # runs may wait behind them, so look again soon rather than a whole interval later.
@@ -318,10 +397,9 @@ class QueueWatcher(PermanentChild):
             self._tell_dispatcher(RunsFound(self.name, (), False, self.actor_ref))
 
     def _due_runs(
-        self, queue: WorkQueue, room: int, filter_answers: bool
+        self, queue: WorkQueue, room: int, filter_answers: bool, before: datetime
     ) -> tuple[str, list[FlowRun]]:
-        """The request used (named in the log) and the runs it brought."""
-        before = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
+        """The request used (named in the log) and the runs due before `before` it brought."""
         if self.pool_name is not None:
             pool_runs = self.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
             return "get_scheduled_flow_runs", pool_runs
@@ -415,6 +493,7 @@ class QueueWatcher(PermanentChild):
         if queue is not None and self.queue is None:
             self.log.info("watching work queue %r%s (%s)", queue.name, where, queue.id)
         self.queue = queue
+        self._scout_covers()  # its pool or its filter may have changed
         return queue
 
     def _describe(self) -> ActorNode:

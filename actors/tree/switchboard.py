@@ -12,7 +12,9 @@ themselves:
   with their watchers: to the EventListener, whose subscription names queues by id and which
   wakes their watchers (`ServedQueues`);
 - whether the event stream is healthy (a running EventListener whose mode is `stream`): to the
-  CancelWatcher, which then polls slowly (`StreamHealth`);
+  CancelWatcher, the PoolScouts and the QueueWatchers, which then look slowly (`StreamHealth`);
+- the watched queues of each pool, with their watchers: to the pool's PoolScout, which looks
+  at them all in one request and wakes the watchers of those with runs (`ScoutedQueues`);
 - what the Heartbeat's lease says: to the Dispatcher and Recovery (`LeaseChanged`);
 - a new Dispatcher: to every other child (`UseDispatcher`);
 - the listeners subscribed to run events: to the Dispatcher (`Subscribe`, and to each new one).
@@ -37,16 +39,24 @@ from actors.tree.children import Child, Children
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.event_listener import EventListener
 from actors.tree.heartbeat import Heartbeat
+from actors.tree.pool_scout import DEFAULT_AGENT_POOL, PoolScout
 from actors.tree.queue_matcher import QueueMatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
 from messages.internal.dispatch import Subscribe, Unsubscribe
-from messages.internal.events import ServedQueue, ServedQueues, StreamHealth
+from messages.internal.events import (
+    ScoutedQueue,
+    ScoutedQueues,
+    ServedQueue,
+    ServedQueues,
+    StreamHealth,
+)
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import UseDispatcher, WatchedQueue, WatchedQueues
 from messages.user.tree import ActorKind
 
 WATCHER = ActorKind.QUEUE_WATCHER
+SCOUT = ActorKind.POOL_SCOUT
 CANCELS = (ActorKind.CANCEL_WATCHER, CancelWatcher.NAME)
 RECOVERY = (ActorKind.RECOVERY, Recovery.NAME)
 EVENTS = (ActorKind.EVENT_LISTENER, EventListener.NAME)
@@ -83,7 +93,9 @@ class Switchboard:
         self.watcher_queues: dict[str, WatchedQueue] = {}  # watcher name -> its pool and queue
         self.served: tuple[ServedQueue, ...] | None = None  # told the EventListener
         self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watchers told it
-        self.stream_healthy = False  # told the CancelWatcher
+        self.stream_healthy = False  # told the CancelWatcher, the scouts and the watchers
+        self.scouted: dict[str, tuple[ScoutedQueue, ...]] = {}  # scout -> told it
+        self.scout_pools: dict[str, str | None] = {}  # scout -> the pool it looks at (None: plain)
         self.lease_said = LeaseChanged(holds=True, streak_since=None)  # without `reconnected`
 
     def first_children(self) -> list[Child]:
@@ -123,10 +135,29 @@ class Switchboard:
                     started=self.listener_started,
                 ),
             ]
+            rows += [self._scout(pool) for pool in settings.work_pools or (None,)]
         if settings.follows_queues:
             matcher = (ActorKind.QUEUE_MATCHER, QueueMatcher.NAME)
             rows.append(Child(*matcher, lambda: QueueMatcher.start(ctx, agent)))
         return rows
+
+    def _scout(self, pool: str | None) -> Child:
+        """The row of a pool's PoolScout, started knowing the pool's watched queues; for plain
+        queues (None), the scout of the server's default agent pool."""
+        name = pool if pool is not None else DEFAULT_AGENT_POOL
+        self.scout_pools[name] = pool
+        return Child(
+            SCOUT,
+            name,
+            lambda: PoolScout.start(
+                self.ctx,
+                self.agent,
+                name,
+                self.scouted.get(name, ()),
+                self.stream_healthy,
+                plain=pool is None,
+            ),
+        )
 
     def watcher(self, pool: str | None, queue: str, create_missing: bool) -> Child:
         """The row of the QueueWatcher of one queue of a pool (created if missing: a queue
@@ -140,8 +171,14 @@ class Switchboard:
             lambda: self.actors.queue_watcher.start(
                 ctx, queue, self.dispatcher(), self.agent, create_missing, pool, name
             ),
-            started=self.update,
+            started=lambda: self.watcher_started(name),
         )
+
+    def watcher_started(self, name: str) -> None:
+        """A new watcher hears whether the stream is healthy; its pool's scout hears of it."""
+        if self.stream_healthy:
+            self._tell(self.children.ref(WATCHER, name), StreamHealth(True))
+        self.update()
 
     def watcher_pool(self, name: str) -> str | None:
         """The pool of the queue a watcher watches."""
@@ -188,6 +225,22 @@ class Switchboard:
         if healthy != self.stream_healthy:
             self.stream_healthy = healthy
             self._tell(self.children.ref(*CANCELS), StreamHealth(healthy))
+            for child in [*self.children.of_kind(SCOUT), *watchers]:
+                self._tell(child.ref, StreamHealth(healthy))
+        self._tell_scouts(watchers)
+
+    def _tell_scouts(self, watchers: list[Child]) -> None:
+        """Each pool's scout hears its watched queues (with their current watchers)."""
+        for scout in self.children.of_kind(SCOUT):
+            pool = self.scout_pools.get(scout.name)
+            queues = tuple(
+                ScoutedQueue(self.watcher_queues[watcher.name].name, watcher.ref)
+                for watcher in watchers
+                if watcher.ref is not None and self.watcher_queues[watcher.name].pool == pool
+            )
+            if scout.ref is not None and queues != self.scouted.get(scout.name):
+                self.scouted[scout.name] = queues
+                self._tell(scout.ref, ScoutedQueues(queues))
 
     def listener_started(self) -> None:
         """A new EventListener hears the queues served at once."""

@@ -52,8 +52,13 @@ class StreamClosed(msgspec.Struct, frozen=True):
 
 class EventWake(msgspec.Struct, frozen=True):
     """Told to a QueueWatcher by the EventListener: the server announced a run of its queue
-    that may be due. The watcher polls now, or once the poll under way is over: however many
-    arrive meanwhile, one more poll."""
+    that may be due (or a change of the queue: resumed, reprioritised). The watcher polls now,
+    or once the poll under way is over: however many arrive meanwhile, one more poll. Its
+    pool's PoolScout tells it too (`by_event=False`) when its look found a run of the queue."""
+
+    by_event: bool = True  # counted as an event-woken poll
+    queue_changed: bool = False  # announced by the queue's own event: read it afresh
+    if_paused: bool = False  # the queue left PAUSED, maybe: poll only if it was seen paused
 
 
 class StreamHealth(msgspec.Struct, frozen=True):
@@ -62,3 +67,25 @@ class StreamHealth(msgspec.Struct, frozen=True):
     filter poll is the safety net, at `--stream-cancel-poll-interval`."""
 
     healthy: bool
+
+
+class ScoutedQueue(msgspec.Struct, frozen=True):
+    """One queue of a work pool as its PoolScout needs it: its name in the pool, its watcher."""
+
+    name: str
+    watcher: object  # the QueueWatcher's pykka.ActorRef, woken when a run of its queue is due
+
+
+class ScoutedQueues(msgspec.Struct, frozen=True):
+    """Told to a PoolScout by the Agent whenever the watched queues of its pool change."""
+
+    queues: tuple[ScoutedQueue, ...]
+
+
+class ScoutCovers(msgspec.Struct, frozen=True):
+    """Told to the watchers of plain queues by the PoolScout of the server's default agent pool
+    (where 2.x keeps the queues made without a pool): the id of that pool, whose looks cover
+    every queue of it without a tag filter; None: it cannot look (the watchers poll on their
+    own, as before)."""
+
+    pool_id: str | None

@@ -14,6 +14,7 @@ class ActorKind(StrEnum):
     AGENT = "Agent"
     QUEUE_WATCHER = "QueueWatcher"
     QUEUE_MATCHER = "QueueMatcher"
+    POOL_SCOUT = "PoolScout"
     CANCEL_WATCHER = "CancelWatcher"
     EVENT_LISTENER = "EventListener"
     HEARTBEAT = "Heartbeat"

@@ -130,6 +130,7 @@ def test_status_endpoint_tree_text_health_and_metrics_with_a_run_in_flight(
     kinds = {child["kind"] for child in tree["children"]}
     assert kinds == {
         "QueueWatcher",
+        "PoolScout",  # of default-agent-pool, where 2.20 keeps plain queues
         "CancelWatcher",
         "EventListener",
         "Heartbeat",

@@ -108,6 +108,7 @@ SERVER_CALLS = frozenset(
     }
 )
 ONE_ATTEMPT = RetryPolicy(attempts=1)
+DEFAULT_AGENT_POOL = "default-agent-pool"  # where a 2.10+ server keeps the plain queues
 
 T = TypeVar("T")
 
@@ -261,9 +262,11 @@ class FakePrefectApi:
         concurrency_limit: int | None = None,
         priority: int | None = None,
     ) -> WorkQueue:
-        """A work queue (of work pool `pool`, which must exist, if named)."""
+        """A work queue (of work pool `pool`, which must exist, if named). A plain queue (no
+        pool) belongs to the pool `default-agent-pool` if the test made one, as on 2.10+."""
         with self._world.lock:
-            pool_id = self._world.pools[pool].id if pool is not None else None
+            home = pool if pool is not None else DEFAULT_AGENT_POOL
+            pool_id = self._world.pools[home].id if home in self._world.pools else None
             queue = WorkQueue(
                 id=_new_id(),
                 name=name,
@@ -513,7 +516,7 @@ class FakePrefectApi:
 
     # -- PrefectApiInterface: work pools -----------------------------------------------------------
 
-    def read_work_pool(self, name: str) -> WorkPool | None:
+    def read_work_pool(self, name: str, max_age: float = 1.0) -> WorkPool | None:
         return self._serve("read_work_pool", {"name": name}, lambda: self._world.pools.get(name))
 
     def read_pool_queue(self, pool: str, name: str) -> WorkQueue | None:
@@ -544,23 +547,26 @@ class FakePrefectApi:
             found = self._pool(pool)
             if found.is_paused:
                 return []
+            # The plain queues (and their runs) are the default agent pool's.
+            pool_key = None if pool == DEFAULT_AGENT_POOL else pool
             room = limit
             if found.concurrency_limit is not None:
                 busy = sum(
                     1
                     for run_id, run in self._world.runs.items()
-                    if self._world.run_pools[run_id] == pool and _type(run) in (PENDING, RUNNING)
+                    if self._world.run_pools[run_id] == pool_key
+                    and _type(run) in (PENDING, RUNNING)
                 )
                 room = max(0, min(room, found.concurrency_limit - busy))
             queues = {
-                name: self._world.queues[(pool, name)]
+                name: self._world.queues[(pool_key, name)]
                 for name in queue_names
-                if (pool, name) in self._world.queues
+                if (pool_key, name) in self._world.queues
             }
             due = [
                 run
                 for run_id, run in self._world.runs.items()
-                if self._world.run_pools[run_id] == pool
+                if self._world.run_pools[run_id] == pool_key
                 and run.work_queue_name in queues
                 and not queues[run.work_queue_name].is_paused
                 and _due(run, scheduled_before)

@@ -18,6 +18,7 @@ from actors.rules.event_filter import (
     SUBSCRIBED_EVENTS,
     CancelRun,
     Ignore,
+    QueueChanged,
     RecentEvents,
     WakeWatcher,
     decide,
@@ -144,10 +145,24 @@ def test_other_state_changes_do_nothing(state_name: str, state_type: str) -> Non
     assert f"prefect.flow-run.{state_name}" not in SUBSCRIBED_EVENTS
 
 
-def test_an_event_that_is_not_a_flow_runs_does_nothing() -> None:
+def test_a_served_queue_resumed_or_changed_wakes_its_watcher_and_its_pause_does_not() -> None:
+    """A queue idle by the stream is polled rarely: its resume (or a new priority) must reach
+    its watcher by event, within a poll interval."""
+    changes = (("ready", True), ("not-ready", True), ("updated", True), ("paused", False))
+    for change, woken in changes:
+        raw = json.loads(stream_message("Scheduled", "SCHEDULED"))
+        raw["event"]["event"] = f"prefect.work-queue.{change}"
+        raw["event"]["resource"]["prefect.resource.id"] = f"prefect.work-queue.{QUEUE_ID}"
+        decision = decided(json.dumps(raw))
+        assert isinstance(decision, QueueChanged if woken else Ignore), change
+        raw["event"]["resource"]["prefect.resource.id"] = "prefect.work-queue.not-served"
+        assert isinstance(decided(json.dumps(raw)), Ignore)
+
+
+def test_an_event_of_something_else_does_nothing() -> None:
     raw = json.loads(stream_message("Scheduled", "SCHEDULED"))
-    raw["event"]["event"] = "prefect.work-queue.ready"
-    raw["event"]["resource"]["prefect.resource.id"] = f"prefect.work-queue.{QUEUE_ID}"
+    raw["event"]["event"] = "prefect.deployment.updated"
+    raw["event"]["resource"]["prefect.resource.id"] = "prefect.deployment.d"
     assert isinstance(decided(json.dumps(raw)), Ignore)
 
 
@@ -165,6 +180,9 @@ def test_the_subscription_is_the_filter_both_servers_accept() -> None:
             "prefect.flow-run.Scheduled",
             "prefect.flow-run.Late",
             "prefect.flow-run.Cancelling",
+            "prefect.work-queue.ready",
+            "prefect.work-queue.not-ready",
+            "prefect.work-queue.updated",
         ]
     }
     # Both bounds: the server's default `until` is the moment it reads the filter.
