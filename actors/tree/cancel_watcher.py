@@ -8,8 +8,11 @@ a run it no longer holds. A run is not sent again for a while, so a slow kill is
 
 While the server's event stream is healthy (the Agent says so, `StreamHealth`), cancellations
 come by event and this poll is the safety net, every `--stream-cancel-poll-interval`; when the
-stream is lost it polls at once, then every `--cancel-poll-interval`. Its poll is the tick of
-a periodic child (`actors.tree.periodic`), which waits on the server in its own inbox.
+stream is lost it polls at once, then every `--cancel-poll-interval`. Its polls after the first
+fall on slots of the wall clock of this agent's own (`actors.rules.spread`), so that a fleet
+started together, or cut from the stream together by a server restart, does not poll in step.
+Its poll is the tick of a periodic child (`actors.tree.periodic`), which waits on the server in
+its own inbox.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pykka
 from actors.edges.prefect_api import ApiError
 from actors.rules.pools import queues_by_pool
 from actors.rules.retry import ONCE
+from actors.rules.spread import until_slot
 from actors.runtime.context import AgentContext
 from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import Cancel
@@ -75,7 +79,10 @@ class CancelWatcher(PeriodicChild):
 
     def tick(self) -> float:
         self._poll()
-        return self._interval()
+        # the next poll at this agent's own slot, not an interval after this one: a fleet's
+        # polls stay spread across the interval (`actors.rules.spread`)
+        identity = f"{self.ctx.identity.name}\0{self.ctx.identity.instance}"
+        return until_slot(time.time(), self._interval(), identity)
 
     def handle(self, message: object) -> bool:
         match message:

@@ -30,10 +30,12 @@ from actors.edges.infrastructure import ExitStatus
 from actors.rules.claims import claim_message
 from actors.rules.identity import AgentIdentity
 from actors.runtime.clock import Clock, ClockInterface
+from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.switchboard import ChildActors
 from messages.internal.dispatch import HeldRunIds, HeldRunsAre
+from messages.internal.lifecycle import Tick
 from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
 from messages.user.tree import ActorNode
@@ -594,6 +596,31 @@ def test_listener_that_raises_is_logged_with_the_event_and_kept(
 
 
 @pytest.mark.timeout(30)
+def test_the_cancellation_polls_of_agents_started_together_are_not_in_step(
+    start: Start, fake: FakePrefectApi
+) -> None:
+    """Three agents started at the same moment (a fleet deployed together) each poll for
+    cancellations at once, and then each at a moment of its own within the interval, instead
+    of all three an interval later, in step, for as long as they live."""
+    clocks = [ManualClock() for _ in range(3)]
+    for n, clock in enumerate(clocks):
+        start(clock=clock, name=f"actor-agent@host-{n}", cancel_poll_interval=10.0)
+
+    def next_poll(clock: ManualClock) -> float:
+        timer = clock.wait_for_timer(
+            lambda t: isinstance(t.message, Tick) and _is_cancel_watcher(t.ref), timeout=10.0
+        )
+        return timer.due_in
+
+    waits = [next_poll(clock) for clock in clocks]
+    assert all(0.0 < wait <= 10.0 for wait in waits), waits  # within one interval, as before
+    assert len({round(wait, 3) for wait in waits}) == 3, waits  # and not the same moment
+
+
+def _is_cancel_watcher(ref: object) -> bool:
+    return isinstance(ref, pykka.ActorRef) and ref.actor_class is CancelWatcher
+
+
 def test_cancel_grace_period_runs_on_the_agents_clock(
     fake: FakePrefectApi, start: Start, runs_dir: Path
 ) -> None:
