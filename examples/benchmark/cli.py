@@ -25,6 +25,10 @@ from examples.benchmark.fleet_report import footnotes as fleet_footnotes
 from examples.benchmark.fleet_report import json_report as fleet_json
 from examples.benchmark.fleet_report import render as fleet_render
 from examples.benchmark.footprint import footprint_agent
+from examples.benchmark.idle_fleet import footnotes as idle_fleet_footnotes
+from examples.benchmark.idle_fleet import json_report as idle_fleet_json
+from examples.benchmark.idle_fleet import render as idle_fleet_render
+from examples.benchmark.idle_fleet import run_idle_fleet
 from examples.benchmark.latency_part import LatencyResults, run_latency
 from examples.benchmark.latency_part import add_arguments as latency_arguments
 from examples.benchmark.pickup_report import json_report as latency_json
@@ -33,8 +37,8 @@ from examples.benchmark.procs import ProcessGuard, load_average
 from examples.benchmark.report import footnotes, json_report, render
 from examples.benchmark.server import POLL_SECONDS, BenchServer
 
-ALL_PARTS = ("drain", "first-poll", "footprint", "fleet", "latency")
-# fleet and latency: opt-in (servers and hosts of their own)
+ALL_PARTS = ("drain", "first-poll", "footprint", "fleet", "idle-fleet", "latency")
+# fleet, idle-fleet and latency: opt-in (servers and hosts of their own)
 DEFAULT_PARTS = ("drain", "first-poll", "footprint")
 
 
@@ -62,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--parts",
         default=",".join(DEFAULT_PARTS),
-        help=f"{','.join(ALL_PARTS)} (default {','.join(DEFAULT_PARTS)}; fleet, latency opt-in)",
+        help=f"{','.join(ALL_PARTS)} (default {','.join(DEFAULT_PARTS)}; the rest opt-in)",
     )
     parser.add_argument(
         "--contenders", default=",".join(ALL_CONTENDERS), help=",".join(ALL_CONTENDERS)
@@ -120,6 +124,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="PostgreSQL with fsync and synchronous commits (default: off, a throwaway server)",
     )
+    fleet.add_argument(
+        "--fleet-count-requests",
+        action="store_true",
+        help="the agents reach the server through a counting proxy: requests per run by "
+        "endpoint in the notes (the proxy adds a relay to every request)",
+    )
+    idle = parser.add_argument_group(
+        "idle fleet",
+        "--parts idle-fleet: N idle agents on N simulated hosts, one server on PostgreSQL, "
+        "ours against Prefect's own",
+    )
+    idle.add_argument("--idle-fleet-agents", type=int, default=100, metavar="N")
+    idle.add_argument(
+        "--idle-fleet-servers", default="2,3", help="Prefect servers' major versions: 2, 3 or both"
+    )
+    idle.add_argument("--idle-fleet-seconds", type=float, default=300.0, help="the measured window")
+    idle.add_argument(
+        "--idle-fleet-warmup", type=float, default=30.0, help="after the agents' CPU settled"
+    )
+    idle.add_argument(
+        "--idle-fleet-start-timeout",
+        type=float,
+        default=600.0,
+        help="for the agents' CPU to settle once all are started",
+    )
+    idle.add_argument(
+        "--idle-fleet-official",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also N official agents (Prefect 3: workers)",
+    )
     latency_arguments(parser)
     parser.add_argument(
         "--keep-logs", default=None, metavar="DIR", help="keep the agents' logs in DIR"
@@ -132,6 +167,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--runs, --inflight, --rounds and --first-poll-runs must be at least 1")
     if min(args.fleet_agents, args.fleet_runs, args.fleet_compare_runs or 1) < 1:
         parser.error("--fleet-agents, --fleet-runs and --fleet-compare-runs must be at least 1")
+    if args.idle_fleet_agents < 1:
+        parser.error("--idle-fleet-agents must be at least 1")
+    args.idle_fleet_server_list = _names(args.idle_fleet_servers, ("2", "3"), parser)
     return args
 
 
@@ -295,6 +333,14 @@ def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work
             print(flush=True)
         print(fleet_render(fleet, fleet_notes), flush=True)
         report["fleet"] = fleet_json(fleet, fleet_notes)
+    if "idle-fleet" in args.part_list:
+        idle = run_idle_fleet(args, work_dir, say)
+        idle.settings["load_before"] = args.load_before
+        idle_notes = idle_fleet_footnotes(idle)
+        if api_url is not None or "fleet" in args.part_list:
+            print(flush=True)
+        print(idle_fleet_render(idle, idle_notes), flush=True)
+        report["idle_fleet"] = idle_fleet_json(idle, idle_notes)
     if "latency" in args.part_list:
 
         def save(partial: LatencyResults) -> None:  # each step's figures, should it be cut
@@ -303,7 +349,7 @@ def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work
                 Path(args.json).write_text(text + "\n")
 
         latency = run_latency(args, work_dir, say, guard, on_step=save)
-        if api_url is not None or "fleet" in args.part_list:
+        if api_url is not None or "fleet" in args.part_list or "idle-fleet" in args.part_list:
             print(flush=True)
         print(latency_render(latency), flush=True)
         report["latency"] = latency_json(latency)
