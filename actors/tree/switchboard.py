@@ -13,12 +13,14 @@ themselves:
   wakes their watchers (`ServedQueues`);
 - whether the event stream is healthy (a running EventListener whose mode is `stream`): to the
   CancelWatcher, which then polls slowly (`StreamHealth`);
+- whether the Dispatcher holds any run: to the CancelWatcher, which polls quickly only then
+  (`HoldsRuns`);
 - what the Heartbeat's lease says: to the Dispatcher and Recovery (`LeaseChanged`);
 - a new Dispatcher: to every other child (`UseDispatcher`);
 - the listeners subscribed to run events: to the Dispatcher (`Subscribe`, and to each new one).
 
 Each is told again only when it changed, and a new life of a child is started knowing what
-was told last (`watched`, `stream_healthy`, `lease_said`), or told it at once.
+was told last (`watched`, `stream_healthy`, `holding`, `lease_said`), or told it at once.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from actors.tree.heartbeat import Heartbeat
 from actors.tree.queue_matcher import QueueMatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
-from messages.internal.dispatch import Subscribe, Unsubscribe
+from messages.internal.dispatch import HoldsRuns, Subscribe, Unsubscribe
 from messages.internal.events import ServedQueue, ServedQueues, StreamHealth
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import UseDispatcher, WatchedQueue, WatchedQueues
@@ -84,6 +86,7 @@ class Switchboard:
         self.served: tuple[ServedQueue, ...] | None = None  # told the EventListener
         self.queue_ids: dict[str, str] = {}  # queue name -> id, as its watchers told it
         self.stream_healthy = False  # told the CancelWatcher
+        self.holding = False  # told the CancelWatcher: the Dispatcher holds runs
         self.lease_said = LeaseChanged(holds=True, streak_since=None)  # without `reconnected`
 
     def first_children(self) -> list[Child]:
@@ -108,7 +111,12 @@ class Switchboard:
                 Child(
                     *CANCELS,
                     lambda: CancelWatcher.start(
-                        ctx, agent, self.dispatcher(), self.watched, self.stream_healthy
+                        ctx,
+                        agent,
+                        self.dispatcher(),
+                        self.watched,
+                        stream_healthy=self.stream_healthy,
+                        holding=self.holding,
                     ),
                 ),
                 Child(
@@ -200,6 +208,12 @@ class Switchboard:
         for ref in self.children.live():
             if ref is not dispatcher:
                 self._tell(ref, UseDispatcher(dispatcher))
+
+    def holds_runs(self, said: HoldsRuns) -> None:
+        """The Dispatcher came to hold runs, or holds none any more: the CancelWatcher hears."""
+        if said.holding != self.holding:
+            self.holding = said.holding
+            self._tell(self.children.ref(*CANCELS), said)
 
     def lease(self, said: LeaseChanged) -> None:
         """Those who act for runs hear what the lease says: the Dispatcher (and through it

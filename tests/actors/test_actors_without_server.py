@@ -604,7 +604,12 @@ def test_the_cancellation_polls_of_agents_started_together_are_not_in_step(
     of all three an interval later, in step, for as long as they live."""
     clocks = [ManualClock() for _ in range(3)]
     for n, clock in enumerate(clocks):
-        start(clock=clock, name=f"actor-agent@host-{n}", cancel_poll_interval=10.0)
+        start(
+            clock=clock,
+            name=f"actor-agent@host-{n}",
+            cancel_poll_interval=10.0,
+            stream_cancel_poll_interval=10.0,
+        )
 
     def next_poll(clock: ManualClock) -> float:
         timer = clock.wait_for_timer(
@@ -615,6 +620,36 @@ def test_the_cancellation_polls_of_agents_started_together_are_not_in_step(
     waits = [next_poll(clock) for clock in clocks]
     assert all(0.0 < wait <= 10.0 for wait in waits), waits  # within one interval, as before
     assert len({round(wait, 3) for wait in waits}) == 3, waits  # and not the same moment
+
+
+@pytest.mark.timeout(30)
+def test_an_agent_that_holds_no_run_looks_for_cancellations_at_the_safety_nets_pace(
+    start: Start, fake: FakePrefectApi, runs_dir: Path
+) -> None:
+    """Idle, an agent has no process of its own to stop: it looks for cancellations every
+    30 s (`--stream-cancel-poll-interval`), not every 2 s. A run it takes brings the 2 s polls
+    back at once, and that run is cancelled within one of them; once it has ended, 30 s."""
+    fake.add_queue("default")
+    clock = ManualClock()
+    handle = start(clock=clock, cancel_poll_interval=2.0, stream_cancel_poll_interval=30.0)
+    wait_until(lambda: cancel_pace(handle) == "30s (no run held)", 5, "the idle pace")
+
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    clock.advance(60.0)  # the queue's poll: the run is taken and started
+    pid = started_pid(runs_dir, run.id)
+    wait_until(lambda: cancel_pace(handle) == "2s", 5, "the quick pace in the tree")
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the run's pid on the server")
+    fake.request_cancel(run.id)
+    clock.advance(2.0)  # one quick interval
+    wait_until(lambda: not alive(pid), 5, "the cancelled run's process to end")
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 5, "the run Cancelled")
+    wait_until(lambda: cancel_pace(handle) == "30s (no run held)", 5, "the idle pace again")
+
+
+def cancel_pace(handle: AgentHandle) -> str | None:
+    """How often the CancelWatcher looks, as the tree shows it."""
+    watcher = node(handle.tree(), "CancelWatcher")
+    return watcher.detail.get("every") if watcher is not None else None
 
 
 def _is_cancel_watcher(ref: object) -> bool:
