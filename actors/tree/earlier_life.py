@@ -104,6 +104,8 @@ class EarlierLife:
         for run in runs:
             if run.infrastructure_pid or run.state is None or run.state.type != PENDING:
                 continue
+            if self._this_lifes(run):  # being started here now: its pid is on its way
+                continue
             claimed = latest_claim(self.api.read_flow_run_states(run.id))
             if claimed is None or not self._earlier_life(claimed[1]):
                 continue

@@ -1184,3 +1184,28 @@ def test_a_run_this_life_ran_is_not_taken_for_one_an_earlier_life_left(
     assert run.id not in runs_in_tree(handle.tree())
     assert fake.calls("read_flow_run", run_id=run.id) == []
     assert fake.state(run.id).type == PENDING, fake.history(run.id)
+
+
+@pytest.mark.timeout(30)
+def test_a_run_this_life_is_starting_costs_the_look_for_an_earlier_lifes_no_read(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """A run this life holds, Pending with its pid not recorded yet (the server slow to take
+    it), is this life's by the claim in the state listed: the look for what an earlier life
+    left reads no state history for it (in a fleet's drain, every look found dozens)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    recording = fake.hang("set_infrastructure_pid")
+    clock = ManualClock()
+    start(clock=clock)
+    started_pid(runs_dir, run.id)
+    wait_until(lambda: fake.blocked("set_infrastructure_pid"), 5, "the pid's record to hang")
+    clock.advance(10.0)  # the second look
+    wait_until(
+        lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
+        5,
+        "the second look",
+    )
+    assert fake.calls("read_flow_run_states", run_id=run.id) == []
+    recording.release()
+    (runs_dir / f"{run.id}.stop").touch()
