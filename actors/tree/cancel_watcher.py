@@ -96,7 +96,10 @@ class CancelWatcher(PeriodicChild):
             case WatchedQueues(queues=queues):
                 self.queues = queues
                 if queues and self.phase == "no queues yet":
+                    # the first look with queues at once: a cancellation asked for before
+                    # the agent started is found now, not a (slow, when idle) interval later
                     self.set_phase("polling")
+                    self.tick_now()
             case StreamHealth(healthy=healthy):
                 self._stream_health(healthy)
             case HoldsRuns(holding=holding):
