@@ -20,8 +20,9 @@ every agent's view of who proposes what stays the same (an agent that set a slow
 on its own would propose that peer's runs at once while the peer and the others still took
 them for the peer's: races for as long as it did). When the window was not full the queue is
 nearly drained: peers' runs are proposed at once after this agent's own (nothing to share,
-and waiting would only delay them). A lone agent reads and proposes exactly as without a
-share.
+and waiting would only delay them), those it ranks nearest first, so that agents filling their
+room at a drain's end each take different runs rather than all the same head. A lone agent
+reads and proposes exactly as without a share.
 
 The share only orders and spaces proposals; the server's acceptance of one Pending per run
 stays the lock, so no run can start twice whatever two agents believe about their peers.
@@ -162,23 +163,27 @@ class Share:
         return window(room, len(self.peers))
 
     def pick(self, runs: Sequence[FlowRun], room: int, full: bool, now: float) -> list[FlowRun]:
-        """The runs to propose, at most `room`, in the window's order: this agent's own first,
-        then peers' runs it has seen waiting for as many graces as its rank for them (or all
-        of them, when the window was not full)."""
+        """The runs to propose, at most `room`: this agent's own first, in the window's
+        order, then peers' runs it has seen waiting for as many graces as its rank for them
+        (or all of them, when the window was not full), by its rank for them."""
         if len(self.peers) <= 1:
             self.first_seen.clear()
             return list(runs[:room])
         known, self.first_seen = self.first_seen, {}
         mine: list[FlowRun] = []
-        theirs: list[FlowRun] = []
+        theirs: list[tuple[int, FlowRun]] = []
         for run in runs:  # a run's rank is hashed once, when it first comes into view
             seen, place = known.get(run.id) or (now, rank(run.id, self.peers, self.me))
             self.first_seen[run.id] = (seen, place)
             if place == 0:
                 mine.append(run)
             elif not full or now - seen >= place * self.grace:
-                theirs.append(run)
-        taken = theirs[: max(0, room - len(mine))]
+                theirs.append((place, run))
+        # peers' runs by this agent's rank for them (the window's order within one rank): at
+        # a drain's end every agent sees the same few runs, and each fills its room first
+        # with those it is next in line for, not with the same head as its peers
+        theirs.sort(key=lambda placed: placed[0])
+        taken = [run for _, run in theirs[: max(0, room - len(mine))]]
         if full:
             self.overdue_taken += len(taken)
         return mine[:room] + taken

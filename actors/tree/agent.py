@@ -35,7 +35,7 @@ from actors.runtime.refs import ask, tell_if_alive
 from actors.tree.children import Child, Children
 from actors.tree.earlier_life import EARLIER_LIFE_SECOND_LOOK, EarlierLife
 from actors.tree.switchboard import DISPATCHER, WATCHER, ChildActors, Switchboard
-from messages.internal.dispatch import Subscribe, Unsubscribe
+from messages.internal.dispatch import HoldsRuns, Subscribe, Unsubscribe
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import (
     CallAnswered,
@@ -139,6 +139,8 @@ class Agent(pykka.ThreadingActor):
                     self.board.update()
             case LeaseChanged():
                 self.board.lease(message)
+            case HoldsRuns():
+                self.board.holds_runs(message)
             case Subscribe() | Unsubscribe():
                 self.board.subscribe(message)
             case MatchingQueues(names=names, pool=pool):

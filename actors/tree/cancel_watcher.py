@@ -8,8 +8,16 @@ a run it no longer holds. A run is not sent again for a while, so a slow kill is
 
 While the server's event stream is healthy (the Agent says so, `StreamHealth`), cancellations
 come by event and this poll is the safety net, every `--stream-cancel-poll-interval`; when the
-stream is lost it polls at once, then every `--cancel-poll-interval`. Its poll is the tick of
-a periodic child (`actors.tree.periodic`), which waits on the server in its own inbox.
+stream is lost it polls at once, then every `--cancel-poll-interval` while the Dispatcher
+holds runs (`HoldsRuns`). An agent that holds none has no process of its own to stop, and
+polls at the safety net's pace (a Cancelling run whose process is not its own, left by an
+earlier life or another agent on this host, is then found within that interval): an idle
+fleet's cancellation polls were most of what it cost the server. A run taken brings the quick
+polls back at once, before it can start. Its polls after the first
+fall on slots of the wall clock of this agent's own (`actors.rules.spread`), so that a fleet
+started together, or cut from the stream together by a server restart, does not poll in step.
+Its poll is the tick of a periodic child (`actors.tree.periodic`), which waits on the server in
+its own inbox.
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ import pykka
 from actors.edges.prefect_api import ApiError
 from actors.rules.pools import queues_by_pool
 from actors.rules.retry import ONCE
+from actors.rules.spread import until_slot
 from actors.runtime.context import AgentContext
 from actors.tree.periodic import PeriodicChild
-from messages.internal.dispatch import Cancel
+from messages.internal.dispatch import Cancel, HoldsRuns
 from messages.internal.events import StreamHealth
 from messages.internal.lifecycle import WatchedQueue, WatchedQueues
 from messages.user.tree import ActorKind
@@ -65,26 +74,36 @@ class CancelWatcher(PeriodicChild):
         agent: pykka.ActorRef[Any],
         dispatcher: pykka.ActorRef[Any] | None,
         queues: tuple[WatchedQueue, ...] = (),
+        *,
         stream_healthy: bool = False,
+        holding: bool = False,
     ) -> None:
         super().__init__(ctx, agent, self.NAME, dispatcher)
         self.api = ctx.api.with_retry(ONCE)  # the next poll is the retry
         self.queues = queues
         self.stream_healthy = stream_healthy  # cancellations come by event: poll slowly
+        self.holding = holding  # the Dispatcher holds runs: poll quickly (without the stream)
         self.sent: dict[str, float] = {}  # run id -> when its Cancel was sent (monotonic)
 
     def tick(self) -> float:
         self._poll()
-        return self._interval()
+        # the next poll at this agent's own slot, not an interval after this one: a fleet's
+        # polls stay spread across the interval (`actors.rules.spread`)
+        return self._next_slot()
 
     def handle(self, message: object) -> bool:
         match message:
             case WatchedQueues(queues=queues):
                 self.queues = queues
                 if queues and self.phase == "no queues yet":
+                    # the first look with queues at once: a cancellation asked for before
+                    # the agent started is found now, not a (slow, when idle) interval later
                     self.set_phase("polling")
+                    self.tick_now()
             case StreamHealth(healthy=healthy):
                 self._stream_health(healthy)
+            case HoldsRuns(holding=holding):
+                self._holds_runs(holding)
             case _:
                 return False
         return True
@@ -93,7 +112,30 @@ class CancelWatcher(PeriodicChild):
         settings = self.ctx.settings
         if self.stream_healthy:
             return settings.stream_cancel_poll_interval
+        if not self.holding:  # nothing of its own to cancel: the safety net's pace will do
+            return max(settings.cancel_poll_interval, settings.stream_cancel_poll_interval)
         return settings.cancel_poll_interval
+
+    def _why_pace(self) -> str:
+        if self.stream_healthy:
+            return " (the event stream is healthy)"
+        if not self.holding and self._interval() > self.ctx.settings.cancel_poll_interval:
+            return " (no run held)"
+        return ""
+
+    def _next_slot(self) -> float:
+        """Seconds to this agent's next slot at the interval of now (`actors.rules.spread`)."""
+        identity = f"{self.ctx.identity.name}\0{self.ctx.identity.instance}"
+        return until_slot(time.time(), self._interval(), identity)
+
+    def _holds_runs(self, holding: bool) -> None:
+        """The Dispatcher came to hold runs (the next poll within the quick interval, on this
+        agent's slots) or holds none any more (the polls after the next slow down)."""
+        if holding == self.holding:
+            return
+        self.holding = holding
+        if holding and self.next_tick is not None:
+            self.schedule(self._next_slot())
 
     def _stream_health(self, healthy: bool) -> None:
         """The stream came (poll slowly from the next poll on) or went (poll now)."""
@@ -108,8 +150,7 @@ class CancelWatcher(PeriodicChild):
             "queues": ", ".join(
                 self.ctx.settings.watcher_name(queue.pool, queue.name) for queue in self.queues
             ),
-            "every": f"{self._interval():g}s"
-            + (" (the event stream is healthy)" if self.stream_healthy else ""),
+            "every": f"{self._interval():g}s" + self._why_pace(),
         }
 
     def _poll(self) -> None:

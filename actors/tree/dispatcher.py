@@ -44,6 +44,7 @@ from messages.internal.dispatch import (
     FreeSlots,
     HeldRunIds,
     HeldRunsAre,
+    HoldsRuns,
     Peers,
     Relinquish,
     Room,
@@ -98,6 +99,7 @@ class Dispatcher(PermanentChild):
         super().__init__(agent, self.NAME)
         self.ctx = ctx
         self.held: dict[str, pykka.ActorRef[Any]] = {}
+        self.told_holding: bool | None = None  # what the Agent was last told (`HoldsRuns`)
         self.status: dict[str, RunStatus] = {}
         self.recently_finished: OrderedDict[str, None] = OrderedDict()
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
@@ -303,9 +305,18 @@ class Dispatcher(PermanentChild):
                 len(waiting),
                 queue,
             )
-        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        self._held_changed()
         self.pages.found(queue, (run.id for run in admitted), full_page)
         return len(admitted)
+
+    def _held_changed(self) -> None:
+        """The gauge of runs in flight, and the Agent told when this Dispatcher comes to hold
+        runs or holds none any more (`HoldsRuns`: the CancelWatcher polls quickly only then)."""
+        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        holding = bool(self.held)
+        if holding != self.told_holding:
+            self.told_holding = holding
+            self.agent.tell(HoldsRuns(holding))
 
     # -- what the supervisors report ---------------------------------------------------------------
 
@@ -313,7 +324,7 @@ class Dispatcher(PermanentChild):
         self.held[run_id] = RunSupervisor.start(
             self.ctx, run_id, self.actor_ref, plan, self.lease.holds
         )
-        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        self._held_changed()
 
     def _run_status(self, status: RunStatus) -> None:
         if status.flow_run_id not in self.held and not self._take_back(status):
@@ -334,7 +345,7 @@ class Dispatcher(PermanentChild):
         log.info("took back flow run %s from its supervisor", status.flow_run_id)
         self.held[status.flow_run_id] = ref
         tell_if_alive(ref, self.lease)  # it may have missed a change while no one held it
-        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        self._held_changed()
         return True
 
     def _finished(self, message: RunFinished) -> None:
@@ -368,7 +379,7 @@ class Dispatcher(PermanentChild):
             f" ({message.detail})" if message.detail else "",
         )
         self.ctx.metrics.runs_finished.labels(outcome=message.outcome).inc()
-        self.ctx.metrics.runs_in_flight.set(len(self.held))
+        self._held_changed()
         self._emit(message)
         self._wake_starved()
         if not self.held:

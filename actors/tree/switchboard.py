@@ -13,6 +13,8 @@ themselves:
   wakes their watchers (`ServedQueues`);
 - whether the event stream is healthy (a running EventListener whose mode is `stream`): to the
   CancelWatcher, the PoolScouts and the QueueWatchers, which then look slowly (`StreamHealth`);
+- whether the Dispatcher holds any run: to the CancelWatcher, which polls quickly only then
+  (`HoldsRuns`);
 - the watched queues of each pool, with their watchers: to the pool's PoolScout, which looks
   at them all in one request and wakes the watchers of those with runs (`ScoutedQueues`);
 - what the Heartbeat's lease says: to the Dispatcher and Recovery (`LeaseChanged`);
@@ -20,7 +22,7 @@ themselves:
 - the listeners subscribed to run events: to the Dispatcher (`Subscribe`, and to each new one).
 
 Each is told again only when it changed, and a new life of a child is started knowing what
-was told last (`watched`, `stream_healthy`, `lease_said`), or told it at once.
+was told last (`watched`, `stream_healthy`, `holding`, `lease_said`), or told it at once.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from actors.tree.pool_scout import DEFAULT_AGENT_POOL, PoolScout
 from actors.tree.queue_matcher import QueueMatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
-from messages.internal.dispatch import Subscribe, Unsubscribe
+from messages.internal.dispatch import HoldsRuns, Subscribe, Unsubscribe
 from messages.internal.events import (
     ScoutedQueue,
     ScoutedQueues,
@@ -96,6 +98,7 @@ class Switchboard:
         self.stream_healthy = False  # told the CancelWatcher, the scouts and the watchers
         self.scouted: dict[str, tuple[ScoutedQueue, ...]] = {}  # scout -> told it
         self.scout_pools: dict[str, str | None] = {}  # scout -> the pool it looks at (None: plain)
+        self.holding = False  # told the CancelWatcher: the Dispatcher holds runs
         self.lease_said = LeaseChanged(holds=True, streak_since=None)  # without `reconnected`
 
     def first_children(self) -> list[Child]:
@@ -120,7 +123,12 @@ class Switchboard:
                 Child(
                     *CANCELS,
                     lambda: CancelWatcher.start(
-                        ctx, agent, self.dispatcher(), self.watched, self.stream_healthy
+                        ctx,
+                        agent,
+                        self.dispatcher(),
+                        self.watched,
+                        stream_healthy=self.stream_healthy,
+                        holding=self.holding,
                     ),
                 ),
                 Child(
@@ -253,6 +261,12 @@ class Switchboard:
         for ref in self.children.live():
             if ref is not dispatcher:
                 self._tell(ref, UseDispatcher(dispatcher))
+
+    def holds_runs(self, said: HoldsRuns) -> None:
+        """The Dispatcher came to hold runs, or holds none any more: the CancelWatcher hears."""
+        if said.holding != self.holding:
+            self.holding = said.holding
+            self._tell(self.children.ref(*CANCELS), said)
 
     def lease(self, said: LeaseChanged) -> None:
         """Those who act for runs hear what the lease says: the Dispatcher (and through it

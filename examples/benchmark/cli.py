@@ -29,6 +29,10 @@ from examples.benchmark.fleet_report import footnotes as fleet_footnotes
 from examples.benchmark.fleet_report import json_report as fleet_json
 from examples.benchmark.fleet_report import render as fleet_render
 from examples.benchmark.footprint import footprint_agent
+from examples.benchmark.idle_fleet import footnotes as idle_fleet_footnotes
+from examples.benchmark.idle_fleet import json_report as idle_fleet_json
+from examples.benchmark.idle_fleet import render as idle_fleet_render
+from examples.benchmark.idle_fleet import run_idle_fleet
 from examples.benchmark.latency_part import LatencyResults, run_latency
 from examples.benchmark.latency_part import add_arguments as latency_arguments
 from examples.benchmark.pickup_report import json_report as latency_json
@@ -37,8 +41,8 @@ from examples.benchmark.procs import ProcessGuard, load_average
 from examples.benchmark.report import footnotes, json_report, render
 from examples.benchmark.server import POLL_SECONDS, BenchServer
 
-ALL_PARTS = ("drain", "first-poll", "footprint", "fleet", "latency", "containers")
-# fleet, latency and containers: opt-in (servers, hosts and a Docker daemon of their own)
+ALL_PARTS = ("drain", "first-poll", "footprint", "fleet", "idle-fleet", "latency", "containers")
+# fleet, idle-fleet, latency and containers: opt-in (servers, hosts, a Docker daemon of their own)
 DEFAULT_PARTS = ("drain", "first-poll", "footprint")
 
 
@@ -124,6 +128,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="PostgreSQL with fsync and synchronous commits (default: off, a throwaway server)",
     )
+    fleet.add_argument(
+        "--fleet-count-requests",
+        action="store_true",
+        help="the agents reach the server through a counting proxy: requests per run by "
+        "endpoint in the notes (the proxy adds a relay to every request)",
+    )
+    idle = parser.add_argument_group(
+        "idle fleet",
+        "--parts idle-fleet: N idle agents on N simulated hosts, one server on PostgreSQL, "
+        "ours against Prefect's own",
+    )
+    idle.add_argument("--idle-fleet-agents", type=int, default=100, metavar="N")
+    idle.add_argument(
+        "--idle-fleet-servers", default="2,3", help="Prefect servers' major versions: 2, 3 or both"
+    )
+    idle.add_argument("--idle-fleet-seconds", type=float, default=300.0, help="the measured window")
+    idle.add_argument(
+        "--idle-fleet-warmup", type=float, default=30.0, help="after the agents' CPU settled"
+    )
+    idle.add_argument(
+        "--idle-fleet-start-timeout",
+        type=float,
+        default=600.0,
+        help="for the agents' CPU to settle once all are started",
+    )
+    idle.add_argument(
+        "--idle-fleet-official",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also N official agents (Prefect 3: workers)",
+    )
     latency_arguments(parser)
     containers_arguments(parser)
     parser.add_argument(
@@ -139,6 +174,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--fleet-agents, --fleet-runs and --fleet-compare-runs must be at least 1")
     if min(args.containers_latency_runs, args.containers_inflight) < 1:
         parser.error("--containers-latency-runs and --containers-inflight must be at least 1")
+    if args.idle_fleet_agents < 1:
+        parser.error("--idle-fleet-agents must be at least 1")
+    args.idle_fleet_server_list = _names(args.idle_fleet_servers, ("2", "3"), parser)
     return args
 
 
@@ -291,17 +329,10 @@ def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work
         print(render(results, table, notes), flush=True)
         report = json_report(results, table, notes, args, api_url)
     if "fleet" in args.part_list:
-        fleet = run_fleet(args, work_dir, say)
-        fleet.settings["load_before"] = args.load_before
-        for drain in fleet.drains:  # the logs stay only where --keep-logs copies them
-            for agent in drain.agent_figures:
-                name = Path(agent.log_path).name
-                agent.log_path = str(Path(args.keep_logs) / name) if args.keep_logs else ""
-        fleet_notes = fleet_footnotes(fleet)
-        if api_url is not None:
-            print(flush=True)
-        print(fleet_render(fleet, fleet_notes), flush=True)
-        report["fleet"] = fleet_json(fleet, fleet_notes)
+        report["fleet"] = _fleet_part(args, work_dir, after_shared=api_url is not None)
+    if "idle-fleet" in args.part_list:
+        after = api_url is not None or "fleet" in args.part_list
+        report["idle_fleet"] = _idle_fleet_part(args, work_dir, after=after)
     if "latency" in args.part_list:
 
         def save(partial: LatencyResults) -> None:  # each step's figures, should it be cut
@@ -310,7 +341,7 @@ def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work
                 Path(args.json).write_text(text + "\n")
 
         latency = run_latency(args, work_dir, say, guard, on_step=save)
-        if api_url is not None or "fleet" in args.part_list:
+        if api_url is not None or "fleet" in args.part_list or "idle-fleet" in args.part_list:
             print(flush=True)
         print(latency_render(latency), flush=True)
         report["latency"] = latency_json(latency)
@@ -323,6 +354,32 @@ def run(args: argparse.Namespace, api_url: str | None, guard: ProcessGuard, work
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
+
+
+def _fleet_part(args: argparse.Namespace, work_dir: Path, *, after_shared: bool) -> object:
+    """The fleet part: run, print, and its JSON."""
+    fleet = run_fleet(args, work_dir, say)
+    fleet.settings["load_before"] = args.load_before
+    for drain in fleet.drains:  # the logs stay only where --keep-logs copies them
+        for agent in drain.agent_figures:
+            name = Path(agent.log_path).name
+            agent.log_path = str(Path(args.keep_logs) / name) if args.keep_logs else ""
+    fleet_notes = fleet_footnotes(fleet)
+    if after_shared:
+        print(flush=True)
+    print(fleet_render(fleet, fleet_notes), flush=True)
+    return fleet_json(fleet, fleet_notes)
+
+
+def _idle_fleet_part(args: argparse.Namespace, work_dir: Path, *, after: bool) -> object:
+    """The idle-fleet part: run, print, and its JSON."""
+    idle = run_idle_fleet(args, work_dir, say)
+    idle.settings["load_before"] = args.load_before
+    idle_notes = idle_fleet_footnotes(idle)
+    if after:
+        print(flush=True)
+    print(idle_fleet_render(idle, idle_notes), flush=True)
+    return idle_fleet_json(idle, idle_notes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ from examples.benchmark.contenders import LAUNCHER, ContenderError, clean_env, p
 from examples.benchmark.fleet_cpu import CpuSplit, Roots, Snapshot, limit_verdict, snapshot
 from examples.benchmark.fleet_cpu import window_split as cpu_window
 from examples.benchmark.procs import CLOCK_TICKS, rss_kib
+from examples.benchmark.request_count import RequestCounter
 from examples.benchmark.server import BenchServer
 from examples.harness import prefect3
 from examples.harness.agent_logs import count_problems
@@ -164,6 +165,9 @@ class FleetDrain:
     cpu: CpuSplit | None = None
     limit: str = ""
     ceiling_retries: int | None = None
+    # --fleet-count-requests: the agents' requests in the drain by endpoint, through one
+    # counting proxy (`request_count`) between all of the contender's hosts and the server
+    requests: dict[str, int] | None = None
 
 
 @dataclass
@@ -659,12 +663,13 @@ def _start_hosts(
     prefix: str,
     count: int,
     work_dir: Path,
+    api_url: str,
 ) -> None:
     """Boot `count` hosts with an agent each (into `hosts` as they come, so that a failure
     half-way still stops those up), then make their processes the sampler's."""
     for index in range(count):
         host_name = f"{prefix}-{index + 1:02d}"
-        host = SimulatedHost.for_api(host_name, target.api_url, False, log_dir=work_dir)
+        host = SimulatedHost.for_api(host_name, api_url, False, log_dir=work_dir)
         hosts.append(host)
         command, args, env = _agent_command(
             kind, target, work, host_name, work_dir / f"home-{host_name}"
@@ -685,6 +690,19 @@ def _exactly_once(drain: FleetDrain, starts: Counter[str], known: set[str]) -> N
     drain.never_started = sum(1 for r in known if starts.get(r, 0) == 0)
 
 
+def _stopped_in_order(
+    stack: contextlib.ExitStack, hosts: list[SimulatedHost], target: Target, proxy: bool
+) -> RequestCounter | None:
+    """The hosts stopped by `stack`, and with `proxy` a counting proxy for them to reach the
+    server through, stopped after them."""
+    counter = None
+    if proxy:
+        counter = RequestCounter(target.api_url)
+        stack.callback(counter.stop)
+    stack.callback(_stop_hosts, hosts)
+    return counter
+
+
 def drain_agents(
     bench: BenchServer,
     target: Target,
@@ -696,9 +714,11 @@ def drain_agents(
     timeout: float,
     work_dir: Path,
     say: Say,
+    count_requests: bool = False,
 ) -> FleetDrain:
     """`count` agents of `kind`, each on a simulated host of its own, on one fresh queue of
-    `runs` due runs; from the first agent's start until every run has a pid."""
+    `runs` due runs; from the first agent's start until every run has a pid. With
+    `count_requests`, the hosts reach the server through one counting proxy."""
     work = prepare(bench, target, name=name, runs=runs, work_dir=work_dir, say=say)
     prefix = {"fleet-ours": "ours", "fleet-official": "official"}.get(name, name[9:] or name)
     hosts: list[SimulatedHost] = []
@@ -708,13 +728,14 @@ def drain_agents(
     say(f"  starting {count} agent(s) ({kind}) on {count} simulated host(s)...")
     log_offset = _log_size(target.server_log)
     with contextlib.ExitStack() as stack:
-        stack.callback(_stop_hosts, hosts)
+        counter = _stopped_in_order(stack, hosts, target, count_requests)
         sampler.start()
         stack.callback(sampler.stop)
         began_wall, began = datetime.now(UTC), time.monotonic()
         _start_hosts(
             hosts, roots, agent_pids, kind=kind, target=target, work=work, prefix=prefix,
             count=count, work_dir=work_dir,
+            api_url=counter.api_url if counter is not None else target.api_url,
         )  # fmt: skip
 
         def check_hosts() -> None:
@@ -733,7 +754,9 @@ def drain_agents(
             if len(starts) >= len(back.pids):
                 break
             time.sleep(0.5)
+        # both before the hosts stop: their stop is not the drain's
         cpu_end = {host: _own_seconds(pid) for host, pid in agent_pids.items()}
+        drain_requests = dict(counter.snapshot()[0]) if counter is not None else None
         sampler.stop()
         # the hosts stop here (stack): a start during the stop still leaves its marker
     starts, last_marker = count_markers(work.markers)
@@ -751,12 +774,12 @@ def drain_agents(
         setup_seconds=work.setup_seconds,
         stalled=progress.stalled,
         server_tracebacks=tracebacks_since(target.server_log, log_offset),
+        requests=drain_requests,
     )
     _exactly_once(drain, starts, set(work.run_ids))
     _rates(drain, back, began_wall, observed)
     drain.stranded = max(0, progress.taken - drain.runs_with_pid)
-    if last_marker is not None:
-        drain.markers_seconds = (last_marker - began_wall).total_seconds()
+    drain.markers_seconds = (last_marker - began_wall).total_seconds() if last_marker else None
     taken = Counter(pid.rpartition(":")[0] for pid in back.pids.values())
     named = any(taken.get(host.name) for host in hosts)
     for host in hosts:
@@ -873,6 +896,7 @@ def run_fleet(args: Any, work_dir: Path, say: Say) -> FleetResults:
             "server": args.fleet_server,
             "timeout": timeout,
             "postgres_durable": args.fleet_pg_durable,
+            "count_requests": args.fleet_count_requests,
             "api": args.api,
             "marker_command": MARKER_COMMAND,
         }
@@ -903,6 +927,7 @@ def run_fleet(args: Any, work_dir: Path, say: Say) -> FleetResults:
                 functools.partial(
                     drain_agents, bench, target, name=name, kind=kind, count=count, runs=n,
                     timeout=timeout, work_dir=work_dir, say=say,
+                    count_requests=args.fleet_count_requests,
                 ),
             )  # fmt: skip
     if args.fleet_compare_sqlite:

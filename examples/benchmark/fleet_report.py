@@ -300,6 +300,16 @@ def footnotes(results: FleetResults) -> list[str]:
                 )
         if d.ceiling_retries:
             notes.append(f"  ceiling: {d.ceiling_retries} request(s) tried again (503/429)")
+        if d.requests and d.runs_with_pid:
+            total = sum(d.requests.values())
+            kinds = ", ".join(
+                f"{endpoint} {n / d.runs_with_pid:.3f}"
+                for endpoint, n in sorted(d.requests.items(), key=lambda item: -item[1])
+            )
+            notes.append(
+                f"  {d.contender} requests per run with a pid, from its first agent's start "
+                f"to the end ({total} in all, {total / d.runs_with_pid:.2f} per run): {kinds}"
+            )
     pg, lite = by_name.get("one-ours-pg"), by_name.get("one-ours-sqlite")
     if pg is not None and lite is not None:
         ratio = _ratio(drain_rate(pg), drain_rate(lite))

@@ -149,3 +149,12 @@ class Relinquish(msgspec.Struct, frozen=True):
     flow_run_id: str
     reason: str
     kill: bool = True
+
+
+class HoldsRuns(msgspec.Struct, frozen=True):
+    """Told to the Agent by the Dispatcher when it comes to hold runs or holds none any more
+    (and by a new Dispatcher at its first count), and by the Agent to the CancelWatcher: an
+    agent that holds no run has none of its own to cancel, and looks for cancellations less
+    often (a run it takes brings the quick polls back before it can start)."""
+
+    holding: bool

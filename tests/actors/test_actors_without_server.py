@@ -30,10 +30,12 @@ from actors.edges.infrastructure import ExitStatus
 from actors.rules.claims import claim_message
 from actors.rules.identity import AgentIdentity
 from actors.runtime.clock import Clock, ClockInterface
+from actors.tree.cancel_watcher import CancelWatcher
 from actors.tree.dispatcher import Dispatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.switchboard import ChildActors
 from messages.internal.dispatch import HeldRunIds, HeldRunsAre
+from messages.internal.lifecycle import Tick
 from messages.internal.run_steps import GraceExpired
 from messages.user.events import RunFinished, RunStarted
 from messages.user.tree import ActorNode
@@ -594,6 +596,66 @@ def test_listener_that_raises_is_logged_with_the_event_and_kept(
 
 
 @pytest.mark.timeout(30)
+def test_the_cancellation_polls_of_agents_started_together_are_not_in_step(
+    start: Start, fake: FakePrefectApi
+) -> None:
+    """Three agents started at the same moment (a fleet deployed together) each poll for
+    cancellations at once, and then each at a moment of its own within the interval, instead
+    of all three an interval later, in step, for as long as they live."""
+    clocks = [ManualClock() for _ in range(3)]
+    for n, clock in enumerate(clocks):
+        start(
+            clock=clock,
+            name=f"actor-agent@host-{n}",
+            cancel_poll_interval=10.0,
+            stream_cancel_poll_interval=10.0,
+        )
+
+    def next_poll(clock: ManualClock) -> float:
+        timer = clock.wait_for_timer(
+            lambda t: isinstance(t.message, Tick) and _is_cancel_watcher(t.ref), timeout=10.0
+        )
+        return timer.due_in
+
+    waits = [next_poll(clock) for clock in clocks]
+    assert all(0.0 < wait <= 10.0 for wait in waits), waits  # within one interval, as before
+    assert len({round(wait, 3) for wait in waits}) == 3, waits  # and not the same moment
+
+
+@pytest.mark.timeout(30)
+def test_an_agent_that_holds_no_run_looks_for_cancellations_at_the_safety_nets_pace(
+    start: Start, fake: FakePrefectApi, runs_dir: Path
+) -> None:
+    """Idle, an agent has no process of its own to stop: it looks for cancellations every
+    30 s (`--stream-cancel-poll-interval`), not every 2 s. A run it takes brings the 2 s polls
+    back at once, and that run is cancelled within one of them; once it has ended, 30 s."""
+    fake.add_queue("default")
+    clock = ManualClock()
+    handle = start(clock=clock, cancel_poll_interval=2.0, stream_cancel_poll_interval=30.0)
+    wait_until(lambda: cancel_pace(handle) == "30s (no run held)", 5, "the idle pace")
+
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    clock.advance(60.0)  # the queue's poll: the run is taken and started
+    pid = started_pid(runs_dir, run.id)
+    wait_until(lambda: cancel_pace(handle) == "2s", 5, "the quick pace in the tree")
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the run's pid on the server")
+    fake.request_cancel(run.id)
+    clock.advance(2.0)  # one quick interval
+    wait_until(lambda: not alive(pid), 5, "the cancelled run's process to end")
+    wait_until(lambda: fake.state(run.id).type == CANCELLED, 5, "the run Cancelled")
+    wait_until(lambda: cancel_pace(handle) == "30s (no run held)", 5, "the idle pace again")
+
+
+def cancel_pace(handle: AgentHandle) -> str | None:
+    """How often the CancelWatcher looks, as the tree shows it."""
+    watcher = node(handle.tree(), "CancelWatcher")
+    return watcher.detail.get("every") if watcher is not None else None
+
+
+def _is_cancel_watcher(ref: object) -> bool:
+    return isinstance(ref, pykka.ActorRef) and ref.actor_class is CancelWatcher
+
+
 def test_cancel_grace_period_runs_on_the_agents_clock(
     fake: FakePrefectApi, start: Start, runs_dir: Path
 ) -> None:
@@ -1159,3 +1221,58 @@ def test_a_cancel_while_pending_removes_what_was_created_ahead(
     wait_until(lambda: "after_exit" in job.events, 5, "what was created to be removed")
     assert job.events == ["create", "after_exit"]
     assert fake.calls("set_infrastructure_pid") == []
+
+
+@pytest.mark.timeout(30)
+def test_a_run_this_life_ran_is_not_taken_for_one_an_earlier_life_left(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """A run this agent started whose process exited 0 with no engine to move it on stays
+    Pending under this life's claim. The second look for what an earlier life left (10 s
+    after the first) leaves it alone: before, it took the run over and reported it Crashed,
+    "the agent that started it had stopped unexpectedly", which no agent had (and every such
+    run cost the server two reads and a Crashed proposal)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(["true"]))
+    clock = ManualClock()
+    events: list[object] = []
+    handle = start(clock=clock, listeners=(Recorder.start(events),))
+    wait_until(lambda: exited(events, run.id), 5, "the run's process to exit 0")
+    assert fake.state(run.id).type == PENDING  # nothing reported Running: no engine
+
+    clock.advance(10.0)
+    wait_until(
+        lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
+        5,
+        "the second look",
+    )
+    handle.tree()  # the Agent has acted on the second look's answer
+    handle.dispatcher.proxy().actor_urn.get(timeout=5)  # and the Dispatcher on what it said
+    assert run.id not in runs_in_tree(handle.tree())
+    assert fake.calls("read_flow_run", run_id=run.id) == []
+    assert fake.state(run.id).type == PENDING, fake.history(run.id)
+
+
+@pytest.mark.timeout(30)
+def test_a_run_this_life_is_starting_costs_the_look_for_an_earlier_lifes_no_read(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """A run this life holds, Pending with its pid not recorded yet (the server slow to take
+    it), is this life's by the claim in the state listed: the look for what an earlier life
+    left reads no state history for it (in a fleet's drain, every look found dozens)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    recording = fake.hang("set_infrastructure_pid")
+    clock = ManualClock()
+    start(clock=clock)
+    started_pid(runs_dir, run.id)
+    wait_until(lambda: fake.blocked("set_infrastructure_pid"), 5, "the pid's record to hang")
+    clock.advance(10.0)  # the second look
+    wait_until(
+        lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
+        5,
+        "the second look",
+    )
+    assert fake.calls("read_flow_run_states", run_id=run.id) == []
+    recording.release()
+    (runs_dir / f"{run.id}.stop").touch()

@@ -138,6 +138,37 @@ def test_fleet_part_counts_every_run_started_once_and_leaves_no_process(tmp_path
     assert _processes_marked(mark) == []  # hosts, agents, servers, postgres: all gone
 
 
+def test_idle_fleet_part_measures_the_server_under_idle_agents_and_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    """`--parts idle-fleet` small: the 2.20 server on PostgreSQL alone, then under three of our
+    idle agents, then under three official agents, each fleet on simulated hosts; a short
+    window each."""
+    report = tmp_path / "idle.json"
+    mark = f"idle-fleet-smoke-{uuid.uuid4().hex}"
+    options = ["--idle-fleet-agents", "3", "--idle-fleet-servers", "2"]
+    options += ["--idle-fleet-seconds", "10", "--idle-fleet-warmup", "2"]
+    result = _run_benchmark(
+        ["--parts", "idle-fleet", *options, "--json", str(report)], mark=mark, timeout=300
+    )
+    assert "idle fleet: 3 agents per contender" in result.stdout
+
+    idle = json.loads(report.read_text())["idle_fleet"]
+    assert idle["targets"]["2"]["version"].startswith("2.")
+    rows = {r["contender"]: r for r in idle["rows"]}
+    assert set(rows) == {"server alone", "ours", "official"}
+    assert all(r["error"] is None for r in rows.values())
+    for name in ("ours", "official"):
+        row = rows[name]
+        assert row["agents"] == 3 and row["exited"] == 0, row
+        assert row["requests_per_minute"] > 0  # the proxy saw the fleet's polls
+        assert len(row["rss_mib"]) == 3 and all(rss > 0 for rss in row["rss_mib"])
+    for row in rows.values():
+        assert row["window_seconds"] >= 10
+        assert row["server_cpu"] > 0 and row["postgres_cpu"] is not None
+    assert _processes_marked(mark) == []  # hosts, agents, servers, postgres: all gone
+
+
 def _run_benchmark(
     args: list[str],
     *,

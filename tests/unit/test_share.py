@@ -1,5 +1,6 @@
 """Which due runs an agent of a fleet proposes: its own first, a peer's once it waited."""
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from actors.rules.share import (
@@ -158,3 +159,19 @@ def test_a_queue_is_shared_only_from_a_lost_race_until_none_is_lost_for_a_while(
     assert contests.sharers("q", peers, now=220.0) == ((), True)  # lapsed: said once
     assert contests.sharers("q", peers, now=221.0) == ((), False)
     assert contests.lost("q", now=300.0) is True
+
+
+def test_at_a_drains_end_each_run_is_proposed_by_its_owner_and_at_most_its_next_in_line() -> None:
+    """Every agent sees the same last runs (a window that is not full) and has room for more
+    than its own: each fills it with the runs it is next in line for, not with the same head
+    of the queue as every other peer, so a run is proposed by two agents at most and each
+    agent's Pending that is refused is lost to the run's owner only."""
+    tail = RUNS[:24]
+    picks = {me: share_of(me).pick(tail, 10, full=False, now=0.0) for me in FLEET}
+    proposals = Counter(run.id for picked in picks.values() for run in picked)
+    assert set(proposals) == {run.id for run in tail}  # all of them, at once
+    assert max(proposals.values()) <= 2, proposals
+    for me, picked in picks.items():
+        own = [run for run in tail if owner(run.id, FLEET) == me]
+        assert picked[: len(own)] == own  # its own first
+        assert all(rank(run.id, FLEET, me) == 1 for run in picked[len(own) :])
