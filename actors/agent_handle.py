@@ -191,6 +191,7 @@ class AgentHandle:
         except (pykka.ActorDeadError, pykka.Timeout) as exc:
             log.warning("agent did not stop cleanly: %r", exc)
         finally:
+            self._leave_pools(deadline)
             self.ref.stop(block=False)
             self.clock.stop()
             self.api.close()
@@ -198,6 +199,21 @@ class AgentHandle:
             self.ctx.infra_calls.stop()
             if self._own_kinds:
                 close_kinds(self.ctx.infrastructures)
+
+
+    def _leave_pools(self, deadline: float) -> None:
+        """The runs are reported: stop the heartbeats and remove the worker rows, so that
+        peers sharing a queue take this agent's share at once (see `Heartbeat`)."""
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            left = self.ref.proxy().leave_pools().get(timeout=10.0)
+            # A heartbeat in flight is waited for first (it would list the agent again).
+            allowed = max(deadline - time.monotonic(), self.settings.heartbeat_seconds + 5.0)
+            if left is not None and not left.wait(allowed):
+                log.warning(
+                    "the agent's worker rows were not removed within %.0fs; the server lists it "
+                    "until its last heartbeat is three intervals old",
+                    allowed,
+                )
 
 
 def identity_for(settings: AgentSettings) -> AgentIdentity:

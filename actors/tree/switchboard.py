@@ -51,6 +51,7 @@ CANCELS = (ActorKind.CANCEL_WATCHER, CancelWatcher.NAME)
 RECOVERY = (ActorKind.RECOVERY, Recovery.NAME)
 EVENTS = (ActorKind.EVENT_LISTENER, EventListener.NAME)
 DISPATCHER = (ActorKind.DISPATCHER, Dispatcher.NAME)
+HEARTBEAT = (ActorKind.HEARTBEAT, Heartbeat.NAME)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ SERVER_CALLS = frozenset(
         "read_flow_run_states",
         "send_worker_heartbeat",
         "read_workers",
+        "delete_worker",
         "set_flow_run_labels",
     }
 )
@@ -701,6 +702,12 @@ class FakePrefectApi:
 
         params = {"pool": pool, "name": name, "interval_seconds": interval_seconds}
         self._serve("send_worker_heartbeat", params, answer)
+
+    def delete_worker(self, pool: str, name: str) -> bool:
+        def answer() -> bool:
+            return self._world.workers.pop((pool, name), None) is not None
+
+        return self._serve("delete_worker", {"pool": pool, "name": name}, answer)
 
     def read_workers(self, pool: str) -> list[Worker]:
         return self._serve(
