@@ -46,7 +46,7 @@ from actors.edges.prefect_api import ApiError, NotFoundError
 from actors.edges.served_pools import refused
 from actors.rules.identity import removable_worker_name
 from actors.rules.lease import Lease
-from actors.rules.retry import ONCE, POLL_ERRORS
+from actors.rules.retry import LEAVING, ONCE, POLL_ERRORS
 from actors.runtime.calls import CallPool
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
@@ -164,7 +164,8 @@ class Heartbeat(PeriodicChild):
         (the same single worker makes both, in order); `done` is set once that is over."""
         self.leaving = True
         self.cancel_tick()
-        api, served, name = self.api, self.ctx.settings.pools, self.ctx.identity.name
+        api = self.ctx.api.with_retry(LEAVING).with_timeout(self.ctx.settings.heartbeat_seconds)
+        served, name = self.ctx.settings.pools, self.ctx.identity.name
         self.set_phase("leaving the work pools: heartbeats stopped")
 
         def leave() -> None:
