@@ -122,7 +122,7 @@ def test_the_agent_heartbeats_every_pool_under_one_name(fake: FakePrefectApi, st
     pool_with_default_queue(fake, "beta", "process")
     handle = start(work_pools=("beta", "alpha"))
     name = handle.ctx.identity.name
-    assert "alpha,beta/default" in name, name
+    assert "alpha,beta: default" in name, name
 
     def heartbeated() -> set[str]:
         calls = fake.calls("send_worker_heartbeat")
