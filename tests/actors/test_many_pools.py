@@ -132,6 +132,13 @@ def test_the_agent_heartbeats_every_pool_under_one_name(fake: FakePrefectApi, st
     for pool in ("alpha", "beta"):
         assert [w.name for w in fake.read_workers(pool)] == [name]
 
+    # A clean stop leaves both pools: no row is left, and no heartbeat comes after a removal.
+    handle.stop()
+    for pool in ("alpha", "beta"):
+        assert fake.read_workers(pool) == []
+    removed = max(c.at for c in fake.calls("delete_worker"))
+    assert all(c.at < removed for c in fake.calls("send_worker_heartbeat"))
+
 
 @pytest.mark.timeout(30)
 def test_a_served_pool_that_does_not_exist_leaves_the_lease_and_the_other_pools_be(
