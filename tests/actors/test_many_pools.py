@@ -135,7 +135,7 @@ def test_the_agent_heartbeats_every_pool_under_one_name(fake: FakePrefectApi, st
     # A clean stop leaves both pools: no row is left, and no heartbeat comes after a removal.
     handle.stop()
     for pool in ("alpha", "beta"):
-        assert fake.read_workers(pool) == []
+        assert fake.worker_names(pool) == []
     removed = max(c.at for c in fake.calls("delete_worker"))
     assert all(c.at < removed for c in fake.calls("send_worker_heartbeat"))
 

@@ -413,6 +413,11 @@ class FakePrefectApi:
         with self._world.lock:
             self._world.failures.append(_Failure(method, times, status, message, retry_after, when))
 
+    def worker_names(self, pool: str) -> list[str]:
+        """The names of `pool`'s worker rows now, as the server holds them (not a call)."""
+        with self._world.lock:
+            return [name for (p, name) in self._world.workers if p == pool]
+
     def add_worker(
         self, pool: str, name: str, status: str = "ONLINE", *, heartbeat_age: float = 0.0
     ) -> None:
