@@ -24,6 +24,7 @@ from actors.edges.prefect_api import ApiError
 from actors.rules.pools import queues_by_pool
 from actors.rules.retry import ONCE
 from actors.runtime.context import AgentContext
+from actors.runtime.request_purpose import requests_for
 from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import Cancel
 from messages.internal.events import StreamHealth
@@ -74,7 +75,8 @@ class CancelWatcher(PeriodicChild):
         self.sent: dict[str, float] = {}  # run id -> when its Cancel was sent (monotonic)
 
     def tick(self) -> float:
-        self._poll()
+        with requests_for("cancellation_poll"):  # counted by kind in /metrics
+            self._poll()
         return self._interval()
 
     def handle(self, message: object) -> bool:

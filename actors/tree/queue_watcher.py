@@ -35,11 +35,13 @@ import pykka
 from actors.edges.kinds import pool_refusal, probe_pool
 from actors.edges.prefect_api import ApiError
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
+from actors.rules.request_kinds import RequestKind
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.rules.share import Share, recorded_poll_interval
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.runtime.request_purpose import requests_for
 from actors.tree.permanent import PermanentChild
 from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
 from messages.internal.events import EventWake
@@ -100,6 +102,7 @@ class QueueWatcher(PermanentChild):
         self.poll_started = 0.0  # monotonic time of the poll under way
         self.poll_under_way = False  # from Poll to the poll's end (its next poll scheduled)
         self.woken = False  # an EventWake came during the poll under way: poll again after it
+        self.purpose: RequestKind = "poll"  # what the poll under way counts as in /metrics
         self.phase = "starting"
         self.since = time.time()
 
@@ -151,11 +154,12 @@ class QueueWatcher(PermanentChild):
             self.next_poll.cancel()
         self.next_poll = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
 
-    def _poll(self) -> None:
+    def _poll(self, woken: bool = False) -> None:
         settings = self.ctx.settings
         if settings.run_once and self.polls > 0:
             return
         self.polls += 1
+        self.purpose = "event_woken_poll" if woken else "poll"
         self.poll_under_way = True
         self.poll_started = time.monotonic()
         # Whatever becomes of this poll, the next comes a query interval later at the latest.
@@ -167,7 +171,8 @@ class QueueWatcher(PermanentChild):
         the retry policy's delay. A step returns when to poll next, or None when it waits for
         the Dispatcher's answer."""
         try:
-            next_poll = step()
+            with requests_for(self.purpose):  # counted by kind in /metrics
+                next_poll = step()
             self.failures = 0
         except (ApiError, ApiDecodeError) as exc:
             self.failures += 1
@@ -206,7 +211,7 @@ class QueueWatcher(PermanentChild):
             self.woken = True
             return
         self.ctx.metrics.event_wakes.inc()
-        self._poll()
+        self._poll(woken=True)
 
     def _ask_for_room(self) -> float | None:
         """The first step: is the queue there and not paused? Then ask for room."""

@@ -62,6 +62,7 @@ from actors.rules.retry import ONCE
 from actors.rules.share import live_peers
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
+from actors.runtime.request_purpose import requests_for
 from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import (
     CheckHeldRuns,
@@ -130,6 +131,10 @@ class Recovery(PeriodicChild):
         super().clean_up()
         if self.next_peers is not None:
             self.next_peers.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        with requests_for("recovery"):  # its reads of runs, counted by kind in /metrics
+            return super().on_receive(message)
 
     def tick(self) -> float:
         try:
