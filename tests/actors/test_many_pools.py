@@ -317,3 +317,22 @@ def test_a_lost_peer_is_recovered_from_in_the_pool_where_its_row_went_stale(
     assert "declared it lost" in (fake.state(run.id).message or "")
     assert fake.state(runs["pods"].id).type == RUNNING
     assert "pods" not in {c.params["pool"] for c in fake.calls("read_workers")}
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_that_could_not_report_a_run_keeps_the_rows_its_peers_recover_it_by(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """The run's Crashed report hangs past the stop's deadline: the agent does not leave its
+    pools, so its row goes stale and a peer declares it lost and recovers the run."""
+    pool_with_default_queue(fake, "first", "process")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="first")
+    handle = start(work_pools=("first",), heartbeat_seconds=1.0, lost_agent_seconds=3.0)
+    started_pid(runs_dir, run.id)
+    name = handle.ctx.identity.name
+    wait_until(lambda: fake.worker_names("first") == [name], 5, "the agent's row")
+    held = fake.hang("set_state", when=lambda call: call.run_id == run.id)
+    handle.stop(grace_seconds=0.5, timeout=1.0)
+    assert fake.worker_names("first") == [name]
+    assert fake.calls("delete_worker") == []
+    held.release()
