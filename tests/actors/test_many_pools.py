@@ -324,7 +324,7 @@ def test_a_stop_that_could_not_report_a_run_keeps_the_rows_its_peers_recover_it_
     fake: FakePrefectApi, start: Start, runs_dir: Path
 ) -> None:
     """The run's Crashed report hangs past the stop's deadline: the agent does not leave its
-    pools, so its row goes stale and a peer declares it lost and recovers the run."""
+    pools, so that its row goes stale and peers find it lost and recover the run."""
     pool_with_default_queue(fake, "first", "process")
     run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="first")
     handle = start(work_pools=("first",), heartbeat_seconds=1.0, lost_agent_seconds=3.0)
