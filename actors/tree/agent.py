@@ -36,7 +36,7 @@ from actors.runtime.refs import ask, tell_if_alive
 from actors.tree.children import Child, Children
 from actors.tree.earlier_life import EARLIER_LIFE_SECOND_LOOK, EarlierLife
 from actors.tree.switchboard import DISPATCHER, HEARTBEAT, WATCHER, ChildActors, Switchboard
-from messages.internal.dispatch import Subscribe, Unsubscribe
+from messages.internal.dispatch import PeersInDoubt, Subscribe, Unsubscribe
 from messages.internal.lease import LeaseChanged, LeavePools
 from messages.internal.lifecycle import (
     CallAnswered,
@@ -142,6 +142,8 @@ class Agent(pykka.ThreadingActor):
                 self.board.lease(message)
             case Subscribe() | Unsubscribe():
                 self.board.subscribe(message)
+            case PeersInDoubt():
+                self.board.peers_in_doubt()
             case MatchingQueues(names=names, pool=pool):
                 self._matched(pool, set(names))
             case PolledOnce(queue_name=name):

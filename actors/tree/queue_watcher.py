@@ -43,7 +43,7 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.runtime.request_purpose import requests_for
 from actors.tree.permanent import PermanentChild
-from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
+from messages.internal.dispatch import Admitted, FreeSlots, PeersInDoubt, Room, RunsFound
 from messages.internal.events import EventWake
 from messages.internal.lifecycle import (
     ChildStatus,
@@ -283,6 +283,7 @@ class QueueWatcher(PermanentChild):
             self._nothing_due()
             return interval
         if not runs:  # every run due is a peer's, within its grace: look again once one is not
+            tell_if_alive(self.agent, PeersInDoubt())  # is each of them still there?
             return self._recheck_delay(interval)
         self.log.debug(
             "found %d run(s) in work queue %r (%s), %d to propose",

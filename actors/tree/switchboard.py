@@ -40,7 +40,7 @@ from actors.tree.heartbeat import Heartbeat
 from actors.tree.queue_matcher import QueueMatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
-from messages.internal.dispatch import Subscribe, Unsubscribe
+from messages.internal.dispatch import PeersInDoubt, Subscribe, Unsubscribe
 from messages.internal.events import ServedQueue, ServedQueues, StreamHealth
 from messages.internal.lease import LeaseChanged
 from messages.internal.lifecycle import UseDispatcher, WatchedQueue, WatchedQueues
@@ -209,6 +209,10 @@ class Switchboard:
         self.lease_said = msgspec.structs.replace(said, reconnected=False)
         self.tell_dispatcher(said)
         self._tell(self.children.ref(*RECOVERY), said)
+
+    def peers_in_doubt(self) -> None:
+        """A watcher waits on peers' runs: Recovery reads who is still there."""
+        self._tell(self.children.ref(*RECOVERY), PeersInDoubt())
 
     @staticmethod
     def _tell(ref: pykka.ActorRef[Any] | None, message: object) -> None:
