@@ -161,6 +161,7 @@ class AgentHandle:
         Runs not started yet are handed back to their queue (Scheduled); running ones are sent
         SIGTERM, then SIGKILL after `grace_seconds`, and proposed Crashed with a message that
         says the agent stopped. Nothing is left Running on the server without a process.
+        Then, every run reported, the agent leaves its work pools (its worker rows removed).
         Works too after the agent gave up.
         """
         if self._stopped:
@@ -168,6 +169,7 @@ class AgentHandle:
         self._stopped = True
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         deadline = time.monotonic() + timeout
+        reported = False  # every run in flight ended and reported: the agent may leave its pools
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             self.ref.proxy().stop_taking_runs().get(timeout=timeout)  # no new runs
         try:
@@ -188,9 +190,14 @@ class AgentHandle:
                     unfinished,
                 )
             dispatcher.stop(timeout=max(0.1, deadline - time.monotonic()))
+            reported = not unfinished
         except (pykka.ActorDeadError, pykka.Timeout) as exc:
             log.warning("agent did not stop cleanly: %r", exc)
         finally:
+            if reported:
+                self._leave_pools(deadline)
+            else:  # its stale row lets peers find it lost and recover what it could not report
+                log.warning("keeping this agent's worker rows: peers recover what it left")
             self.ref.stop(block=False)
             self.clock.stop()
             self.api.close()
@@ -198,6 +205,21 @@ class AgentHandle:
             self.ctx.infra_calls.stop()
             if self._own_kinds:
                 close_kinds(self.ctx.infrastructures)
+
+    def _leave_pools(self, deadline: float) -> None:
+        """Every run is reported: stop the heartbeats and remove the worker rows, so that
+        peers sharing a queue take this agent's share at once (see `Heartbeat`). Not when a
+        run was left unreported: the stale row is how peers find it lost and recover it."""
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            left = self.ref.proxy().leave_pools().get(timeout=10.0)
+            # A heartbeat in flight is waited for first (it would list the agent again).
+            allowed = max(deadline - time.monotonic(), self.settings.heartbeat_seconds + 5.0)
+            if left is not None and not left.wait(allowed):
+                log.warning(
+                    "the agent's worker rows were not removed within %.0fs; the server lists it "
+                    "until its last heartbeat is three intervals old",
+                    allowed,
+                )
 
 
 def identity_for(settings: AgentSettings) -> AgentIdentity:

@@ -461,6 +461,17 @@ class PrefectApi:
         body = encode(WorkerHeartbeat(name=name, heartbeat_interval_seconds=interval_seconds))
         self._request("POST", f"work_pools/{_quote(pool)}/workers/heartbeat", body, urgent=True)
 
+    def delete_worker(self, pool: str, name: str) -> bool:
+        """Remove this agent's worker row from the pool (a clean stop): True if it was there.
+
+        A name holding a `/` cannot be removed: the server decodes `%2F` before it routes, so
+        the path names no worker (404) and this answers False, as for a row already gone."""
+        try:
+            self._request("DELETE", f"work_pools/{_quote(pool)}/workers/{_quote(name)}")
+        except NotFoundError:
+            return False
+        return True
+
     def read_workers(self, pool: str) -> list[Worker]:
         """The pool's worker rows, page by page."""
 

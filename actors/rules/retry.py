@@ -48,3 +48,6 @@ SERVER_CALLS = RetryPolicy(base_delay=0.5, max_delay=10.0)
 POLL_ERRORS = RetryPolicy(base_delay=1.0, max_delay=60.0)
 # A caller whose next step is its retry (a watcher's next poll, the next rematch): one try.
 ONCE = RetryPolicy(attempts=1)
+# Leaving the pools at a clean stop: a busy server (a SQLite one answers 503 when its database
+# is locked) is tried again a few times, within seconds, since the stop waits for it.
+LEAVING = RetryPolicy(base_delay=0.25, max_delay=2.0, attempts=5)

@@ -11,6 +11,8 @@ from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from actors.rules.request_kinds import REQUEST_KINDS, request_kind
+from actors.runtime.request_purpose import current_purpose
 from messages.user.events import RunOutcome
 
 # From a few ms (a run proposed at once on a quiet server) to a server that holds its Pending
@@ -78,6 +80,13 @@ class AgentMetrics:
             ["status"],
             registry=self.registry,
         )
+        self.api_requests = Counter(
+            "prefect_agent_api_requests",
+            "Requests sent to the Prefect API (every attempt, retries included), by what they "
+            "are for: " + ", ".join(REQUEST_KINDS),
+            ["kind"],
+            registry=self.registry,
+        )
         self.restarts = Counter(
             "prefect_agent_actor_restarts",
             "Actor restarts, by actor kind",
@@ -130,13 +139,17 @@ class AgentMetrics:
             self.heartbeats.labels(result=result)
         for outcome in OUTCOMES:
             self.runs_finished.labels(outcome=outcome)
+        for kind in REQUEST_KINDS:
+            self.api_requests.labels(kind=kind)
 
     def set_event_mode(self, mode: str) -> None:
         """The EventListener's mode, for /metrics (/healthz reads it off the tree)."""
         for known in EVENT_MODES:
             self.event_mode_gauge.labels(mode=known).set(1 if known == mode else 0)
 
-    def count_api_attempt(self, _method: str, _path: str, status: int | None) -> None:
+    def count_api_attempt(self, method: str, path: str, status: int | None) -> None:
+        """The edge's hook, called after every attempt, in the thread that made it."""
+        self.api_requests.labels(kind=request_kind(method, path, current_purpose())).inc()
         if status is None or status >= 400:
             self.api_errors.labels(status="none" if status is None else str(status)).inc()
 

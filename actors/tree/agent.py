@@ -21,6 +21,7 @@ earlier life left (`EarlierLife`): a child's failure or a GetTree never waits be
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -34,9 +35,9 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import ask, tell_if_alive
 from actors.tree.children import Child, Children
 from actors.tree.earlier_life import EARLIER_LIFE_SECOND_LOOK, EarlierLife
-from actors.tree.switchboard import DISPATCHER, WATCHER, ChildActors, Switchboard
-from messages.internal.dispatch import HoldsRuns, Subscribe, Unsubscribe
-from messages.internal.lease import LeaseChanged
+from actors.tree.switchboard import DISPATCHER, HEARTBEAT, WATCHER, ChildActors, Switchboard
+from messages.internal.dispatch import HoldsRuns, PeersInDoubt, Subscribe, Unsubscribe
+from messages.internal.lease import LeaseChanged, LeavePools
 from messages.internal.lifecycle import (
     CallAnswered,
     ChildFailed,
@@ -107,8 +108,8 @@ class Agent(pykka.ThreadingActor):
         self.state, self.since = "running", time.time()
 
     def on_stop(self) -> None:
-        """Every child still running stops, in the reverse of their start: the Heartbeat last,
-        so the server's rule takes the worker OFFLINE only once the rest has stopped."""
+        """Every child still running stops, in the reverse of their start: the Heartbeat last
+        (after a clean stop it has left the pools by then: `leave_pools`)."""
         self.stop_taking_runs()
         for ref in reversed(self.children.live()):
             ref.stop(block=False)
@@ -143,6 +144,8 @@ class Agent(pykka.ThreadingActor):
                 self.board.holds_runs(message)
             case Subscribe() | Unsubscribe():
                 self.board.subscribe(message)
+            case PeersInDoubt():
+                self.board.peers_in_doubt()
             case MatchingQueues(names=names, pool=pool):
                 self._matched(pool, set(names))
             case PolledOnce(queue_name=name):
@@ -223,6 +226,16 @@ class Agent(pykka.ThreadingActor):
             if child.kind not in OUTLIVE_INTAKE:
                 self._drop(child)
         self.state, self.since = "stopping", time.time()
+
+    def leave_pools(self) -> threading.Event | None:
+        """The last step of a clean stop, once the runs are reported: the Heartbeat beats no
+        more and removes this agent's worker rows. The event is set when that is over; None
+        when there is no Heartbeat to do it (it is being restarted)."""
+        ref = self.children.ref(*HEARTBEAT)
+        done = threading.Event()
+        if ref is None or not tell_if_alive(ref, LeavePools(done)):
+            return None
+        return done
 
     # -- supervision -------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from actors.rules.pools import queues_by_pool
 from actors.rules.retry import ONCE
 from actors.rules.spread import until_slot
 from actors.runtime.context import AgentContext
+from actors.runtime.request_purpose import requests_for
 from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import Cancel, HoldsRuns
 from messages.internal.events import StreamHealth
@@ -86,7 +87,8 @@ class CancelWatcher(PeriodicChild):
         self.sent: dict[str, float] = {}  # run id -> when its Cancel was sent (monotonic)
 
     def tick(self) -> float:
-        self._poll()
+        with requests_for("cancellation_poll"):  # counted by kind in /metrics
+            self._poll()
         # the next poll at this agent's own slot, not an interval after this one: a fleet's
         # polls stay spread across the interval (`actors.rules.spread`)
         return self._next_slot()

@@ -42,6 +42,7 @@ from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.runtime.request_purpose import requests_for
 from messages.internal.lifecycle import SuperviseLeftRun
 from messages.wire.prefect import PENDING, RUNNING, FlowRun, State
 
@@ -88,7 +89,8 @@ class EarlierLife:
 
     def _look(self, queue_names: tuple[str, ...], pool: str | None) -> LeftBehind:
         """In the call pool: the server's runs of these queues, then their infrastructure."""
-        runs = self.api.runs_in_states(list(queue_names), [PENDING, RUNNING], pool)
+        with requests_for("recovery"):  # counted by kind in /metrics
+            runs = self.api.runs_in_states(list(queue_names), [PENDING, RUNNING], pool)
         kinds = self.ctx.infrastructures
         found = LeftBehind(
             recorded=[

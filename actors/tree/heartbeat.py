@@ -23,11 +23,20 @@ a renewal ends a break. The lapse itself is a timer on the agent's clock, so the
 off the inbox on a worker of its own: a heartbeat the server holds through a partition never
 delays the lapse, and never waits behind the other actors' calls. The beat is the tick of a
 periodic child (`actors.tree.periodic`); the next is scheduled when the answer comes.
+
+A clean stop ends with `LeavePools`: no more beats, and the agent's worker row is removed from
+each pool (`DELETE /work_pools/{pool}/workers/{name}`), on the same worker, so after any beat
+still in flight. Its peers then see it gone at their next reading of the rows and take its
+share of a contested queue without waiting their grace for its runs (`actors.rules.share`). A
+name holding a `/` cannot be removed (the server routes the name as a path): said once in the
+log, and its row goes OFFLINE by the server's rule as before. A crashed agent removes nothing:
+its stale heartbeat tells its peers, as ever.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -35,14 +44,15 @@ import pykka
 
 from actors.edges.prefect_api import ApiError, NotFoundError
 from actors.edges.served_pools import refused
+from actors.rules.identity import removable_worker_name
 from actors.rules.lease import Lease
-from actors.rules.retry import ONCE, POLL_ERRORS
+from actors.rules.retry import LEAVING, ONCE, POLL_ERRORS
 from actors.runtime.calls import CallPool
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.periodic import PeriodicChild
-from messages.internal.lease import HeartbeatAnswered, LeaseChanged, LeaseExpiry
+from messages.internal.lease import HeartbeatAnswered, LeaseChanged, LeaseExpiry, LeavePools
 from messages.user.tree import ActorKind
 from messages.wire.prefect import ApiDecodeError
 
@@ -67,6 +77,7 @@ class Heartbeat(PeriodicChild):
         self.last_sent: float | None = None  # Unix time of the last accepted heartbeat
         self.expiry: Timer | None = None
         self.caller: CallPool | None = None
+        self.leaving = False  # told to leave the pools: no more beats
 
     def begin(self) -> None:
         self.caller = CallPool(workers=1, name="heartbeat-call")
@@ -81,12 +92,17 @@ class Heartbeat(PeriodicChild):
             self.caller.stop()
 
     def tick(self) -> None:
-        self._send()  # the next beat is scheduled when this one is answered
+        if not self.leaving:
+            self._send()  # the next beat is scheduled when this one is answered
 
     def handle(self, message: object) -> bool:
         match message:
             case HeartbeatAnswered():
-                self.schedule(self._answered(message))
+                delay = self._answered(message)
+                if not self.leaving:
+                    self.schedule(delay)
+            case LeavePools(done=done) if isinstance(done, threading.Event):
+                self._leave(done)
             case LeaseExpiry(renewed_at=renewed_at) if renewed_at == self.lease.last_sent:
                 self.expiry = None
                 self._tell(self.lease.view(self.ctx.clock.monotonic()))
@@ -142,6 +158,50 @@ class Heartbeat(PeriodicChild):
 
         if self.caller is not None:
             self.caller.submit(beat)
+
+    def _leave(self, done: threading.Event) -> None:
+        """Beat no more, and remove the worker row from each pool, after any beat in flight
+        (the same single worker makes both, in order); `done` is set once that is over."""
+        self.leaving = True
+        self.cancel_tick()
+        api = self.ctx.api.with_retry(LEAVING).with_timeout(self.ctx.settings.heartbeat_seconds)
+        served, name = self.ctx.settings.pools, self.ctx.identity.name
+        self.set_phase("leaving the work pools: heartbeats stopped")
+
+        def leave() -> None:
+            try:
+                pools = api.server_profile().heartbeat_pools(served)
+            except (ApiError, ApiDecodeError) as exc:
+                log.warning("could not remove worker %r from its work pools: %s", name, exc)
+                pools = ()
+            if pools and not removable_worker_name(name):
+                log.warning(
+                    "worker %r cannot be removed from work pool(s) %s: the server cannot route "
+                    "a worker name holding a '/'; it stays listed until its last heartbeat is "
+                    "three intervals old, and peers wait their grace for its runs meanwhile "
+                    "(name the agent without '/' with -n to leave at once)",
+                    name,
+                    ", ".join(map(repr, pools)),
+                )
+                pools = ()
+            for pool in pools:
+                try:
+                    if api.delete_worker(pool, name):
+                        log.info("worker %r left work pool %r (its row removed)", name, pool)
+                except (ApiError, ApiDecodeError) as exc:
+                    log.warning(
+                        "could not remove worker %r from work pool %r (%s); it stays listed "
+                        "until its last heartbeat is three intervals old",
+                        name,
+                        pool,
+                        exc,
+                    )
+            done.set()
+
+        if self.caller is None:
+            done.set()
+        else:
+            self.caller.submit(leave)
 
     def _answered(self, answer: HeartbeatAnswered) -> float:
         """Renew or break the lease; the seconds until the next heartbeat."""

@@ -44,14 +44,16 @@ import pykka
 from actors.edges.kinds import pool_refusal, probe_pool
 from actors.edges.prefect_api import ApiError
 from actors.rules.poll_route import filter_answers_like_get_runs, poll_by_filter
+from actors.rules.request_kinds import RequestKind
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.rules.scouting import STREAM_LOOK_SECONDS, due_split, look_interval
 from actors.rules.share import Share, recorded_poll_interval
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
+from actors.runtime.request_purpose import requests_for
 from actors.tree.permanent import PermanentChild
-from messages.internal.dispatch import Admitted, FreeSlots, Room, RunsFound
+from messages.internal.dispatch import Admitted, FreeSlots, PeersInDoubt, Room, RunsFound
 from messages.internal.events import EventWake, ScoutCovers, StreamHealth
 from messages.internal.lifecycle import (
     ChildStatus,
@@ -118,6 +120,7 @@ class QueueWatcher(PermanentChild):
         self.scout_pool_id: str | None = None  # the default agent pool's, as its scout said
         self.stream_healthy = False  # as the Agent last said (`StreamHealth`)
         self.later_at: datetime | None = None  # the earliest run seen due after the prefetch
+        self.purpose: RequestKind = "poll"  # what the poll under way counts as in /metrics
         self.phase = "starting"
         self.since = time.time()
 
@@ -221,11 +224,12 @@ class QueueWatcher(PermanentChild):
         if was and not healthy and not self.scouted and not self.poll_under_way:
             self._poll()
 
-    def _poll(self) -> None:
+    def _poll(self, woken: bool = False) -> None:
         settings = self.ctx.settings
         if settings.run_once and self.polls > 0:
             return
         self.polls += 1
+        self.purpose = "event_woken_poll" if woken else "poll"
         self.poll_under_way = True
         self.poll_started = time.monotonic()
         # Whatever becomes of this poll, the next comes a query interval later at the latest.
@@ -237,7 +241,8 @@ class QueueWatcher(PermanentChild):
         the retry policy's delay. A step returns when to poll next, or None when it waits for
         the Dispatcher's answer."""
         try:
-            next_poll = step()
+            with requests_for(self.purpose):  # counted by kind in /metrics
+                next_poll = step()
             self.failures = 0
         except (ApiError, ApiDecodeError) as exc:
             self.failures += 1
@@ -278,7 +283,7 @@ class QueueWatcher(PermanentChild):
             return
         if by_event:
             self.ctx.metrics.event_wakes.inc()
-        self._poll()
+        self._poll(woken=by_event)
 
     def _ask_for_room(self) -> float | None:
         """The first step: is the queue there and not paused? Then ask for room."""
@@ -357,6 +362,7 @@ class QueueWatcher(PermanentChild):
             self._nothing_due()
             return interval
         if not runs:  # every run due is a peer's, within its grace: look again once one is not
+            tell_if_alive(self.agent, PeersInDoubt())  # is each of them still there?
             return self._recheck_delay(interval)
         self.log.debug(
             "found %d run(s) in work queue %r (%s), %d to propose",

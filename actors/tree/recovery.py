@@ -24,7 +24,9 @@ It also tells the Dispatcher who the live peers are (`Peers`: each pool's ONLINE
 from the same worker rows as the round's), from which each watcher tells the runs it owns in
 a fleet from those a peer owns (`actors.rules.share`). It reads them at start, again two
 seconds after every change (a fleet starting shows up within seconds, not a heartbeat
-interval later), else every round.
+interval later), else every round; and, at most once a second, when a watcher finds only
+peers' runs waiting (`PeersInDoubt`): a peer that stopped cleanly has removed its row, so it
+is known gone at once and its runs are taken without their grace.
 
 Its round is the tick of a periodic child (`actors.tree.periodic`): like a watcher, it waits on
 the server in its own inbox (polling is its only job) and tells the Agent its phase, so nobody
@@ -62,12 +64,14 @@ from actors.rules.retry import ONCE
 from actors.rules.share import live_peers
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
+from actors.runtime.request_purpose import requests_for
 from actors.tree.periodic import PeriodicChild
 from messages.internal.dispatch import (
     CheckHeldRuns,
     HeldRunIds,
     HeldRunsAre,
     Peers,
+    PeersInDoubt,
     ReadPeers,
     Relinquish,
 )
@@ -94,6 +98,7 @@ from messages.wire.prefect import (
 log = logging.getLogger("prefect_actor_agent.recovery")
 
 PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
+PEERS_DOUBT_SECONDS = 1.0  # a watcher waiting on peers' runs has them read at most this often
 
 
 class Recovery(PeriodicChild):
@@ -123,6 +128,7 @@ class Recovery(PeriodicChild):
         # Pool served (None: plain queues) -> its live peers as last read.
         self.peers: dict[str | None, tuple[str, ...]] = {}
         self.next_peers: Timer | None = None
+        self.peers_read_at: float | None = None  # agent-clock time of the last reading
         self.last_action = ""
         self.round_lost: set[str] | None = None  # the peers found lost in every pool this round
 
@@ -130,6 +136,10 @@ class Recovery(PeriodicChild):
         super().clean_up()
         if self.next_peers is not None:
             self.next_peers.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        with requests_for("recovery"):  # its reads of runs, counted by kind in /metrics
+            return super().on_receive(message)
 
     def tick(self) -> float:
         try:
@@ -144,6 +154,10 @@ class Recovery(PeriodicChild):
             case ReadPeers():
                 self.next_peers = None
                 self._read_peers()
+            case PeersInDoubt():
+                last, now = self.peers_read_at, self.ctx.clock.monotonic()
+                if last is None or now - last >= PEERS_DOUBT_SECONDS:
+                    self._read_peers()
             case LeaseChanged(streak_since=since, reconnected=reconnected):
                 self.streak_since = since
                 if reconnected:
@@ -365,6 +379,7 @@ class Recovery(PeriodicChild):
         not a round later)."""
         settings = self.ctx.settings
         me = self.ctx.identity.name
+        self.peers_read_at = self.ctx.clock.monotonic()
         peers = live_peers(workers, me, datetime.now(UTC), settings.lost_agent_seconds)
         known = self.peers.get(served)
         if peers == known:

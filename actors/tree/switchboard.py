@@ -45,7 +45,7 @@ from actors.tree.pool_scout import DEFAULT_AGENT_POOL, PoolScout
 from actors.tree.queue_matcher import QueueMatcher
 from actors.tree.queue_watcher import QueueWatcher
 from actors.tree.recovery import Recovery
-from messages.internal.dispatch import HoldsRuns, Subscribe, Unsubscribe
+from messages.internal.dispatch import HoldsRuns, PeersInDoubt, Subscribe, Unsubscribe
 from messages.internal.events import (
     ScoutedQueue,
     ScoutedQueues,
@@ -63,6 +63,7 @@ CANCELS = (ActorKind.CANCEL_WATCHER, CancelWatcher.NAME)
 RECOVERY = (ActorKind.RECOVERY, Recovery.NAME)
 EVENTS = (ActorKind.EVENT_LISTENER, EventListener.NAME)
 DISPATCHER = (ActorKind.DISPATCHER, Dispatcher.NAME)
+HEARTBEAT = (ActorKind.HEARTBEAT, Heartbeat.NAME)
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,10 @@ class Switchboard:
         self.lease_said = msgspec.structs.replace(said, reconnected=False)
         self.tell_dispatcher(said)
         self._tell(self.children.ref(*RECOVERY), said)
+
+    def peers_in_doubt(self) -> None:
+        """A watcher waits on peers' runs: Recovery reads who is still there."""
+        self._tell(self.children.ref(*RECOVERY), PeersInDoubt())
 
     @staticmethod
     def _tell(ref: pykka.ActorRef[Any] | None, message: object) -> None:

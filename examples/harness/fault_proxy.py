@@ -101,6 +101,15 @@ class _Mode:
 
 
 @dataclass(frozen=True)
+class RecordedRequest:
+    """A request as a client sent it: what a test reads to tell one kind from another."""
+
+    method: str
+    path: str  # without the query string
+    body: bytes
+
+
+@dataclass(frozen=True)
 class _Request:
     """A parsed request: the raw bytes to forward plus what the proxy decides on."""
 
@@ -262,6 +271,9 @@ class FaultProxy:
         self._fail_retry_after: float | None = None
         self._requests_seen = 0
         self._requests_by_path: collections.Counter[str] = collections.Counter()
+        # Every request read, as (method, path, body), for a test that classifies them itself;
+        # bounded, so that a long benchmark behind the proxy does not grow without end.
+        self._recorded: collections.deque[RecordedRequest] = collections.deque(maxlen=100_000)
         self._connections_accepted = 0
         self._websockets_opened = 0
         self._websockets_open = 0
@@ -380,6 +392,7 @@ class FaultProxy:
         with self._lock:
             self._requests_seen = 0
             self._requests_by_path.clear()
+            self._recorded.clear()
             self._connections_accepted = 0
             self._websockets_opened = 0
             self._upgrades_refused = 0
@@ -395,6 +408,12 @@ class FaultProxy:
         """A snapshot: request path (no query string) -> how many requests."""
         with self._lock:
             return collections.Counter(self._requests_by_path)
+
+    @property
+    def recorded_requests(self) -> list[RecordedRequest]:
+        """A snapshot: every request read so far (the last 100,000), in order."""
+        with self._lock:
+            return list(self._recorded)
 
     @property
     def connections_accepted(self) -> int:
@@ -566,6 +585,7 @@ class FaultProxy:
         with self._lock:
             self._requests_seen += 1
             self._requests_by_path[path] += 1
+            self._recorded.append(RecordedRequest(method, path, body))
         return _Request(method=method, path=path, raw=head + body, close=close, upgrade=upgrade)
 
     def _decide(self, request: _Request) -> tuple[str, _Mode, int, float | None]:

@@ -79,6 +79,13 @@ class ReadPeers(msgspec.Struct, frozen=True):
     after they changed, else every heartbeat interval)."""
 
 
+class PeersInDoubt(msgspec.Struct, frozen=True):
+    """Told by a QueueWatcher to the Agent, which passes it on to Recovery, when every run due
+    in a full window is a peer's, waiting its grace: Recovery reads the pools' worker rows
+    again now (at most once a second), so that a peer that left (its row removed at a clean
+    stop) is known gone at once and its runs are taken without the grace."""
+
+
 class Cancel(msgspec.Struct, frozen=True):
     """Sent to the Dispatcher (by the CancelWatcher, the EventListener or a host service) to
     stop one run.

@@ -45,3 +45,13 @@ class HeartbeatAnswered(msgspec.Struct, frozen=True):
     error: str | None = None
     missing: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()
+
+
+class LeavePools(msgspec.Struct, frozen=True):
+    """Told by the Agent to the Heartbeat at a clean stop, once the runs in flight are
+    reported: beat no more, and remove this agent's worker row from every pool it served, so
+    that its peers count it gone at their next reading of the rows (not three heartbeat
+    intervals later, when the server would take it OFFLINE). The removal is made after any
+    heartbeat still in flight (which would list the agent again), then `done` is set."""
+
+    done: object  # a threading.Event the stopping holder waits on

@@ -122,7 +122,7 @@ def test_the_agent_heartbeats_every_pool_under_one_name(fake: FakePrefectApi, st
     pool_with_default_queue(fake, "beta", "process")
     handle = start(work_pools=("beta", "alpha"))
     name = handle.ctx.identity.name
-    assert "alpha,beta/default" in name, name
+    assert "alpha,beta: default" in name, name
 
     def heartbeated() -> set[str]:
         calls = fake.calls("send_worker_heartbeat")
@@ -131,6 +131,13 @@ def test_the_agent_heartbeats_every_pool_under_one_name(fake: FakePrefectApi, st
     wait_until(lambda: heartbeated() == {"alpha", "beta"}, 5, "a heartbeat in each pool")
     for pool in ("alpha", "beta"):
         assert [w.name for w in fake.read_workers(pool)] == [name]
+
+    # A clean stop leaves both pools: no row is left, and no heartbeat comes after a removal.
+    handle.stop()
+    for pool in ("alpha", "beta"):
+        assert fake.worker_names(pool) == []
+    removed = max(c.at for c in fake.calls("delete_worker"))
+    assert all(c.at < removed for c in fake.calls("send_worker_heartbeat"))
 
 
 @pytest.mark.timeout(30)
@@ -310,3 +317,22 @@ def test_a_lost_peer_is_recovered_from_in_the_pool_where_its_row_went_stale(
     assert "declared it lost" in (fake.state(run.id).message or "")
     assert fake.state(runs["pods"].id).type == RUNNING
     assert "pods" not in {c.params["pool"] for c in fake.calls("read_workers")}
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_that_could_not_report_a_run_keeps_the_rows_its_peers_recover_it_by(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """The run's Crashed report hangs past the stop's deadline: the agent does not leave its
+    pools, so that its row goes stale and peers find it lost and recover the run."""
+    pool_with_default_queue(fake, "first", "process")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="first")
+    handle = start(work_pools=("first",), heartbeat_seconds=1.0, lost_agent_seconds=3.0)
+    started_pid(runs_dir, run.id)
+    name = handle.ctx.identity.name
+    wait_until(lambda: fake.worker_names("first") == [name], 5, "the agent's row")
+    held = fake.hang("set_state", when=lambda call: call.run_id == run.id)
+    handle.stop(grace_seconds=0.5, timeout=1.0)
+    assert fake.worker_names("first") == [name]
+    assert fake.calls("delete_worker") == []
+    held.release()

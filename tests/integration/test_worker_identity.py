@@ -90,10 +90,48 @@ def test_the_agent_is_a_worker_of_its_pool_and_every_run_it_takes_names_it(
     # The log line is the behaviour: an operator reading a fleet's logs tells agents apart.
     assert f"agent {name!r} (instance {me.instance}" in agent.logs()
 
-    # Stopped, it heartbeats no more: the server's own rule will take it OFFLINE.
+    # Stopped cleanly, it has left the pool: its row is gone when stop() returns, and no late
+    # heartbeat lists it again.
     agent.stop()
-    last = (_worker(served, name) or {}).get("last_heartbeat_time")
+    assert _worker(served, name) is None
     deadline = time.monotonic() + 3 * HEARTBEAT
     while time.monotonic() < deadline:  # an observation window, not a synchronisation
-        assert (_worker(served, name) or {}).get("last_heartbeat_time") == last
+        assert _worker(served, name) is None
         time.sleep(0.2)
+
+
+def test_an_agent_with_its_default_name_leaves_its_pool_when_stopped(
+    served: Served, library_agent: AgentFactory
+) -> None:
+    agent = library_agent(**served.agent_options(), heartbeat_seconds=HEARTBEAT)
+    assert isinstance(agent, ThreadAgent)
+    name = agent.handle.ctx.identity.name
+    assert "/" not in name, name
+    wait_for(lambda: _worker(served, name), 15, "the agent's worker row")
+    agent.stop()
+    assert _worker(served, name) is None
+    assert f"worker {name!r} left work pool {_pool(served)!r}" in agent.logs()
+
+
+def test_a_worker_name_with_a_slash_stays_listed_and_the_log_says_why(
+    served: Served, library_agent: AgentFactory
+) -> None:
+    name = f"team/agent-{served.queue}"
+    agent = library_agent(**served.agent_options(), name=name, heartbeat_seconds=HEARTBEAT)
+    wait_for(lambda: _worker(served, name), 15, "the agent's worker row")
+    agent.stop()
+    assert _worker(served, name) is not None  # the server cannot route the name to remove it
+    assert f"worker {name!r} cannot be removed from work pool(s) {_pool(served)!r}" in (
+        agent.logs()
+    )
+
+
+def test_the_launcher_stopped_by_sigterm_leaves_its_pool(
+    served: Served, launcher_agent: AgentFactory
+) -> None:
+    name = f"launched-{served.queue}"
+    agent = launcher_agent(**served.agent_options(), name=name, heartbeat_seconds=HEARTBEAT)
+    wait_for(lambda: _worker(served, name), 60, "the agent's worker row")
+    assert agent.stop() == 0  # SIGTERM, and the process exits
+    assert _worker(served, name) is None
+    assert f"worker {name!r} left work pool" in agent.logs()

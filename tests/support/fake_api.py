@@ -104,6 +104,7 @@ SERVER_CALLS = frozenset(
         "read_flow_run_states",
         "send_worker_heartbeat",
         "read_workers",
+        "delete_worker",
         "set_flow_run_labels",
     }
 )
@@ -415,6 +416,11 @@ class FakePrefectApi:
         with self._world.lock:
             self._world.failures.append(_Failure(method, times, status, message, retry_after, when))
 
+    def worker_names(self, pool: str) -> list[str]:
+        """The names of `pool`'s worker rows now, as the server holds them (not a call)."""
+        with self._world.lock:
+            return [name for (p, name) in self._world.workers if p == pool]
+
     def add_worker(
         self, pool: str, name: str, status: str = "ONLINE", *, heartbeat_age: float = 0.0
     ) -> None:
@@ -707,6 +713,12 @@ class FakePrefectApi:
 
         params = {"pool": pool, "name": name, "interval_seconds": interval_seconds}
         self._serve("send_worker_heartbeat", params, answer)
+
+    def delete_worker(self, pool: str, name: str) -> bool:
+        def answer() -> bool:
+            return self._world.workers.pop((pool, name), None) is not None
+
+        return self._serve("delete_worker", {"pool": pool, "name": name}, answer)
 
     def read_workers(self, pool: str) -> list[Worker]:
         return self._serve(

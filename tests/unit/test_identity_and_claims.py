@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from actors.rules.claims import claim_message, parse_claim, worker_labels
-from actors.rules.identity import AgentIdentity, default_agent_name, new_instance_id
+from actors.rules.identity import (
+    AgentIdentity,
+    default_agent_name,
+    new_instance_id,
+    removable_worker_name,
+)
 
 
 def test_the_default_name_is_the_same_on_every_start_and_differs_by_what_is_served() -> None:
@@ -49,5 +54,21 @@ def test_a_claim_names_the_agents_process_so_a_restart_knows_a_live_namesake() -
 
 def test_the_default_name_of_an_agent_of_several_pools_names_them_all_in_one_order() -> None:
     name = default_agent_name("box", ("process-pool", "docker-pool"), ("default",), ())
-    assert name == "actor-agent@box docker-pool,process-pool/default"
+    assert name == "actor-agent@box docker-pool,process-pool: default"
     assert name == default_agent_name("box", ("docker-pool", "process-pool"), ("default",), ())
+
+
+def test_no_default_name_holds_a_slash_so_the_server_can_remove_its_worker_row() -> None:
+    names = {
+        default_agent_name("vm", ("wk",), (), ()),
+        default_agent_name("vm", ("a", "b"), ("default",), ("etl-",)),
+        default_agent_name("vm", (), ("team/etl",), ()),
+        default_agent_name("vm", ("pool/x",), ("q",), ()),
+    }
+    assert all(removable_worker_name(name) for name in names), names
+    assert default_agent_name("vm", ("wk",), (), ()) == "actor-agent@vm wk: all queues"
+    # A `/` made `|` still tells the two queue sets apart, and stays the same at every start.
+    slashed = default_agent_name("vm", (), ("team/etl",), ())
+    assert slashed != default_agent_name("vm", (), ("team|etl",), ())
+    assert slashed == default_agent_name("vm", (), ("team/etl",), ())
+    assert not removable_worker_name("actor-agent@vm wk/all queues")
