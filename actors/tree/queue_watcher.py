@@ -214,7 +214,11 @@ class QueueWatcher(PermanentChild):
         if covered == self.scouted:
             return
         self.scouted = covered
-        if not covered and self.next_poll is None and not self.poll_under_way:
+        if self.poll_under_way:
+            return  # the poll's end schedules the next at the new pace
+        if covered and self.next_poll is not None:
+            self._schedule(self._idle_interval())  # its own poll, due already, is the scout's
+        elif not covered and self.next_poll is None:
             self._schedule(self._idle_interval())
 
     def _stream_health(self, healthy: bool) -> None:

@@ -142,12 +142,13 @@ def test_idle_fleet_part_measures_the_server_under_idle_agents_and_leaves_no_pro
     tmp_path: Path,
 ) -> None:
     """`--parts idle-fleet` small: the 2.20 server on PostgreSQL alone, then under three of our
-    idle agents, then under three official agents, each fleet on simulated hosts; a short
-    window each."""
+    idle agents on simulated hosts; a short window each (the official agents' fleet is left
+    out here: it takes a minute of the suite to settle)."""
     report = tmp_path / "idle.json"
     mark = f"idle-fleet-smoke-{uuid.uuid4().hex}"
     options = ["--idle-fleet-agents", "3", "--idle-fleet-servers", "2"]
     options += ["--idle-fleet-seconds", "10", "--idle-fleet-warmup", "2"]
+    options += ["--no-idle-fleet-official"]  # three official agents take a minute to settle
     result = _run_benchmark(
         ["--parts", "idle-fleet", *options, "--json", str(report)], mark=mark, timeout=300
     )
@@ -156,9 +157,9 @@ def test_idle_fleet_part_measures_the_server_under_idle_agents_and_leaves_no_pro
     idle = json.loads(report.read_text())["idle_fleet"]
     assert idle["targets"]["2"]["version"].startswith("2.")
     rows = {r["contender"]: r for r in idle["rows"]}
-    assert set(rows) == {"server alone", "ours", "official"}
+    assert set(rows) == {"server alone", "ours"}
     assert all(r["error"] is None for r in rows.values())
-    for name in ("ours", "official"):
+    for name in ("ours",):
         row = rows[name]
         assert row["agents"] == 3 and row["exited"] == 0, row
         assert row["requests_per_minute"] > 0  # the proxy saw the fleet's polls

@@ -209,13 +209,10 @@ def test_a_peer_on_the_same_daemon_adopts_a_killed_agents_containers(
 
     # A cancel of a live agent's container: that agent's alone, one Cancelled (the peer, on
     # the same daemon, leaves it).
+    # (The peer, holding no run, polls for cancellations at the safety net's pace: by then the
+    # run is Cancelled by its agent, and there is nothing left for the peer to do.)
     set_run_state(api_url, live_cancel, "CANCELLING", "Cancelling")
     assert ended(api_url, live_cancel, 60)[0] == "CANCELLED"
-    wait_for(
-        lambda: peer.metric("prefect_agent_runs_finished_total", outcome="not-submitted") >= 1,
-        30,
-        "the peer to leave the cancel to its agent",
-    )
     assert _final_states(api_url, live_cancel) == ["CANCELLED"], history(api_url, live_cancel)
     assert peer.metric("prefect_agent_runs_finished_total", outcome="cancelled") == 0
 
