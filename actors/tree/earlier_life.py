@@ -34,6 +34,7 @@ import pykka
 
 from actors.edges.kinds import find_unrecorded, outlives_agents, reach, watched
 from actors.edges.processes import process_alive
+from actors.rules.claims import parse_claim
 from actors.rules.identity import AgentIdentity
 from actors.rules.reconcile import left_behind
 from actors.rules.recovery import handed_back, latest_claim
@@ -97,7 +98,7 @@ class EarlierLife:
                     here=lambda pid: reach(pid, kinds) == "here",
                     watched=lambda pid: watched(pid, kinds),
                 )
-                if self._not_a_peers(run)
+                if not self._this_lifes(run) and self._not_a_peers(run)
             ]
         )
         for run in runs:
@@ -111,6 +112,17 @@ class EarlierLife:
             if pid is None or not watched(pid, kinds):
                 found.unrecorded.append((run, claimed[0], pid))
         return found
+
+    def _this_lifes(self, run: FlowRun) -> bool:
+        """A run this very life took: its state is still the Pending that carries this
+        instance's claim (its process ended, exit 0, with no engine to move it on; its
+        supervisor here has reported what there was). The second look would otherwise take
+        it for an earlier life's and report it Crashed. Read from the run as listed: no call."""
+        state = run.state
+        if state is None or state.type != PENDING:
+            return False
+        claim = parse_claim(state.message)
+        return claim is not None and claim.instance == self.ctx.identity.instance
 
     def _not_a_peers(self, run: FlowRun) -> bool:
         """A run whose infrastructure outlives its agent (a container of a daemon other agents

@@ -1159,3 +1159,33 @@ def test_a_cancel_while_pending_removes_what_was_created_ahead(
     wait_until(lambda: "after_exit" in job.events, 5, "what was created to be removed")
     assert job.events == ["create", "after_exit"]
     assert fake.calls("set_infrastructure_pid") == []
+
+
+@pytest.mark.timeout(30)
+def test_a_run_this_life_ran_is_not_taken_for_one_an_earlier_life_left(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """A run this agent started whose process exited 0 with no engine to move it on stays
+    Pending under this life's claim. The second look for what an earlier life left (10 s
+    after the first) leaves it alone: before, it took the run over and reported it Crashed,
+    "the agent that started it had stopped unexpectedly", which no agent had (and every such
+    run cost the server two reads and a Crashed proposal)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(["true"]))
+    clock = ManualClock()
+    events: list[object] = []
+    handle = start(clock=clock, listeners=(Recorder.start(events),))
+    wait_until(lambda: exited(events, run.id), 5, "the run's process to exit 0")
+    assert fake.state(run.id).type == PENDING  # nothing reported Running: no engine
+
+    clock.advance(10.0)
+    wait_until(
+        lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
+        5,
+        "the second look",
+    )
+    handle.tree()  # the Agent has acted on the second look's answer
+    handle.dispatcher.proxy().actor_urn.get(timeout=5)  # and the Dispatcher on what it said
+    assert run.id not in runs_in_tree(handle.tree())
+    assert fake.calls("read_flow_run", run_id=run.id) == []
+    assert fake.state(run.id).type == PENDING, fake.history(run.id)
