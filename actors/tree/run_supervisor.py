@@ -363,6 +363,11 @@ class RunSupervisor(pykka.ThreadingActor):
         self._create(self.prepared)
 
     def _pending_failed(self, exc: Exception) -> None:
+        if self.failed_ahead is not None:
+            # Its infrastructure could not be resolved either (a deployment deleted with its
+            # runs fails both): that reason is the one a user can act on.
+            self.failed_ahead()
+            return
         if isinstance(exc, ApiError):
             log.warning("flow run %s: Pending refused: %s", self.run_id, exc)
         else:
