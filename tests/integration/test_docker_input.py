@@ -31,6 +31,7 @@ from examples.harness.registry import Registry
 from tests.conftest import AgentFactory, AgentUnderTest, ThreadAgent
 from tests.integration.helpers import FINAL, FLOWS, deploy_marker_command, state_type
 from tests.integration.test_docker_runs import docker_pool_template
+from tests.support.docker_fixtures import daemon_seen_by_agents
 from tests.support.prefect_objects import (
     call_api,
     create_run,
@@ -52,17 +53,8 @@ UNSERVED_SOCKET = "unix:///nonexistent/prefect-actor-agent/docker.sock"
 def daemon(docker_daemon: DockerDaemon, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The daemon as the agent finds it (its environment names it); every container of the
     test removed afterwards."""
-    for name, value in docker_daemon.environ.items():
-        monkeypatch.setenv(name, value)
-    client = docker_daemon.client()
-    try:
+    with daemon_seen_by_agents(docker_daemon, monkeypatch, TEST_LABEL, SESSION) as client:
         yield client
-    finally:
-        for container in client.containers.list(
-            all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}
-        ):
-            remove(container)
-        client.close()
 
 
 def remove(container: Any) -> None:

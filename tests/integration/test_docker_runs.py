@@ -33,6 +33,7 @@ from examples.harness.docker_daemon import DockerDaemon
 from examples.harness.flow_image import PREFECT2_PYTHON, PREFECT3_PYTHON, ImageBuild
 from tests.conftest import AgentFactory, ThreadAgent
 from tests.integration.helpers import FINAL, FLOWS, infrastructure_pid, state_type
+from tests.support.docker_fixtures import daemon_seen_by_agents
 from tests.support.prefect_objects import (
     call_api,
     create_run,
@@ -53,17 +54,8 @@ SESSION = uuid.uuid4().hex
 def daemon(docker_daemon: DockerDaemon, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The daemon as the agent finds it (its environment names it); a client for the test;
     every container of the test removed afterwards."""
-    for name, value in docker_daemon.environ.items():
-        monkeypatch.setenv(name, value)
-    client = docker_daemon.client()
-    try:
+    with daemon_seen_by_agents(docker_daemon, monkeypatch, TEST_LABEL, SESSION) as client:
         yield client
-    finally:
-        for container in client.containers.list(
-            all=True, filters={"label": f"{TEST_LABEL}={SESSION}"}
-        ):
-            container.remove(force=True)
-        client.close()
 
 
 def deploy_container(

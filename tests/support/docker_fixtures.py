@@ -12,9 +12,11 @@ is told in the terminal summary: a first session on a machine spends minutes her
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import docker.errors
 import pytest
 
 from examples.harness.debian_packages import INSTALL_SECONDS, UnavailableError
@@ -103,3 +105,22 @@ def registry() -> Iterator[Registry]:
         yield registry
     finally:
         registry.stop()
+
+
+@contextlib.contextmanager
+def daemon_seen_by_agents(
+    docker_daemon: DockerDaemon, monkeypatch: pytest.MonkeyPatch, label: str, session: str
+) -> Iterator[Any]:
+    """The daemon as an agent of the test finds it (its environment names it), and a client
+    for the test; afterwards every container labelled `label=session` is removed, unless it
+    is gone or going (an agent removing it meanwhile)."""
+    for name, value in docker_daemon.environ.items():
+        monkeypatch.setenv(name, value)
+    client = docker_daemon.client()
+    try:
+        yield client
+    finally:
+        for container in client.containers.list(all=True, filters={"label": f"{label}={session}"}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                container.remove(force=True)
+        client.close()
