@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -363,6 +364,13 @@ class RunSupervisor(pykka.ThreadingActor):
         self._create(self.prepared)
 
     def _pending_failed(self, exc: Exception) -> None:
+        gone = isinstance(exc, ApiError) and exc.status == HTTPStatus.NOT_FOUND
+        if gone and self.failed_ahead is not None:
+            # The run is gone and its infrastructure could not be resolved either (a deployment
+            # deleted with its runs fails both): that reason is the one a user can act on. Only
+            # then: a Pending merely unanswered may be another agent's by now.
+            self.failed_ahead()
+            return
         if isinstance(exc, ApiError):
             log.warning("flow run %s: Pending refused: %s", self.run_id, exc)
         else:

@@ -374,6 +374,7 @@ class Sampler:
         self.rss: dict[int, list[int]] = {}  # agent machine pid -> KiB samples
         self.errors = 0
         self._stop = threading.Event()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="fleet-sampler", daemon=True)
 
     def start(self) -> Sampler:
@@ -382,10 +383,17 @@ class Sampler:
         return self
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join(timeout=30.0)
         self.snapshots.append(snapshot(self.roots))
+        if self.pool is not None:
+            # a drain shorter than two samples still gets its worker rows read once, while
+            # the agents are up (the hosts stop after the sampler)
+            self.workers.append(self._workers())
 
     def _run(self) -> None:
         tick = 0

@@ -1163,16 +1163,21 @@ def test_a_pending_an_earlier_life_left_after_the_first_look_is_found_by_the_sec
     wait_until(lambda: fake.state(run.id).type == SCHEDULED, 5, "the run to be handed back")
 
 
+def run_held_at_pending(fake: FakePrefectApi) -> tuple[Any, FakeInfrastructure, Any]:
+    """A run of the fake kind whose Pending proposal the server holds until released."""
+    fake.add_queue("default")
+    run = fake.add_run(fake_deployment(fake))
+    kind = FakeInfrastructure(pid_before_start=True)
+    return run, kind, fake.hang("set_state", when=is_pending)
+
+
 @pytest.mark.timeout(30)
 def test_the_infrastructure_is_created_while_pending_is_with_the_server_and_started_after_it(
     fake: FakePrefectApi, start: Start
 ) -> None:
     """Pending to running costs only the pid's record and the start: the run's
     infrastructure is resolved and created (not started) while the server weighs Pending."""
-    fake.add_queue("default")
-    run = fake.add_run(fake_deployment(fake))
-    kind = FakeInfrastructure(pid_before_start=True)
-    pending = fake.hang("set_state", when=is_pending)
+    run, kind, pending = run_held_at_pending(fake)
     start(infrastructures=(kind,))
     job = kind.job(run.id)  # created while Pending is held
     assert fake.blocked("set_state")
@@ -1191,10 +1196,7 @@ def test_a_refused_pending_removes_what_was_created_ahead_and_starts_nothing(
 ) -> None:
     """Another agent's Pending wins while ours is with the server: what was created ahead is
     removed, never started, and no pid is recorded."""
-    fake.add_queue("default")
-    run = fake.add_run(fake_deployment(fake))
-    kind = FakeInfrastructure(pid_before_start=True)
-    pending = fake.hang("set_state", when=is_pending)
+    run, kind, pending = run_held_at_pending(fake)
     start(infrastructures=(kind,))
     job = kind.job(run.id)
     fake.set_run_state(run.id, PENDING, message="Taken by another agent.")
@@ -1208,10 +1210,7 @@ def test_a_refused_pending_removes_what_was_created_ahead_and_starts_nothing(
 def test_a_cancel_while_pending_removes_what_was_created_ahead(
     fake: FakePrefectApi, start: Start
 ) -> None:
-    fake.add_queue("default")
-    run = fake.add_run(fake_deployment(fake))
-    kind = FakeInfrastructure(pid_before_start=True)
-    pending = fake.hang("set_state", when=is_pending)
+    run, kind, pending = run_held_at_pending(fake)
     handle = start(infrastructures=(kind,))
     job = kind.job(run.id)
     handle.cancel(run.id)

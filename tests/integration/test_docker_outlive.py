@@ -117,6 +117,17 @@ def _sigkill(agent: Any) -> None:
     agent.process.wait(10)
 
 
+def _agent_options(queue: str, **more: Any) -> dict[str, Any]:
+    """An agent of the test's queue that holds its four runs at once and cancels quickly."""
+    return {
+        "work_queues": (queue,),
+        "limit": 4,
+        "cancel_grace_seconds": 2,
+        "cancel_poll_interval": 1,
+        **more,
+    }
+
+
 def test_an_agent_killed_and_restarted_reports_what_its_containers_did_meanwhile(
     launcher_agent: AgentFactory,
     api_url: str,
@@ -129,12 +140,7 @@ def test_an_agent_killed_and_restarted_reports_what_its_containers_did_meanwhile
 ) -> None:
     deployment = _gated_deployment(api_url, queue, docker_daemon, plain_image, markers)
     crashing, completed, silent, running = (create_run(api_url, deployment) for _ in range(4))
-    options = {
-        "work_queues": (queue,),
-        "limit": 4,
-        "cancel_grace_seconds": 2,
-        "cancel_poll_interval": 1,
-    }
+    options = _agent_options(queue)
     first = launcher_agent(**options)
     _started_as_the_engine_would(daemon, api_url, [crashing, completed, silent, running])
 
@@ -190,14 +196,7 @@ def test_a_peer_on_the_same_daemon_adopts_a_killed_agents_containers(
     crashing, cancelled, live_cancel, lost_cancel = (
         create_run(api_url, deployment) for _ in range(4)
     )
-    options = {
-        "work_queues": (queue,),
-        "limit": 4,
-        "cancel_grace_seconds": 2,
-        "cancel_poll_interval": 1,
-        "heartbeat_seconds": HEARTBEAT,
-        "lost_agent_seconds": LOST,
-    }
+    options = _agent_options(queue, heartbeat_seconds=HEARTBEAT, lost_agent_seconds=LOST)
     lost = launcher_agent(name=f"lost-{queue}", **options)
     _started_as_the_engine_would(daemon, api_url, [crashing, cancelled, live_cancel, lost_cancel])
     peer = launcher_agent(name=f"peer-{queue}", **options)
