@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 import pykka
 
 from actors.rules.admission import admit, free_slots
+from actors.rules.finished_runs import FinishedRuns
 from actors.rules.paging import PageTracker
 from actors.rules.share import Contests
 from actors.rules.supervision import TEMPORARY
@@ -80,9 +80,6 @@ from messages.wire.prefect import FlowRun
 
 log = logging.getLogger("prefect_actor_agent.dispatcher")
 
-RECENTLY_FINISHED = 2048  # finished run ids remembered, so a stale poll cannot start one again
-
-
 class Dispatcher(PermanentChild):
     """Limit and de-duplication; parent of every RunSupervisor (permanent child of the Agent)."""
 
@@ -101,7 +98,7 @@ class Dispatcher(PermanentChild):
         self.held: dict[str, pykka.ActorRef[Any]] = {}
         self.told_holding: bool | None = None  # what the Agent was last told (`HoldsRuns`)
         self.status: dict[str, RunStatus] = {}
-        self.recently_finished: OrderedDict[str, None] = OrderedDict()
+        self.finished_runs = FinishedRuns()  # so a stale poll cannot start one again
         self.watchers: dict[str, pykka.ActorRef[Any]] = {}
         self.starved: set[str] = set()  # queues told "no free slot", woken when one frees
         # What the Heartbeat's lease says, as the Agent told it: while it has lapsed this agent
@@ -289,7 +286,8 @@ class Dispatcher(PermanentChild):
                 self._wake_starved(by_priority=False)
 
     def _admit(self, queue: str, runs: tuple[FlowRun, ...], full_page: bool = False) -> int:
-        fresh = [run for run in runs if run.id not in self.recently_finished]
+        now = self.ctx.clock.monotonic()
+        fresh = [run for run in runs if not self.finished_runs.blocks(run.id, now)]
         admitted = admit(fresh, self.held.keys(), self.ctx.settings.limit)
         for run in admitted:
             log.info("submitting flow run %s (%s) from queue %r", run.id, run.name, queue)
@@ -340,7 +338,7 @@ class Dispatcher(PermanentChild):
         """A supervisor this Dispatcher did not start speaks (it was busy when this one
         started, after a restart): its run counts against the limit and shows in the tree."""
         ref = status.supervisor
-        if not isinstance(ref, pykka.ActorRef) or status.flow_run_id in self.recently_finished:
+        if not isinstance(ref, pykka.ActorRef) or self.finished_runs.known(status.flow_run_id):
             return False
         log.info("took back flow run %s from its supervisor", status.flow_run_id)
         self.held[status.flow_run_id] = ref
@@ -350,7 +348,7 @@ class Dispatcher(PermanentChild):
 
     def _finished(self, message: RunFinished) -> None:
         if self.held.pop(message.flow_run_id, None) is None and (
-            message.flow_run_id in self.recently_finished
+            self.finished_runs.known(message.flow_run_id)
         ):
             return  # told twice (a message kept for a new Dispatcher, and this one)
         self.status.pop(message.flow_run_id, None)
@@ -369,9 +367,9 @@ class Dispatcher(PermanentChild):
             )
         self._taken(message.flow_run_id)
         if message.outcome != "deferred":  # a deferred run comes back, Scheduled, when due
-            self.recently_finished[message.flow_run_id] = None
-        while len(self.recently_finished) > RECENTLY_FINISHED:
-            self.recently_finished.popitem(last=False)
+            self.finished_runs.finished(
+                message.flow_run_id, message.outcome, self.ctx.clock.monotonic()
+            )
         log.info(
             "flow run %s finished: %s%s",
             message.flow_run_id,

@@ -216,8 +216,10 @@ class QueueWatcher(PermanentChild):
         self.scouted = covered
         if self.poll_under_way:
             return  # the poll's end schedules the next at the new pace
-        if covered and self.next_poll is not None:
-            self._schedule(self._idle_interval())  # its own poll, due already, is the scout's
+        if covered and self.next_poll is not None and not self.paused:
+            # its own poll, due already, is the scout's; a paused queue keeps its own looks
+            # (the scout's request leaves paused queues out, so it would never see a resume)
+            self._schedule(self._idle_interval())
         elif not covered and self.next_poll is None:
             self._schedule(self._idle_interval())
 

@@ -1275,3 +1275,30 @@ def test_a_run_this_life_is_starting_costs_the_look_for_an_earlier_lifes_no_read
     assert fake.calls("read_flow_run_states", run_id=run.id) == []
     recording.release()
     (runs_dir / f"{run.id}.stop").touch()
+
+
+@pytest.mark.timeout(30)
+def test_a_run_another_pending_won_is_taken_once_it_is_handed_back_to_its_queue(
+    fake: FakePrefectApi, start: Start, runs_dir: Path
+) -> None:
+    """Another Pending lands first (a peer's, or one a killed earlier life sent as it died):
+    this agent's is refused. When that Pending's owner is found gone, the run is handed back,
+    Scheduled, and this agent's next poll takes it (it was once remembered as finished for
+    good, and the run stayed Scheduled under an agent that found it at every poll)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(run_command(runs_dir)))
+    gate = fake.hang("set_state", when=lambda call: call.run_id == run.id and is_pending(call))
+    clock = ManualClock()
+    handle = start(clock=clock)
+    wait_until(lambda: fake.blocked("set_state"), 5, "this agent's Pending to hang")
+    fake.set_run_state(run.id, PENDING, message="another agent's claim")
+    gate.release()
+    wait_until(lambda: [c for c in fake.proposals(run.id, PENDING) if c.answered], 5, "answer")
+    wait_until(lambda: run.id not in runs_in_tree(handle.tree()), 5, "the refused run to go")
+    assert not (runs_dir / f"{run.id}.started").exists()
+
+    fake.set_run_state(run.id, SCHEDULED, message="handed back: its agent is lost")
+    clock.advance(60.0)  # the next poll
+    started_pid(runs_dir, run.id)
+    wait_until(lambda: pid_recorded(fake, run.id), 5, "the run's pid on the server")
+    (runs_dir / f"{run.id}.stop").touch()

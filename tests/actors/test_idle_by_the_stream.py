@@ -153,6 +153,28 @@ def test_plain_queues_without_a_stream_are_looked_at_in_one_request_of_the_defau
     assert fake.proposals(run.id, PENDING)[0].at - asked < 1.0 + 0.5, "not within one interval"
 
 
+@pytest.mark.timeout(30)
+def test_a_paused_plain_queue_left_to_the_scout_still_sees_its_resume_within_an_interval(
+    fake: FakePrefectApi, stream: StandInStream, start: Start
+) -> None:
+    """The scout's request leaves paused queues out, so a paused queue keeps its own look
+    every query interval even where the scout covers its idle looks: its resume shows in the
+    tree within one, with no run needed to wake it."""
+    stream.refusing = True
+    fake.add_pool("default-agent-pool")
+    for name in QUEUES:
+        fake.add_queue(name)
+    fake.pause_queue("q1")
+    handle = start(fake, work_queues=QUEUES, query_interval=1.0)
+    wait_until(lambda: fake.calls("get_pool_runs"), 5, "the scout's first look")
+    wait_until(lambda: watcher_state(handle, "q1") == "paused", 5, "q1's watcher paused")
+    settle(*QUEUES)
+    fake.pause_queue("q1", paused=False)
+    resumed = time.monotonic()
+    wait_until(lambda: watcher_state(handle, "q1") != "paused", 5, "q1's watcher to resume")
+    assert time.monotonic() - resumed < 1.0 + 0.5, "not within one query interval"
+
+
 def watcher_state(handle: AgentHandle, queue: str) -> str | None:
     found = node(handle.tree(), "QueueWatcher", queue)
     return found.state if found is not None else None
