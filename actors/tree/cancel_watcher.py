@@ -7,7 +7,8 @@ a `Cancel` to the Dispatcher, which routes it to the run's supervisor, or finds 
 a run it no longer holds. A run is not sent again for a while, so a slow kill is not repeated.
 
 While the server's event stream is healthy (the Agent says so, `StreamHealth`), cancellations
-come by event and this poll is the safety net, every `--stream-cancel-poll-interval`; when the
+come by event and this poll is the safety net, every `--stream-cancel-poll-interval` (four
+times that while the agent holds no run: it has nothing of its own to stop); when the
 stream is lost it polls at once, then every `--cancel-poll-interval` while the Dispatcher
 holds runs (`HoldsRuns`). An agent that holds none has no process of its own to stop, and
 polls at the safety net's pace (a Cancelling run whose process is not its own, left by an
@@ -51,6 +52,9 @@ from messages.wire.prefect import (
 log = logging.getLogger("prefect_actor_agent.cancel_watcher")
 
 RESEND_AFTER_SECONDS = 300.0
+# With a healthy stream and no run held, the net is this many times slower: an idle agent's
+# cancellation polls were the largest part of its cost to a streaming server.
+IDLE_STREAM_NET_FACTOR = 4
 
 
 def cancelling_runs_filter(queues: tuple[str, ...]) -> FlowRunFilter:
@@ -113,6 +117,8 @@ class CancelWatcher(PeriodicChild):
     def _interval(self) -> float:
         settings = self.ctx.settings
         if self.stream_healthy:
+            if not self.holding:  # no run of its own, and the stream announces the rest
+                return settings.stream_cancel_poll_interval * IDLE_STREAM_NET_FACTOR
             return settings.stream_cancel_poll_interval
         if not self.holding:  # nothing of its own to cancel: the safety net's pace will do
             return max(settings.cancel_poll_interval, settings.stream_cancel_poll_interval)
@@ -120,7 +126,8 @@ class CancelWatcher(PeriodicChild):
 
     def _why_pace(self) -> str:
         if self.stream_healthy:
-            return " (the event stream is healthy)"
+            held = "" if self.holding else ", no run held"
+            return f" (the event stream is healthy{held})"
         if not self.holding and self._interval() > self.ctx.settings.cancel_poll_interval:
             return " (no run held)"
         return ""

@@ -428,6 +428,8 @@ def test_a_cancelling_event_for_a_held_run_reaches_its_supervisor_at_once(
     handle = start(fake)
     pid = started_pid(runs_dir, run.id)
     connected(handle, stream, default.id)
+    # holding a run, the safety net keeps its own pace (four times slower holding none)
+    wait_until(lambda: cancel_pace(handle) == "60s (the event stream is healthy)", 5, "pace")
 
     fake.request_cancel(run.id)  # the CancelWatcher's next poll is a minute away
     asked = time.monotonic()
@@ -498,7 +500,10 @@ def test_a_dropped_stream_falls_back_to_polling_and_returns_with_one_log_line_ea
     status = StatusServer(handle).start()
     request.addfinalizer(status.stop)
     connected(handle, stream, default.id)
-    wait_until(lambda: cancel_pace(handle) == "60s (the event stream is healthy)", 5, "slow")
+    # holding no run, the safety net is four times slower than while holding runs
+    wait_until(
+        lambda: cancel_pace(handle) == "240s (the event stream is healthy, no run held)", 5, "slow"
+    )
     assert healthz_events(status) == "events: stream"
 
     stream.refusing = True  # the reconnections fail for a while
