@@ -35,7 +35,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -43,7 +42,7 @@ import pykka
 
 from actors.edges.infrastructure import Infrastructure, RunJob
 from actors.edges.kinds import kind_for, kind_of_pid, outlives_agents
-from actors.edges.prefect_api import ApiError
+from actors.edges.prefect_api import ApiError, NotFoundError
 from actors.edges.run_infrastructure import read_run_source
 from actors.rules import run_ending
 from actors.rules.claims import claim_message, worker_labels
@@ -364,8 +363,7 @@ class RunSupervisor(pykka.ThreadingActor):
         self._create(self.prepared)
 
     def _pending_failed(self, exc: Exception) -> None:
-        gone = isinstance(exc, ApiError) and exc.status == HTTPStatus.NOT_FOUND
-        if gone and self.failed_ahead is not None:
+        if isinstance(exc, NotFoundError) and self.failed_ahead is not None:
             # The run is gone and its infrastructure could not be resolved either (a deployment
             # deleted with its runs fails both): that reason is the one a user can act on. Only
             # then: a Pending merely unanswered may be another agent's by now.

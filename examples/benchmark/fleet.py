@@ -374,7 +374,6 @@ class Sampler:
         self.rss: dict[int, list[int]] = {}  # agent machine pid -> KiB samples
         self.errors = 0
         self._stop = threading.Event()
-        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="fleet-sampler", daemon=True)
 
     def start(self) -> Sampler:
@@ -383,11 +382,10 @@ class Sampler:
         return self
 
     def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
+        if self._stop.is_set():
+            return  # stopped already (the drain stops it, and its exit stack again)
+        self._stop.set()
         if self._thread.is_alive():
-            self._stop.set()
             self._thread.join(timeout=30.0)
         self.snapshots.append(snapshot(self.roots))
         if self.pool is not None:

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from actors.edges.processes import process_alive
 from examples.harness.agent_status import AgentStatus, StatusUnavailableError, find_node, free_port
 from examples.harness.hosts import SimulatedHost
 from tests.support.prefect_objects import call_api, deploy, read_run, read_states, run_state
@@ -72,12 +73,11 @@ def infrastructure_pid(api_url: str, run_id: str) -> str | None:
 
 
 def process_gone(pid: int) -> bool:
-    """True when no live process has this pid (a zombie awaiting its reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    """True when no live process has this pid (a zombie awaiting its reaper counts as gone).
+
+    Asked as the agent asks it, so a process reaped between the open and the read of its
+    /proc entry (ESRCH, not ENOENT) is gone here too."""
+    return not process_alive(pid)
 
 
 def run_ok(

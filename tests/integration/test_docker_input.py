@@ -31,7 +31,7 @@ from examples.harness.registry import Registry
 from tests.conftest import AgentFactory, AgentUnderTest, ThreadAgent
 from tests.integration.helpers import FINAL, FLOWS, deploy_marker_command, state_type
 from tests.integration.test_docker_runs import docker_pool_template
-from tests.support.docker_fixtures import daemon_seen_by_agents
+from tests.support.docker_fixtures import daemon_seen_by_agents, remove_container
 from tests.support.prefect_objects import (
     call_api,
     create_run,
@@ -55,12 +55,6 @@ def daemon(docker_daemon: DockerDaemon, monkeypatch: pytest.MonkeyPatch) -> Iter
     test removed afterwards."""
     with daemon_seen_by_agents(docker_daemon, monkeypatch, TEST_LABEL, SESSION) as client:
         yield client
-
-
-def remove(container: Any) -> None:
-    """Remove a container, unless it is gone or going (an agent removing it meanwhile)."""
-    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-        container.remove(force=True)
 
 
 def labels(docker_daemon: DockerDaemon | None) -> dict[str, str]:
@@ -211,7 +205,7 @@ def network(daemon: Any, docker_daemon: DockerDaemon) -> Iterator[str]:
         yield name
     finally:
         for container in daemon.containers.list(all=True, filters={"network": name}):
-            remove(container)
+            remove_container(container)
         made.remove()
 
 
@@ -349,7 +343,7 @@ def pushed(
         yield reference
     finally:
         for container in client.containers.list(all=True, filters={"ancestor": reference}):
-            container.remove(force=True)
+            remove_container(container)
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(reference, force=True)
         client.close()

@@ -121,6 +121,11 @@ def daemon_seen_by_agents(
         yield client
     finally:
         for container in client.containers.list(all=True, filters={"label": f"{label}={session}"}):
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                container.remove(force=True)
+            remove_container(container)
         client.close()
+
+
+def remove_container(container: Any) -> None:
+    """Remove a container, unless it is gone or going (an agent removing it meanwhile)."""
+    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        container.remove(force=True)
