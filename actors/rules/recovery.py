@@ -100,6 +100,16 @@ def latest_claim(states: Iterable[State]) -> tuple[State, AgentIdentity] | None:
     return found
 
 
+def pending_claim(state: State | None) -> tuple[State, AgentIdentity] | None:
+    """The claim of a run whose current state is a Pending: that Pending is the latest state
+    that took it, so its claim is read from the run as listed, with no call for its history
+    (None: not Pending, or a Pending without a claim, such as Prefect's own agents send)."""
+    if state is None or state.type != PENDING:
+        return None
+    claim = parse_claim(state.message)
+    return (state, claim) if claim is not None else None
+
+
 def adopted(claim_state: State) -> bool:
     """Whether a claim was made by adopting a run (its infrastructure runs on, watched by the
     claimant), not by taking it Pending."""

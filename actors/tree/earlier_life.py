@@ -37,7 +37,7 @@ from actors.edges.processes import process_alive
 from actors.rules.claims import parse_claim
 from actors.rules.identity import AgentIdentity
 from actors.rules.reconcile import left_behind
-from actors.rules.recovery import handed_back, latest_claim
+from actors.rules.recovery import handed_back, latest_claim, pending_claim
 from actors.rules.retry import SERVER_CALLS
 from actors.runtime.calls import Calls
 from actors.runtime.context import AgentContext
@@ -108,7 +108,9 @@ class EarlierLife:
                 continue
             if self._this_lifes(run):  # being started here now: its pid is on its way
                 continue
-            claimed = latest_claim(self.api.read_flow_run_states(run.id))
+            # Pending now: the claim is the listed state's (in a fleet's drain, a look finds
+            # dozens of peers' runs Pending whose pid is on its way; none costs a read).
+            claimed = pending_claim(run.state)
             if claimed is None or not self._earlier_life(claimed[1]):
                 continue
             job = find_unrecorded(run.id, kinds)

@@ -57,6 +57,7 @@ from actors.rules.recovery import (
     latest_claim,
     lost_agents,
     may_declare_lost,
+    pending_claim,
     recovery_for,
     still_ours,
 )
@@ -269,7 +270,11 @@ class Recovery(PeriodicChild):
 
     def _claim(self, run: FlowRun) -> tuple[AgentIdentity, State] | None:
         """The claim of the run's latest Pending, or of a peer's adoption after it (read once
-        per state of the run: a claim only changes with the state)."""
+        per state of the run: a claim only changes with the state; a run Pending now carries
+        it in the state listed, and costs no read)."""
+        if run.state is not None and run.state.type == PENDING:
+            pending = pending_claim(run.state)
+            return (pending[1], pending[0]) if pending is not None else None
         state_id = run.state.id if run.state is not None else None
         cached = self.claims.get(run.id)
         if cached is None or (state_id is not None and cached[0] != state_id):

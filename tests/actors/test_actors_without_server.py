@@ -722,8 +722,9 @@ def heartbeats_answered(fake: FakePrefectApi, ok: bool = True) -> int:
 def crashed_by_a_peer(fake: FakePrefectApi, run_id: str) -> None:
     """What a peer that declared this agent lost does to a run it held."""
     fake.set_run_state(
-        run_id, "CRASHED", message="Crashed: the run was held by a lost agent; a peer agent "
-        "declared it lost."
+        run_id,
+        "CRASHED",
+        message="Crashed: the run was held by a lost agent; a peer agent declared it lost.",
     )
 
 
@@ -1022,9 +1023,11 @@ def test_a_pool_of_a_type_the_agent_cannot_run_is_refused_and_none_of_its_runs_t
     status = StatusServer(handle).start()
     request.addfinalizer(status.stop)
     watcher = wait_until(
-        lambda: (w := node(handle.tree(), "QueueWatcher", "default")) and w.state.startswith(
-            "refused"
-        ) and w,
+        lambda: (
+            (w := node(handle.tree(), "QueueWatcher", "default"))
+            and w.state.startswith("refused")
+            and w
+        ),
         5,
         "the watcher to refuse the pool",
     )
@@ -1275,6 +1278,30 @@ def test_a_run_this_life_is_starting_costs_the_look_for_an_earlier_lifes_no_read
     assert fake.calls("read_flow_run_states", run_id=run.id) == []
     recording.release()
     (runs_dir / f"{run.id}.stop").touch()
+
+
+@pytest.mark.timeout(30)
+def test_a_peers_pending_costs_the_look_for_an_earlier_lifes_no_read(
+    fake: FakePrefectApi, start: Start
+) -> None:
+    """A run a live peer took, Pending with its pid not recorded yet, is the peer's by the
+    claim in the state listed: neither look for what an earlier life left reads its history
+    (in a fleet's drain, the second look found hundreds: 0.13 reads per run taken)."""
+    fake.add_queue("default")
+    run = fake.add_run(fake.add_deployment(["true"]), state_type=SCHEDULED, scheduled_in=3600)
+    peer = AgentIdentity("actor-agent@elsewhere default", "peerlife", "elsewhere", 4242)
+    fake.set_run_state(run.id, PENDING, message=claim_message(peer))
+    clock = ManualClock()
+    start(clock=clock)
+    wait_until(lambda: fake.calls("runs_in_states"), 5, "the first look")
+    clock.advance(10.0)  # the second look
+    wait_until(
+        lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
+        5,
+        "the second look",
+    )
+    assert fake.calls("read_flow_run_states", run_id=run.id) == []
+    assert fake.state(run.id).type == PENDING  # the peer's, left alone
 
 
 @pytest.mark.timeout(30)
