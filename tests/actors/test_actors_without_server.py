@@ -1242,17 +1242,23 @@ def test_a_run_this_life_ran_is_not_taken_for_one_an_earlier_life_left(
     wait_until(lambda: exited(events, run.id), 5, "the run's process to exit 0")
     assert fake.state(run.id).type == PENDING  # nothing reported Running: no engine
 
+    second_look(fake, clock)
+    handle.tree()  # the Agent has acted on the second look's answer
+    handle.dispatcher.proxy().actor_urn.get(timeout=5)  # and the Dispatcher on what it said
+    assert run.id not in runs_in_tree(handle.tree())
+    assert fake.calls("read_flow_run", run_id=run.id) == []
+    assert fake.state(run.id).type == PENDING, fake.history(run.id)
+
+
+def second_look(fake: FakePrefectApi, clock: ManualClock) -> None:
+    """Move the agent's clock to its second look for what an earlier life left, and wait for
+    the look's answer."""
     clock.advance(10.0)
     wait_until(
         lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
         5,
         "the second look",
     )
-    handle.tree()  # the Agent has acted on the second look's answer
-    handle.dispatcher.proxy().actor_urn.get(timeout=5)  # and the Dispatcher on what it said
-    assert run.id not in runs_in_tree(handle.tree())
-    assert fake.calls("read_flow_run", run_id=run.id) == []
-    assert fake.state(run.id).type == PENDING, fake.history(run.id)
 
 
 @pytest.mark.timeout(30)
@@ -1269,12 +1275,7 @@ def test_a_run_this_life_is_starting_costs_the_look_for_an_earlier_lifes_no_read
     start(clock=clock)
     started_pid(runs_dir, run.id)
     wait_until(lambda: fake.blocked("set_infrastructure_pid"), 5, "the pid's record to hang")
-    clock.advance(10.0)  # the second look
-    wait_until(
-        lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
-        5,
-        "the second look",
-    )
+    second_look(fake, clock)
     assert fake.calls("read_flow_run_states", run_id=run.id) == []
     recording.release()
     (runs_dir / f"{run.id}.stop").touch()
@@ -1294,12 +1295,7 @@ def test_a_peers_pending_costs_the_look_for_an_earlier_lifes_no_read(
     clock = ManualClock()
     start(clock=clock)
     wait_until(lambda: fake.calls("runs_in_states"), 5, "the first look")
-    clock.advance(10.0)  # the second look
-    wait_until(
-        lambda: len([c for c in fake.calls("runs_in_states") if c.answered]) >= 2,
-        5,
-        "the second look",
-    )
+    second_look(fake, clock)
     assert fake.calls("read_flow_run_states", run_id=run.id) == []
     assert fake.state(run.id).type == PENDING  # the peer's, left alone
 
