@@ -38,7 +38,7 @@ import pykka
 from actors.edges.prefect_api import ApiError, NotFoundError
 from actors.edges.served_pools import refused
 from actors.rules.retry import ONCE, POLL_ERRORS
-from actors.rules.scouting import SeenLater, due_split, look_interval
+from actors.rules.scouting import SeenLater, due_split, look_interval, scout_page
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.tree.periodic import PeriodicChild
@@ -52,7 +52,6 @@ from messages.internal.events import (
 from messages.user.tree import ActorKind
 from messages.wire.prefect import ApiDecodeError
 
-SCOUT_PAGE = 100  # runs per look; a full page wakes every watcher
 DEFAULT_AGENT_POOL = "default-agent-pool"  # where 2.10+ servers keep the queues of no pool
 POOL_ID_SECONDS = 600.0  # how old a read of the default agent pool may be for its id
 
@@ -119,9 +118,10 @@ class PoolScout(PeriodicChild):
         now = datetime.now(UTC)
         horizon = now + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         names = sorted(self.queues)
+        page = scout_page(len(names))  # a full page wakes every watcher
         try:
             runs = self.api.get_pool_runs(
-                self.pool, names, horizon + timedelta(seconds=interval), SCOUT_PAGE
+                self.pool, names, horizon + timedelta(seconds=interval), page
             )
         except NotFoundError as exc:
             # The pool, or one of the queues named, does not exist (yet, or any more): every
@@ -150,7 +150,7 @@ class PoolScout(PeriodicChild):
         self.looks += 1
         due, _ = due_split(runs, horizon)
         due_ids = {run.id for run in due}
-        if len(runs) >= SCOUT_PAGE:
+        if len(runs) >= page:
             woken = set(names)
         else:
             woken = {run.work_queue_name for run in due if run.work_queue_name}
