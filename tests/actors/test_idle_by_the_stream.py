@@ -125,12 +125,9 @@ def test_without_a_stream_one_request_per_look_covers_every_queue_of_the_pool(
     assert fake.proposals(run.id, PENDING)[0].at - asked < 1.0 + 0.5, "not within one interval"
 
 
-@pytest.mark.timeout(30)
-def test_plain_queues_without_a_stream_are_looked_at_in_one_request_of_the_default_agent_pool(
-    fake: FakePrefectApi, stream: StandInStream, start: Start
-) -> None:
-    """2.20 by default: no stream, queues made without a pool (kept in `default-agent-pool`).
-    A tag-filtered queue, which only get_runs serves, still polls on its own."""
+def plain_queues_scouted(fake: FakePrefectApi, stream: StandInStream, start: Start) -> None:
+    """2.20 by default: no stream, queues made without a pool (kept in `default-agent-pool`),
+    an agent polling every second once its scout has looked."""
     stream.refusing = True
     fake.add_pool("default-agent-pool")
     for name in QUEUES:
@@ -138,6 +135,15 @@ def test_plain_queues_without_a_stream_are_looked_at_in_one_request_of_the_defau
     handle = start(fake, work_queues=QUEUES, query_interval=1.0)
     wait_until(lambda: mode(handle) == "polling", 5, "the agent to poll")
     wait_until(lambda: fake.calls("get_pool_runs"), 5, "the scout's first look")
+
+
+@pytest.mark.timeout(30)
+def test_plain_queues_without_a_stream_are_looked_at_in_one_request_of_the_default_agent_pool(
+    fake: FakePrefectApi, stream: StandInStream, start: Start
+) -> None:
+    """2.20 by default: no stream, queues made without a pool (kept in `default-agent-pool`).
+    A tag-filtered queue, which only get_runs serves, still polls on its own."""
+    plain_queues_scouted(fake, stream, start)
     settle(*QUEUES)
     idle_from = idle_window(3.0)
     idle = queue_calls(fake, idle_from)
@@ -160,13 +166,7 @@ def test_a_backlog_costs_the_scouts_looks_a_small_page_and_is_taken_whole(
     """A look only says which watchers to wake, so it reads a page sized to its queues (ten
     rows for three), not a backlog: its full page wakes every watcher, whose own polls take
     the backlog. In a fleet's drain, 100-row looks cost the server 1.5 ms per run taken."""
-    stream.refusing = True
-    fake.add_pool("default-agent-pool")
-    for name in QUEUES:
-        fake.add_queue(name)
-    handle = start(fake, work_queues=QUEUES, query_interval=1.0)
-    wait_until(lambda: mode(handle) == "polling", 5, "the agent to poll")
-    wait_until(lambda: fake.calls("get_pool_runs"), 5, "the scout's first look")
+    plain_queues_scouted(fake, stream, start)
     deployment = fake.add_deployment(["true"])
     backlog = [fake.add_run(deployment, queue="q2") for _ in range(30)]
     wait_until(
