@@ -24,7 +24,6 @@ from messages.wire.prefect import (
     FlowRun,
     FlowRunFilter,
     OrchestrationResult,
-    RunSighting,
     State,
     StateProposal,
     Worker,
@@ -110,18 +109,6 @@ class PrefectApiInterface(Protocol):
         self, queue_name: str, scheduled_before: datetime, limit: int
     ) -> list[FlowRun]:
         """What get_runs answers for a queue without a limit, read without recording a poll."""
-        ...
-
-    def sight_scheduled_runs(
-        self, queue_name: str, scheduled_before: datetime, limit: int
-    ) -> list[RunSighting]:
-        """The runs `scheduled_runs` would list, in its order, as ids and expected starts."""
-        ...
-
-    def scheduled_runs_by_id(
-        self, queue_name: str, run_ids: list[str], scheduled_before: datetime
-    ) -> list[FlowRun]:
-        """Of these runs, those still Scheduled in the queue and due, in the queue's order."""
         ...
 
     # -- flow runs ---------------------------------------------------------------------------------

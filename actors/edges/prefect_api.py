@@ -23,7 +23,6 @@ from typing import TypeVar, cast
 from urllib.parse import quote
 
 import httpx
-import msgspec
 from httpx import USE_CLIENT_DEFAULT
 from httpx._client import UseClientDefault  # the type of httpx.USE_CLIENT_DEFAULT
 
@@ -45,7 +44,6 @@ from messages.wire.prefect import (
     NameStartsWith,
     OrchestrationResult,
     PoolQueueFilterRequest,
-    RunSighting,
     SetStateRequest,
     State,
     StateProposal,
@@ -67,7 +65,6 @@ log = logging.getLogger("prefect_actor_agent.api")
 T = TypeVar("T")
 
 PAGE_SIZE = 200
-HISTORY_PAGE_LIMIT = 1000  # the most rows `POST /ui/flow_runs/history` gives in one answer
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -90,6 +87,8 @@ class ApiError(RuntimeError):
 
 class NotFoundError(ApiError):
     """The object named in the call does not exist (HTTP 404)."""
+
+
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -418,47 +417,15 @@ class PrefectApi:
         matches a run to the queue by name (2.20 and 3.x do: every pool's namesake queue too).
         """
         request = FlowRunFilterRequest(
-            flow_runs=self._scheduled_in(queue_name, scheduled_before),
+            flow_runs=FlowRunFilter(
+                state=FlowRunStateFilter(type=AnyOf(any_=["SCHEDULED"])),
+                work_queue_name=AnyOf(any_=[queue_name]),
+                next_scheduled_start_time=Before(before_=scheduled_before),
+            ),
             sort="NEXT_SCHEDULED_START_TIME_ASC",
             limit=limit,
         )
         return self._call(list[FlowRun], "POST", "flow_runs/filter", request)
-
-    def sight_scheduled_runs(
-        self, queue_name: str, scheduled_before: datetime, limit: int
-    ) -> list[RunSighting]:
-        """The runs `scheduled_runs` lists, by `POST /ui/flow_runs/history` (2.20 and 3.x), which
-        selects a run's id and times only: a window of a shared queue, most of whose rows are
-        peers' runs, costs the server about half as much per row as the full flow-run filter."""
-        request = FlowRunFilterRequest(
-            flow_runs=self._scheduled_in(queue_name, scheduled_before),
-            sort="NEXT_SCHEDULED_START_TIME_ASC",
-            limit=min(limit, HISTORY_PAGE_LIMIT),
-        )
-        return self._call(list[RunSighting], "POST", "ui/flow_runs/history", request)
-
-    def scheduled_runs_by_id(
-        self, queue_name: str, run_ids: list[str], scheduled_before: datetime
-    ) -> list[FlowRun]:
-        """Of `run_ids`, the runs still Scheduled in the queue and due, in the queue's order:
-        the full rows of the few runs a shared window had for this agent."""
-        if not run_ids:
-            return []
-        scheduled = self._scheduled_in(queue_name, scheduled_before)
-        request = FlowRunFilterRequest(
-            flow_runs=msgspec.structs.replace(scheduled, id=AnyOf(any_=list(run_ids))),
-            sort="NEXT_SCHEDULED_START_TIME_ASC",
-            limit=len(run_ids),
-        )
-        return self._call(list[FlowRun], "POST", "flow_runs/filter", request)
-
-    @staticmethod
-    def _scheduled_in(queue_name: str, scheduled_before: datetime) -> FlowRunFilter:
-        return FlowRunFilter(
-            state=FlowRunStateFilter(type=AnyOf(any_=["SCHEDULED"])),
-            work_queue_name=AnyOf(any_=[queue_name]),
-            next_scheduled_start_time=Before(before_=scheduled_before),
-        )
 
     # -- flow runs ---------------------------------------------------------------------------------
 
@@ -484,7 +451,9 @@ class PrefectApi:
 
     def read_flow_run_states(self, flow_run_id: str) -> list[State]:
         """Every state the run has been in, in the server's order (2.x and 3.x)."""
-        response = self._request("GET", "flow_run_states/", params={"flow_run_id": flow_run_id})
+        response = self._request(
+            "GET", "flow_run_states/", params={"flow_run_id": flow_run_id}
+        )
         return decode(list[State], response.content)
 
     def send_worker_heartbeat(self, pool: str, name: str, interval_seconds: int) -> None:

@@ -52,8 +52,6 @@ def request_kind(method: str, path: str, purpose: RequestKind | None = None) -> 
         if size == 3 and tail == "get_runs":
             return _search(purpose, default="poll")
         return "queue_read"
-    if head == "ui" and parts[1:] == ["flow_runs", "history"]:
-        return _search(purpose, default="run_read")  # a shared queue's window, as ids
     if head == "flow_runs":
         if size == 2 and tail == "filter":
             return _search(purpose, default="run_read")

@@ -33,21 +33,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
 
-from messages.wire.prefect import Worker
+from messages.wire.prefect import FlowRun, Worker
 
 CONTESTED_SECONDS = 120.0  # a queue is shared this long after another agent took a run first
 GRACE_SECONDS = 5.0  # a peer's run waits this many times our rank for it before we propose it
 MAX_WINDOW = 200  # rows in one read: the server's default page limit
-
-
-class HasId(Protocol):
-    @property
-    def id(self) -> str: ...
-
-
-Sighted = TypeVar("Sighted", bound=HasId)  # a run as a window lists it: a FlowRun or a sighting
 RECORDED_BY_OTHERS_SECONDS = 40.0  # a peer that is not the queue's recorder records this often
 
 
@@ -167,25 +158,20 @@ class Share:
         """Whether this agent is the queue's recorder: the peer that owns the queue's name."""
         return owner(queue_name, self.peers) == self.me
 
-    def owns(self, run_id: str) -> bool:
-        """Whether this agent is the run's owner among the live peers (alone, it owns all)."""
-        return rank(run_id, self.peers, self.me) == 0
-
     def window(self, room: int) -> int:
         """Rows to read for a page of `room` runs."""
         return window(room, len(self.peers))
 
-    def pick(self, runs: Sequence[Sighted], room: int, full: bool, now: float) -> list[Sighted]:
+    def pick(self, runs: Sequence[FlowRun], room: int, full: bool, now: float) -> list[FlowRun]:
         """The runs to propose, at most `room`: this agent's own first, in the window's
         order, then peers' runs it has seen waiting for as many graces as its rank for them
-        (or all of them, when the window was not full), by its rank for them. A run is known
-        by its id alone: full runs, or a window's sightings."""
+        (or all of them, when the window was not full), by its rank for them."""
         if len(self.peers) <= 1:
             self.first_seen.clear()
             return list(runs[:room])
         known, self.first_seen = self.first_seen, {}
-        mine: list[Sighted] = []
-        theirs: list[tuple[int, Sighted]] = []
+        mine: list[FlowRun] = []
+        theirs: list[tuple[int, FlowRun]] = []
         for run in runs:  # a run's rank is hashed once, when it first comes into view
             seen, place = known.get(run.id) or (now, rank(run.id, self.peers, self.me))
             self.first_seen[run.id] = (seen, place)

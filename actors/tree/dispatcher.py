@@ -193,10 +193,7 @@ class Dispatcher(PermanentChild):
         if room == 0:
             self.starved.add(queue)
             return 0
-        # A shared queue's window is read as ids, then the runs picked in full: two requests
-        # per page, so its page is two rounds, as a get_runs page is.
-        rounds = 1 if asked.cheap_pages and asked.sharers <= 1 else 2
-        page = rounds * self.ctx.settings.api_concurrency
+        page = (1 if asked.cheap_pages else 2) * self.ctx.settings.api_concurrency
         self.pages.sized(queue, page, shared=asked.sharers > 1)
         return (page if room is None else min(room, page)) + self.pages.repeated(queue)
 

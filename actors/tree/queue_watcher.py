@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,7 +48,6 @@ from actors.rules.request_kinds import RequestKind
 from actors.rules.retry import ONCE, POLL_ERRORS
 from actors.rules.scouting import STREAM_LOOK_SECONDS, due_split, look_interval
 from actors.rules.share import Share, recorded_poll_interval
-from actors.rules.shared_window import candidates, in_picked_order
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
@@ -65,15 +64,10 @@ from messages.internal.lifecycle import (
     UseDispatcher,
 )
 from messages.user.tree import ActorKind, ActorNode
-from messages.wire.prefect import ApiDecodeError, FlowRun, RunSighting, WorkPool, WorkQueue
+from messages.wire.prefect import ApiDecodeError, FlowRun, WorkPool, WorkQueue
 
 FULL_PAGE_RECHECK_SECONDS = 0.25
 SHARED_RECHECK_SECONDS = 1.0  # a window of peers' runs is read again at least this often
-# The requests that bring a queue's due runs, as the log names them.
-POOL_ROUTE = "get_scheduled_flow_runs"
-FILTER_ROUTE = "flow-run filter"
-RECORDED_ROUTE = "get_runs"
-SHARED_ROUTE = "shared window: ids, then the runs picked"
 QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
 IDLE = float("inf")  # a step's "poll again when idle": the idle pace, or never if scouted
 DUE_MARGIN_SECONDS = 0.05  # a run due later is polled for this long after its time - prefetch
@@ -363,16 +357,12 @@ class QueueWatcher(PermanentChild):
         window = self.share.window(room)
         horizon = datetime.now(UTC) + timedelta(seconds=self.ctx.settings.prefetch_seconds)
         look_ahead = max(self.ctx.settings.query_interval, STREAM_LOOK_SECONDS)
-        before = horizon + timedelta(seconds=look_ahead)
-        route = self._route(queue, self.filter_answers)
-        due: Sequence[FlowRun | RunSighting]
-        if route == FILTER_ROUTE and len(self.share.sharers()) > 1:
-            route, due, runs = self._take_from_shared_window(queue, room, (horizon, before), now)
-        else:
-            found = self._due_runs(queue, route, window, before)
-            due, self.later_at = due_split(found, horizon)
-            runs = self.share.pick(due, room, len(due) >= window, now)
+        route, found = self._due_runs(
+            queue, window, self.filter_answers, horizon + timedelta(seconds=look_ahead)
+        )
+        due, self.later_at = due_split(found, horizon)
         full = len(due) >= window
+        runs = self.share.pick(due, room, full, now)
         self._set_phase(f"idle, last poll found {len(due)} run(s), {len(runs)} to propose")
         if not due:
             self._nothing_due()
@@ -418,46 +408,26 @@ class QueueWatcher(PermanentChild):
         if self.pool_name is not None:
             self._tell_dispatcher(RunsFound(self.name, (), False, self.actor_ref))
 
-    def _route(self, queue: WorkQueue, filter_answers: bool) -> str:
-        """The request that brings the queue's due runs this time (named in the log)."""
+    def _due_runs(
+        self, queue: WorkQueue, room: int, filter_answers: bool, before: datetime
+    ) -> tuple[str, list[FlowRun]]:
+        """The request used (named in the log) and the runs due before `before` it brought."""
         if self.pool_name is not None:
-            return POOL_ROUTE
-        since = None if self.recorded_poll_at is None else time.monotonic() - self.recorded_poll_at
+            pool_runs = self.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
+            return "get_scheduled_flow_runs", pool_runs
+        now = time.monotonic()
+        since = None if self.recorded_poll_at is None else now - self.recorded_poll_at
         recorder = self.share.records_polls(queue.name)  # in a fleet, one peer records
         by_filter = poll_by_filter(
             filter_answers=filter_answers,
             since_recorded_poll=since,
             query_interval=recorded_poll_interval(self.ctx.settings.query_interval, recorder),
         )
-        return FILTER_ROUTE if by_filter else RECORDED_ROUTE
-
-    def _due_runs(self, queue: WorkQueue, route: str, room: int, before: datetime) -> list[FlowRun]:
-        """The runs due before `before`, by `route`."""
-        if route == POOL_ROUTE and self.pool_name is not None:
-            return self.api.get_pool_runs(self.pool_name, [self.queue_name], before, room)
-        if route == FILTER_ROUTE:
-            return self.api.scheduled_runs(queue.name, before, room)
+        if by_filter:
+            return "flow-run filter", self.api.scheduled_runs(queue.name, before, room)
         runs = self.api.get_runs(queue.id, before, room)
-        self.recorded_poll_at = time.monotonic()
-        return runs
-
-    def _take_from_shared_window(
-        self, queue: WorkQueue, room: int, bounds: tuple[datetime, datetime], now: float
-    ) -> tuple[str, list[RunSighting], list[FlowRun]]:
-        """A shared queue's window read as ids, and in full only the runs the share picks
-        from it and this agent's own runs due later (`actors/rules/shared_window.py`): the
-        route named in the log, the window's due sightings, the runs to propose (at most
-        `room`). `bounds`: the horizon of runs due now, and of the runs looked at. Sets the
-        timer for the next of this agent's runs due later."""
-        horizon, before = bounds
-        window = self.share.window(room)
-        sightings = self.api.sight_scheduled_runs(queue.name, before, window)
-        due, own_later = candidates(sightings, horizon, self.share.owns)
-        picked = [sighting.id for sighting in self.share.pick(due, room, len(due) >= window, now)]
-        wanted = picked + own_later
-        rows = self.api.scheduled_runs_by_id(queue.name, wanted, before) if wanted else []
-        ready, self.later_at = due_split(rows, horizon)
-        return SHARED_ROUTE, due, in_picked_order(ready, wanted)[:room]
+        self.recorded_poll_at = now
+        return "get_runs", runs
 
     def _filter_answers(self, queue: WorkQueue) -> bool:
         """Until the Agent has read the server's version, every poll is a get_runs."""

@@ -104,16 +104,6 @@ class FlowRun(msgspec.Struct, frozen=True, kw_only=True):
     job_variables: dict[str, Any] | None = None
 
 
-class RunSighting(msgspec.Struct, frozen=True, kw_only=True):
-    """A scheduled run as `POST /ui/flow_runs/history` lists it: its id and when it was
-    expected to start, and nothing else (the server selects those columns only: about half a
-    full row's cost to it). What a window of a queue shared with peers is read as, since most
-    of its rows are peers' runs that this agent will not propose."""
-
-    id: str
-    timestamp: datetime | None = None  # the expected start (a Scheduled run has no start)
-
-
 class WorkQueue(msgspec.Struct, frozen=True, kw_only=True):
     """A work queue; `is_paused` makes the watcher skip it."""
 

@@ -925,39 +925,6 @@ def test_other_agents_of_the_pool_delay_nothing_until_one_takes_a_run_of_the_que
     assert last - added < 3.0, f"the last Pending came {last - added:.1f}s after the runs"
 
 
-@pytest.mark.timeout(40)
-def test_a_shared_queues_window_is_read_as_ids_and_in_full_only_for_the_runs_it_proposes(
-    fake: FakePrefectApi, start: Start
-) -> None:
-    """Once a peer takes a run of the queue first, the window (most of it the peer's runs) is
-    read as sightings, and full rows are read only for the runs this agent proposes: its own
-    at once, the peer's once their grace is over (the peer here never takes any)."""
-    fake.add_queue("default")
-    peer = AgentIdentity("actor-agent@elsewhere default", "peerlife", "elsewhere", 4242)
-    fake.add_worker("default-agent-pool", peer.name)
-    deployment = fake.add_deployment(["true"])
-    first = fake.add_run(deployment)
-    held = fake.hang("set_state", when=is_pending)
-    start(clock=Clock(), query_interval=0.5)
-    wait_until(lambda: fake.blocked("set_state"), 5, "our Pending held at the server")
-    fake.set_run_state(first.id, PENDING, message=claim_message(peer))  # the peer was first
-    held.release()
-    wait_until(lambda: fake.calls("sight_scheduled_runs"), 5, "a look at the shared queue")
-    shared_from = time.monotonic()
-    runs = [fake.add_run(deployment) for _ in range(20)]
-    wait_until(
-        lambda: all(fake.proposals(run.id, PENDING) for run in runs), 20, "every run proposed"
-    )
-    assert fake.calls("sight_scheduled_runs"), "the window was not read as sightings"
-    full_windows = [c for c in fake.calls("scheduled_runs") if c.at > shared_from]
-    assert full_windows == [], "a shared window was read in full"
-    proposed = {run.id for run in runs if fake.proposals(run.id, PENDING)}
-    by_id = fake.calls("scheduled_runs_by_id")
-    read_in_full = [run_id for call in by_id for run_id in call.params["run_ids"]]
-    assert set(read_in_full) <= proposed | {first.id}
-    assert len(read_in_full) <= 2 * len(runs)  # each read in full once (twice at most)
-
-
 # -- m. a child whose start-up fails is restarted like any other that fails ---------------------
 
 

@@ -70,7 +70,6 @@ from messages.wire.prefect import (
     FlowRunFilter,
     OrchestrationDetails,
     OrchestrationResult,
-    RunSighting,
     State,
     StateDetails,
     StateProposal,
@@ -95,8 +94,6 @@ SERVER_CALLS = frozenset(
         "match_work_queues",
         "get_runs",
         "scheduled_runs",
-        "sight_scheduled_runs",
-        "scheduled_runs_by_id",
         "read_flow_run",
         "set_state",
         "set_infrastructure_pid",
@@ -640,32 +637,6 @@ class FakePrefectApi:
         params = {"queue_name": queue_name, "scheduled_before": scheduled_before, "limit": limit}
         return self._serve(
             "scheduled_runs", params, lambda: self._due_runs(queue_name, scheduled_before)[:limit]
-        )
-
-    def sight_scheduled_runs(
-        self, queue_name: str, scheduled_before: datetime, limit: int
-    ) -> list[RunSighting]:
-        params = {"queue_name": queue_name, "scheduled_before": scheduled_before, "limit": limit}
-
-        def answer() -> list[RunSighting]:
-            due = self._due_runs(queue_name, scheduled_before)[:limit]
-            return [RunSighting(id=run.id, timestamp=run.expected_start_time) for run in due]
-
-        return self._serve("sight_scheduled_runs", params, answer)
-
-    def scheduled_runs_by_id(
-        self, queue_name: str, run_ids: list[str], scheduled_before: datetime
-    ) -> list[FlowRun]:
-        params = {
-            "queue_name": queue_name,
-            "run_ids": list(run_ids),
-            "scheduled_before": scheduled_before,
-        }
-        wanted = set(run_ids)
-        return self._serve(
-            "scheduled_runs_by_id",
-            params,
-            lambda: [r for r in self._due_runs(queue_name, scheduled_before) if r.id in wanted],
         )
 
     # -- PrefectApiInterface: flow runs ------------------------------------------------------------
