@@ -51,6 +51,7 @@ from messages.wire.prefect import (
     WorkerFilterRequest,
     WorkerFlowRun,
     WorkerHeartbeat,
+    WorkerHeartbeatFilter,
     WorkPool,
     WorkPoolFilter,
     WorkQueue,
@@ -472,11 +473,18 @@ class PrefectApi:
             return False
         return True
 
-    def read_workers(self, pool: str) -> list[Worker]:
-        """The pool's worker rows, page by page."""
+    def read_workers(self, pool: str, heartbeat_before: datetime | None = None) -> list[Worker]:
+        """The pool's worker rows, page by page; with `heartbeat_before`, only those whose last
+        heartbeat is older (what a look for lost peers needs: in a pool of 100 live agents,
+        each reading all 100 rows every heartbeat was its dearest idle request)."""
+        stale = (
+            WorkerHeartbeatFilter(last_heartbeat_time=Before(before_=heartbeat_before))
+            if heartbeat_before is not None
+            else None
+        )
 
         def body(offset: int) -> WorkerFilterRequest:
-            return WorkerFilterRequest(limit=PAGE_SIZE, offset=offset)
+            return WorkerFilterRequest(limit=PAGE_SIZE, offset=offset, workers=stale)
 
         return list(self._pages(list[Worker], f"work_pools/{_quote(pool)}/workers/filter", body))
 

@@ -46,6 +46,7 @@ from messages.internal.dispatch import (
     HeldRunsAre,
     HoldsRuns,
     Peers,
+    PeersInDoubt,
     Relinquish,
     Room,
     RunsFound,
@@ -354,6 +355,8 @@ class Dispatcher(PermanentChild):
         self.status.pop(message.flow_run_id, None)
         # The watcher it came from (its queue's name, or `pool/queue` when serving several pools).
         queue = self.run_queues.pop(message.flow_run_id, None) or message.queue
+        if message.contested:  # someone else serves the queue: who is alive to share with?
+            tell_if_alive(self.agent, PeersInDoubt())
         starts_share = bool(
             message.contested and queue and self.contests.lost(queue, time.monotonic())
         )

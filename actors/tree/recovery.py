@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pykka
@@ -62,7 +62,7 @@ from actors.rules.recovery import (
     still_ours,
 )
 from actors.rules.retry import ONCE
-from actors.rules.share import live_peers
+from actors.rules.share import CONTESTED_SECONDS, live_peers
 from actors.runtime.clock import Timer
 from actors.runtime.context import AgentContext
 from actors.runtime.request_purpose import requests_for
@@ -100,6 +100,10 @@ log = logging.getLogger("prefect_actor_agent.recovery")
 
 PEERS_SETTLE_SECONDS = 2.0  # after the live peers changed, read them again this soon
 PEERS_DOUBT_SECONDS = 1.0  # a watcher waiting on peers' runs has them read at most this often
+# The live peers are wanted this long after the last ask (a race lost, a watcher waiting on
+# peers' runs): as long as a queue stays shared (`actors/rules/share.py`, `Contests`). Else a
+# round reads only the stale rows, the peers that may be lost.
+PEERS_WANTED_SECONDS = CONTESTED_SECONDS
 
 
 class Recovery(PeriodicChild):
@@ -130,6 +134,7 @@ class Recovery(PeriodicChild):
         self.peers: dict[str | None, tuple[str, ...]] = {}
         self.next_peers: Timer | None = None
         self.peers_read_at: float | None = None  # agent-clock time of the last reading
+        self.peers_wanted_until: float | None = None  # agent-clock time; None: never asked
         self.last_action = ""
         self.round_lost: set[str] | None = None  # the peers found lost in every pool this round
 
@@ -157,6 +162,7 @@ class Recovery(PeriodicChild):
                 self._read_peers()
             case PeersInDoubt():
                 last, now = self.peers_read_at, self.ctx.clock.monotonic()
+                self.peers_wanted_until = now + PEERS_WANTED_SECONDS
                 if last is None or now - last >= PEERS_DOUBT_SECONDS:
                     self._read_peers()
             case LeaseChanged(streak_since=since, reconnected=reconnected):
@@ -217,8 +223,12 @@ class Recovery(PeriodicChild):
     def _pool_round(self, served: str | None, pool: str) -> str:
         """One pool's round: its live peers, its lost ones and their runs; the phase."""
         settings = self.ctx.settings
-        workers = self.api.read_workers(pool)  # one read serves the live peers and the lost
-        self._note_peers(served, pool, workers)
+        if self._peers_wanted():
+            workers = self.api.read_workers(pool)  # one read serves the live peers and the lost
+            self._note_peers(served, pool, workers)
+        else:  # no queue shared: only the rows of peers that may be lost
+            stale = datetime.now(UTC) - timedelta(seconds=settings.lost_agent_seconds)
+            workers = self.api.read_workers(pool, heartbeat_before=stale)
         if self.streak_since is None:
             self.round_lost = None
             return "waiting for this agent's own heartbeats"
@@ -369,6 +379,14 @@ class Recovery(PeriodicChild):
         pool.submit(stop)
 
     # -- the live peers ----------------------------------------------------------------------------
+
+    def _peers_wanted(self) -> bool:
+        """Whether a round reads the live peers too: only while a queue may be shared (a race
+        lost, a watcher waiting on peers' runs, within `PEERS_WANTED_SECONDS`). Every agent of
+        a 100-agent pool reading all 100 rows every heartbeat was a quarter of the fleet's
+        idle requests to a 2.20 server, and the dearest of them."""
+        until = self.peers_wanted_until
+        return until is not None and self.ctx.clock.monotonic() < until
 
     def _read_peers(self) -> None:
         """Read the pools' live workers again, between rounds: soon after they changed."""

@@ -298,9 +298,17 @@ class Worker(msgspec.Struct, frozen=True, kw_only=True):
     status: str | None = None  # ONLINE or OFFLINE (2.20 and 3.x compute it from heartbeats)
 
 
-class WorkerFilterRequest(msgspec.Struct, frozen=True, kw_only=True):
+class WorkerHeartbeatFilter(msgspec.Struct, frozen=True, kw_only=True):
+    last_heartbeat_time: Before
+
+
+class WorkerFilterRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Body of `POST /work_pools/{pool}/workers/filter`; `workers` narrows it to the rows
+    whose last heartbeat is older than a moment (the stale ones: peers that may be lost)."""
+
     limit: int = 200
     offset: int = 0
+    workers: WorkerHeartbeatFilter | None = None
 
 
 # -- decoding --------------------------------------------------------------------------------------

@@ -512,7 +512,7 @@ def test_a_dropped_stream_falls_back_to_polling_and_returns_with_one_log_line_ea
     wait_until(lambda: mode(handle) == "polling", 5, "the fall back to polling")
     assert healthz_events(status).startswith("events: polling (")
     # the polling pace of an agent that holds no run: the safety net's (no process to stop)
-    wait_until(lambda: cancel_pace(handle) == "60s (no run held)", 5, "the polling pace")
+    wait_until(lambda: cancel_pace(handle) == "240s (no run held)", 5, "the polling pace")
     wait_until(
         lambda: len(fake.calls("filter_flow_runs")) > cancel_polls, 5, "a cancel poll at once"
     )

@@ -720,12 +720,19 @@ class FakePrefectApi:
 
         return self._serve("delete_worker", {"pool": pool, "name": name}, answer)
 
-    def read_workers(self, pool: str) -> list[Worker]:
-        return self._serve(
-            "read_workers",
-            {"pool": pool},
-            lambda: [w for (p, _), w in self._world.workers.items() if p == pool],
-        )
+    def read_workers(self, pool: str, heartbeat_before: datetime | None = None) -> list[Worker]:
+        def answer() -> list[Worker]:
+            rows = [w for (p, _), w in self._world.workers.items() if p == pool]
+            if heartbeat_before is None:
+                return rows
+            return [
+                w
+                for w in rows
+                if w.last_heartbeat_time is not None and w.last_heartbeat_time < heartbeat_before
+            ]
+
+        params = {"pool": pool, "heartbeat_before": heartbeat_before}
+        return self._serve("read_workers", params, answer)
 
     # -- PrefectApiInterface: deployments and blocks -----------------------------------------------
 
