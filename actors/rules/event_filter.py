@@ -28,7 +28,8 @@ poll reads its queue before it takes a run.)
 
 Left out on purpose: `AwaitingRetry` (a run the engine retries in its own process; a poll
 then could take it twice) and `AwaitingConcurrencySlot` (a run the server itself just refused;
-waking at once would only be refused again).
+waking at once would only be refused again: the agent polls for it at the time the server gave
+it, see `DueAgain`).
 """
 
 from __future__ import annotations

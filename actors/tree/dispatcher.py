@@ -41,6 +41,7 @@ from actors.tree.run_supervisor import RunSupervisor
 from messages.internal.dispatch import (
     Admitted,
     Cancel,
+    DueAgain,
     FreeSlots,
     HeldRunIds,
     HeldRunsAre,
@@ -373,6 +374,10 @@ class Dispatcher(PermanentChild):
             self.finished_runs.finished(
                 message.flow_run_id, message.outcome, self.ctx.clock.monotonic()
             )
+        elif message.rescheduled_for is not None and queue:
+            watcher = self.watchers.get(queue)  # polls for it then, whatever its idle pace
+            if watcher is not None:
+                tell_if_alive(watcher, DueAgain(message.rescheduled_for))
         log.info(
             "flow run %s finished: %s%s",
             message.flow_run_id,

@@ -21,7 +21,9 @@ healthy (`StreamHealth`), every `STREAM_LOOK_SECONDS` as a safety net; when the 
 it polls at once. Every poll asks for the runs due up to one safety-net period past the
 prefetch horizon and proposes only those due within the prefetch: the earliest of the others
 sets its next poll (a timer on the agent's clock) at that run's time less the prefetch, so a run
-created for later is read once and taken when due, with no poll in between.
+created for later is read once and taken when due, with no poll in between. A run the server
+deferred (a concurrency slot taken) is polled for at the time the server gave it (`DueAgain`,
+from the Dispatcher), a second later at the least.
 
 A poll is three messages, never an ask: `Poll` (read the queue, tell the Dispatcher
 `FreeSlots`), `Room` (ask the server for that many runs, tell `RunsFound`), `Admitted` (when to
@@ -53,7 +55,14 @@ from actors.runtime.context import AgentContext
 from actors.runtime.refs import tell_if_alive
 from actors.runtime.request_purpose import requests_for
 from actors.tree.permanent import PermanentChild
-from messages.internal.dispatch import Admitted, FreeSlots, PeersInDoubt, Room, RunsFound
+from messages.internal.dispatch import (
+    Admitted,
+    DueAgain,
+    FreeSlots,
+    PeersInDoubt,
+    Room,
+    RunsFound,
+)
 from messages.internal.events import EventWake, ScoutCovers, StreamHealth
 from messages.internal.lifecycle import (
     ChildStatus,
@@ -71,6 +80,7 @@ SHARED_RECHECK_SECONDS = 1.0  # a window of peers' runs is read again at least t
 QUEUE_REREAD_SECONDS = 1.0  # a queue is read again (paused? deleted?) at most this often
 IDLE = float("inf")  # a step's "poll again when idle": the idle pace, or never if scouted
 DUE_MARGIN_SECONDS = 0.05  # a run due later is polled for this long after its time - prefetch
+DEFERRED_MIN_WAIT_SECONDS = 1.0  # a deferred run is proposed again no sooner than this
 
 
 class QueueWatcher(PermanentChild):
@@ -111,6 +121,7 @@ class QueueWatcher(PermanentChild):
         self.polls = 0
         self.recorded_poll_at: float | None = None  # monotonic time of the last get_runs
         self.next_poll: Timer | None = None
+        self.next_poll_at: float | None = None  # when `next_poll` fires, on the agent's clock
         self.poll_started = 0.0  # monotonic time of the poll under way
         self.poll_under_way = False  # from Poll to the poll's end (its next poll scheduled)
         self.woken = False  # an EventWake came during the poll under way: poll again after it
@@ -120,6 +131,7 @@ class QueueWatcher(PermanentChild):
         self.scout_pool_id: str | None = None  # the default agent pool's, as its scout said
         self.stream_healthy = False  # as the Agent last said (`StreamHealth`)
         self.later_at: datetime | None = None  # the earliest run seen due after the prefetch
+        self.deferred_at: datetime | None = None  # the earliest time a deferred run is due again
         self.purpose: RequestKind = "poll"  # what the poll under way counts as in /metrics
         self.phase = "starting"
         self.since = time.time()
@@ -151,6 +163,8 @@ class QueueWatcher(PermanentChild):
                 self._poll_step(lambda: self._take_room(count))
             case Admitted(count=count, full_page=full):
                 self._admitted(count, full)
+            case DueAgain(at=at):
+                self._due_again(at)
             case Describe():
                 return self._describe()
             case UseDispatcher(dispatcher=ref) if isinstance(ref, pykka.ActorRef):
@@ -177,20 +191,43 @@ class QueueWatcher(PermanentChild):
 
     def _schedule(self, delay: float | None) -> None:
         """The next poll `delay` seconds from now, or at the time of the earliest run seen due
-        later (less the prefetch) if that is sooner; None: no poll but that one."""
+        later (less the prefetch), or of a deferred run's new time, if that is sooner; None: no
+        poll but those."""
         if self.next_poll is not None:
             self.next_poll.cancel()
             self.next_poll = None
+        now = datetime.now(UTC)
         if self.later_at is not None:
             prefetch = self.ctx.settings.prefetch_seconds
-            until = (self.later_at - datetime.now(UTC)).total_seconds() - prefetch
+            until = (self.later_at - now).total_seconds() - prefetch
             if until <= 0:
                 self.later_at = None  # its time came and this poll has been: forgotten
             else:
                 until += DUE_MARGIN_SECONDS
                 delay = until if delay is None else min(delay, until)
+        if self.deferred_at is not None:
+            # Not less the prefetch: the server said "not before then", and a run proposed
+            # sooner is only deferred again (at least a second apart, whatever it said).
+            until = (self.deferred_at - now).total_seconds()
+            self.deferred_at = None  # this poll or an earlier one takes it (or defers it again)
+            until = max(until, DEFERRED_MIN_WAIT_SECONDS) + DUE_MARGIN_SECONDS
+            delay = until if delay is None else min(delay, until)
         if delay is not None:
+            self.next_poll_at = self.ctx.clock.monotonic() + delay
             self.next_poll = self.ctx.clock.tell_later(delay, self.actor_ref, Poll())
+        else:
+            self.next_poll_at = None
+
+    def _due_again(self, at: datetime) -> None:
+        """A run this watcher found was deferred by the server (a concurrency slot taken) and
+        is due again at `at`: poll for it then, as for a run seen due later. Without this a
+        queue idle by the stream would take it at its next safety-net look only."""
+        if self.deferred_at is None or at < self.deferred_at:
+            self.deferred_at = at
+        if self.poll_under_way or (self.ctx.settings.run_once and self.polls > 0):
+            return  # the poll's end schedules the next, the deferred run's time among them
+        now = self.ctx.clock.monotonic()
+        self._schedule(None if self.next_poll_at is None else max(0.0, self.next_poll_at - now))
 
     def _idle_interval(self) -> float | None:
         """How long an idle queue waits for its next regular poll; None: the pool's scout

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -133,7 +134,7 @@ class RunSupervisor(pykka.ThreadingActor):
         self.creating_ahead = False
         self.prepared: Prepared | None = None
         self.failed_ahead: Callable[[], None] | None = None
-        self.finish_after_create: tuple[RunOutcome, str, bool] | None = None
+        self.finish_after_create: tuple[RunOutcome, str, bool, datetime | None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -255,12 +256,18 @@ class RunSupervisor(pykka.ThreadingActor):
         if self.finished and not self.undelivered:
             self.stop()
 
-    def _finish(self, outcome: RunOutcome, detail: str = "", contested: bool = False) -> None:
+    def _finish(
+        self,
+        outcome: RunOutcome,
+        detail: str = "",
+        contested: bool = False,
+        rescheduled_for: datetime | None = None,
+    ) -> None:
         if self.finished:
             return
         if isinstance(self.plan, SubmitRun) and not self.started_here:
             if self.creating_ahead:  # what is being made ahead is removed once answered
-                self.finish_after_create = (outcome, detail, contested)
+                self.finish_after_create = (outcome, detail, contested, rescheduled_for)
                 return
             if self.job is not None:  # created, never started: nothing of it is left
                 job, self.job = self.job, None
@@ -268,7 +275,9 @@ class RunSupervisor(pykka.ThreadingActor):
         self._set_phase(f"finished ({outcome})")
         self.finished = True
         queue = self.plan.flow_run.work_queue_name if isinstance(self.plan, SubmitRun) else None
-        self._tell_dispatcher(RunFinished(self.run_id, outcome, detail, contested, queue))
+        self._tell_dispatcher(
+            RunFinished(self.run_id, outcome, detail, contested, queue, rescheduled_for)
+        )
         if not self.undelivered:
             self.stop()
             return
@@ -439,7 +448,7 @@ class RunSupervisor(pykka.ThreadingActor):
             state.name if state is not None else "Scheduled",
             f" until {when.isoformat(timespec='seconds')}" if when is not None else "",
         )
-        self._finish("deferred", result.details.reason or "rescheduled by the server")
+        self._finish("deferred", result.details.reason or "rescheduled by the server", False, when)
 
     def _pending_is_ours(self, result: OrchestrationResult, proposal: StateProposal) -> bool:
         """A refused Pending may be our own earlier one, accepted behind a lost answer.

@@ -6,6 +6,8 @@ no receiver can change what another receiver sees.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 from messages.wire.prefect import FlowRun
@@ -165,3 +167,11 @@ class HoldsRuns(msgspec.Struct, frozen=True):
     often (a run it takes brings the quick polls back before it can start)."""
 
     holding: bool
+
+
+class DueAgain(msgspec.Struct, frozen=True):
+    """Dispatcher -> QueueWatcher: a run of its queue that the server deferred (a concurrency
+    slot taken) is due again at `at`; poll for it then rather than at the next safety-net
+    look, which the event stream leaves far apart (the deferral announces no waking event)."""
+
+    at: datetime

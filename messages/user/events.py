@@ -6,6 +6,7 @@ as it happens. `RunFinished` (in messages.internal.dispatch) is the last event o
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -51,3 +52,5 @@ class RunFinished(msgspec.Struct, frozen=True):
     # first. The Dispatcher counts such a queue as shared (`actors/rules/share.py`).
     contested: bool = False
     queue: str | None = None  # the work queue a poll found the run in (None: taken over)
+    # A deferred run: when the server scheduled it again (its watcher polls for it then).
+    rescheduled_for: datetime | None = None

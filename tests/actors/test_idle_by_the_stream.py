@@ -249,3 +249,29 @@ def test_a_paused_queue_resumed_takes_its_runs_as_the_server_announces_it(
     assert fake.proposals(run.id, PENDING)[0].at - before < 1.0
     read = [c.params["name"] for c in fake.calls("read_pool_queue") if c.at > before]
     assert read == ["q1"], f"queues read after the events: {read}"
+
+
+@pytest.mark.timeout(30)
+def test_a_run_the_server_deferred_is_proposed_again_at_its_new_time_with_no_event(
+    fake: FakePrefectApi, stream: StandInStream, start: Start
+) -> None:
+    """Prefect 3 refuses Pending while a deployment's concurrency slot is taken and schedules
+    the run again a moment later (AwaitingConcurrencySlot), announcing nothing that wakes an
+    agent: the watcher polls for it at that time, not at the stream's safety-net look."""
+    queues = pool_with_queues(fake)
+    handle = start(fake, work_pools=("pool",), work_queues=QUEUES)
+    connected(handle, stream, *(q.id for q in queues.values()))
+    settle(*QUEUES)
+    deployment = fake.add_deployment(["true"])
+    fake.take_slot(deployment, defer_seconds=2.0)
+    run = fake.add_run(deployment, queue="q1", pool="pool")
+    stream.send(flow_run_event(run.id, queues["q1"].id, "Scheduled", "SCHEDULED"))
+    wait_until(lambda: fake.proposals(run.id, PENDING), 10, "the run's first Pending proposal")
+    refused_at = fake.proposals(run.id, PENDING)[0].at
+    fake.free_slot(deployment)  # the slot frees with no event the agent listens to
+
+    wait_until(lambda: len(fake.proposals(run.id, PENDING)) > 1, 10, "a proposal at its new time")
+    again = fake.proposals(run.id, PENDING)[1].at - refused_at
+    assert 1.9 < again < 3.5, f"proposed again {again:.2f}s after the deferral; due at 2 s"
+    states = [state.name for state in fake.history(run.id)]
+    assert states[-2:] == ["AwaitingConcurrencySlot", "Pending"], states

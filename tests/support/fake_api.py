@@ -18,7 +18,10 @@ What it orchestrates, as the server does for the calls the agent makes:
   own Pending state, as Prefect's duplicate-transition rule answers;
 - a proposal with `force=True` is accepted whatever the state; a run in a final state
   (Completed, Failed, Crashed, Cancelled) refuses every other proposal (ABORT);
-- every accepted state is recorded: `history(run_id)`.
+- every accepted state is recorded: `history(run_id)`;
+- while a deployment's concurrency slot is taken (`take_slot`), a Pending for one of its runs
+  is rejected and the run scheduled again a little later (`AwaitingConcurrencySlot`), as
+  Prefect 3 does.
 
 What a test does to it:
 - `hang(*methods, when=...)`: matching calls block until the returned `Hang` is released (no
@@ -212,6 +215,7 @@ class _World:
     profile: ServerProfile | None = None
     workers: dict[tuple[str, str], Worker] = field(default_factory=dict)  # (pool, name)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # run id -> labels
+    slots_taken: dict[str, float] = field(default_factory=dict)  # deployment id -> defer by (s)
     on_attempt: AttemptHook | None = None
     last_answer: float | None = None
     last_error: str | None = None
@@ -366,6 +370,16 @@ class FakePrefectApi:
             self._world.run_pools[run_id] = pool
             self._world.history[run_id] = [state]
         return run
+
+    def take_slot(self, deployment: Deployment, defer_seconds: float) -> None:
+        """The deployment's concurrency slot is taken until `free_slot`: each Pending proposed
+        for its runs meanwhile puts the run back in Scheduled, `defer_seconds` later."""
+        with self._world.lock:
+            self._world.slots_taken[deployment.id] = defer_seconds
+
+    def free_slot(self, deployment: Deployment) -> None:
+        with self._world.lock:
+            self._world.slots_taken.pop(deployment.id, None)
 
     def set_run_state(
         self, run_id: str, type_: str, name: str | None = None, message: str | None = None
@@ -866,6 +880,15 @@ class FakePrefectApi:
                 )
             if current.type in FINAL_TYPES:
                 return _refused("ABORT", current, "This run has already terminated.")
+            deployment_id = self._run(run_id).deployment_id
+            defer = self._world.slots_taken.get(deployment_id or "")
+            if proposal.type == PENDING and defer is not None:
+                later = datetime.now(UTC) + timedelta(seconds=defer)
+                waiting = _state(
+                    run_id, SCHEDULED, name="AwaitingConcurrencySlot", scheduled_time=later
+                )
+                self._accept(run_id, waiting)
+                return _refused("REJECT", waiting, "Deployment concurrency limit reached.")
         when = proposal.state_details.scheduled_time
         if proposal.type == SCHEDULED and when is None:
             when = datetime.now(UTC)
