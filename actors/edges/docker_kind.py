@@ -506,6 +506,14 @@ class ContainerJob:
         state: dict[str, Any] = attrs.get("State") or {}
         return state
 
+    def _gone_now(self) -> bool:
+        """The daemon answers that the container no longer exists (False when it does not
+        answer: that is for the daemon watch to tell)."""
+        try:
+            return self._state() is None
+        except (requests.exceptions.RequestException, OSError, docker.errors.DockerException):
+            return False
+
     @property
     def running(self) -> bool:
         state = self._state()
@@ -611,9 +619,13 @@ class ContainerJob:
         elif code and not restarted and not self._signalled:
             outside = self._killed_from_outside()
             if outside is not None:
-                # dockerd stopping answers the wait before it goes: which was it?
+                # dockerd stopping answers the wait before it goes: which was it? A container
+                # already removed says at once (a daemon shutting down removes none: the agent
+                # never hands it `AutoRemove`); one merely stopped is told by watching it.
                 where = self._kind.where()
-                if not self._kind.stops_answering(OUTSIDE_STOP_WINDOW_SECONDS):
+                if self._gone_now():
+                    cause = f"removed from outside the agent ({outside}, not by the agent)"
+                elif not self._kind.stops_answering(OUTSIDE_STOP_WINDOW_SECONDS):
                     cause = f"stopped from outside the agent ({outside}, not by the agent)"
                 elif self._kind.answers_again():
                     restarted = True

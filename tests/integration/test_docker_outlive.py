@@ -14,7 +14,8 @@ written in it; the test moves the run to Running and Completed as the engine wou
 - the daemon restarting under a running container ends its run Crashed with what happened,
   once, and the agent goes on serving runs on the daemon that is back; a daemon gone for longer
   than the kind waits ends the wait saying it went away, and a container stopped by someone
-  else (`docker stop`) is not blamed on the daemon.
+  else (`docker stop`) is not blamed on the daemon; one removed (`docker rm -f`) is said so at
+  once, without the watch of the daemon that tells a stop from a shutdown.
 """
 
 from __future__ import annotations
@@ -400,6 +401,30 @@ def test_a_container_stopped_from_outside_the_agent_is_not_blamed_on_the_daemon(
         waiter.join(60)
         assert status and status[0].code in (137, 143), status
         assert "stopped from outside the agent (signal" in (status[0].cause or ""), status
+        assert "daemon" not in (status[0].cause or ""), status
+    finally:
+        kind.close()
+
+
+def test_a_container_removed_from_outside_the_agent_is_reported_at_once(
+    docker_daemon: DockerDaemon,
+    daemon: Any,  # noqa: F811
+    plain_image: ImageBuild,
+) -> None:
+    """`docker rm -f` under a running container: the daemon still answers and the container
+    is gone, which a daemon shutting down never does, so there is nothing to watch the daemon
+    for (20 s, for a mere stop) before the run's end is known."""
+    kind = DockerKind(docker_daemon.environ)
+    try:
+        source = block_source(kind, kind_run(), image=plain_image.tag, command=["sleep", "300"])
+        source.block.data["labels"][TEST_LABEL] = SESSION  # type: ignore[union-attr]
+        job = kind.create(kind.prepare(source))
+        job.start()
+        waiter, status = _waited(job)
+        daemon.api.remove_container(job.container_id, force=True)  # an operator's `docker rm -f`
+        waiter.join(5)  # the deadline of the answer: well inside the daemon watch's 20 s
+        assert status, "the wait did not end within 5 s of the removal"
+        assert "removed from outside the agent (signal" in (status[0].cause or ""), status
         assert "daemon" not in (status[0].cause or ""), status
     finally:
         kind.close()
