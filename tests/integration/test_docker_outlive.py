@@ -361,6 +361,18 @@ def _waited(job: ContainerJob) -> tuple[threading.Thread, list[ExitStatus]]:
     return waiter, status
 
 
+def _sleeper_waited(
+    kind: DockerKind, plain_image: ImageBuild
+) -> tuple[ContainerJob, threading.Thread, list[ExitStatus]]:
+    """A started container that sleeps 5 minutes, and its wait under way."""
+    source = block_source(kind, kind_run(), image=plain_image.tag, command=["sleep", "300"])
+    source.block.data["labels"][TEST_LABEL] = SESSION  # type: ignore[union-attr]
+    job = kind.create(kind.prepare(source))
+    job.start()
+    waiter, status = _waited(job)
+    return job, waiter, status
+
+
 def test_a_daemon_gone_for_longer_than_the_kind_waits_ends_the_wait_saying_so(
     docker_daemon: DockerDaemon,
     daemon: Any,  # noqa: F811
@@ -370,11 +382,7 @@ def test_a_daemon_gone_for_longer_than_the_kind_waits_ends_the_wait_saying_so(
         pytest.skip("the test stops its own daemon, not the machine's")
     kind = DockerKind(docker_daemon.environ, daemon_return_seconds=1.0)
     try:
-        source = block_source(kind, kind_run(), image=plain_image.tag, command=["sleep", "300"])
-        source.block.data["labels"][TEST_LABEL] = SESSION  # type: ignore[union-attr]
-        job = kind.create(kind.prepare(source))
-        job.start()
-        waiter, status = _waited(job)
+        _, waiter, status = _sleeper_waited(kind, plain_image)
         docker_daemon.restart(down_seconds=4.0)  # away longer than the kind waits
         waiter.join(60)
         assert status, "the wait did not end"
@@ -392,11 +400,7 @@ def test_a_container_stopped_from_outside_the_agent_is_not_blamed_on_the_daemon(
 ) -> None:
     kind = DockerKind(docker_daemon.environ)
     try:
-        source = block_source(kind, kind_run(), image=plain_image.tag, command=["sleep", "300"])
-        source.block.data["labels"][TEST_LABEL] = SESSION  # type: ignore[union-attr]
-        job = kind.create(kind.prepare(source))
-        job.start()
-        waiter, status = _waited(job)
+        job, waiter, status = _sleeper_waited(kind, plain_image)
         daemon.api.stop(job.container_id, timeout=1)  # an operator's `docker stop`
         waiter.join(60)
         assert status and status[0].code in (137, 143), status
@@ -416,11 +420,7 @@ def test_a_container_removed_from_outside_the_agent_is_reported_at_once(
     for (20 s, for a mere stop) before the run's end is known."""
     kind = DockerKind(docker_daemon.environ)
     try:
-        source = block_source(kind, kind_run(), image=plain_image.tag, command=["sleep", "300"])
-        source.block.data["labels"][TEST_LABEL] = SESSION  # type: ignore[union-attr]
-        job = kind.create(kind.prepare(source))
-        job.start()
-        waiter, status = _waited(job)
+        job, waiter, status = _sleeper_waited(kind, plain_image)
         daemon.api.remove_container(job.container_id, force=True)  # an operator's `docker rm -f`
         waiter.join(5)  # the deadline of the answer: well inside the daemon watch's 20 s
         assert status, "the wait did not end within 5 s of the removal"
