@@ -148,6 +148,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--idle-fleet-warmup", type=float, default=30.0, help="after the agents' CPU settled"
     )
     idle.add_argument(
+        "--idle-fleet-settle-step",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds of the agents' CPU compared with the step before, to see it settled",
+    )
+    idle.add_argument(
         "--idle-fleet-start-timeout",
         type=float,
         default=600.0,
@@ -176,6 +183,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--containers-latency-runs and --containers-inflight must be at least 1")
     if args.idle_fleet_agents < 1:
         parser.error("--idle-fleet-agents must be at least 1")
+    if args.idle_fleet_settle_step <= 0:
+        parser.error("--idle-fleet-settle-step must be positive")
     args.idle_fleet_server_list = _names(args.idle_fleet_servers, ("2", "3"), parser)
     return args
 

@@ -58,7 +58,6 @@ from examples.harness.hosts import SimulatedHost
 Say = Callable[[str], None]
 Kind = Literal["none", "ours", "official"]
 
-SETTLE_STEP = 10.0  # seconds of agents' CPU compared with the step before, to see it settled
 START_BATCH = 4  # hosts started together (2 cores: two imports each)
 BATCH_STEP = 2.0  # seconds of a batch's CPU compared, to see its imports done
 BATCH_TIMEOUT = 60.0
@@ -155,7 +154,7 @@ def _agents_ticks(pids: list[int]) -> float:
 
 
 def wait_settled(
-    pids: list[int], timeout: float, alive: Callable[[], None], step_seconds: float = SETTLE_STEP
+    pids: list[int], timeout: float, alive: Callable[[], None], step_seconds: float
 ) -> bool:
     """Until the agents' CPU over a step is that of idle agents (below IDLE_SHARE of a core
     each) and no longer falls below SETTLED_RATIO of the step before: their imports and first
@@ -264,7 +263,9 @@ def measure(
             )  # fmt: skip
             if row.note:
                 say(f"  {row.note}")
-            row.settled = wait_settled(pids, args.idle_fleet_start_timeout, _alive(hosts))
+            row.settled = wait_settled(
+                pids, args.idle_fleet_start_timeout, _alive(hosts), args.idle_fleet_settle_step
+            )
             row.start_seconds = time.monotonic() - began
             say(
                 f"  {row.agents} agent(s) up, CPU settled after {row.start_seconds:.0f}s"

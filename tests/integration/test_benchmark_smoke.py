@@ -150,6 +150,7 @@ def test_idle_fleet_part_measures_the_server_under_idle_agents_and_leaves_no_pro
     # a window longer than the query interval (15 s): an idle agent's looks come that far
     # apart, and agents started together look together, so a shorter one can see none
     options += ["--idle-fleet-seconds", "16", "--idle-fleet-warmup", "2"]
+    options += ["--idle-fleet-settle-step", "3"]  # three small agents settle in seconds
     options += ["--no-idle-fleet-official"]  # three official agents take a minute to settle
     result = _run_benchmark(
         ["--parts", "idle-fleet", *options, "--json", str(report)], mark=mark, timeout=300
