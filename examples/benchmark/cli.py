@@ -134,38 +134,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the agents reach the server through a counting proxy: requests per run by "
         "endpoint in the notes (the proxy adds a relay to every request)",
     )
-    idle = parser.add_argument_group(
-        "idle fleet",
-        "--parts idle-fleet: N idle agents on N simulated hosts, one server on PostgreSQL, "
-        "ours against Prefect's own",
-    )
-    idle.add_argument("--idle-fleet-agents", type=int, default=100, metavar="N")
-    idle.add_argument(
-        "--idle-fleet-servers", default="2,3", help="Prefect servers' major versions: 2, 3 or both"
-    )
-    idle.add_argument("--idle-fleet-seconds", type=float, default=300.0, help="the measured window")
-    idle.add_argument(
-        "--idle-fleet-warmup", type=float, default=30.0, help="after the agents' CPU settled"
-    )
-    idle.add_argument(
-        "--idle-fleet-settle-step",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="seconds of the agents' CPU compared with the step before, to see it settled",
-    )
-    idle.add_argument(
-        "--idle-fleet-start-timeout",
-        type=float,
-        default=600.0,
-        help="for the agents' CPU to settle once all are started",
-    )
-    idle.add_argument(
-        "--idle-fleet-official",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also N official agents (Prefect 3: workers)",
-    )
+    _idle_fleet_arguments(parser)
     latency_arguments(parser)
     containers_arguments(parser)
     parser.add_argument(
@@ -181,10 +150,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--fleet-agents, --fleet-runs and --fleet-compare-runs must be at least 1")
     if min(args.containers_latency_runs, args.containers_inflight) < 1:
         parser.error("--containers-latency-runs and --containers-inflight must be at least 1")
-    if args.idle_fleet_agents < 1:
-        parser.error("--idle-fleet-agents must be at least 1")
-    if args.idle_fleet_settle_step <= 0:
-        parser.error("--idle-fleet-settle-step must be positive")
+    _check_idle_fleet(args, parser)
     args.idle_fleet_server_list = _names(args.idle_fleet_servers, ("2", "3"), parser)
     return args
 
@@ -425,3 +391,54 @@ def main(argv: list[str] | None = None) -> int:
             for log in work_dir.glob("*.log"):
                 shutil.copy2(log, keep / log.name)
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _idle_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    idle = parser.add_argument_group(
+        "idle fleet",
+        "--parts idle-fleet: N idle agents on N simulated hosts, one server on PostgreSQL, "
+        "ours against Prefect's own",
+    )
+    idle.add_argument("--idle-fleet-agents", type=int, default=100, metavar="N")
+    idle.add_argument(
+        "--idle-fleet-servers", default="2,3", help="Prefect servers' major versions: 2, 3 or both"
+    )
+    idle.add_argument("--idle-fleet-seconds", type=float, default=300.0, help="the measured window")
+    idle.add_argument(
+        "--idle-fleet-warmup", type=float, default=30.0, help="after the agents' CPU settled"
+    )
+    idle.add_argument(
+        "--idle-fleet-query-interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="every agent's query interval (default: each contender's own, 15 s or 10 s)",
+    )
+    idle.add_argument(
+        "--idle-fleet-settle-step",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds of the agents' CPU compared with the step before, to see it settled",
+    )
+    idle.add_argument(
+        "--idle-fleet-start-timeout",
+        type=float,
+        default=600.0,
+        help="for the agents' CPU to settle once all are started",
+    )
+    idle.add_argument(
+        "--idle-fleet-official",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also N official agents (Prefect 3: workers)",
+    )
+
+
+def _check_idle_fleet(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.idle_fleet_agents < 1:
+        parser.error("--idle-fleet-agents must be at least 1")
+    if args.idle_fleet_settle_step <= 0:
+        parser.error("--idle-fleet-settle-step must be positive")
+    if args.idle_fleet_query_interval is not None and args.idle_fleet_query_interval <= 0:
+        parser.error("--idle-fleet-query-interval must be positive")

@@ -129,10 +129,21 @@ def describe(kind: Kind, major: str, count: int) -> str:
 
 
 def agent_command(
-    kind: Kind, major: str, pool: str, queue: str, *, host: str, home: Path
+    kind: Kind,
+    major: str,
+    pool: str,
+    queue: str,
+    *,
+    host: str,
+    home: Path,
+    query_interval: float | None = None,
 ) -> tuple[list[str], list[str], dict[str, str]]:
-    """(command, args, env) for SimulatedHost.run_agent; every contender at its defaults."""
+    """(command, args, env) for SimulatedHost.run_agent; every contender at its defaults, but
+    for a `query_interval` given (a short one lets a small run see every kind of look)."""
     env = clean_env(home)
+    if query_interval is not None:
+        env["PREFECT_AGENT_QUERY_INTERVAL"] = f"{query_interval:g}"  # ours and 2.x's agent
+        env["PREFECT_WORKER_QUERY_SECONDS"] = f"{query_interval:g}"  # Prefect 3's worker
     if kind == "ours":
         args = ["-p", pool, "-q", queue] if major == "3" else ["-q", queue]
         return [sys.executable, str(LAUNCHER)], args, env
@@ -202,6 +213,7 @@ def start_fleet(
     hosts: list[SimulatedHost],
     roots: Roots,
     work_dir: Path,
+    query_interval: float | None = None,
 ) -> list[int]:
     """Up to `row.agents_asked` hosts with an agent each (into `hosts` as they come, so a
     failure half-way still stops those up), in batches; the agents' pids."""
@@ -218,8 +230,9 @@ def start_fleet(
         host = SimulatedHost.for_api(name, api_url, False, log_dir=work_dir)
         hosts.append(host)
         command, agent_args, env = agent_command(
-            kind, target.major, work.pool, work.queue, host=name, home=work_dir / f"home-{name}"
-        )
+            kind, target.major, work.pool, work.queue, host=name, home=work_dir / f"home-{name}",
+            query_interval=query_interval,
+        )  # fmt: skip
         host.run_agent(agent_args, env, command=command)
         pids.append(_wait_agent_pid(host))
         roots.hosts = [*roots.hosts, *([host.init_pid] if host.init_pid else [])]
@@ -259,7 +272,7 @@ def measure(
             began = time.monotonic()
             pids = start_fleet(
                 row, kind, target, work, api_url=counter.api_url, hosts=hosts, roots=roots,
-                work_dir=work_dir,
+                work_dir=work_dir, query_interval=args.idle_fleet_query_interval,
             )  # fmt: skip
             if row.note:
                 say(f"  {row.note}")
@@ -310,6 +323,7 @@ def run_idle_fleet(args: Any, work_dir: Path, say: Say) -> IdleFleetResults:
             "agents": count,
             "servers": args.idle_fleet_server_list,
             "warmup_seconds": args.idle_fleet_warmup,
+            "query_interval": args.idle_fleet_query_interval,
             "window_seconds": args.idle_fleet_seconds,
             "start_timeout": args.idle_fleet_start_timeout,
             "official": args.idle_fleet_official,

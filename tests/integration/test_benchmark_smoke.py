@@ -147,10 +147,10 @@ def test_idle_fleet_part_measures_the_server_under_idle_agents_and_leaves_no_pro
     report = tmp_path / "idle.json"
     mark = f"idle-fleet-smoke-{uuid.uuid4().hex}"
     options = ["--idle-fleet-agents", "3", "--idle-fleet-servers", "2"]
-    # a window longer than the query interval (15 s): an idle agent's looks come that far
+    # a window longer than the query interval (here 3 s): an idle agent's looks come that far
     # apart, and agents started together look together, so a shorter one can see none
-    options += ["--idle-fleet-seconds", "16", "--idle-fleet-warmup", "2"]
-    options += ["--idle-fleet-settle-step", "3"]  # three small agents settle in seconds
+    options += ["--idle-fleet-query-interval", "3", "--idle-fleet-seconds", "5"]
+    options += ["--idle-fleet-warmup", "2", "--idle-fleet-settle-step", "3"]
     options += ["--no-idle-fleet-official"]  # three official agents take a minute to settle
     result = _run_benchmark(
         ["--parts", "idle-fleet", *options, "--json", str(report)], mark=mark, timeout=300
@@ -168,7 +168,7 @@ def test_idle_fleet_part_measures_the_server_under_idle_agents_and_leaves_no_pro
         assert row["requests_per_minute"] > 0  # the proxy saw the fleet's polls
         assert len(row["rss_mib"]) == 3 and all(rss > 0 for rss in row["rss_mib"])
     for row in rows.values():
-        assert row["window_seconds"] >= 16
+        assert row["window_seconds"] >= 5
         assert row["server_cpu"] > 0 and row["postgres_cpu"] is not None
     assert _processes_marked(mark) == []  # hosts, agents, servers, postgres: all gone
 
