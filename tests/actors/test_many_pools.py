@@ -21,6 +21,7 @@ from actors import AgentHandle, StatusServer
 from actors.edges.process_kind import Process
 from actors.rules.claims import claim_message
 from actors.rules.identity import AgentIdentity
+from messages.internal.lifecycle import Tick
 from messages.wire.prefect import CRASHED, PENDING, RUNNING, SCHEDULED
 from tests.actors.test_actors_without_server import (
     Start,
@@ -61,6 +62,21 @@ def heartbeats_of_pool_fail_while(fake: FakePrefectApi, pool: str, status: int) 
 def start_with_short_lease(start: Start, clock: ManualClock, pools: tuple[str, ...]) -> AgentHandle:
     """An agent of `pools` whose lease lapses 1 s (of `clock`) after a heartbeat's send."""
     return start(clock=clock, work_pools=pools, heartbeat_seconds=0.5, lost_agent_seconds=1.5)
+
+
+def advance_to_next_beat(clock: ManualClock) -> None:
+    """Half a second on, once the Heartbeat has scheduled its next round: it does so when the
+    last round's answer reaches it, which on a loaded machine can come after the test has
+    seen the round answered (a clock moved before then would leave the round unscheduled)."""
+    clock.wait_for_timer(
+        lambda timer: (
+            isinstance(timer.message, Tick)
+            and timer.ref is not None
+            and timer.ref.actor_class.__name__ == "Heartbeat"
+        ),
+        timeout=5,
+    )
+    clock.advance(0.5)
 
 
 def pool_lines(body: str) -> list[str]:
@@ -148,7 +164,7 @@ def test_a_served_pool_that_does_not_exist_leaves_the_lease_and_the_other_pools_
     gone.set()
     for _ in range(8):  # four seconds: the lease lapses 1 s after a send unless renewed
         answered = heartbeats_answered(fake)
-        clock.advance(0.5)
+        advance_to_next_beat(clock)
         wait_until(lambda a=answered: heartbeats_answered(fake) > a, 5, "the next heartbeat")
     assert not lease_lapsed(handle)
     run = fake.add_run(fake.add_deployment(run_command(runs_dir)), pool="local")
@@ -173,7 +189,7 @@ def test_a_heartbeat_failing_in_one_pool_lapses_the_lease_though_the_other_pool_
     cut.set()
     for _ in range(4):  # the lease lapses 1 s after the last round that went through
         answered = heartbeats_answered(fake, ok=False)
-        clock.advance(0.5)
+        advance_to_next_beat(clock)
         with contextlib.suppress(AssertionError):
             wait_until(lambda a=answered: heartbeats_answered(fake, ok=False) > a, 1, "a round")
     ok_in_local = [
@@ -301,7 +317,7 @@ def test_a_lost_peer_is_recovered_from_in_the_pool_where_its_row_went_stale(
     )
     for _ in range(12):  # a lost window of unbroken heartbeats, then a round of Recovery
         answered = heartbeats_answered(fake)
-        clock.advance(0.5)
+        advance_to_next_beat(clock)
         with contextlib.suppress(AssertionError):
             wait_until(lambda a=answered: heartbeats_answered(fake) > a, 0.5, "a heartbeat")
         if fake.state(run.id).type == CRASHED:
