@@ -82,12 +82,12 @@ def container_of(client: Any, api_url: str, run_id: str) -> Any:
     return client.containers.get(pid.rsplit(":", 1)[1])
 
 
-
 def ended(api_url: str, run: str, timeout: float) -> tuple[str, str | None]:
     """The run's final state type and message, once it has one."""
     wait_for(lambda: state_type(api_url, run) in FINAL, timeout, "the run to end")
     type_, _, message = run_state(api_url, run)
     return type_, message
+
 
 def test_a_docker_container_block_runs_the_real_engine_in_a_container(
     library_agent: AgentFactory,
@@ -114,10 +114,14 @@ def test_a_docker_container_block_runs_the_real_engine_in_a_container(
     run = create_run(
         api_url, deployment, parameters={"marker_dir": str(markers), "env_name": "GREETING"}
     )
-    library_agent(work_queues=(queue,))
+    agent = library_agent(work_queues=(queue,))
+    assert isinstance(agent, ThreadAgent)
 
     assert ended(api_url, run, 180)[0] == "COMPLETED", run_state(api_url, run)
     assert read_marker(markers, run, "env")["value"] == "hello from the block"
+    # The engine reports Completed a moment before its container exits: the agent reads the
+    # exit (so the run is not in flight when the test ends and the agent stops).
+    wait_for(lambda: agent.finished(run) is not None, 60, "the agent to read the exit")
     container = container_of(daemon, api_url, run)
     assert container.labels["io.prefect.flow-run-id"] == run
     assert container.attrs["State"]["ExitCode"] == 0
@@ -307,9 +311,11 @@ def test_a_3x_docker_pool_runs_its_flow_in_a_container_never_on_the_host(
             api_url, "POST", f"/deployments/{deployment}/create_flow_run", {"parameters": params}
         )["id"]
     )
-    library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+    agent = library_agent(api_url=api_url, work_queues=(queue,), work_pool=pool)
+    assert isinstance(agent, ThreadAgent)
 
     assert ended(api_url, run, 180)[0] == "COMPLETED", run_state(api_url, run)
+    wait_for(lambda: agent.finished(run) is not None, 60, "the agent to read the exit")
     assert read_marker(markers, run, "env")["value"] == "from the pool's job variables"
     container = container_of(daemon, api_url, run)  # its pid a container's, not the host's
     assert container.labels["io.prefect.flow-run-id"] == run
