@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,12 @@ def _pending_message(served: Served, run: str) -> str | None:
     return pending[-1]["message"] if pending else None
 
 
+def _worker_labels(served: Served, run: str) -> dict[str, str]:
+    """The run's labels once its worker's are there (empty until then)."""
+    labels: dict[str, str] = read_run(served.api_url, run).get("labels") or {}
+    return labels if "prefect.worker.name" in labels else {}
+
+
 def test_the_agent_is_a_worker_of_its_pool_and_every_run_it_takes_names_it(
     served: Served, library_agent: AgentFactory, markers: Path
 ) -> None:
@@ -78,7 +85,10 @@ def test_the_agent_is_a_worker_of_its_pool_and_every_run_it_takes_names_it(
         assert claim is not None, _pending_message(served, run)
         assert (claim.name, claim.instance, claim.host) == (name, me.instance, socket.gethostname())
         if served.version == "3.x":
-            labels = read_run(served.api_url, run).get("labels") or {}
+            # The labels are sent beside the run, not before it: on a busy server (503s and
+            # their retries) they may land after the run has finished.
+            labelled = partial(_worker_labels, served, run)
+            labels = wait_for(labelled, 60, "the run's worker labels")
             assert labels.get("prefect.worker.name") == name
             assert labels.get("prefect-actor-agent.instance") == me.instance
 
