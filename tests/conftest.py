@@ -34,6 +34,7 @@ import pytest
 from actors import AgentHandle, RunListener, settings_from_env, start_agent
 from actors.launcher.local_server import LocalPrefectServer
 from examples.harness.agent_status import AgentStatus, free_port
+from examples.harness.bytecode import compile_installed
 from examples.harness.events_server import EventsServer
 from examples.harness.postgres import PostgresServer
 from examples.harness.prefect3 import Prefect3Server
@@ -112,6 +113,10 @@ def pytest_collection_modifyitems(
     count: a fast lane that deselects them starts no server."""
     global _PREFECT3  # noqa: PLW0603 - one preparation per session, shared by its fixture
     _refuse_unmarked_server_tests(items)
+    if any(item.get_closest_marker("integration") for item in items):
+        # Prefect is imported by hundreds of the integration tests' processes: compiled once
+        # (`examples/harness/bytecode.py`), not by each of them (the fast lane needs none).
+        compile_installed()
     later = [item for item in items if _needs_prefect3(item)]
     _ON_PREFECT3.update(item.nodeid for item in later)
     if later:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from actors.launcher.local_server import LocalPrefectServer
 from examples.harness.background_server import BackgroundServer
+from examples.harness.bytecode import compile_installed
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-prefect3"
@@ -57,6 +58,7 @@ def _ensure_venv(log: Path) -> float:
             stderr=subprocess.STDOUT,
             timeout=INSTALL_TIMEOUT,
         )
+    compile_installed(str(PYTHON))  # once, not in every process that imports Prefect 3
     marker.write_text(REQUIREMENT + "\n")
     return time.monotonic() - began
 
@@ -81,6 +83,7 @@ def ensure_docker_worker(log: Path) -> float:
             stderr=subprocess.STDOUT,
             timeout=INSTALL_TIMEOUT,
         )  # fmt: skip
+    compile_installed(str(PYTHON))
     marker.write_text(DOCKER_WORKER_REQUIREMENT + "\n")
     return time.monotonic() - began
 
