@@ -40,6 +40,7 @@ from examples.harness.postgres import PostgresServer
 from examples.harness.prefect3 import Prefect3Server
 from messages.user.events import RunFinished, RunStarted, RunSubmitted
 from messages.user.tree import ActorNode
+from tests.support.waiting import wait_for
 
 pytest_plugins = ["tests.support.exit_guard", "tests.support.docker_fixtures"]
 
@@ -312,6 +313,14 @@ class ThreadAgent:
             (e for e in self.events() if isinstance(e, RunFinished) and e.flow_run_id == run_id),
             None,
         )
+
+    def wait_finished(self, run_id: str, timeout: float, what: str) -> RunFinished:
+        """The run's RunFinished, waited for with a deadline (`what` names it if it never
+        comes): a test that ends before the agent has read its run's end stops the agent
+        with a process or a container still exiting."""
+        finished = wait_for(lambda: self.finished(run_id), timeout, what)
+        assert finished is not None  # wait_for returns only what is truthy
+        return finished
 
     def stop(self) -> int | None:
         self.handle.stop()

@@ -127,7 +127,7 @@ def test_cancel_sent_through_the_embedding_api(
     wait_for(lambda: is_cancelled(api_url, run), 10, "the run to be Cancelled")
     assert process_gone(pid)
     assert "the host service decided so" in (run_state(api_url, run)[2] or "")
-    ended = wait_for(lambda: agent.finished(run), 10, "the run's RunFinished")
+    ended = agent.wait_finished(run, 10, "the run's RunFinished")
     assert ended.outcome == "cancelled", ended
 
 
@@ -158,7 +158,7 @@ def test_cancel_after_the_agent_was_killed_and_restarted_kills_the_orphaned_proc
     assert process_gone(pid)
     # The second agent took the run over (a supervisor of its own found the process) and that
     # supervisor ended it: no other way to Cancelled goes through a RunFinished.
-    ended = wait_for(lambda: second.finished(run), 10, "the second agent's RunFinished")
+    ended = second.wait_finished(run, 10, "the second agent's RunFinished")
     assert ended.outcome == "cancelled", ended
 
 
@@ -199,7 +199,7 @@ def test_runs_whose_process_cannot_be_ours_are_never_killed(
     assert "belongs to another process" in (run_state(api_url, reused)[2] or "")
     wait_for(lambda: is_cancelled(api_url, no_pid), 15, "the pid-less run to be Cancelled")
     assert "could not be found" in (run_state(api_url, no_pid)[2] or "")
-    left = wait_for(lambda: agent.finished(elsewhere), 15, "the other host's run to be left")
+    left = agent.wait_finished(elsewhere, 15, "the other host's run to be left")
     assert (left.outcome, left.detail) == ("not-submitted", "out of reach: far-away-host:4242")
     assert run_state(api_url, elsewhere)[0] == "CANCELLING"
     # Left Cancelling on the server: the user must be told which host's agent is to end it.
@@ -241,7 +241,7 @@ def test_pending_run_cancelled_before_its_process_starts_never_starts(
 
     wait_for(lambda: is_cancelled(api_url, run), 15, "the pending run to be Cancelled")
     assert command_starts(markers)[run] == 0
-    ended = wait_for(lambda: agent.finished(run), 10, "the run's RunFinished")
+    ended = agent.wait_finished(run, 10, "the run's RunFinished")
     assert ended.outcome == "cancelled", ended
     assert not any(isinstance(e, RunStarted) for e in agent.events()), agent.events()
 
@@ -254,7 +254,7 @@ def test_cancelling_an_already_finished_run_changes_nothing(
     agent = library_agent(work_queues=(queue,))
     assert isinstance(agent, ThreadAgent)
     wait_for(lambda: run_state(api_url, run)[0] in FINAL, 60, "the run to finish")
-    wait_for(lambda: agent.finished(run), 30, "its process to exit")
+    agent.wait_finished(run, 30, "its process to exit")
     states_before = len(history(api_url, run))
 
     agent.handle.cancel(run, "too late")

@@ -80,7 +80,7 @@ def test_the_same_run_seen_by_two_queues_and_two_polls_starts_once(
     for source in ("another-queue", queue, "another-queue"):
         dispatcher.tell(RunsFound(source, (run,)))
 
-    wait_for(lambda: agent.finished(run_id), 30, "the run to finish")
+    agent.wait_finished(run_id, 30, "the run to finish")
     for source in ("another-queue", queue):  # stale sightings after the run ended
         dispatcher.tell(RunsFound(source, (run,)))
     assert dispatcher.ask(CountHeldRuns()) == 0  # answered after the stale sightings were handled

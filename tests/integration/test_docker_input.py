@@ -312,7 +312,7 @@ def test_every_field_reaches_the_container(
     wait_for(lambda: runs_containers(daemon, auto) == [], 30, "the auto_remove container to go")
 
     assert isinstance(agent, ThreadAgent)
-    wait_for(lambda: agent.finished(net) is not None, 60, "the networked container to exit")
+    agent.wait_finished(net, 60, "the networked container to exit")
     (container,) = runs_containers(daemon, net)
     assert list(container.attrs["NetworkSettings"]["Networks"]) == [network]
     assert container.attrs["State"]["ExitCode"] == 0

@@ -285,11 +285,10 @@ def test_the_daemon_restarting_under_a_container_crashes_its_run_once_and_the_ag
     try:
         wait_for(lambda: _running(client, api_url, later), 60, "a later run's container to run")
         _open_gate(markers, later, 0)
-        wait_for(lambda: agent.finished(later) is not None, 60, "the later run to end")
+        finished = agent.wait_finished(later, 60, "the later run to end")
     finally:
         client.close()
-    finished = agent.finished(later)
-    assert finished is not None and finished.outcome == "exited", finished
+    assert finished.outcome == "exited", finished
 
 
 def test_an_agent_cut_off_and_back_leaves_the_containers_its_peer_adopted_alone(

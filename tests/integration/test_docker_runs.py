@@ -121,7 +121,7 @@ def test_a_docker_container_block_runs_the_real_engine_in_a_container(
     assert read_marker(markers, run, "env")["value"] == "hello from the block"
     # The engine reports Completed a moment before its container exits: the agent reads the
     # exit (so the run is not in flight when the test ends and the agent stops).
-    wait_for(lambda: agent.finished(run) is not None, 60, "the agent to read the exit")
+    agent.wait_finished(run, 60, "the agent to read the exit")
     container = container_of(daemon, api_url, run)
     assert container.labels["io.prefect.flow-run-id"] == run
     assert container.attrs["State"]["ExitCode"] == 0
@@ -151,7 +151,7 @@ def test_a_busybox_container_carries_the_runs_label_and_the_blocks_env(
     agent = library_agent(work_queues=(queue,))
     assert isinstance(agent, ThreadAgent)
 
-    wait_for(lambda: agent.finished(run) is not None, 60, "the run's container to exit")
+    agent.wait_finished(run, 60, "the run's container to exit")
     env = (markers / f"{run}.env").read_text().splitlines()
     assert "GREETING=from the block" in env
     assert f"PREFECT__FLOW_RUN_ID={run}" in env
@@ -315,7 +315,7 @@ def test_a_3x_docker_pool_runs_its_flow_in_a_container_never_on_the_host(
     assert isinstance(agent, ThreadAgent)
 
     assert ended(api_url, run, 180)[0] == "COMPLETED", run_state(api_url, run)
-    wait_for(lambda: agent.finished(run) is not None, 60, "the agent to read the exit")
+    agent.wait_finished(run, 60, "the agent to read the exit")
     assert read_marker(markers, run, "env")["value"] == "from the pool's job variables"
     container = container_of(daemon, api_url, run)  # its pid a container's, not the host's
     assert container.labels["io.prefect.flow-run-id"] == run

@@ -215,7 +215,7 @@ def test_an_agent_killed_and_restarted_adopts_live_runs_and_reports_lost_ones(
     assert adopted.detail["pid"] == f"{socket.gethostname()}:{pid}", adopted
     wait_for(lambda: run_state(api_url, alive)[0] in FINAL, 90, "the adopted run to end")
     assert run_state(api_url, alive)[0] == "COMPLETED"
-    ended = wait_for(lambda: second.finished(alive), 30, "its supervisor to end")
+    ended = second.wait_finished(alive, 30, "its supervisor to end")
     assert ended.outcome == "exited", ended  # the engine's own Completed stands
     assert process_gone(pid)
 
@@ -250,7 +250,7 @@ def test_a_deployment_deleted_during_submission_fails_only_that_run(
 
     assert isinstance(agent, ThreadAgent)
     wait_for(lambda: command_starts(markers)[fine_run] == 1, 30, "the good run to start")
-    ended = wait_for(lambda: agent.finished(doomed_run), 30, "the doomed run")
+    ended = agent.wait_finished(doomed_run, 30, "the doomed run")
     assert ended.outcome == "failed", ended
     assert f"deployment {doomed} no longer exists" in ended.detail, ended
     # The run went with its deployment: no state on the server can say why it stopped, so the

@@ -24,7 +24,7 @@ from examples.harness.flow_image import PREFECT3_PYTHON, ImageBuild
 from tests.conftest import AgentFactory, ThreadAgent
 from tests.integration import test_docker_runs as docker_runs
 from tests.integration.helpers import FLOWS, infrastructure_pid
-from tests.support.prefect_objects import call_api, read_marker, run_state, wait_for
+from tests.support.prefect_objects import call_api, read_marker, run_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -106,7 +106,7 @@ def test_one_agent_serves_a_process_pool_and_a_docker_pool_each_run_on_its_own_k
         assert docker_runs.ended(api_url, run, 180)[0] == "COMPLETED", run_state(api_url, run)
     assert isinstance(agent, ThreadAgent)
     for run in (process_run, container_run):  # each exit read: nothing in flight at the stop
-        wait_for(lambda r=run: agent.finished(r) is not None, 60, "the agent to read the exit")
+        agent.wait_finished(run, 60, "the agent to read the exit")
     assert read_marker(markers, process_run, "env")["value"] == "from the process pool"
     assert read_marker(markers, container_run, "env")["value"] == "from the docker pool"
 

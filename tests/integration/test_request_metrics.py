@@ -126,9 +126,7 @@ def test_metrics_count_the_requests_by_kind_as_the_server_received_them(
 
     # A few runs: each taken (a Pending proposal, its pid recorded), its deployment read.
     runs = [served.run(deployment) for _ in range(RUNS)]
-    wait_for(
-        lambda: all(infrastructure_pid(served.api_url, run) for run in runs), 90, "runs taken"
-    )
+    wait_for(lambda: all(infrastructure_pid(served.api_url, run) for run in runs), 90, "runs taken")
     wire, counted = wait_for(agreed, 60, "a moment with no request in flight", interval=0.05)
     taken = wire - idle
     assert taken["state_proposal"] >= RUNS and taken["pid_report"] >= RUNS, taken
