@@ -13,8 +13,9 @@ gives each run the same owner, with no word between them, and a peer that joins 
 moves only the runs it owns.
 
 A peer's run is proposed too once it has waited: each run ranks the live peers by the same
-hashing, the owner first, and the peer of rank k proposes it once it has seen it waiting for
-k graces (the owner is slow, dead, at its limit, or serves other queues of the pool). So a run
+hashing, the owner first, and the peer of rank k proposes it once it has seen it waiting at
+the window's head for k graces (the owner is slow, dead, at its limit, or serves other queues
+of the pool; see `Share.pick` for why the head). So a run
 left over is taken by one peer, its next in rank, and not by every peer that sees it; and
 every agent's view of who proposes what stays the same (an agent that set a slow peer aside
 on its own would propose that peer's runs at once while the peer and the others still took
@@ -31,6 +32,7 @@ stays the lock, so no run can start twice whatever two agents believe about thei
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -39,6 +41,7 @@ from messages.wire.prefect import FlowRun, Worker
 CONTESTED_SECONDS = 120.0  # a queue is shared this long after another agent took a run first
 GRACE_SECONDS = 5.0  # a peer's run waits this many times our rank for it before we propose it
 MAX_WINDOW = 200  # rows in one read: the server's default page limit
+NOT_AT_HEAD = math.inf  # a peer's run in view but not yet at the window's head: no grace runs
 RECORDED_BY_OTHERS_SECONDS = 40.0  # a peer that is not the queue's recorder records this often
 
 
@@ -136,7 +139,8 @@ class Share:
         self.me = me
         self.grace = grace
         self.peers: tuple[str, ...] = (me,)
-        # run id -> (monotonic time first seen, this agent's rank for it among the peers)
+        # run id -> (monotonic time first seen at the window's head, or NOT_AT_HEAD; this
+        # agent's rank for it among the peers)
         self.first_seen: dict[str, tuple[float, int]] = {}
         self.overdue_taken = 0  # peers' runs proposed after their grace (for the tree)
 
@@ -164,16 +168,26 @@ class Share:
 
     def pick(self, runs: Sequence[FlowRun], room: int, full: bool, now: float) -> list[FlowRun]:
         """The runs to propose, at most `room`: this agent's own first, in the window's
-        order, then peers' runs it has seen waiting for as many graces as its rank for them
-        (or all of them, when the window was not full), by its rank for them."""
+        order, then peers' runs it has seen waiting at the window's head (its first `room`
+        rows) for as many graces as its rank for them (or all of them, when the window was
+        not full), by its rank for them.
+
+        A peer's run is timed from when it reaches the head, not from when it came into view:
+        a window is ten pages long in a fleet of ten, and where the server is slow (Prefect 3
+        takes twice 2.20's time per run) a run takes longer than a grace to cross it while its
+        owner takes its own runs from the head as fast as the server lets it. Timed from the
+        view, the peers of rank 1 proposed those runs too: half of a 3.x fleet's Pending
+        proposals were refused. A run at the head that waits is one its owner is not taking."""
         if len(self.peers) <= 1:
             self.first_seen.clear()
             return list(runs[:room])
         known, self.first_seen = self.first_seen, {}
         mine: list[FlowRun] = []
         theirs: list[tuple[int, FlowRun]] = []
-        for run in runs:  # a run's rank is hashed once, when it first comes into view
-            seen, place = known.get(run.id) or (now, rank(run.id, self.peers, self.me))
+        for index, run in enumerate(runs):  # a run's rank is hashed once, when it comes into view
+            seen, place = known.get(run.id) or (NOT_AT_HEAD, rank(run.id, self.peers, self.me))
+            if seen == NOT_AT_HEAD and index < room:
+                seen = now  # it reached the head: its owner's grace starts
             self.first_seen[run.id] = (seen, place)
             if place == 0:
                 mine.append(run)
@@ -193,5 +207,9 @@ class Share:
         (None: none waits, or no peer shares the queue)."""
         if len(self.peers) <= 1:
             return None
-        due_at = [seen + place * self.grace for seen, place in self.first_seen.values() if place]
+        due_at = [
+            seen + place * self.grace
+            for seen, place in self.first_seen.values()
+            if place and seen != NOT_AT_HEAD
+        ]
         return max(0.0, min(due_at) - now) if due_at else None

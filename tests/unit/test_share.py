@@ -175,3 +175,22 @@ def test_at_a_drains_end_each_run_is_proposed_by_its_owner_and_at_most_its_next_
         own = [run for run in tail if owner(run.id, FLEET) == me]
         assert picked[: len(own)] == own  # its own first
         assert all(rank(run.id, FLEET, me) == 1 for run in picked[len(own) :])
+
+
+def test_a_peers_run_is_timed_from_when_it_reaches_the_windows_head() -> None:
+    """A run crossing a long window (ten pages in a fleet of ten) on a slow server takes
+    longer than a grace to reach the head while its owner takes its own runs from there: it
+    is not the next peer's to propose until it has waited a grace at the head."""
+    share = share_of("agent-a", grace=5.0)
+    window_runs = RUNS[:80]
+    share.pick(window_runs, 8, full=True, now=100.0)  # in view; only the first 8 at the head
+    later = share.pick(window_runs, 8, full=True, now=110.0)  # two graces on, nobody took any
+    at_head = {run.id for run in window_runs[:8]}
+    for run in later:
+        assert owner(run.id, FLEET) == "agent-a" or run.id in at_head, run.id
+    # the runs behind the head were in view for 10 s: none of the peers' is overdue yet
+    assert share.next_overdue(now=110.0) == 0.0  # those at the head since 100 s are
+    moved = RUNS[40:120]  # the owners took the first half: runs come to the head
+    share.pick(moved, 8, full=True, now=111.0)
+    # in view for 11 s, at the head only now: their owners have a grace from now
+    assert share.next_overdue(now=111.0) == 5.0
