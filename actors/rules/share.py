@@ -41,6 +41,7 @@ from messages.wire.prefect import FlowRun, Worker
 CONTESTED_SECONDS = 120.0  # a queue is shared this long after another agent took a run first
 GRACE_SECONDS = 5.0  # a peer's run waits this many times our rank for it before we propose it
 MAX_WINDOW = 200  # rows in one read: the server's default page limit
+HEAD_ROWS = 8  # a window's head is at least this long (an agent near its limit asks for few)
 NOT_AT_HEAD = math.inf  # a peer's run in view but not yet at the window's head: no grace runs
 RECORDED_BY_OTHERS_SECONDS = 40.0  # a peer that is not the queue's recorder records this often
 
@@ -169,8 +170,8 @@ class Share:
     def pick(self, runs: Sequence[FlowRun], room: int, full: bool, now: float) -> list[FlowRun]:
         """The runs to propose, at most `room`: this agent's own first, in the window's
         order, then peers' runs it has seen waiting at the window's head (its first `room`
-        rows) for as many graces as its rank for them (or all of them, when the window was
-        not full), by its rank for them.
+        rows, `HEAD_ROWS` at least) for as many graces as its rank for them (or all of them,
+        when the window was not full), by its rank for them.
 
         A peer's run is timed from when it reaches the head, not from when it came into view:
         a window is ten pages long in a fleet of ten, and where the server is slow (Prefect 3
@@ -186,7 +187,7 @@ class Share:
         theirs: list[tuple[int, FlowRun]] = []
         for index, run in enumerate(runs):  # a run's rank is hashed once, when it comes into view
             seen, place = known.get(run.id) or (NOT_AT_HEAD, rank(run.id, self.peers, self.me))
-            if seen == NOT_AT_HEAD and index < room:
+            if seen == NOT_AT_HEAD and index < max(room, HEAD_ROWS):
                 seen = now  # it reached the head: its owner's grace starts
             self.first_seen[run.id] = (seen, place)
             if place == 0:

@@ -4,6 +4,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from actors.rules.share import (
+    HEAD_ROWS,
     MAX_WINDOW,
     RECORDED_BY_OTHERS_SECONDS,
     Contests,
@@ -194,3 +195,13 @@ def test_a_peers_run_is_timed_from_when_it_reaches_the_windows_head() -> None:
     share.pick(moved, 8, full=True, now=111.0)
     # in view for 11 s, at the head only now: their owners have a grace from now
     assert share.next_overdue(now=111.0) == 5.0
+
+
+def test_an_agent_with_room_for_one_run_still_times_a_pages_worth_of_the_head() -> None:
+    """Near its limit an agent asks for one run at a time: the peers' runs of a page at the
+    head start their grace together, not one after another (a lost peer's runs would trickle
+    at one per grace)."""
+    share = share_of("agent-a", grace=5.0)
+    share.pick(RUNS[:30], 1, full=True, now=100.0)
+    timed = [run for run in RUNS[:30] if share.first_seen[run.id][0] == 100.0]
+    assert {run.id for run in timed} == {run.id for run in RUNS[:HEAD_ROWS]}
